@@ -1,0 +1,453 @@
+package redispool
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+
+	"github.com/redispool/redispool/internal/command"
+)
+
+var (
+	_ redis.ConnWithTimeout = (*activeConn)(nil)
+	_ redis.ConnWithContext = (*activeConn)(nil)
+	_ redis.ConnWithTimeout = errorConn{}
+	_ redis.ConnWithContext = errorConn{}
+)
+
+// errTimeoutNotSupported is returned by DoWithTimeout and ReceiveWithTimeout
+// when the connection from Dial does not implement redis.ConnWithTimeout.
+var errTimeoutNotSupported = errors.New("redispool: connection from Dial does not support ConnWithTimeout")
+
+// connState is what a borrower did to a connection that the next one must not
+// inherit.
+type connState uint8
+
+const (
+	stateWatch     connState = 1 << iota // WATCH without EXEC, DISCARD or UNWATCH
+	stateMulti                           // MULTI without EXEC or DISCARD
+	stateSubscribe                       // subscribed at some point
+	stateListen                          // replies arrive unasked: pub/sub or MONITOR
+	stateTaint                           // anything else that cannot be undone
+)
+
+// activeConn is the conn Get hands out. It passes commands to the pooled
+// connection and keeps what Close needs to decide whether the connection is
+// clean: its state, the replies still pending and the first error that was not
+// a redis.Error.
+//
+// As with redigo's connections, one goroutine may Send and Flush while another
+// Receives, so the bookkeeping is under mu; no I/O happens under it.
+type activeConn struct {
+	p *Pool
+
+	mu sync.Mutex // protects the fields below
+	pc *poolConn  // nil once closed
+	borrowState
+}
+
+// borrowState is what a borrower did to a connection.
+type borrowState struct {
+	state        connState
+	db           int           // the database the connection is in; -1 when unknown
+	pending      int           // commands sent whose replies were not read
+	pendingBlock time.Duration // the longest pending blocking commands may wait at the server
+	pendingEver  bool          // a pending command may block forever
+	inFlight     int           // calls in progress
+	err          error         // the first error that was not a redis.Error
+}
+
+// call is one call in progress on the pooled connection.
+type call struct {
+	pc      *poolConn
+	timeout time.Duration // read deadline for the reply; 0 for none
+}
+
+// start records that a command (or, with cmd "", a flush and read of the
+// pending replies) is about to run and computes its read timeout. send is
+// true for Send, which queues a reply instead of reading one.
+func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
+	var info command.Info
+	if cmd != "" {
+		info = command.Classify(cmd, args)
+	}
+	ac.mu.Lock()
+	defer ac.mu.Unlock()
+	if ac.pc == nil {
+		return call{}, ErrConnClosed
+	}
+	if ac.err != nil {
+		return call{}, ac.err
+	}
+	ac.apply(info)
+	c := call{pc: ac.pc, timeout: ac.p.cfg.readTimeout}
+	block, forever := ac.pendingBlock, ac.pendingEver
+	if info.Has(command.Blocking) {
+		block += info.Timeout
+		forever = forever || info.Forever
+	}
+	switch {
+	case send:
+		if cmd != "" {
+			ac.pending++
+			ac.pendingBlock, ac.pendingEver = block, forever
+		}
+	default:
+		// Do reads every pending reply and its own.
+		ac.pending, ac.pendingBlock, ac.pendingEver = 0, 0, false
+	}
+	if c.timeout > 0 {
+		if forever {
+			c.timeout = 0
+		} else {
+			c.timeout += block
+		}
+	}
+	ac.inFlight++
+	return c, nil
+}
+
+// apply records a command's effect on the connection's state.
+func (ac *activeConn) apply(info command.Info) {
+	e := info.Effects
+	if e == 0 {
+		return
+	}
+	if e&command.Watch != 0 {
+		ac.state |= stateWatch
+	}
+	if e&command.Multi != 0 {
+		ac.state |= stateMulti
+	}
+	if e&command.EndMulti != 0 {
+		ac.state &^= stateMulti
+	}
+	if e&command.Unwatch != 0 {
+		ac.state &^= stateWatch
+	}
+	if e&command.Subscribe != 0 {
+		ac.state |= stateSubscribe | stateListen
+	}
+	if e&command.UnsubscribeAll != 0 && ac.state&stateSubscribe != 0 {
+		// The confirmations are still replies to read, within ReadTimeout.
+		ac.state &^= stateListen
+	}
+	if e&command.Monitor != 0 {
+		ac.state |= stateListen | stateTaint
+	}
+	if e&command.Taint != 0 {
+		ac.state |= stateTaint
+	}
+	if e&command.Select != 0 {
+		ac.db = info.DB
+	}
+}
+
+// begin is start for Flush and Receive. The timeout is for reading one
+// pending reply, or a pushed message on a listening connection, which has no
+// deadline.
+func (ac *activeConn) begin() (call, error) {
+	ac.mu.Lock()
+	defer ac.mu.Unlock()
+	if ac.pc == nil {
+		return call{}, ErrConnClosed
+	}
+	if ac.err != nil {
+		return call{}, ac.err
+	}
+	c := call{pc: ac.pc, timeout: ac.p.cfg.readTimeout}
+	if c.timeout > 0 {
+		switch {
+		case ac.state&stateListen != 0, ac.pendingEver:
+			c.timeout = 0
+		default:
+			c.timeout += ac.pendingBlock
+		}
+	}
+	ac.inFlight++
+	return c, nil
+}
+
+// end records the outcome of a call. Any error but a redis.Error means the
+// connection may hold a late reply or half a command: it is broken, every
+// later call fails with the same error, and Close discards it.
+func (ac *activeConn) end(err error, received bool) {
+	ac.mu.Lock()
+	ac.inFlight--
+	_, replied := err.(redis.Error)
+	if err != nil && !replied && ac.err == nil {
+		ac.err = err
+	}
+	if received && ac.pending > 0 && (err == nil || replied) {
+		ac.pending--
+		if ac.pending == 0 {
+			ac.pendingBlock, ac.pendingEver = 0, false
+		}
+	}
+	ac.mu.Unlock()
+}
+
+// Do sends a command and returns its reply, after reading the replies of
+// commands sent before it. The reply waits at most ReadTimeout, plus the
+// command's own timeout for blocking commands.
+func (ac *activeConn) Do(cmd string, args ...any) (any, error) {
+	c, err := ac.start(cmd, args, false)
+	if err != nil {
+		return nil, err
+	}
+	var reply any
+	if c.pc.cwt != nil {
+		reply, err = c.pc.cwt.DoWithTimeout(c.timeout, cmd, args...)
+	} else {
+		reply, err = c.pc.c.Do(cmd, args...)
+	}
+	ac.end(err, false)
+	return reply, err
+}
+
+// DoWithTimeout is Do with the read timeout given instead of the pool's.
+func (ac *activeConn) DoWithTimeout(timeout time.Duration, cmd string, args ...any) (any, error) {
+	c, err := ac.start(cmd, args, false)
+	if err != nil {
+		return nil, err
+	}
+	if c.pc.cwt == nil {
+		ac.end(errTimeoutNotSupported, false)
+		return nil, errTimeoutNotSupported
+	}
+	reply, err := c.pc.cwt.DoWithTimeout(timeout, cmd, args...)
+	ac.end(err, false)
+	return reply, err
+}
+
+// DoContext is Do bounded also by ctx. When ctx ends first, the connection
+// is closed, which is the only way to stop a read in progress, and ctx's error
+// is returned.
+func (ac *activeConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err // nothing sent, the connection is untouched
+	}
+	c, err := ac.start(cmd, args, false)
+	if err != nil {
+		return nil, err
+	}
+	reply, err := ac.withContext(ctx, c, func(timeout time.Duration) (any, error) {
+		if c.pc.cwt != nil {
+			return c.pc.cwt.DoWithTimeout(timeout, cmd, args...)
+		}
+		return c.pc.c.Do(cmd, args...)
+	})
+	ac.end(err, false)
+	return reply, err
+}
+
+// withContext runs f with its read timeout shortened to ctx's deadline, and
+// closes the connection if ctx is cancelled while f runs.
+func (ac *activeConn) withContext(ctx context.Context, c call, f func(time.Duration) (any, error)) (any, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	timeout := c.timeout
+	if dl, ok := ctx.Deadline(); ok {
+		left := time.Until(dl)
+		if left <= 0 {
+			return nil, context.DeadlineExceeded
+		}
+		if timeout == 0 || left < timeout {
+			timeout = left
+		}
+	}
+	var stop func() bool
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() { c.pc.c.Close() })
+	}
+	reply, err := f(timeout)
+	if stop != nil && !stop() {
+		// ctx ended and closed the connection, whatever f returned.
+		return nil, ctx.Err()
+	}
+	if _, replied := err.(redis.Error); err != nil && !replied && ctx.Err() != nil {
+		return nil, ctx.Err() // the read deadline was ctx's
+	}
+	return reply, err
+}
+
+// Send queues a command; its reply is read by Receive, Do or Close.
+func (ac *activeConn) Send(cmd string, args ...any) error {
+	c, err := ac.start(cmd, args, true)
+	if err != nil {
+		return err
+	}
+	err = c.pc.c.Send(cmd, args...)
+	ac.end(err, false)
+	return err
+}
+
+// Flush writes the queued commands.
+func (ac *activeConn) Flush() error {
+	c, err := ac.begin()
+	if err != nil {
+		return err
+	}
+	err = c.pc.c.Flush()
+	ac.end(err, false)
+	return err
+}
+
+// Receive reads one reply, waiting at most ReadTimeout (plus the timeouts of
+// pending blocking commands). On a subscribed connection it waits for the next
+// message without a deadline, as redigo's PubSubConn.Receive expects.
+func (ac *activeConn) Receive() (any, error) {
+	c, err := ac.begin()
+	if err != nil {
+		return nil, err
+	}
+	var reply any
+	if c.pc.cwt != nil {
+		reply, err = c.pc.cwt.ReceiveWithTimeout(c.timeout)
+	} else {
+		reply, err = c.pc.c.Receive()
+	}
+	ac.end(err, true)
+	return reply, err
+}
+
+// ReceiveWithTimeout is Receive with the read timeout given.
+func (ac *activeConn) ReceiveWithTimeout(timeout time.Duration) (any, error) {
+	c, err := ac.begin()
+	if err != nil {
+		return nil, err
+	}
+	if c.pc.cwt == nil {
+		ac.end(errTimeoutNotSupported, false)
+		return nil, errTimeoutNotSupported
+	}
+	reply, err := c.pc.cwt.ReceiveWithTimeout(timeout)
+	ac.end(err, true)
+	return reply, err
+}
+
+// ReceiveContext is Receive bounded also by ctx, as DoContext is.
+func (ac *activeConn) ReceiveContext(ctx context.Context) (any, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	c, err := ac.begin()
+	if err != nil {
+		return nil, err
+	}
+	reply, err := ac.withContext(ctx, c, func(timeout time.Duration) (any, error) {
+		if c.pc.cwt != nil {
+			return c.pc.cwt.ReceiveWithTimeout(timeout)
+		}
+		return c.pc.c.Receive()
+	})
+	ac.end(err, true)
+	return reply, err
+}
+
+// Err returns a non-nil error when the conn is unusable: closed, broken by an
+// earlier error, or reported unusable by the pooled connection.
+func (ac *activeConn) Err() error {
+	ac.mu.Lock()
+	pc, err := ac.pc, ac.err
+	ac.mu.Unlock()
+	switch {
+	case pc == nil:
+		return ErrConnClosed
+	case err != nil:
+		return err
+	}
+	return pc.c.Err()
+}
+
+// Close returns the connection to the pool if it is provably clean, and
+// closes it otherwise. Replies still pending are read first, within
+// ReadTimeout and at most one second; an open MULTI is discarded and WATCH
+// undone. Close is idempotent; every other method fails after it.
+func (ac *activeConn) Close() error {
+	ac.mu.Lock()
+	pc := ac.pc
+	if pc == nil {
+		ac.mu.Unlock()
+		return nil
+	}
+	ac.pc = nil
+	st := ac.borrowState
+	ac.mu.Unlock()
+	return ac.p.release(pc, &st)
+}
+
+// release decides the fate of a connection given back by a borrower whose
+// final bookkeeping is st.
+func (p *Pool) release(pc *poolConn, st *borrowState) error {
+	switch {
+	case st.err != nil, st.inFlight > 0, pc.c.Err() != nil:
+		p.discard(pc, DiscardBroken)
+		p.tokens <- struct{}{}
+		return nil
+	case st.state&(stateSubscribe|stateListen|stateTaint) != 0, st.db != p.cfg.db,
+		st.pendingEver, st.pendingBlock > 0:
+		// Write what the borrower sent, so nothing is lost, without waiting
+		// for replies that may not come in time or at all.
+		var err error
+		if st.pending > 0 {
+			err = pc.c.Flush()
+		}
+		p.discard(pc, DiscardState)
+		p.tokens <- struct{}{}
+		return err
+	}
+	if st.state != 0 || st.pending > 0 {
+		if err := p.drain(pc, st); err != nil {
+			p.discard(pc, DiscardBroken)
+			p.tokens <- struct{}{}
+			return err
+		}
+	}
+	p.put(pc)
+	return nil
+}
+
+// drain undoes MULTI and WATCH and reads every pending reply within the
+// drain timeout.
+func (p *Pool) drain(pc *poolConn, st *borrowState) error {
+	if pc.cwt == nil {
+		return errTimeoutNotSupported
+	}
+	var err error
+	switch {
+	case st.state&stateMulti != 0:
+		err = pc.c.Send("DISCARD")
+	case st.state&stateWatch != 0:
+		err = pc.c.Send("UNWATCH")
+	}
+	if err != nil {
+		return err
+	}
+	_, err = pc.cwt.DoWithTimeout(p.cfg.drainTimeout, "")
+	return err
+}
+
+// errorConn is the conn Get returns on failure: every method returns err.
+type errorConn struct{ err error }
+
+func (ec errorConn) Do(string, ...any) (any, error) { return nil, ec.err }
+func (ec errorConn) DoContext(context.Context, string, ...any) (any, error) {
+	return nil, ec.err
+}
+func (ec errorConn) DoWithTimeout(time.Duration, string, ...any) (any, error) {
+	return nil, ec.err
+}
+func (ec errorConn) Send(string, ...any) error                   { return ec.err }
+func (ec errorConn) Err() error                                  { return ec.err }
+func (ec errorConn) Close() error                                { return nil }
+func (ec errorConn) Flush() error                                { return ec.err }
+func (ec errorConn) Receive() (any, error)                       { return nil, ec.err }
+func (ec errorConn) ReceiveContext(context.Context) (any, error) { return nil, ec.err }
+func (ec errorConn) ReceiveWithTimeout(time.Duration) (any, error) {
+	return nil, ec.err
+}

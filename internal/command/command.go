@@ -1,0 +1,353 @@
+// Package command classifies Redis commands by what they do to a connection:
+// the state they leave behind for the next user of the connection, and how long
+// the server may legitimately take to answer them.
+//
+// The pool consults it on every command, so Classify does not allocate for
+// command names up to 32 bytes.
+package command
+
+import (
+	"math"
+	"strconv"
+	"time"
+)
+
+// Effect is a set of things a command does to its connection.
+type Effect uint16
+
+const (
+	// Watch: WATCH; the connection has watched keys until EXEC, DISCARD or UNWATCH.
+	Watch Effect = 1 << iota
+	// Unwatch: UNWATCH, EXEC and DISCARD forget the watched keys.
+	Unwatch
+	// Multi: MULTI opens a transaction.
+	Multi
+	// EndMulti: EXEC and DISCARD close the transaction.
+	EndMulti
+	// Subscribe: SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE put the connection in pub/sub mode.
+	Subscribe
+	// UnsubscribeAll: UNSUBSCRIBE, PUNSUBSCRIBE or SUNSUBSCRIBE without arguments
+	// ask the server to leave every channel of that kind.
+	UnsubscribeAll
+	// Monitor: MONITOR streams every command the server runs to the connection.
+	Monitor
+	// Select: SELECT changes the connection's database to Info.DB
+	// (Info.DB is -1 when the argument is not a database number).
+	Select
+	// Taint: the command leaves state the pool cannot prove undone, such as
+	// CLIENT REPLY OFF or SKIP, READONLY, HELLO, AUTH, RESET, CLIENT TRACKING,
+	// CLIENT NO-EVICT or NO-TOUCH, CLIENT SETINFO: the connection must be discarded.
+	Taint
+	// Blocking: the server may hold the reply for Info.Timeout
+	// (Info.Forever when the command blocks with no time limit).
+	Blocking
+)
+
+// Info is what Classify found out about one command.
+type Info struct {
+	Effects Effect
+	// DB is the database number of a SELECT, or -1 when it could not be read.
+	DB int
+	// Timeout is how long a Blocking command may wait at the server.
+	Timeout time.Duration
+	// Forever is set for a Blocking command whose timeout is zero (no limit).
+	Forever bool
+}
+
+// Has reports whether every effect in e is in i.Effects.
+func (i Info) Has(e Effect) bool { return i.Effects&e == e }
+
+type kind uint8
+
+const (
+	kindNone kind = iota
+	kindWatch
+	kindUnwatch
+	kindMulti
+	kindExecDiscard
+	kindSubscribe
+	kindUnsubscribe
+	kindMonitor
+	kindSelect
+	kindTaint
+	kindClient
+	kindLastArgSeconds  // BLPOP, BRPOP, BRPOPLPUSH, BLMOVE, BZPOPMIN, BZPOPMAX
+	kindFirstArgSeconds // BLMPOP, BZMPOP
+	kindLastArgMillis   // WAIT, WAITAOF
+	kindXRead           // XREAD, XREADGROUP: BLOCK ms
+)
+
+var kinds = map[string]kind{
+	"WATCH":        kindWatch,
+	"UNWATCH":      kindUnwatch,
+	"MULTI":        kindMulti,
+	"EXEC":         kindExecDiscard,
+	"DISCARD":      kindExecDiscard,
+	"SUBSCRIBE":    kindSubscribe,
+	"PSUBSCRIBE":   kindSubscribe,
+	"SSUBSCRIBE":   kindSubscribe,
+	"UNSUBSCRIBE":  kindUnsubscribe,
+	"PUNSUBSCRIBE": kindUnsubscribe,
+	"SUNSUBSCRIBE": kindUnsubscribe,
+	"MONITOR":      kindMonitor,
+	"SELECT":       kindSelect,
+	"READONLY":     kindTaint,
+	"HELLO":        kindTaint,
+	"AUTH":         kindTaint,
+	"RESET":        kindTaint,
+	"SYNC":         kindTaint,
+	"PSYNC":        kindTaint,
+	"REPLCONF":     kindTaint,
+	"CLIENT":       kindClient,
+	"BLPOP":        kindLastArgSeconds,
+	"BRPOP":        kindLastArgSeconds,
+	"BRPOPLPUSH":   kindLastArgSeconds,
+	"BLMOVE":       kindLastArgSeconds,
+	"BZPOPMIN":     kindLastArgSeconds,
+	"BZPOPMAX":     kindLastArgSeconds,
+	"BLMPOP":       kindFirstArgSeconds,
+	"BZMPOP":       kindFirstArgSeconds,
+	"WAIT":         kindLastArgMillis,
+	"WAITAOF":      kindLastArgMillis,
+	"XREAD":        kindXRead,
+	"XREADGROUP":   kindXRead,
+}
+
+// maxNameLen is the longest command name looked up; longer names are no
+// command this package knows.
+const maxNameLen = 32
+
+// Classify reports what the command name with arguments args does to a
+// connection. Names are matched without regard to case. Arguments are read the
+// way redigo writes them: strings, byte slices, integers and floats; arguments
+// of other types are treated as unreadable, which never makes a connection
+// look cleaner than it is.
+func Classify(name string, args []any) Info {
+	k, ok := lookup(name)
+	if !ok {
+		return Info{}
+	}
+	switch k {
+	case kindWatch:
+		return Info{Effects: Watch}
+	case kindUnwatch:
+		return Info{Effects: Unwatch}
+	case kindMulti:
+		return Info{Effects: Multi}
+	case kindExecDiscard:
+		return Info{Effects: EndMulti | Unwatch}
+	case kindSubscribe:
+		return Info{Effects: Subscribe}
+	case kindUnsubscribe:
+		if len(args) == 0 {
+			return Info{Effects: UnsubscribeAll}
+		}
+		return Info{}
+	case kindMonitor:
+		return Info{Effects: Monitor}
+	case kindSelect:
+		db := -1
+		if len(args) == 1 {
+			if n, ok := argInt(args[0]); ok && n >= 0 && n <= math.MaxInt32 {
+				db = int(n)
+			}
+		}
+		return Info{Effects: Select, DB: db}
+	case kindTaint:
+		return Info{Effects: Taint}
+	case kindClient:
+		return classifyClient(args)
+	case kindLastArgSeconds:
+		if len(args) == 0 {
+			return Info{}
+		}
+		return blocking(args[len(args)-1], time.Second)
+	case kindFirstArgSeconds:
+		if len(args) == 0 {
+			return Info{}
+		}
+		return blocking(args[0], time.Second)
+	case kindLastArgMillis:
+		if len(args) == 0 {
+			return Info{}
+		}
+		return blocking(args[len(args)-1], time.Millisecond)
+	case kindXRead:
+		// XREAD [COUNT n] [BLOCK ms] STREAMS key... id...; options precede
+		// STREAMS, after which keys and ids may be any strings.
+		for i := 0; i < len(args); i++ {
+			if isWord(args[i], "STREAMS") {
+				break
+			}
+			if isWord(args[i], "BLOCK") && i+1 < len(args) {
+				return blocking(args[i+1], time.Millisecond)
+			}
+		}
+		return Info{}
+	}
+	return Info{}
+}
+
+// classifyClient handles the CLIENT subcommands that change the connection.
+func classifyClient(args []any) Info {
+	if len(args) == 0 {
+		return Info{}
+	}
+	switch {
+	case isWord(args[0], "REPLY"):
+		// CLIENT REPLY ON is harmless only when the connection was already on;
+		// OFF and SKIP suppress replies the next caller would wait for.
+		if len(args) == 2 && isWord(args[1], "ON") {
+			return Info{}
+		}
+		return Info{Effects: Taint}
+	case isWord(args[0], "TRACKING"), isWord(args[0], "NO-EVICT"), isWord(args[0], "NO-TOUCH"):
+		if len(args) >= 2 && isWord(args[1], "OFF") {
+			return Info{}
+		}
+		return Info{Effects: Taint}
+	case isWord(args[0], "SETINFO"):
+		return Info{Effects: Taint}
+	}
+	return Info{}
+}
+
+// blocking reads a blocking command's timeout argument in unit. A zero timeout
+// blocks forever. An unreadable or negative timeout is rejected by the server
+// at once, so it needs no extra time.
+func blocking(arg any, unit time.Duration) Info {
+	f, ok := argFloat(arg)
+	if !ok || f < 0 || math.IsNaN(f) {
+		return Info{}
+	}
+	if f == 0 {
+		return Info{Effects: Blocking, Forever: true}
+	}
+	d := f * float64(unit)
+	if d >= float64(math.MaxInt64/2) {
+		// Longer than any deadline a caller can wait for: no limit.
+		return Info{Effects: Blocking, Forever: true}
+	}
+	return Info{Effects: Blocking, Timeout: time.Duration(math.Ceil(d))}
+}
+
+// lookup finds a command name's kind without allocating: the name is upper
+// cased into a stack buffer only when it is not upper case already.
+func lookup(name string) (kind, bool) {
+	if len(name) == 0 || len(name) > maxNameLen {
+		return kindNone, false
+	}
+	if k, ok := kinds[name]; ok {
+		return k, true
+	}
+	var buf [maxNameLen]byte
+	changed := false
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if 'a' <= c && c <= 'z' {
+			c -= 'a' - 'A'
+			changed = true
+		}
+		buf[i] = c
+	}
+	if !changed {
+		return kindNone, false
+	}
+	k, ok := kinds[string(buf[:len(name)])]
+	return k, ok
+}
+
+// isWord reports whether arg, a string or byte slice, equals the upper case
+// ASCII word w without regard to case.
+func isWord(arg any, w string) bool {
+	var s string
+	switch v := arg.(type) {
+	case string:
+		s = v
+	case []byte:
+		if len(v) != len(w) {
+			return false
+		}
+		for i := range v {
+			if upper(v[i]) != w[i] {
+				return false
+			}
+		}
+		return true
+	default:
+		return false
+	}
+	if len(s) != len(w) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if upper(s[i]) != w[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func upper(c byte) byte {
+	if 'a' <= c && c <= 'z' {
+		return c - ('a' - 'A')
+	}
+	return c
+}
+
+// argInt reads an integer argument as redigo would send it.
+func argInt(arg any) (int64, bool) {
+	switch v := arg.(type) {
+	case int:
+		return int64(v), true
+	case int64:
+		return v, true
+	case int32:
+		return int64(v), true
+	case int16:
+		return int64(v), true
+	case int8:
+		return int64(v), true
+	case uint:
+		if uint64(v) > math.MaxInt64 {
+			return 0, false
+		}
+		return int64(v), true
+	case uint64:
+		if v > math.MaxInt64 {
+			return 0, false
+		}
+		return int64(v), true
+	case uint32:
+		return int64(v), true
+	case uint16:
+		return int64(v), true
+	case uint8:
+		return int64(v), true
+	case string:
+		n, err := strconv.ParseInt(v, 10, 64)
+		return n, err == nil
+	case []byte:
+		n, err := strconv.ParseInt(string(v), 10, 64)
+		return n, err == nil
+	}
+	return 0, false
+}
+
+// argFloat reads a numeric argument as redigo would send it.
+func argFloat(arg any) (float64, bool) {
+	switch v := arg.(type) {
+	case float64:
+		return v, true
+	case float32:
+		return float64(v), true
+	case string:
+		f, err := strconv.ParseFloat(v, 64)
+		return f, err == nil
+	case []byte:
+		f, err := strconv.ParseFloat(string(v), 64)
+		return f, err == nil
+	}
+	n, ok := argInt(arg)
+	return float64(n), ok
+}

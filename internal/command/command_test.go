@@ -1,0 +1,120 @@
+package command
+
+import (
+	"math"
+	"testing"
+	"time"
+)
+
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		name string
+		args []any
+		want Info
+	}{
+		{"GET", []any{"k"}, Info{}},
+		{"get", []any{"k"}, Info{}},
+		{"WATCH", []any{"k"}, Info{Effects: Watch}},
+		{"unwatch", nil, Info{Effects: Unwatch}},
+		{"MULTI", nil, Info{Effects: Multi}},
+		{"Exec", nil, Info{Effects: EndMulti | Unwatch}},
+		{"DISCARD", nil, Info{Effects: EndMulti | Unwatch}},
+		{"SUBSCRIBE", []any{"c"}, Info{Effects: Subscribe}},
+		{"psubscribe", []any{"c*"}, Info{Effects: Subscribe}},
+		{"SSUBSCRIBE", []any{"c"}, Info{Effects: Subscribe}},
+		{"UNSUBSCRIBE", nil, Info{Effects: UnsubscribeAll}},
+		{"UNSUBSCRIBE", []any{"c"}, Info{}},
+		{"PUNSUBSCRIBE", nil, Info{Effects: UnsubscribeAll}},
+		{"MONITOR", nil, Info{Effects: Monitor}},
+		{"SELECT", []any{3}, Info{Effects: Select, DB: 3}},
+		{"select", []any{"0"}, Info{Effects: Select, DB: 0}},
+		{"SELECT", []any{[]byte("12")}, Info{Effects: Select, DB: 12}},
+		{"SELECT", []any{"x"}, Info{Effects: Select, DB: -1}},
+		{"SELECT", []any{-1}, Info{Effects: Select, DB: -1}},
+		{"SELECT", nil, Info{Effects: Select, DB: -1}},
+		{"SELECT", []any{uint64(math.MaxUint64)}, Info{Effects: Select, DB: -1}},
+		{"READONLY", nil, Info{Effects: Taint}},
+		{"HELLO", []any{3}, Info{Effects: Taint}},
+		{"AUTH", []any{"pw"}, Info{Effects: Taint}},
+		{"RESET", nil, Info{Effects: Taint}},
+		{"CLIENT", []any{"REPLY", "OFF"}, Info{Effects: Taint}},
+		{"client", []any{"reply", "skip"}, Info{Effects: Taint}},
+		{"CLIENT", []any{"REPLY", "ON"}, Info{}},
+		{"CLIENT", []any{"TRACKING", "ON"}, Info{Effects: Taint}},
+		{"CLIENT", []any{"TRACKING", "off"}, Info{}},
+		{"CLIENT", []any{[]byte("no-evict"), "on"}, Info{Effects: Taint}},
+		{"CLIENT", []any{"SETNAME", "x"}, Info{}},
+		{"CLIENT", nil, Info{}},
+		{"BLPOP", []any{"a", "b", 1}, Info{Effects: Blocking, Timeout: time.Second}},
+		{"brpop", []any{"a", "0.25"}, Info{Effects: Blocking, Timeout: 250 * time.Millisecond}},
+		{"BLPOP", []any{"a", 0}, Info{Effects: Blocking, Forever: true}},
+		{"BLPOP", []any{"a", "0"}, Info{Effects: Blocking, Forever: true}},
+		{"BLPOP", []any{"a", "nope"}, Info{}},
+		{"BLPOP", []any{"a", -1}, Info{}},
+		{"BLPOP", nil, Info{}},
+		{"BRPOPLPUSH", []any{"a", "b", 2.5}, Info{Effects: Blocking, Timeout: 2500 * time.Millisecond}},
+		{"BLMOVE", []any{"a", "b", "LEFT", "RIGHT", 3}, Info{Effects: Blocking, Timeout: 3 * time.Second}},
+		{"BZPOPMIN", []any{"z", int64(4)}, Info{Effects: Blocking, Timeout: 4 * time.Second}},
+		{"BZPOPMAX", []any{"z", float32(0.5)}, Info{Effects: Blocking, Timeout: 500 * time.Millisecond}},
+		{"BLMPOP", []any{5, 1, "k", "LEFT"}, Info{Effects: Blocking, Timeout: 5 * time.Second}},
+		{"BZMPOP", []any{"0", 1, "k", "MIN"}, Info{Effects: Blocking, Forever: true}},
+		{"WAIT", []any{1, 100}, Info{Effects: Blocking, Timeout: 100 * time.Millisecond}},
+		{"WAITAOF", []any{1, 0, 0}, Info{Effects: Blocking, Forever: true}},
+		{"XREAD", []any{"COUNT", 1, "BLOCK", 200, "STREAMS", "s", "$"}, Info{Effects: Blocking, Timeout: 200 * time.Millisecond}},
+		{"XREAD", []any{"STREAMS", "BLOCK", "0"}, Info{}},
+		{"XREAD", []any{"COUNT", 1, "STREAMS", "s", "0"}, Info{}},
+		{"XREADGROUP", []any{"GROUP", "g", "c", "block", "0", "STREAMS", "s", ">"}, Info{Effects: Blocking, Forever: true}},
+		{"BLPOP", []any{"a", "1e300"}, Info{Effects: Blocking, Forever: true}},
+		{"BLPOP", []any{"a", "NaN"}, Info{}},
+		{"", nil, Info{}},
+		{"AVERYLONGCOMMANDNAMETHATISLONGERTHANTHIRTYTWOBYTES", nil, Info{}},
+	}
+	for _, tt := range tests {
+		got := Classify(tt.name, tt.args)
+		if got != tt.want {
+			t.Errorf("Classify(%q, %v) = %+v, want %+v", tt.name, tt.args, got, tt.want)
+		}
+	}
+}
+
+func TestClassifyDoesNotAllocate(t *testing.T) {
+	args := []any{"key", 1}
+	for _, name := range []string{"GET", "get", "Blpop", "SELECT"} {
+		n := testing.AllocsPerRun(100, func() { Classify(name, args) })
+		if n != 0 {
+			t.Errorf("Classify(%q) allocates %v times per call, want 0", name, n)
+		}
+	}
+}
+
+// FuzzClassify checks that no input makes Classify panic and that its answer
+// is self-consistent: a timeout only for blocking commands, never negative,
+// and a database only for SELECT.
+func FuzzClassify(f *testing.F) {
+	f.Add("BLPOP", "k", "1.5", "")
+	f.Add("XREAD", "BLOCK", "100", "STREAMS")
+	f.Add("select", "3", "", "")
+	f.Add("CLIENT", "REPLY", "OFF", "")
+	f.Add("WAIT", "1", "-5", "")
+	f.Fuzz(func(t *testing.T, name, a, b, c string) {
+		for n := 0; n <= 3; n++ {
+			args := []any{a, []byte(b), c}[:n]
+			info := Classify(name, args)
+			if info.Timeout < 0 {
+				t.Fatalf("negative timeout %v for %q %q", info.Timeout, name, args)
+			}
+			if (info.Timeout != 0 || info.Forever) && !info.Has(Blocking) {
+				t.Fatalf("timeout without Blocking for %q %q: %+v", name, args, info)
+			}
+			if info.Has(Blocking) && info.Timeout == 0 && !info.Forever {
+				t.Fatalf("Blocking with no timeout for %q %q: %+v", name, args, info)
+			}
+			if info.DB != 0 && !info.Has(Select) {
+				t.Fatalf("DB without Select for %q %q: %+v", name, args, info)
+			}
+			if info.Has(Select) && info.DB < -1 {
+				t.Fatalf("bad DB for %q %q: %+v", name, args, info)
+			}
+		}
+	})
+}

@@ -1,0 +1,162 @@
+package redispool
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"time"
+)
+
+// Defaults for the fields of Pool left at their zero value.
+const (
+	// DefaultAddr is the address dialed when Addr, Dial and DialContext are unset.
+	DefaultAddr = "localhost:6379"
+	// DefaultDialTimeout bounds connecting, including the TLS handshake and the
+	// AUTH and SELECT commands sent while dialing.
+	DefaultDialTimeout = 5 * time.Second
+	// DefaultReadTimeout bounds the wait for each reply.
+	DefaultReadTimeout = 3 * time.Second
+	// DefaultIdleTimeout closes connections left idle this long: less than the
+	// idle timeouts of the load balancers commonly found in front of Redis.
+	DefaultIdleTimeout = 4 * time.Minute
+	// defaultMaxActivePerProc times GOMAXPROCS is MaxActive's default.
+	defaultMaxActivePerProc = 10
+	// defaultMaxDials is the most concurrent dials by default.
+	defaultMaxDials = 8
+	// drainTimeoutCap bounds how long Close reads replies still pending on a
+	// connection before it gives up on keeping it.
+	drainTimeoutCap = time.Second
+	// minDuration is the shortest positive timeout accepted: anything shorter
+	// is almost always a duration written without its unit (5 meaning 5 ns).
+	minDuration = time.Millisecond
+)
+
+// ErrInvalidConfig is wrapped by the error that Get, GetContext and every
+// method of the conn Get returns when the Pool's fields make no sense, for
+// example a negative MaxActive or both Dial and Addr set. The message names the
+// field. The configuration is checked once, on first use.
+var ErrInvalidConfig = errors.New("redispool: invalid configuration")
+
+// config is a Pool's fields with defaults applied and checked, fixed at first use.
+type config struct {
+	maxActive    int
+	maxIdle      int
+	maxDials     int
+	readTimeout  time.Duration // 0: no deadline
+	writeTimeout time.Duration // 0: no deadline
+	dialTimeout  time.Duration // 0: no deadline
+	waitTimeout  time.Duration // < 0: do not wait
+	drainTimeout time.Duration
+	idleTimeout  time.Duration // 0: never
+	maxLifetime  time.Duration // 0: never
+	userDial     bool          // connections come from Dial or DialContext
+	addr         string
+	db           int
+}
+
+// buildConfig applies defaults to p's fields and checks them.
+func (p *Pool) buildConfig() (config, error) {
+	c := config{
+		maxActive:   p.MaxActive,
+		maxIdle:     p.MaxIdle,
+		maxDials:    p.MaxConcurrentDials,
+		idleTimeout: p.IdleTimeout,
+		maxLifetime: p.MaxConnLifetime,
+		userDial:    p.Dial != nil || p.DialContext != nil,
+		addr:        p.Addr,
+		db:          p.DB,
+	}
+	bad := func(format string, args ...any) (config, error) {
+		return config{}, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...)
+	}
+
+	switch {
+	case c.maxActive < 0:
+		return bad("MaxActive is %d; it must be positive, or zero for the default (10 x GOMAXPROCS)", c.maxActive)
+	case c.maxIdle < 0:
+		return bad("MaxIdle is %d; it must be positive, or zero to keep up to MaxActive idle connections", c.maxIdle)
+	case c.maxDials < 0:
+		return bad("MaxConcurrentDials is %d; it must be positive, or zero for the default", c.maxDials)
+	case c.db < 0:
+		return bad("DB is %d; database numbers start at 0", c.db)
+	case c.userDial && c.addr != "":
+		return bad("both Addr (%q) and Dial or DialContext are set; set Addr to let the pool dial, or Dial to dial yourself", c.addr)
+	case c.userDial && len(p.DialOptions) > 0:
+		return bad("DialOptions are set together with Dial or DialContext, which would ignore them; pass the options in your Dial")
+	case c.userDial && (p.Username != "" || p.Password != ""):
+		return bad("Username or Password is set together with Dial or DialContext, which would ignore them; authenticate in your Dial")
+	case c.userDial && p.DialTimeout != 0:
+		return bad("DialTimeout is set together with Dial or DialContext; set the connect timeout in your Dial")
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"DialTimeout", p.DialTimeout},
+		{"ReadTimeout", p.ReadTimeout},
+		{"WriteTimeout", p.WriteTimeout},
+		{"WaitTimeout", p.WaitTimeout},
+		{"IdleTimeout", p.IdleTimeout},
+		{"MaxConnLifetime", p.MaxConnLifetime},
+	} {
+		if d.v > 0 && d.v < minDuration {
+			return bad("%s is %v, shorter than the 1ms minimum; a duration needs its unit (5 * time.Second, not 5)", d.name, d.v)
+		}
+	}
+	switch {
+	case c.idleTimeout < 0:
+		return bad("IdleTimeout is %v; it must be positive, or zero for the default (%v)", c.idleTimeout, DefaultIdleTimeout)
+	case c.maxLifetime < 0:
+		return bad("MaxConnLifetime is %v; it must be positive, or zero for no limit", c.maxLifetime)
+	}
+
+	if c.maxActive == 0 {
+		c.maxActive = max(defaultMaxActivePerProc*runtime.GOMAXPROCS(0), c.maxIdle)
+	}
+	if c.maxIdle == 0 || c.maxIdle > c.maxActive {
+		c.maxIdle = c.maxActive
+	}
+	if c.maxDials == 0 {
+		c.maxDials = defaultMaxDials
+	}
+	c.maxDials = min(c.maxDials, c.maxActive)
+	if c.idleTimeout == 0 {
+		c.idleTimeout = DefaultIdleTimeout
+	}
+	if c.addr == "" && !c.userDial {
+		c.addr = DefaultAddr
+	}
+	c.dialTimeout = timeout(p.DialTimeout, DefaultDialTimeout)
+	c.readTimeout = timeout(p.ReadTimeout, DefaultReadTimeout)
+	c.writeTimeout = timeout(p.WriteTimeout, c.readTimeout)
+	if p.WriteTimeout == 0 && p.ReadTimeout < 0 {
+		c.writeTimeout = 0
+	}
+	switch {
+	case p.WaitTimeout < 0:
+		c.waitTimeout = -1
+	case p.WaitTimeout > 0:
+		c.waitTimeout = p.WaitTimeout
+	case c.readTimeout > 0:
+		c.waitTimeout = c.readTimeout + time.Second
+	default:
+		c.waitTimeout = DefaultReadTimeout + time.Second
+	}
+	c.drainTimeout = drainTimeoutCap
+	if c.readTimeout > 0 {
+		c.drainTimeout = min(c.readTimeout, drainTimeoutCap)
+	}
+	return c, nil
+}
+
+// timeout applies the rule shared by the dial, read and write timeouts:
+// zero takes the default, negative disables (0 inside the pool).
+func timeout(v, def time.Duration) time.Duration {
+	switch {
+	case v < 0:
+		return 0
+	case v == 0:
+		return def
+	}
+	return v
+}

@@ -1,0 +1,776 @@
+package redispool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// ErrPoolClosed is returned by Get, GetContext and every method of the conn Get
+// returns once the Pool has been closed, including to callers that were waiting
+// for a connection when Close was called.
+var ErrPoolClosed = errors.New("redispool: pool is closed")
+
+// ErrPoolExhausted is wrapped by the error returned by Get and GetContext when
+// every connection stayed in use for WaitTimeout (at once when WaitTimeout is
+// negative). It wraps redigo's redis.ErrPoolExhausted, so code written for
+// redis.Pool that checks errors.Is(err, redis.ErrPoolExhausted) keeps working.
+var ErrPoolExhausted = fmt.Errorf("redispool: connection pool exhausted: %w", redis.ErrPoolExhausted)
+
+// ErrConnClosed is returned by every method but Close of a conn from Get after
+// that conn has been closed. The pooled connection behind it is not touched.
+var ErrConnClosed = errors.New("redispool: use of closed connection")
+
+// errNilPool is returned by the methods of a nil *Pool.
+var errNilPool = errors.New("redispool: method called on a nil *Pool")
+
+var nowFunc = time.Now // replaced by tests to move time
+
+// Dial backoff while the server refuses connections: the first retry waits
+// about backoffBase, each failure doubles the wait up to backoffCap, and the
+// wait is jittered down by up to half so that pools do not retry in step.
+const (
+	backoffBase = 10 * time.Millisecond
+	backoffCap  = 500 * time.Millisecond
+)
+
+// ConnPool is what application code needs from a pool of Redis connections.
+// Both *Pool and redigo's *redis.Pool satisfy it, so code that accepts a
+// ConnPool works with either and can be tested with a fake.
+type ConnPool interface {
+	Get() redis.Conn
+	GetContext(ctx context.Context) (redis.Conn, error)
+	Close() error
+}
+
+var (
+	_ ConnPool = (*Pool)(nil)
+	_ ConnPool = (*redis.Pool)(nil)
+)
+
+// Pool is a bounded pool of Redis connections. It has the exported fields of
+// redigo's redis.Pool, with the same names and types, so that code written for
+// redis.Pool compiles after changing the type name, and it adds fields for
+// dialing and timeouts.
+//
+// The zero value is ready to use: it dials localhost:6379 with timeouts, keeps
+// at most 10 x GOMAXPROCS connections and waits a bounded time for one. The
+// fields are read once, on first use, and must not change after that. A Pool
+// must not be copied after first use.
+type Pool struct {
+	// Dial creates and configures a connection. When Dial and DialContext are
+	// both nil, the pool dials Addr itself. When both are set, DialContext is
+	// used. The connection returned must not be in a special state (subscribed,
+	// in a transaction, ...). The pool applies ReadTimeout to each command on
+	// connections that implement redis.ConnWithTimeout, as redigo's do.
+	Dial func() (redis.Conn, error)
+
+	// DialContext creates and configures a connection. The context is not
+	// cancelled when the caller of Get gives up, so that a finished dial can
+	// serve the next caller; it carries the caller's values.
+	DialContext func(ctx context.Context) (redis.Conn, error)
+
+	// TestOnBorrow, when set, checks an idle connection before Get hands it
+	// out; lastUsed is when it was returned to the pool. On error the
+	// connection is closed and Get tries another.
+	TestOnBorrow func(c redis.Conn, lastUsed time.Time) error
+
+	// TestOnBorrowContext is TestOnBorrow with the context given to GetContext.
+	// When both are set, both run.
+	TestOnBorrowContext func(ctx context.Context, c redis.Conn, lastUsed time.Time) error
+
+	// MaxIdle is the most idle connections kept. When zero, up to MaxActive are
+	// kept, so that a steady load reuses its connections instead of dialing.
+	// A MaxIdle above MaxActive is lowered to MaxActive.
+	MaxIdle int
+
+	// MaxActive is the most connections open at once, counting those being
+	// dialed. When zero, it is 10 x GOMAXPROCS, or MaxIdle if that is larger.
+	// Unlike redis.Pool, zero never means unlimited.
+	MaxActive int
+
+	// IdleTimeout closes connections that stayed idle this long. When zero, it
+	// is DefaultIdleTimeout (4 minutes); idle connections are always closed
+	// eventually. Keep it below the server's and any proxy's idle timeout.
+	IdleTimeout time.Duration
+
+	// Wait is accepted for compatibility with redis.Pool and has no effect:
+	// Get always waits for a connection, for at most WaitTimeout.
+	Wait bool
+
+	// MaxConnLifetime closes connections older than this when they are returned
+	// or borrowed. When zero, connections are not closed for their age.
+	MaxConnLifetime time.Duration
+
+	// Addr is the server's "host:port", or the path of a Unix socket when it
+	// starts with "/". When empty, the pool dials DefaultAddr. It must be empty
+	// when Dial or DialContext is set.
+	Addr string
+
+	// Username and Password authenticate connections the pool dials (AUTH).
+	// When empty, no AUTH is sent.
+	Username, Password string
+
+	// DB is the database selected on connections the pool dials. When zero,
+	// database 0. With Dial or DialContext, set DB to the database your Dial
+	// selects, so that a borrower who SELECTs it again keeps the connection.
+	DB int
+
+	// DialOptions are passed to redis.DialContext when the pool dials Addr,
+	// after the pool's own options (timeouts, Username, Password, DB), for
+	// example redis.DialUseTLS(true) or redis.DialClientName("app").
+	DialOptions []redis.DialOption
+
+	// DialTimeout bounds a dial of Addr, including TLS and AUTH. When zero,
+	// DefaultDialTimeout (5s); negative disables it.
+	DialTimeout time.Duration
+
+	// ReadTimeout bounds the wait for each reply. A blocking command such as
+	// BLPOP gets ReadTimeout plus its own timeout, and none when its own is
+	// zero; so does Receive on a subscribed connection. When zero,
+	// DefaultReadTimeout (3s); negative disables it. A command that times out
+	// costs its connection, which is closed, never reused.
+	ReadTimeout time.Duration
+
+	// WriteTimeout bounds each write. When zero, it equals ReadTimeout;
+	// negative disables it.
+	WriteTimeout time.Duration
+
+	// WaitTimeout bounds how long Get waits for a connection when MaxActive are
+	// in use. When zero, ReadTimeout plus one second; negative means do not
+	// wait, fail at once. A Get that gives up returns an error matching
+	// ErrPoolExhausted and redis.ErrPoolExhausted.
+	WaitTimeout time.Duration
+
+	// MaxConcurrentDials is the most dials in progress at once. When zero, 8
+	// (at most MaxActive). While the server refuses connections the pool dials
+	// one at a time, backing off up to half a second, and fails other callers
+	// at once with the last dial error.
+	MaxConcurrentDials int
+
+	initOnce sync.Once
+	cfg      config
+	cfgErr   error
+	tokens   chan struct{} // one token per connection checked out or being dialed
+	dials    chan struct{} // one token per dial in progress
+	done     chan struct{} // closed by Close
+
+	mu          sync.Mutex  // protects the fields below; never held across network I/O
+	closed      bool        // set once by Close
+	idle        []*poolConn // idle connections, most recently returned last
+	dialErr     error       // the last dial error, nil once a dial succeeds
+	dialFails   int         // consecutive dial failures
+	nextDial    time.Time   // no dial before this while dialErr is set
+	probing     bool        // a dial is testing whether the server is back
+	redigoPool  *redis.Pool // made by RedigoPool
+	active      atomic.Int64
+	idleCount   atomic.Int64
+	waitCount   atomic.Int64
+	waitNanos   atomic.Int64
+	dialCount   atomic.Int64
+	dialErrors  atomic.Int64
+	fastFails   atomic.Int64
+	waitTimeout atomic.Int64
+	discards    [numDiscardReasons]atomic.Int64
+}
+
+// poolConn is a connection owned by the pool, idle or checked out.
+type poolConn struct {
+	c       redis.Conn
+	cwt     redis.ConnWithTimeout // c, when it implements it
+	created time.Time
+	t       time.Time // when last returned to the idle set
+}
+
+// DiscardReason says why the pool closed a connection.
+type DiscardReason int
+
+// The reasons a connection is discarded, counted in PoolStats.Discards.
+const (
+	// DiscardBroken: a call failed with an error other than a redis.Error
+	// (timeout, EOF, protocol error, cancelled context), the conn's Err was
+	// set, replies could not be read in time, or it was in use when closed.
+	DiscardBroken DiscardReason = iota
+	// DiscardState: it was left in a state the next caller must not inherit
+	// (subscribed, MONITOR, CLIENT REPLY OFF, another database, READONLY, ...).
+	DiscardState
+	// DiscardIdleTimeout: it stayed idle longer than IdleTimeout.
+	DiscardIdleTimeout
+	// DiscardLifetime: it was older than MaxConnLifetime.
+	DiscardLifetime
+	// DiscardMaxIdle: MaxIdle connections were already idle.
+	DiscardMaxIdle
+	// DiscardHealthCheck: TestOnBorrow or TestOnBorrowContext failed.
+	DiscardHealthCheck
+	// DiscardPoolClosed: the pool was closed.
+	DiscardPoolClosed
+	numDiscardReasons
+)
+
+var discardNames = [numDiscardReasons]string{"broken", "state", "idle_timeout", "lifetime", "max_idle", "health_check", "pool_closed"}
+
+// String returns the reason in snake case, as used in metric labels.
+func (r DiscardReason) String() string {
+	if r < 0 || r >= numDiscardReasons {
+		return fmt.Sprintf("DiscardReason(%d)", int(r))
+	}
+	return discardNames[r]
+}
+
+// PoolStats are a pool's counters. The first four fields are those of
+// redigo's redis.PoolStats.
+type PoolStats struct {
+	// ActiveCount is the number of connections open, idle, in use or being dialed.
+	ActiveCount int
+	// IdleCount is the number of idle connections.
+	IdleCount int
+	// WaitCount is the number of Gets that had to wait for a connection.
+	WaitCount int64
+	// WaitDuration is the total time those Gets waited.
+	WaitDuration time.Duration
+
+	// DialCount is the number of dials started.
+	DialCount int64
+	// DialErrorCount is the number of dials that failed.
+	DialErrorCount int64
+	// FastFailCount is the number of Gets refused at once with the last dial
+	// error because the server was refusing connections.
+	FastFailCount int64
+	// WaitTimeoutCount is the number of Gets that failed with ErrPoolExhausted.
+	WaitTimeoutCount int64
+	// Discards counts the connections closed by the pool, by reason.
+	Discards DiscardStats
+}
+
+// DiscardStats counts closed connections by DiscardReason.
+type DiscardStats struct {
+	Broken, State, IdleTimeout, Lifetime, MaxIdle, HealthCheck, PoolClosed int64
+}
+
+// Total is the number of connections discarded for any reason.
+func (d DiscardStats) Total() int64 {
+	return d.Broken + d.State + d.IdleTimeout + d.Lifetime + d.MaxIdle + d.HealthCheck + d.PoolClosed
+}
+
+// init fixes the configuration on first use.
+func (p *Pool) init() error {
+	p.initOnce.Do(func() {
+		p.cfg, p.cfgErr = p.buildConfig()
+		n := p.cfg.maxActive
+		if p.cfgErr != nil {
+			n = 0
+		}
+		p.tokens = make(chan struct{}, n)
+		for range n {
+			p.tokens <- struct{}{}
+		}
+		p.dials = make(chan struct{}, p.cfg.maxDials)
+		for range p.cfg.maxDials {
+			p.dials <- struct{}{}
+		}
+		p.done = make(chan struct{})
+	})
+	return p.cfgErr
+}
+
+// Get returns a connection from the pool, dialing one if none is idle and
+// fewer than MaxActive are open. It never returns nil: on failure it returns a
+// conn whose methods all return the error. The caller must Close the conn.
+func (p *Pool) Get() redis.Conn {
+	c, _ := p.GetContext(context.Background())
+	return c
+}
+
+// GetContext is Get with a context that bounds the wait for a connection, as
+// WaitTimeout does; whichever ends first ends the wait. When ctx ends first,
+// its error is returned as it is. The context does not affect the returned
+// connection. On error the returned conn is not nil and returns the error from
+// its methods.
+func (p *Pool) GetContext(ctx context.Context) (redis.Conn, error) {
+	if p == nil {
+		return errorConn{errNilPool}, errNilPool
+	}
+	pc, err := p.get(ctx)
+	if err != nil {
+		return errorConn{err}, err
+	}
+	return &activeConn{p: p, pc: pc, borrowState: borrowState{db: p.cfg.db}}, nil
+}
+
+// get takes a token and then an idle connection or a new one.
+func (p *Pool) get(ctx context.Context) (pc *poolConn, err error) {
+	if err := p.init(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	select {
+	case <-p.tokens:
+	default:
+		if err := p.waitToken(ctx); err != nil {
+			return nil, err
+		}
+	}
+	// The token is ours: give it back on every path that does not hand out a
+	// connection, panics in TestOnBorrow included, unless a dial took it over.
+	holdToken := true
+	defer func() {
+		if pc == nil && holdToken {
+			p.tokens <- struct{}{}
+		}
+	}()
+	for {
+		var closed bool
+		pc, closed = p.popIdle()
+		if closed {
+			return nil, ErrPoolClosed
+		}
+		if pc == nil {
+			break
+		}
+		if p.usable(ctx, pc) {
+			return pc, nil
+		}
+	}
+	pc, err, holdToken = p.dial(ctx)
+	return pc, err
+}
+
+// waitToken waits for a token until ctx ends, WaitTimeout passes or the pool
+// closes.
+func (p *Pool) waitToken(ctx context.Context) error {
+	if p.cfg.waitTimeout < 0 {
+		p.waitTimeout.Add(1)
+		return fmt.Errorf("%w: all %d connections are in use and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxActive)
+	}
+	start := time.Now()
+	timer := time.NewTimer(p.cfg.waitTimeout)
+	defer timer.Stop()
+	p.waitCount.Add(1)
+	select {
+	case <-p.tokens:
+		p.waitNanos.Add(int64(time.Since(start)))
+		// select picks at random among ready cases: a caller that gave up
+		// must not get a connection.
+		if err := ctx.Err(); err != nil {
+			p.tokens <- struct{}{}
+			return err
+		}
+		return nil
+	case <-ctx.Done():
+		p.waitNanos.Add(int64(time.Since(start)))
+		return ctx.Err()
+	case <-p.done:
+		return ErrPoolClosed
+	case <-timer.C:
+		p.waitNanos.Add(int64(time.Since(start)))
+		p.waitTimeout.Add(1)
+		return fmt.Errorf("%w: all %d connections stayed in use for %v (WaitTimeout)", ErrPoolExhausted, p.cfg.maxActive, p.cfg.waitTimeout)
+	}
+}
+
+// popIdle takes the most recently returned idle connection, closing those that
+// stayed idle too long on the way. It reports whether the pool is closed.
+func (p *Pool) popIdle() (*poolConn, bool) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, true
+	}
+	n := len(p.idle)
+	if n == 0 {
+		p.mu.Unlock()
+		return nil, false
+	}
+	pc := p.idle[n-1]
+	p.idle[n-1] = nil
+	p.idle = p.idle[:n-1]
+	p.idleCount.Add(-1)
+	if nowFunc().Sub(pc.t) < p.cfg.idleTimeout {
+		p.mu.Unlock()
+		return pc, false
+	}
+	// pc is the newest idle connection, so every idle one is stale.
+	stale := append(p.idle, pc)
+	p.idle = nil
+	p.idleCount.Store(0)
+	p.mu.Unlock()
+	for _, pc := range stale {
+		p.discard(pc, DiscardIdleTimeout)
+	}
+	return nil, false
+}
+
+// usable reports whether an idle connection may be handed out, closing it if
+// not. A panic in TestOnBorrow closes it too.
+func (p *Pool) usable(ctx context.Context, pc *poolConn) (ok bool) {
+	reason := DiscardHealthCheck
+	defer func() {
+		if !ok {
+			p.discard(pc, reason)
+		}
+	}()
+	if p.cfg.maxLifetime > 0 && nowFunc().Sub(pc.created) >= p.cfg.maxLifetime {
+		reason = DiscardLifetime
+		return false
+	}
+	if p.TestOnBorrow != nil && p.TestOnBorrow(pc.c, pc.t) != nil {
+		return false
+	}
+	if p.TestOnBorrowContext != nil && p.TestOnBorrowContext(ctx, pc.c, pc.t) != nil {
+		return false
+	}
+	return true
+}
+
+// dialCall is a dial in progress. Its caller may give up on it; the dialing
+// goroutine then hands the result to the pool.
+type dialCall struct {
+	done chan struct{} // closed when pc, err are set and the caller still waits
+
+	mu        sync.Mutex // protects the fields below
+	finished  bool
+	abandoned bool
+	pc        *poolConn
+	err       error
+	panicked  any
+}
+
+// dial makes a new connection for a caller holding a token. It reports
+// whether the caller still holds the token: a dial the caller gave up on keeps
+// it, and hands it back with its connection.
+func (p *Pool) dial(ctx context.Context) (*poolConn, error, bool) {
+	probe, err := p.dialAllowed()
+	if err != nil {
+		return nil, err, true
+	}
+	select {
+	case <-p.dials:
+	default:
+		if err := p.waitDialSlot(ctx); err != nil {
+			if probe {
+				p.endProbe()
+			}
+			return nil, err, true
+		}
+	}
+	call := &dialCall{done: make(chan struct{})}
+	p.active.Add(1)
+	p.dialCount.Add(1)
+	go p.runDial(context.WithoutCancel(ctx), call)
+
+	select {
+	case <-call.done:
+	case <-ctx.Done():
+		call.mu.Lock()
+		if !call.finished {
+			call.abandoned = true
+			call.mu.Unlock()
+			return nil, ctx.Err(), false
+		}
+		call.mu.Unlock()
+		// The dial finished as the caller gave up: pass its result on.
+		p.handOff(call)
+		return nil, ctx.Err(), false
+	}
+	if call.panicked != nil {
+		p.active.Add(-1)
+		panic(call.panicked)
+	}
+	if call.err != nil {
+		p.active.Add(-1)
+		return nil, call.err, true
+	}
+	return call.pc, nil, true
+}
+
+// dialAllowed fails fast while the server refuses connections, letting one
+// caller probe it once the backoff has passed. It reports whether the caller
+// is that probe.
+func (p *Pool) dialAllowed() (bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.dialErr == nil {
+		return false, nil
+	}
+	if now := nowFunc(); p.probing || now.Before(p.nextDial) {
+		p.fastFails.Add(1)
+		return false, fmt.Errorf("redispool: not dialing for %v after %d failed dials: %w",
+			max(p.nextDial.Sub(now), 0).Round(time.Millisecond), p.dialFails, p.dialErr)
+	}
+	p.probing = true
+	return true, nil
+}
+
+// endProbe releases the probe of a caller that never dialed.
+func (p *Pool) endProbe() {
+	p.mu.Lock()
+	p.probing = false
+	p.mu.Unlock()
+}
+
+func (p *Pool) waitDialSlot(ctx context.Context) error {
+	if p.cfg.waitTimeout < 0 {
+		p.waitTimeout.Add(1)
+		return fmt.Errorf("%w: %d dials are in progress and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxDials)
+	}
+	timer := time.NewTimer(p.cfg.waitTimeout)
+	defer timer.Stop()
+	select {
+	case <-p.dials:
+		if err := ctx.Err(); err != nil {
+			p.dials <- struct{}{}
+			return err
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-p.done:
+		return ErrPoolClosed
+	case <-timer.C:
+		p.waitTimeout.Add(1)
+		return fmt.Errorf("%w: %d dials stayed in progress for %v (WaitTimeout)", ErrPoolExhausted, p.cfg.maxDials, p.cfg.waitTimeout)
+	}
+}
+
+// runDial dials on its own goroutine, so that a caller who gives up returns at
+// once and the finished connection still serves the pool.
+func (p *Pool) runDial(ctx context.Context, call *dialCall) {
+	var c redis.Conn
+	var err error
+	var panicked any
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				panicked = r
+				err = fmt.Errorf("redispool: Dial panicked: %v", r)
+			}
+		}()
+		c, err = p.dialConn(ctx)
+		if err == nil && c == nil {
+			err = errors.New("redispool: Dial returned a nil connection and no error")
+		}
+	}()
+	p.dials <- struct{}{}
+	p.recordDial(err)
+
+	var pc *poolConn
+	if err == nil {
+		pc = newPoolConn(c)
+	}
+	call.mu.Lock()
+	call.finished = true
+	call.pc, call.err, call.panicked = pc, err, panicked
+	abandoned := call.abandoned
+	call.mu.Unlock()
+	if abandoned {
+		p.handOff(call)
+		return
+	}
+	close(call.done)
+}
+
+// handOff gives the result of a dial whose caller gave up to the pool: the
+// connection goes to the idle set for the next caller, and the token back.
+func (p *Pool) handOff(call *dialCall) {
+	if call.err != nil {
+		p.active.Add(-1)
+		p.tokens <- struct{}{}
+		return
+	}
+	p.put(call.pc)
+}
+
+func newPoolConn(c redis.Conn) *poolConn {
+	cwt, _ := c.(redis.ConnWithTimeout)
+	return &poolConn{c: c, cwt: cwt, created: nowFunc()}
+}
+
+// dialConn calls the user's dial function or dials Addr.
+func (p *Pool) dialConn(ctx context.Context) (redis.Conn, error) {
+	switch {
+	case p.DialContext != nil:
+		return p.DialContext(ctx)
+	case p.Dial != nil:
+		return p.Dial()
+	}
+	if p.cfg.dialTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.cfg.dialTimeout)
+		defer cancel()
+	}
+	opts := []redis.DialOption{
+		redis.DialConnectTimeout(p.cfg.dialTimeout),
+		redis.DialReadTimeout(p.cfg.readTimeout),
+		redis.DialWriteTimeout(p.cfg.writeTimeout),
+		redis.DialDatabase(p.DB),
+		redis.DialUsername(p.Username),
+		redis.DialPassword(p.Password),
+	}
+	opts = append(opts, p.DialOptions...)
+	network := "tcp"
+	if strings.HasPrefix(p.cfg.addr, "/") {
+		network = "unix"
+	}
+	return redis.DialContext(ctx, network, p.cfg.addr, opts...)
+}
+
+// recordDial updates the backoff state with a dial's outcome.
+func (p *Pool) recordDial(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.probing = false
+	if err == nil {
+		p.dialErr, p.dialFails = nil, 0
+		return
+	}
+	p.dialErrors.Add(1)
+	p.dialFails++
+	d := backoffCap
+	if p.dialFails < 16 {
+		d = min(backoffCap, backoffBase<<(p.dialFails-1))
+	}
+	d -= rand.N(d/2 + 1)
+	p.dialErr = err
+	p.nextDial = nowFunc().Add(d)
+}
+
+// put returns a clean connection to the idle set and its token to the pool.
+// The connection joins the idle set before the token is returned, so that a
+// caller who takes the token finds it instead of dialing past MaxActive.
+func (p *Pool) put(pc *poolConn) {
+	now := nowFunc()
+	reason := DiscardReason(-1)
+	var stale *poolConn
+	p.mu.Lock()
+	switch {
+	case p.closed:
+		reason = DiscardPoolClosed
+	case p.cfg.maxLifetime > 0 && now.Sub(pc.created) >= p.cfg.maxLifetime:
+		reason = DiscardLifetime
+	case len(p.idle) >= p.cfg.maxIdle:
+		reason = DiscardMaxIdle
+	default:
+		pc.t = now
+		// The oldest idle connection is at the front; close it if stale.
+		if len(p.idle) > 0 && now.Sub(p.idle[0].t) >= p.cfg.idleTimeout {
+			stale = p.idle[0]
+			copy(p.idle, p.idle[1:])
+			p.idle[len(p.idle)-1] = pc
+		} else {
+			p.idle = append(p.idle, pc)
+			p.idleCount.Add(1)
+		}
+	}
+	p.mu.Unlock()
+	p.tokens <- struct{}{}
+	if reason >= 0 {
+		p.discard(pc, reason)
+	}
+	if stale != nil {
+		p.discard(stale, DiscardIdleTimeout)
+	}
+}
+
+// discard closes a connection the pool owns and counts why.
+func (p *Pool) discard(pc *poolConn, reason DiscardReason) {
+	pc.c.Close()
+	p.active.Add(-1)
+	p.discards[reason].Add(1)
+}
+
+// Stats returns the pool's counters.
+func (p *Pool) Stats() PoolStats {
+	if p == nil {
+		return PoolStats{}
+	}
+	d := &p.discards
+	return PoolStats{
+		ActiveCount:      int(p.active.Load()),
+		IdleCount:        int(p.idleCount.Load()),
+		WaitCount:        p.waitCount.Load(),
+		WaitDuration:     time.Duration(p.waitNanos.Load()),
+		DialCount:        p.dialCount.Load(),
+		DialErrorCount:   p.dialErrors.Load(),
+		FastFailCount:    p.fastFails.Load(),
+		WaitTimeoutCount: p.waitTimeout.Load(),
+		Discards: DiscardStats{
+			Broken:      d[DiscardBroken].Load(),
+			State:       d[DiscardState].Load(),
+			IdleTimeout: d[DiscardIdleTimeout].Load(),
+			Lifetime:    d[DiscardLifetime].Load(),
+			MaxIdle:     d[DiscardMaxIdle].Load(),
+			HealthCheck: d[DiscardHealthCheck].Load(),
+			PoolClosed:  d[DiscardPoolClosed].Load(),
+		},
+	}
+}
+
+// ActiveCount returns the number of connections open, idle, in use or being dialed.
+func (p *Pool) ActiveCount() int {
+	if p == nil {
+		return 0
+	}
+	return int(p.active.Load())
+}
+
+// IdleCount returns the number of idle connections.
+func (p *Pool) IdleCount() int {
+	if p == nil {
+		return 0
+	}
+	return int(p.idleCount.Load())
+}
+
+// Close closes the idle connections and makes every later Get fail with
+// ErrPoolClosed; callers waiting in Get are woken with ErrPoolClosed.
+// Connections still in use are closed when their holders close them, and
+// dials in progress close their connection when they finish. Close is
+// idempotent and always returns nil.
+func (p *Pool) Close() error {
+	if p == nil {
+		return nil
+	}
+	p.init() // a pool closed before first use still needs its channels
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	close(p.done)
+	idle := p.idle
+	p.idle = nil
+	p.idleCount.Store(0)
+	p.mu.Unlock()
+	for _, pc := range idle {
+		p.discard(pc, DiscardPoolClosed)
+	}
+	return nil
+}
+
+// RedigoPool returns a *redis.Pool backed by p, for libraries that require
+// that concrete type (boj/redistore, gin-contrib/sessions, gocraft/work). Its
+// own limits are off (MaxIdle and MaxActive zero): p alone bounds the
+// connections, bounds the waits and decides which connections to keep.
+// Closing the returned pool does not close p. Every call returns the same
+// *redis.Pool.
+func (p *Pool) RedigoPool() *redis.Pool {
+	if p == nil {
+		return &redis.Pool{DialContext: func(context.Context) (redis.Conn, error) { return nil, errNilPool }}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.redigoPool == nil {
+		p.redigoPool = &redis.Pool{DialContext: p.GetContext}
+	}
+	return p.redigoPool
+}
