@@ -390,7 +390,8 @@ func (p *Pool) release(pc *poolConn, st *borrowState) error {
 		p.tokens <- struct{}{}
 		return nil
 	case st.state&(stateSubscribe|stateListen|stateTaint) != 0, st.db != p.cfg.db,
-		st.pendingEver, st.pendingBlock > 0:
+		st.pendingEver, st.pendingBlock > 0,
+		pc.cwt == nil && (st.state != 0 || st.pending > 0): // no deadline to read with
 		// Write what the borrower sent, so nothing is lost, without waiting
 		// for replies that may not come in time or at all.
 		var err error
@@ -415,9 +416,6 @@ func (p *Pool) release(pc *poolConn, st *borrowState) error {
 // drain undoes MULTI and WATCH and reads every pending reply within the
 // drain timeout.
 func (p *Pool) drain(pc *poolConn, st *borrowState) error {
-	if pc.cwt == nil {
-		return errTimeoutNotSupported
-	}
 	var err error
 	switch {
 	case st.state&stateMulti != 0:

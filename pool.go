@@ -328,16 +328,15 @@ func (p *Pool) get(ctx context.Context) (pc *poolConn, err error) {
 		}
 	}()
 	for {
-		var closed bool
-		pc, closed = p.popIdle()
+		idle, closed := p.popIdle()
 		if closed {
 			return nil, ErrPoolClosed
 		}
-		if pc == nil {
+		if idle == nil {
 			break
 		}
-		if p.usable(ctx, pc) {
-			return pc, nil
+		if p.usable(ctx, idle) {
+			return idle, nil
 		}
 	}
 	pc, err, holdToken = p.dial(ctx)

@@ -1,0 +1,455 @@
+package redispool_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redispool/redispool"
+)
+
+// onePool is a pool of at most one fake conn.
+func onePool(t *testing.T, d *fakeDialer) *redispool.Pool {
+	t.Helper()
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: time.Second, ReadTimeout: 200 * time.Millisecond}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+func TestNonRedisErrorDiscardsTheConn(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	c := p.Get()
+	d.last(t).doErr = os.ErrDeadlineExceeded
+	_, err := c.Do("GET", "k")
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+	require.NoError(t, c.Close())
+	assert.True(t, d.Conns()[0].IsClosed())
+	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+	p.Get().Close()
+	assert.EqualValues(t, 2, d.dials.Load())
+}
+
+func TestRedisErrorReplyKeepsTheConnAndPassesThroughUnchanged(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	c := p.Get()
+	d.last(t).doErr = redis.Error("ERR wrong type")
+	_, err := c.Do("GET", "k")
+	// redigo's Script asserts err.(redis.Error): it must not be wrapped.
+	rerr, ok := err.(redis.Error)
+	require.True(t, ok, "got %T", err)
+	assert.Equal(t, redis.Error("ERR wrong type"), rerr)
+	_, err = c.Do("GET", "k")
+	assert.NoError(t, err, "the conn stays usable after an error reply")
+	c.Close()
+	assert.False(t, d.Conns()[0].IsClosed())
+	p.Get().Close()
+	assert.EqualValues(t, 1, d.dials.Load())
+}
+
+func TestABrokenConnFailsEveryLaterCallWithoutTouchingTheSocket(t *testing.T) {
+	// A conn that keeps its socket after a timeout (Err stays nil) would hand
+	// the late reply to the next command, even of the same borrower.
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	c := p.Get()
+	fc := d.last(t)
+	fc.doErr = os.ErrDeadlineExceeded
+	_, err := c.Do("GET", "a")
+	require.Error(t, err)
+	fc.mu.Lock()
+	fc.err = nil // naive: pretends to be fine
+	fc.mu.Unlock()
+	calls := len(fc.Calls())
+	_, err = c.Do("GET", "b")
+	assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
+	assert.ErrorIs(t, c.Send("GET", "c"), os.ErrDeadlineExceeded)
+	_, err = c.Receive()
+	assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
+	assert.ErrorIs(t, c.Err(), os.ErrDeadlineExceeded)
+	assert.Len(t, fc.Calls(), calls, "no call reached the conn: %s", fmtCalls(fc))
+	c.Close()
+	assert.True(t, fc.IsClosed(), "discarded although its Err was nil")
+}
+
+func TestConnWhoseErrIsSetIsDiscarded(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	c := p.Get()
+	fc := d.last(t)
+	fc.mu.Lock()
+	fc.err = errors.New("protocol error")
+	fc.mu.Unlock()
+	c.Close()
+	assert.True(t, fc.IsClosed())
+	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+}
+
+func TestAClosedConnFailsEveryCallWithoutTouchingTheNextOwner(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	old := p.Get()
+	require.NoError(t, old.Close())
+	next := p.Get() // the same pooled connection, now someone else's
+	defer next.Close()
+	fc := d.last(t)
+	calls := len(fc.Calls())
+
+	_, err := old.Do("GET", "k")
+	assert.Equal(t, redispool.ErrConnClosed, err)
+	assert.Equal(t, redispool.ErrConnClosed, old.Send("GET", "k"))
+	assert.Equal(t, redispool.ErrConnClosed, old.Flush())
+	_, err = old.Receive()
+	assert.Equal(t, redispool.ErrConnClosed, err)
+	_, err = redis.DoWithTimeout(old, time.Second, "GET", "k")
+	assert.Equal(t, redispool.ErrConnClosed, err)
+	_, err = redis.ReceiveWithTimeout(old, time.Second)
+	assert.Equal(t, redispool.ErrConnClosed, err)
+	_, err = redis.DoContext(old, context.Background(), "GET", "k")
+	assert.Equal(t, redispool.ErrConnClosed, err)
+	_, err = redis.ReceiveContext(old, context.Background())
+	assert.Equal(t, redispool.ErrConnClosed, err)
+	assert.Equal(t, redispool.ErrConnClosed, old.Err())
+	assert.NoError(t, old.Close())
+	assert.Len(t, fc.Calls(), calls, "the next owner's connection was touched")
+	assert.NoError(t, next.Err())
+}
+
+func TestConcurrentCloseReturnsTheConnOnce(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: -1}
+	defer p.Close()
+	for range 100 {
+		c := p.Get()
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Add(1)
+			go func() { defer wg.Done(); c.Close() }()
+		}
+		wg.Wait()
+	}
+	a, err := p.GetContext(context.Background())
+	require.NoError(t, err)
+	_, err = p.GetContext(context.Background())
+	assert.ErrorIs(t, err, redis.ErrPoolExhausted, "a double Close must not free two slots")
+	a.Close()
+}
+
+func TestCloseWhileACallIsInFlightDiscardsTheConn(t *testing.T) {
+	block := make(chan struct{})
+	entered := make(chan struct{})
+	d := &fakeDialer{setup: func(fc *fakeConn) {
+		fc.reply = func(string, []any) (any, error) { close(entered); <-block; return "late", nil }
+	}}
+	p := onePool(t, d)
+	c := p.Get()
+	fc := d.last(t)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Do("GET", "k")
+	}()
+	<-entered
+	// The fake holds its lock while blocked, so Close of the pooled conn
+	// would block too: close the borrowed conn from a goroutine.
+	closed := make(chan struct{})
+	go func() { c.Close(); close(closed) }()
+	close(block)
+	<-done
+	<-closed
+	assert.True(t, fc.IsClosed(), "a conn in use by another goroutine must not be reused")
+	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+}
+
+func TestReadTimeoutIsAppliedPerCommandToConnsFromDial(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	c := p.Get()
+	defer c.Close()
+	fc := d.last(t)
+	c.Do("GET", "k")
+	c.Do("BLPOP", "k", 1)
+	c.Do("blpop", "k", "0")
+	c.Do("XREAD", "BLOCK", 500, "STREAMS", "s", "$")
+	c.Do("WAIT", 1, 0)
+	c.Send("BLPOP", "k", 2)
+	c.Flush()
+	c.Receive()
+	c.Receive() // nothing pending: ReadTimeout
+	c.Send("BRPOP", "k", 0)
+	c.Do("")
+	c.Send("BRPOP", "k", 1)
+	c.Do("GET", "k")
+	redis.DoWithTimeout(c, 5*time.Second, "GET", "k")
+	ms := time.Millisecond
+	assert.Equal(t, []time.Duration{
+		200 * ms, 1200 * ms, 0, 700 * ms, 0,
+		2200 * ms, 200 * ms,
+		0,
+		1200 * ms,
+		5 * time.Second,
+	}, fc.Timeouts())
+}
+
+func TestReceiveOnASubscribedConnHasNoDeadlineUntilUnsubscribe(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	c := p.Get()
+	defer c.Close()
+	fc := d.last(t)
+	psc := redis.PubSubConn{Conn: c}
+	psc.Subscribe("ch")
+	psc.Receive()
+	psc.Receive()
+	psc.Unsubscribe()
+	psc.Receive()
+	assert.Equal(t, []time.Duration{0, 0, 200 * time.Millisecond}, fc.Timeouts())
+}
+
+func TestStateTheNextCallerMustNotInheritDiscardsTheConn(t *testing.T) {
+	tests := []struct {
+		name string
+		cmds [][]any
+	}{
+		{"SUBSCRIBE", [][]any{{"SUBSCRIBE", "ch"}}},
+		{"PSUBSCRIBE", [][]any{{"PSUBSCRIBE", "ch*"}}},
+		{"SUBSCRIBE then UNSUBSCRIBE", [][]any{{"SUBSCRIBE", "ch"}, {"UNSUBSCRIBE"}}},
+		{"MONITOR", [][]any{{"MONITOR"}}},
+		{"CLIENT REPLY OFF", [][]any{{"CLIENT", "REPLY", "OFF"}}},
+		{"CLIENT REPLY SKIP", [][]any{{"CLIENT", "REPLY", "SKIP"}}},
+		{"SELECT 3", [][]any{{"SELECT", 3}}},
+		{"SELECT unknown", [][]any{{"SELECT", "x"}}},
+		{"READONLY", [][]any{{"READONLY"}}},
+		{"HELLO", [][]any{{"HELLO", 3}}},
+		{"CLIENT TRACKING ON", [][]any{{"CLIENT", "TRACKING", "ON"}}},
+		{"AUTH", [][]any{{"AUTH", "pw"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := &fakeDialer{}
+			p := onePool(t, d)
+			c := p.Get()
+			for _, cmd := range tt.cmds {
+				c.Do(cmd[0].(string), cmd[1:]...)
+			}
+			require.NoError(t, c.Close())
+			assert.True(t, d.last(t).IsClosed())
+			assert.EqualValues(t, 1, p.Stats().Discards.State)
+		})
+	}
+}
+
+func TestStateThatIsUndoneKeepsTheConn(t *testing.T) {
+	tests := []struct {
+		name     string
+		cmds     [][]any
+		wantSent string
+	}{
+		{"SELECT 3 then SELECT 0", [][]any{{"SELECT", 3}, {"SELECT", "0"}}, ""},
+		{"MULTI is discarded", [][]any{{"MULTI"}, {"SET", "k", "v"}}, "SEND DISCARD"},
+		{"WATCH is undone", [][]any{{"WATCH", "k"}}, "SEND UNWATCH"},
+		{"MULTI EXEC", [][]any{{"WATCH", "k"}, {"MULTI"}, {"EXEC"}}, ""},
+		{"CLIENT REPLY ON", [][]any{{"CLIENT", "REPLY", "ON"}}, ""},
+		{"UNSUBSCRIBE without SUBSCRIBE", [][]any{{"UNSUBSCRIBE"}}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := &fakeDialer{}
+			p := onePool(t, d)
+			c := p.Get()
+			for _, cmd := range tt.cmds {
+				c.Do(cmd[0].(string), cmd[1:]...)
+			}
+			require.NoError(t, c.Close())
+			fc := d.last(t)
+			assert.False(t, fc.IsClosed(), fmtCalls(fc))
+			if tt.wantSent != "" {
+				assert.Contains(t, fc.Calls(), tt.wantSent)
+				assert.Equal(t, "DO ", fc.Calls()[len(fc.Calls())-1], "the reply was read")
+			}
+			assert.EqualValues(t, 0, p.Stats().Discards.Total())
+		})
+	}
+}
+
+func TestPoolDBDeclaresTheDatabaseOfDialedConns(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, DB: 2}
+	defer p.Close()
+	c := p.Get()
+	c.Do("SELECT", 2) // as throttled's redigostore does on every borrow
+	c.Close()
+	assert.False(t, d.last(t).IsClosed())
+	c = p.Get()
+	c.Do("SELECT", 0)
+	c.Close()
+	assert.True(t, d.last(t).IsClosed())
+}
+
+func TestPendingRepliesAreReadOnCloseAndTheConnKept(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	c := p.Get()
+	c.Send("SET", "k", "v")
+	c.Send("INCR", "n")
+	require.NoError(t, c.Close())
+	fc := d.last(t)
+	assert.Equal(t, []string{"SEND SET", "SEND INCR", "DO "}, fc.Calls(), "sent commands are flushed, their replies read")
+	assert.Equal(t, []time.Duration{200 * time.Millisecond}, fc.Timeouts(), "drained within ReadTimeout")
+	assert.False(t, fc.IsClosed())
+}
+
+func TestPendingRepliesThatCannotBeReadDiscardTheConn(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	c := p.Get()
+	c.Send("GET", "k")
+	fc := d.last(t)
+	fc.doErr = os.ErrDeadlineExceeded
+	err := c.Close()
+	assert.ErrorIs(t, err, os.ErrDeadlineExceeded, "Close reports the failed read")
+	assert.True(t, fc.IsClosed())
+	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+}
+
+func TestPendingBlockingCommandIsFlushedAndTheConnDiscarded(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	c := p.Get()
+	c.Send("BLPOP", "k", 0)
+	start := time.Now()
+	require.NoError(t, c.Close())
+	assert.Less(t, time.Since(start), 100*time.Millisecond)
+	fc := d.last(t)
+	assert.Equal(t, []string{"SEND BLPOP", "FLUSH", "CLOSE"}, fc.Calls())
+	assert.EqualValues(t, 1, p.Stats().Discards.State)
+}
+
+func TestDoContextCancelledMidCallReturnsCtxErrAndDiscards(t *testing.T) {
+	block := make(chan struct{})
+	d := &fakeDialer{setup: func(fc *fakeConn) {
+		fc.reply = func(string, []any) (any, error) {
+			<-block
+			return nil, errors.New("use of closed network connection")
+		}
+	}}
+	p := onePool(t, d)
+	c := p.Get()
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		time.Sleep(10 * time.Millisecond)
+		cancel()
+		close(block) // the fake's read ends once its socket is closed
+	}()
+	_, err := redis.DoContext(c, ctx, "GET", "k")
+	assert.Equal(t, context.Canceled, err)
+	c.Close()
+	assert.True(t, d.last(t).IsClosed())
+	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+}
+
+func TestDoContextDeadlineShortensTheReadTimeout(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	c := p.Get()
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := redis.DoContext(c, ctx, "GET", "k")
+	require.NoError(t, err)
+	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel2()
+	redis.DoContext(c, ctx2, "GET", "k")
+	ts := d.last(t).Timeouts()
+	require.Len(t, ts, 2)
+	assert.LessOrEqual(t, ts[0], 50*time.Millisecond)
+	assert.Greater(t, ts[0], time.Duration(0))
+	assert.Equal(t, 200*time.Millisecond, ts[1])
+}
+
+func TestDoContextWithAnExpiredContextSendsNothing(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	c := p.Get()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := redis.DoContext(c, ctx, "GET", "k")
+	assert.Equal(t, context.Canceled, err)
+	_, err = redis.ReceiveContext(c, ctx)
+	assert.Equal(t, context.Canceled, err)
+	c.Close()
+	fc := d.last(t)
+	assert.Empty(t, fc.Calls())
+	assert.False(t, fc.IsClosed(), "nothing was sent, the conn is clean")
+}
+
+// plainConn implements only redis.Conn, as some hand-written Dials return.
+type plainConn struct{ fc *fakeConn }
+
+func (c plainConn) Close() error                         { return c.fc.Close() }
+func (c plainConn) Err() error                           { return c.fc.Err() }
+func (c plainConn) Do(cmd string, a ...any) (any, error) { return c.fc.Do(cmd, a...) }
+func (c plainConn) Send(cmd string, a ...any) error      { return c.fc.Send(cmd, a...) }
+func (c plainConn) Flush() error                         { return c.fc.Flush() }
+func (c plainConn) Receive() (any, error)                { return c.fc.Receive() }
+
+func TestConnWithoutTimeoutsStillWorksAndIsNeverKeptDirty(t *testing.T) {
+	fc := &fakeConn{}
+	p := &redispool.Pool{MaxActive: 1, Dial: func() (redis.Conn, error) { return plainConn{fc}, nil }}
+	defer p.Close()
+	c := p.Get()
+	_, err := c.Do("GET", "k")
+	require.NoError(t, err)
+	_, err = redis.DoWithTimeout(c, time.Second, "GET", "k")
+	require.Error(t, err)
+	c.Close()
+	assert.True(t, fc.IsClosed(), "DoWithTimeout failing leaves the conn unknown: discarded")
+
+	fc2 := &fakeConn{}
+	p2 := &redispool.Pool{MaxActive: 1, Dial: func() (redis.Conn, error) { return plainConn{fc2}, nil }}
+	defer p2.Close()
+	c = p2.Get()
+	c.Send("SET", "k", "v")
+	c.Close()
+	assert.True(t, fc2.IsClosed(), "pending replies it cannot read within a deadline: discarded")
+	assert.Contains(t, fc2.Calls(), "FLUSH", "but what was sent is written first")
+}
+
+func TestConnImplementsRedigosOptionalInterfaces(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	c := p.Get()
+	defer c.Close()
+	_, ok := c.(redis.ConnWithTimeout)
+	assert.True(t, ok)
+	_, ok = c.(redis.ConnWithContext)
+	assert.True(t, ok)
+	var ec redis.Conn = (&redispool.Pool{MaxActive: -1}).Get()
+	_, ok = ec.(redis.ConnWithTimeout)
+	assert.True(t, ok, "the error conn too")
+	_, ok = ec.(redis.ConnWithContext)
+	assert.True(t, ok)
+}
+
+func TestDoWithEmptyCommandFlushesAndReadsPendingReplies(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	c := p.Get()
+	defer c.Close()
+	r, err := c.Do("")
+	assert.NoError(t, err)
+	assert.Nil(t, r, "nothing pending: nil, nil as redigo")
+	c.Send("SET", "a", 1)
+	c.Send("SET", "b", 2)
+	r, err = c.Do("")
+	require.NoError(t, err)
+	assert.Len(t, r, 2)
+}

@@ -1,0 +1,16 @@
+package redispool
+
+import "time"
+
+// SetNowFunc replaces the pool's clock until the returned func is called.
+func SetNowFunc(f func() time.Time) (restore func()) {
+	old := nowFunc
+	nowFunc = f
+	return func() { nowFunc = old }
+}
+
+// Backoff bounds, for tests that move the clock past a dial backoff.
+const (
+	BackoffBase = backoffBase
+	BackoffCap  = backoffCap
+)

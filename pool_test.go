@@ -1,0 +1,846 @@
+package redispool_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redispool/redispool"
+)
+
+// getN borrows n conns and fails the test on any error.
+func getN(t *testing.T, p *redispool.Pool, n int) []redis.Conn {
+	t.Helper()
+	conns := make([]redis.Conn, n)
+	for i := range conns {
+		c, err := p.GetContext(context.Background())
+		require.NoError(t, err, "Get #%d", i)
+		conns[i] = c
+	}
+	return conns
+}
+
+func closeAll(conns []redis.Conn) {
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+func TestZeroMaxActiveIsTenTimesGOMAXPROCS(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, WaitTimeout: -1}
+	defer p.Close()
+	n := 10 * runtime.GOMAXPROCS(0)
+	conns := getN(t, p, n)
+	defer closeAll(conns)
+
+	_, err := p.GetContext(context.Background())
+	require.Error(t, err)
+	assert.ErrorIs(t, err, redis.ErrPoolExhausted)
+	assert.ErrorIs(t, err, redispool.ErrPoolExhausted)
+	assert.Equal(t, n, p.ActiveCount())
+	assert.EqualValues(t, n, d.dials.Load())
+}
+
+func TestGetGivesUpAfterWaitTimeoutWithPoolExhausted(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 50 * time.Millisecond}
+	defer p.Close()
+	held := p.Get()
+	defer held.Close()
+
+	start := time.Now()
+	c := p.Get() // Get without a context must give up too
+	elapsed := time.Since(start)
+	err := c.Err()
+	require.Error(t, err)
+	assert.ErrorIs(t, err, redis.ErrPoolExhausted)
+	assert.GreaterOrEqual(t, elapsed, 50*time.Millisecond)
+	assert.Less(t, elapsed, 5*time.Second)
+	_, err = c.Do("GET", "k")
+	assert.ErrorIs(t, err, redis.ErrPoolExhausted, "every method of the failed conn returns the error")
+	assert.NoError(t, c.Close())
+
+	s := p.Stats()
+	assert.EqualValues(t, 1, s.WaitTimeoutCount)
+	assert.EqualValues(t, 1, s.WaitCount)
+	assert.GreaterOrEqual(t, s.WaitDuration, 50*time.Millisecond)
+}
+
+func TestZeroWaitTimeoutIsReadTimeoutPlusOneSecond(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, ReadTimeout: 10 * time.Millisecond}
+	defer p.Close()
+	held := p.Get()
+	defer held.Close()
+
+	start := time.Now()
+	_, err := p.GetContext(context.Background())
+	elapsed := time.Since(start)
+	assert.ErrorIs(t, err, redis.ErrPoolExhausted)
+	assert.GreaterOrEqual(t, elapsed, 1010*time.Millisecond)
+	assert.Less(t, elapsed, 3*time.Second)
+}
+
+func TestNegativeWaitTimeoutFailsAtOnce(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: -1}
+	defer p.Close()
+	held := p.Get()
+	defer held.Close()
+	start := time.Now()
+	_, err := p.GetContext(context.Background())
+	assert.ErrorIs(t, err, redis.ErrPoolExhausted)
+	assert.Less(t, time.Since(start), 100*time.Millisecond)
+}
+
+func TestGetWaitsForAConnToBeReturned(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 5 * time.Second}
+	defer p.Close()
+	held := p.Get()
+	got := make(chan error, 1)
+	go func() {
+		c, err := p.GetContext(context.Background())
+		if err == nil {
+			c.Close()
+		}
+		got <- err
+	}()
+	// The waiter must still be waiting while the conn is held.
+	select {
+	case err := <-got:
+		t.Fatalf("Get returned %v while the only conn was held", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	held.Close()
+	select {
+	case err := <-got:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiter not woken by Close of the held conn")
+	}
+	assert.EqualValues(t, 1, d.dials.Load(), "the waiter reuses the returned conn")
+}
+
+func TestGetContextReturnsTheCallersOwnContextErrorUnwrapped(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 10 * time.Second}
+	defer p.Close()
+	held := p.Get()
+	defer held.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	c, err := p.GetContext(ctx)
+	assert.Equal(t, context.DeadlineExceeded, err) // identity, not just errors.Is
+	require.NotNil(t, c)
+	assert.Equal(t, context.DeadlineExceeded, c.Err())
+
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	cancel2()
+	_, err = p.GetContext(ctx2)
+	assert.Equal(t, context.Canceled, err)
+}
+
+func TestCancelledGetContextNeverGetsAConnEvenWhenOneIsFree(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1}
+	defer p.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for range 100 {
+		_, err := p.GetContext(ctx)
+		require.Equal(t, context.Canceled, err)
+	}
+	assert.Equal(t, 0, p.ActiveCount())
+	c, err := p.GetContext(context.Background())
+	require.NoError(t, err, "the token came back every time")
+	c.Close()
+}
+
+func TestCloseWakesWaitersWithErrPoolClosed(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 10 * time.Second}
+	held := p.Get()
+	const waiters = 5
+	errs := make(chan error, waiters)
+	for range waiters {
+		go func() {
+			_, err := p.GetContext(context.Background())
+			errs <- err
+		}()
+	}
+	require.Eventually(t, func() bool { return p.Stats().WaitCount == waiters }, 5*time.Second, time.Millisecond)
+	require.NoError(t, p.Close())
+	for range waiters {
+		select {
+		case err := <-errs:
+			assert.Equal(t, redispool.ErrPoolClosed, err)
+		case <-time.After(5 * time.Second):
+			t.Fatal("waiter not woken by Close")
+		}
+	}
+	// The conn still in use is closed when its holder is done with it.
+	require.NoError(t, held.Close())
+	assert.True(t, d.last(t).IsClosed())
+	assert.Equal(t, 0, p.ActiveCount())
+	assert.EqualValues(t, 1, p.Stats().Discards.PoolClosed)
+}
+
+func TestCloseIsIdempotentAndClosesIdleConns(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial}
+	closeAll(getN(t, p, 3))
+	require.Equal(t, 3, p.IdleCount())
+
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() { defer wg.Done(); assert.NoError(t, p.Close()) }()
+	}
+	wg.Wait()
+	assert.NoError(t, p.Close())
+	for _, c := range d.Conns() {
+		assert.True(t, c.IsClosed())
+	}
+	assert.Equal(t, 0, p.IdleCount())
+	assert.Equal(t, 0, p.ActiveCount())
+	_, err := p.GetContext(context.Background())
+	assert.Equal(t, redispool.ErrPoolClosed, err)
+	assert.Equal(t, redispool.ErrPoolClosed, p.Get().Err())
+}
+
+func TestClosingAPoolNeverUsedWorks(t *testing.T) {
+	var p redispool.Pool
+	require.NoError(t, p.Close())
+	_, err := p.GetContext(context.Background())
+	assert.Equal(t, redispool.ErrPoolClosed, err)
+}
+
+func TestCleanConnIsReusedNotRedialed(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial}
+	defer p.Close()
+	for range 100 {
+		c := p.Get()
+		_, err := c.Do("SET", "k", "v")
+		require.NoError(t, err)
+		require.NoError(t, c.Close())
+	}
+	assert.EqualValues(t, 1, d.dials.Load())
+	assert.Equal(t, 1, p.IdleCount())
+	assert.Equal(t, 1, p.ActiveCount())
+}
+
+func TestIdleConnsAreReusedMostRecentFirst(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial}
+	defer p.Close()
+	conns := getN(t, p, 2)
+	conns[0].Close()
+	conns[1].Close() // returned last
+	c := p.Get()
+	defer c.Close()
+	c.Do("PING")
+	assert.Contains(t, d.Conns()[1].Calls(), "DO PING")
+	assert.NotContains(t, d.Conns()[0].Calls(), "DO PING")
+}
+
+func TestMaxIdleAboveMaxActiveIsLoweredToMaxActive(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 2, MaxIdle: 5, WaitTimeout: -1}
+	defer p.Close()
+	conns := getN(t, p, 2)
+	_, err := p.GetContext(context.Background())
+	assert.ErrorIs(t, err, redis.ErrPoolExhausted, "MaxActive 2 still bounds")
+	closeAll(conns)
+	assert.Equal(t, 2, p.IdleCount())
+}
+
+func TestZeroMaxActiveWithLargerMaxIdleUsesMaxIdle(t *testing.T) {
+	d := &fakeDialer{}
+	n := 10*runtime.GOMAXPROCS(0) + 5
+	p := &redispool.Pool{Dial: d.Dial, MaxIdle: n, WaitTimeout: -1}
+	defer p.Close()
+	conns := getN(t, p, n)
+	_, err := p.GetContext(context.Background())
+	assert.ErrorIs(t, err, redis.ErrPoolExhausted)
+	closeAll(conns)
+	assert.Equal(t, n, p.IdleCount())
+}
+
+func TestMaxIdleClosesConnsBeyondIt(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 4, MaxIdle: 1}
+	defer p.Close()
+	closeAll(getN(t, p, 3))
+	assert.Equal(t, 1, p.IdleCount())
+	assert.Equal(t, 1, p.ActiveCount())
+	assert.EqualValues(t, 2, p.Stats().Discards.MaxIdle)
+}
+
+func TestIdleTimeoutClosesStaleConns(t *testing.T) {
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, IdleTimeout: time.Minute}
+	defer p.Close()
+	closeAll(getN(t, p, 2))
+
+	clk.Advance(59 * time.Second)
+	c := p.Get()
+	require.NoError(t, c.Err())
+	c.Close()
+	assert.EqualValues(t, 2, d.dials.Load(), "conns idle for less than IdleTimeout are kept")
+
+	clk.Advance(61 * time.Second)
+	c = p.Get()
+	require.NoError(t, c.Err())
+	c.Close()
+	assert.EqualValues(t, 3, d.dials.Load(), "a stale conn is never handed out")
+	assert.EqualValues(t, 2, p.Stats().Discards.IdleTimeout)
+	for _, fc := range d.Conns()[:2] {
+		assert.True(t, fc.IsClosed())
+	}
+	assert.Equal(t, 1, p.ActiveCount())
+}
+
+func TestIdleTimeoutDefaultsToFourMinutes(t *testing.T) {
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial}
+	defer p.Close()
+	p.Get().Close()
+	clk.Advance(redispool.DefaultIdleTimeout - time.Second)
+	p.Get().Close()
+	assert.EqualValues(t, 1, d.dials.Load())
+	clk.Advance(redispool.DefaultIdleTimeout)
+	p.Get().Close()
+	assert.EqualValues(t, 2, d.dials.Load())
+}
+
+func TestReturningAConnClosesTheOldestIdleOneWhenStale(t *testing.T) {
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, IdleTimeout: time.Minute}
+	defer p.Close()
+	conns := getN(t, p, 2)
+	conns[0].Close()
+	clk.Advance(2 * time.Minute)
+	conns[1].Close()
+	assert.True(t, d.Conns()[0].IsClosed(), "closed without waiting for a Get")
+	assert.Equal(t, 1, p.IdleCount())
+	assert.Equal(t, 1, p.ActiveCount())
+}
+
+func TestMaxConnLifetimeClosesOldConns(t *testing.T) {
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxConnLifetime: time.Minute}
+	defer p.Close()
+	c := p.Get()
+	clk.Advance(61 * time.Second)
+	c.Close() // too old to keep
+	assert.True(t, d.Conns()[0].IsClosed())
+
+	p.Get().Close()
+	clk.Advance(61 * time.Second)
+	c = p.Get() // too old to hand out
+	require.NoError(t, c.Err())
+	c.Close()
+	assert.EqualValues(t, 3, d.dials.Load())
+	assert.EqualValues(t, 2, p.Stats().Discards.Lifetime)
+}
+
+func TestFailedHealthCheckClosesTheConnAndDialsAnother(t *testing.T) {
+	d := &fakeDialer{}
+	var lastUsed time.Time
+	fail := true
+	p := &redispool.Pool{
+		Dial:      d.Dial,
+		MaxActive: 1,
+		TestOnBorrow: func(c redis.Conn, t time.Time) error {
+			lastUsed = t
+			if fail {
+				return errors.New("unhealthy")
+			}
+			return nil
+		},
+	}
+	defer p.Close()
+	before := time.Now()
+	p.Get().Close()
+	c := p.Get()
+	require.NoError(t, c.Err())
+	c.Close()
+	assert.False(t, lastUsed.Before(before), "TestOnBorrow gets the time the conn was returned")
+	assert.True(t, d.Conns()[0].IsClosed())
+	assert.EqualValues(t, 2, d.dials.Load())
+	assert.EqualValues(t, 1, p.Stats().Discards.HealthCheck)
+
+	fail = false
+	c = p.Get()
+	c.Close()
+	assert.EqualValues(t, 2, d.dials.Load())
+}
+
+func TestTestOnBorrowContextGetsTheCallersContext(t *testing.T) {
+	d := &fakeDialer{}
+	type key struct{}
+	var got any
+	p := &redispool.Pool{Dial: d.Dial, TestOnBorrowContext: func(ctx context.Context, c redis.Conn, _ time.Time) error {
+		got = ctx.Value(key{})
+		return nil
+	}}
+	defer p.Close()
+	p.Get().Close()
+	c, err := p.GetContext(context.WithValue(context.Background(), key{}, "v"))
+	require.NoError(t, err)
+	c.Close()
+	assert.Equal(t, "v", got)
+}
+
+func TestPanicInTestOnBorrowReturnsTheTokenAndClosesTheConn(t *testing.T) {
+	d := &fakeDialer{}
+	panicking := true
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: -1,
+		TestOnBorrow: func(redis.Conn, time.Time) error {
+			if panicking {
+				panic("boom")
+			}
+			return nil
+		}}
+	defer p.Close()
+	p.Get().Close()
+	func() {
+		defer func() { assert.Equal(t, "boom", recover()) }()
+		p.Get()
+	}()
+	assert.True(t, d.Conns()[0].IsClosed())
+	assert.Equal(t, 0, p.ActiveCount())
+	panicking = false
+	c, err := p.GetContext(context.Background())
+	require.NoError(t, err, "the token was given back")
+	c.Close()
+}
+
+func TestDialErrorReturnsTheToken(t *testing.T) {
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	d := &fakeDialer{}
+	dialErr := errors.New("connection refused")
+	d.SetErr(dialErr)
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: -1}
+	defer p.Close()
+	_, err := p.GetContext(context.Background())
+	assert.Equal(t, dialErr, err)
+	assert.Equal(t, 0, p.ActiveCount())
+
+	d.SetErr(nil)
+	clk.Advance(redispool.BackoffCap)
+	c, err := p.GetContext(context.Background())
+	require.NoError(t, err, "the failed dial gave its token back")
+	c.Close()
+	s := p.Stats()
+	assert.EqualValues(t, 2, s.DialCount)
+	assert.EqualValues(t, 1, s.DialErrorCount)
+}
+
+func TestDialPanicReturnsTheTokenAndPanicsInTheCaller(t *testing.T) {
+	panicking := true
+	d := &fakeDialer{}
+	p := &redispool.Pool{MaxActive: 1, WaitTimeout: -1, Dial: func() (redis.Conn, error) {
+		if panicking {
+			panic("dial boom")
+		}
+		return d.Dial()
+	}}
+	defer p.Close()
+	func() {
+		defer func() { assert.Equal(t, "dial boom", recover()) }()
+		p.Get()
+	}()
+	assert.Equal(t, 0, p.ActiveCount())
+	panicking = false
+	c, err := p.GetContext(context.Background())
+	require.Error(t, err, "a panicked dial counts as a failed one: fail fast")
+	c.Close()
+}
+
+func TestDialReturningNilConnIsAnError(t *testing.T) {
+	p := &redispool.Pool{Dial: func() (redis.Conn, error) { return nil, nil }}
+	defer p.Close()
+	_, err := p.GetContext(context.Background())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "nil connection")
+	assert.Equal(t, 0, p.ActiveCount())
+}
+
+func TestWhileDialsFailCallersGetTheLastDialErrorAtOnce(t *testing.T) {
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	d := &fakeDialer{}
+	dialErr := errors.New("connection refused")
+	d.SetErr(dialErr)
+	p := &redispool.Pool{Dial: d.Dial}
+	defer p.Close()
+
+	_, err := p.GetContext(context.Background())
+	require.Equal(t, dialErr, err)
+	for range 100 {
+		_, err := p.GetContext(context.Background())
+		require.ErrorIs(t, err, dialErr)
+	}
+	assert.EqualValues(t, 1, d.dials.Load(), "no dial during the backoff")
+	assert.EqualValues(t, 100, p.Stats().FastFailCount)
+
+	// Each failure doubles the backoff, up to its cap.
+	for i := 2; i <= 10; i++ {
+		clk.Advance(redispool.BackoffCap)
+		_, err := p.GetContext(context.Background())
+		require.Equal(t, dialErr, err)
+		require.EqualValues(t, i, d.dials.Load(), "one probe per backoff period")
+		_, err = p.GetContext(context.Background())
+		require.ErrorIs(t, err, dialErr)
+		require.EqualValues(t, i, d.dials.Load())
+	}
+
+	// One success resets the backoff.
+	d.SetErr(nil)
+	clk.Advance(redispool.BackoffCap)
+	conns := getN(t, p, 3)
+	closeAll(conns)
+	assert.EqualValues(t, 13, d.dials.Load())
+	assert.Equal(t, 3, p.ActiveCount())
+}
+
+func TestBackoffGrowsFromBaseToCap(t *testing.T) {
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	d := &fakeDialer{}
+	d.SetErr(errors.New("refused"))
+	p := &redispool.Pool{Dial: d.Dial}
+	defer p.Close()
+	p.Get() // first failure: backoff in [base/2, base]
+	clk.Advance(redispool.BackoffBase/2 - time.Millisecond)
+	p.Get()
+	assert.EqualValues(t, 1, d.dials.Load(), "no retry before half the base backoff")
+	clk.Advance(redispool.BackoffBase/2 + time.Millisecond)
+	p.Get()
+	assert.EqualValues(t, 2, d.dials.Load(), "a retry by the base backoff")
+}
+
+func TestOnlyOneProbeDialsWhileTheServerIsDown(t *testing.T) {
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	release := make(chan struct{})
+	var dials sync.WaitGroup
+	dialErr := errors.New("refused")
+	var n int
+	var mu sync.Mutex
+	p := &redispool.Pool{Dial: func() (redis.Conn, error) {
+		mu.Lock()
+		n++
+		first := n == 1
+		mu.Unlock()
+		if !first {
+			<-release
+		}
+		return nil, dialErr
+	}}
+	defer p.Close()
+	p.Get()
+	clk.Advance(redispool.BackoffCap)
+	dials.Add(1)
+	go func() { defer dials.Done(); p.Get() }() // the probe, blocked in Dial
+	require.Eventually(t, func() bool { return p.Stats().DialCount == 2 }, 5*time.Second, time.Millisecond)
+	for range 50 {
+		_, err := p.GetContext(context.Background())
+		require.ErrorIs(t, err, dialErr)
+	}
+	close(release)
+	dials.Wait()
+	assert.EqualValues(t, 2, p.Stats().DialCount)
+}
+
+func TestADialTheCallerGaveUpOnServesTheNextCaller(t *testing.T) {
+	d := &fakeDialer{}
+	release := make(chan struct{})
+	p := &redispool.Pool{MaxActive: 1, WaitTimeout: 5 * time.Second, Dial: func() (redis.Conn, error) {
+		<-release
+		return d.Dial()
+	}}
+	defer p.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := p.GetContext(ctx)
+	assert.Equal(t, context.DeadlineExceeded, err)
+	assert.Less(t, time.Since(start), 2*time.Second, "the caller does not wait for the dial")
+	assert.Equal(t, 1, p.ActiveCount(), "the dial in progress counts against MaxActive")
+
+	got := make(chan redis.Conn, 1)
+	go func() { got <- p.Get() }()
+	close(release)
+	c := <-got
+	require.NoError(t, c.Err())
+	c.Close()
+	assert.EqualValues(t, 1, d.dials.Load(), "the abandoned dial's conn was handed on")
+	assert.Equal(t, 1, p.ActiveCount())
+}
+
+func TestDialContextIsNotCancelledWhenTheCallerGivesUp(t *testing.T) {
+	d := &fakeDialer{}
+	type key struct{}
+	dialCtx := make(chan context.Context, 1)
+	release := make(chan struct{})
+	p := &redispool.Pool{DialContext: func(ctx context.Context) (redis.Conn, error) {
+		dialCtx <- ctx
+		<-release
+		return d.Dial()
+	}}
+	defer p.Close()
+	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), key{}, "v"))
+	go func() { time.Sleep(10 * time.Millisecond); cancel() }()
+	_, err := p.GetContext(ctx)
+	assert.Equal(t, context.Canceled, err)
+	dctx := <-dialCtx
+	assert.NoError(t, dctx.Err(), "the dial goes on for the next caller")
+	assert.Equal(t, "v", dctx.Value(key{}), "the dial keeps the caller's values")
+	close(release)
+	require.Eventually(t, func() bool { return p.IdleCount() == 1 }, 5*time.Second, time.Millisecond)
+}
+
+func TestDialContextTakesPrecedenceOverDial(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{
+		Dial:        func() (redis.Conn, error) { return nil, errors.New("Dial used") },
+		DialContext: func(context.Context) (redis.Conn, error) { return d.Dial() },
+	}
+	defer p.Close()
+	c, err := p.GetContext(context.Background())
+	require.NoError(t, err)
+	c.Close()
+}
+
+func TestAtMostMaxConcurrentDialsRunAtOnce(t *testing.T) {
+	d := &fakeDialer{}
+	var mu sync.Mutex
+	inDial, most := 0, 0
+	release := make(chan struct{})
+	p := &redispool.Pool{MaxActive: 20, MaxConcurrentDials: 3, WaitTimeout: 5 * time.Second, Dial: func() (redis.Conn, error) {
+		mu.Lock()
+		inDial++
+		most = max(most, inDial)
+		mu.Unlock()
+		<-release
+		mu.Lock()
+		inDial--
+		mu.Unlock()
+		return d.Dial()
+	}}
+	defer p.Close()
+	var wg sync.WaitGroup
+	conns := make(chan redis.Conn, 10)
+	for range 10 {
+		wg.Add(1)
+		go func() { defer wg.Done(); conns <- p.Get() }()
+	}
+	require.Eventually(t, func() bool { return p.Stats().DialCount == 3 }, 5*time.Second, time.Millisecond)
+	close(release)
+	wg.Wait()
+	close(conns)
+	for c := range conns {
+		assert.NoError(t, c.Err())
+		c.Close()
+	}
+	assert.Equal(t, 3, most)
+}
+
+func TestInvalidConfigurationIsReportedByGet(t *testing.T) {
+	dial := func() (redis.Conn, error) { return nil, errors.New("unused") }
+	tests := []struct {
+		name string
+		pool *redispool.Pool
+		want string
+	}{
+		{"negative MaxActive", &redispool.Pool{MaxActive: -1}, "MaxActive"},
+		{"negative MaxIdle", &redispool.Pool{MaxIdle: -1}, "MaxIdle"},
+		{"negative MaxConcurrentDials", &redispool.Pool{MaxConcurrentDials: -2}, "MaxConcurrentDials"},
+		{"negative DB", &redispool.Pool{DB: -1}, "DB"},
+		{"Dial and Addr", &redispool.Pool{Dial: dial, Addr: "localhost:6379"}, "Addr"},
+		{"DialContext and Addr", &redispool.Pool{DialContext: func(context.Context) (redis.Conn, error) { return dial() }, Addr: "x:1"}, "Addr"},
+		{"Dial and DialOptions", &redispool.Pool{Dial: dial, DialOptions: []redis.DialOption{redis.DialDatabase(1)}}, "DialOptions"},
+		{"Dial and Password", &redispool.Pool{Dial: dial, Password: "pw"}, "Password"},
+		{"Dial and DialTimeout", &redispool.Pool{Dial: dial, DialTimeout: time.Second}, "DialTimeout"},
+		{"ReadTimeout without unit", &redispool.Pool{ReadTimeout: 5}, "ReadTimeout"},
+		{"WriteTimeout without unit", &redispool.Pool{WriteTimeout: 3}, "WriteTimeout"},
+		{"DialTimeout without unit", &redispool.Pool{DialTimeout: 10}, "DialTimeout"},
+		{"WaitTimeout without unit", &redispool.Pool{WaitTimeout: 100}, "WaitTimeout"},
+		{"IdleTimeout without unit", &redispool.Pool{IdleTimeout: 240}, "IdleTimeout"},
+		{"MaxConnLifetime without unit", &redispool.Pool{MaxConnLifetime: 60}, "MaxConnLifetime"},
+		{"negative IdleTimeout", &redispool.Pool{IdleTimeout: -time.Second}, "IdleTimeout"},
+		{"negative MaxConnLifetime", &redispool.Pool{MaxConnLifetime: -time.Second}, "MaxConnLifetime"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			defer tt.pool.Close()
+			c, err := tt.pool.GetContext(context.Background())
+			require.Error(t, err)
+			assert.ErrorIs(t, err, redispool.ErrInvalidConfig)
+			assert.Contains(t, err.Error(), tt.want)
+			_, err = c.Do("PING")
+			assert.ErrorIs(t, err, redispool.ErrInvalidConfig)
+			assert.ErrorIs(t, tt.pool.Get().Err(), redispool.ErrInvalidConfig)
+			assert.Equal(t, 0, tt.pool.ActiveCount())
+		})
+	}
+}
+
+func TestNegativeTimeoutsDisableThem(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, ReadTimeout: -1}
+	defer p.Close()
+	c := p.Get()
+	defer c.Close()
+	_, err := c.Do("GET", "k")
+	require.NoError(t, err)
+	assert.Equal(t, []time.Duration{0}, d.last(t).Timeouts())
+}
+
+func TestNilPoolDoesNotPanic(t *testing.T) {
+	var p *redispool.Pool
+	assert.Error(t, p.Get().Err())
+	_, err := p.GetContext(context.Background())
+	assert.Error(t, err)
+	assert.NoError(t, p.Close())
+	assert.Equal(t, redispool.PoolStats{}, p.Stats())
+	assert.Equal(t, 0, p.ActiveCount())
+	assert.Equal(t, 0, p.IdleCount())
+	assert.Error(t, p.RedigoPool().Get().Err())
+}
+
+func TestStatsBeginWithRedigosFourFields(t *testing.T) {
+	// Same names and order as redis.PoolStats, so a conversion compiles.
+	var s redispool.PoolStats
+	_ = redis.PoolStats{ActiveCount: s.ActiveCount, IdleCount: s.IdleCount, WaitCount: s.WaitCount, WaitDuration: s.WaitDuration}
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial}
+	defer p.Close()
+	conns := getN(t, p, 3)
+	conns[0].Close()
+	s = p.Stats()
+	assert.Equal(t, 3, s.ActiveCount)
+	assert.Equal(t, 1, s.IdleCount)
+	assert.EqualValues(t, 3, s.DialCount)
+	closeAll(conns[1:])
+}
+
+func TestDiscardReasonNames(t *testing.T) {
+	assert.Equal(t, "broken", redispool.DiscardBroken.String())
+	assert.Equal(t, "pool_closed", redispool.DiscardPoolClosed.String())
+	assert.Equal(t, "DiscardReason(99)", redispool.DiscardReason(99).String())
+	s := redispool.DiscardStats{Broken: 1, State: 2, IdleTimeout: 3, Lifetime: 4, MaxIdle: 5, HealthCheck: 6, PoolClosed: 7}
+	assert.EqualValues(t, 28, s.Total())
+}
+
+func TestGetClosePathAllocatesAtMostOnce(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial}
+	defer p.Close()
+	p.Get().Close()
+	ctx := context.Background()
+	n := testing.AllocsPerRun(1000, func() {
+		c, _ := p.GetContext(ctx)
+		c.Close()
+	})
+	assert.LessOrEqual(t, n, 1.0, "allocations per Get+Close")
+}
+
+func TestConcurrentGetCloseNeverExceedsMaxActive(t *testing.T) {
+	var mu sync.Mutex
+	open, most := 0, 0
+	d := &fakeDialer{}
+	p := &redispool.Pool{MaxActive: 5, WaitTimeout: 5 * time.Second, Dial: func() (redis.Conn, error) {
+		mu.Lock()
+		open++
+		most = max(most, open)
+		mu.Unlock()
+		return d.Dial()
+	}}
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 200 {
+				c := p.Get()
+				if err := c.Err(); err != nil {
+					t.Error(err)
+					return
+				}
+				if (i+j)%7 == 0 {
+					c.Do("SUBSCRIBE", "x") // dirty: discarded, a new dial follows
+				}
+				c.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	p.Close()
+	for _, c := range d.Conns() {
+		if c.IsClosed() {
+			mu.Lock()
+			open--
+			mu.Unlock()
+		}
+	}
+	assert.LessOrEqual(t, most-int(p.Stats().Discards.State), 5)
+	assert.Equal(t, 0, open, "every conn closed after Close")
+	assert.Equal(t, 0, p.ActiveCount())
+}
+
+func TestConnPoolInterfaceAcceptsBothPools(t *testing.T) {
+	use := func(cp redispool.ConnPool) error {
+		c := cp.Get()
+		defer c.Close()
+		_, err := c.Do("PING")
+		return err
+	}
+	d := &fakeDialer{}
+	ours := &redispool.Pool{Dial: d.Dial}
+	theirs := &redis.Pool{Dial: d.Dial}
+	assert.NoError(t, use(ours))
+	assert.NoError(t, use(theirs))
+	assert.NoError(t, ours.Close())
+	assert.NoError(t, theirs.Close())
+}
+
+func ExamplePool() {
+	// The zero value dials localhost:6379, keeps at most 10 x GOMAXPROCS
+	// connections and bounds every wait.
+	var pool redispool.Pool
+	defer pool.Close()
+
+	conn := pool.Get()
+	defer conn.Close()
+	if _, err := conn.Do("SET", "greeting", "hello"); err != nil {
+		fmt.Println(err)
+	}
+}
+
+// fmtCalls helps failure messages.
+func fmtCalls(c *fakeConn) string { return strings.Join(c.Calls(), ", ") }
