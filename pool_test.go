@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -827,6 +830,19 @@ func TestConnPoolInterfaceAcceptsBothPools(t *testing.T) {
 	assert.NoError(t, use(theirs))
 	assert.NoError(t, ours.Close())
 	assert.NoError(t, theirs.Close())
+}
+
+func TestGoVetReportsACopiedPool(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs go vet")
+	}
+	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(goTool); err != nil {
+		t.Skipf("go tool not found at %s", goTool)
+	}
+	out, err := exec.Command(goTool, "vet", "./testdata/copiedpool").CombinedOutput()
+	require.Error(t, err, "go vet accepted a copied Pool:\n%s", out)
+	assert.Contains(t, string(out), "passes lock by value: github.com/redispool/redispool.Pool")
 }
 
 func ExamplePool() {
