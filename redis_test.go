@@ -1,0 +1,547 @@
+package redispool_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redispool/redispool"
+	"github.com/redispool/redispool/internal/leakcheck"
+	"github.com/redispool/redispool/internal/redistest"
+)
+
+func TestMain(m *testing.M) {
+	leakcheck.VerifyTestMain(m)
+}
+
+// netCounter counts the TCP connections a Dial opens and how many are open.
+type netCounter struct {
+	opened, open, peak atomic.Int64
+}
+
+func (n *netCounter) dial(network, addr string) (net.Conn, error) {
+	c, err := net.DialTimeout(network, addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	n.opened.Add(1)
+	now := n.open.Add(1)
+	for {
+		peak := n.peak.Load()
+		if now <= peak || n.peak.CompareAndSwap(peak, now) {
+			break
+		}
+	}
+	return &countedConn{Conn: c, n: n}, nil
+}
+
+type countedConn struct {
+	net.Conn
+	n    *netCounter
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.n.open.Add(-1) })
+	return c.Conn.Close()
+}
+
+// TestRedigoDocumentedUsageWorksWithOnlyTheTypeNameChanged is redigo's own
+// documented Pool usage (its package doc and examples) with redis.Pool
+// replaced by redispool.Pool.
+func TestRedigoDocumentedUsageWorksWithOnlyTheTypeNameChanged(t *testing.T) {
+	srv := redistest.Start(t)
+	server := srv.Addr()
+	newPool := func(addr string) *redispool.Pool {
+		return &redispool.Pool{
+			MaxIdle:     3,
+			IdleTimeout: 240 * time.Second,
+			// Dial or DialContext must be set. When both are set, DialContext takes precedence over Dial.
+			Dial: func() (redis.Conn, error) { return redis.Dial("tcp", addr) },
+			TestOnBorrow: func(c redis.Conn, t time.Time) error {
+				if time.Since(t) < time.Minute {
+					return nil
+				}
+				_, err := c.Do("PING")
+				return err
+			},
+		}
+	}
+	pool := newPool(server)
+	defer pool.Close()
+
+	t.Run("Do and reply helpers", func(t *testing.T) {
+		conn := pool.Get()
+		defer conn.Close()
+		_, err := conn.Do("SET", "hello", "world")
+		require.NoError(t, err)
+		s, err := redis.String(conn.Do("GET", "hello"))
+		require.NoError(t, err)
+		assert.Equal(t, "world", s)
+		_, err = conn.Do("HSET", "album:1", "title", "Red", "rating", 5)
+		require.NoError(t, err)
+		var album struct {
+			Title  string `redis:"title"`
+			Rating int    `redis:"rating"`
+		}
+		v, err := redis.Values(conn.Do("HGETALL", "album:1"))
+		require.NoError(t, err)
+		require.NoError(t, redis.ScanStruct(v, &album))
+		assert.Equal(t, 5, album.Rating)
+	})
+
+	t.Run("pipelining", func(t *testing.T) {
+		c := pool.Get()
+		defer c.Close()
+		c.Send("SET", "foo", "bar")
+		c.Send("GET", "foo")
+		c.Flush()
+		_, err := c.Receive()
+		require.NoError(t, err)
+		v, err := redis.String(c.Receive())
+		require.NoError(t, err)
+		assert.Equal(t, "bar", v)
+	})
+
+	t.Run("transaction", func(t *testing.T) {
+		c := pool.Get()
+		defer c.Close()
+		c.Send("MULTI")
+		c.Send("INCR", "foo:n")
+		c.Send("INCR", "bar:n")
+		r, err := redis.Ints(c.Do("EXEC"))
+		require.NoError(t, err)
+		assert.Equal(t, []int{1, 1}, r)
+	})
+
+	t.Run("DoContext and DoWithTimeout", func(t *testing.T) {
+		c := pool.Get()
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		v, err := redis.String(redis.DoContext(c, ctx, "ECHO", "ctx"))
+		require.NoError(t, err)
+		assert.Equal(t, "ctx", v)
+		v, err = redis.String(redis.DoWithTimeout(c, time.Second, "ECHO", "timeout"))
+		require.NoError(t, err)
+		assert.Equal(t, "timeout", v)
+		r, err := redis.ReceiveWithTimeout(c, time.Second)
+		assert.Nil(t, r)
+		assert.Error(t, err, "nothing to receive: times out")
+	})
+
+	t.Run("Script with NOSCRIPT fallback", func(t *testing.T) {
+		c := pool.Get()
+		defer c.Close()
+		_, err := c.Do("SCRIPT", "FLUSH")
+		require.NoError(t, err)
+		script := redis.NewScript(1, `return redis.call("INCRBY", KEYS[1], ARGV[1])`)
+		n, err := redis.Int(script.Do(c, "script:n", 2)) // EVALSHA fails with NOSCRIPT, EVAL follows
+		require.NoError(t, err)
+		assert.Equal(t, 2, n)
+		n, err = redis.Int(script.Do(c, "script:n", 3)) // now loaded
+		require.NoError(t, err)
+		assert.Equal(t, 5, n)
+		ctx := context.Background()
+		_, err = c.Do("SCRIPT", "FLUSH")
+		require.NoError(t, err)
+		n, err = redis.Int(script.DoContext(ctx, c, "script:n", 1)) // asserts err.(redis.Error)
+		require.NoError(t, err)
+		assert.Equal(t, 6, n)
+	})
+
+	t.Run("PubSubConn over a pooled conn", func(t *testing.T) {
+		c := pool.Get()
+		defer c.Close()
+		psc := redis.PubSubConn{Conn: c}
+		require.NoError(t, psc.Subscribe("news"))
+		sub, ok := psc.Receive().(redis.Subscription)
+		require.True(t, ok)
+		assert.Equal(t, "subscribe", sub.Kind)
+
+		go func() {
+			pc := pool.Get()
+			defer pc.Close()
+			pc.Do("PUBLISH", "news", "hello")
+		}()
+		// Receive waits for the message without a read deadline.
+		msg, ok := psc.Receive().(redis.Message)
+		require.True(t, ok)
+		assert.Equal(t, "hello", string(msg.Data))
+		require.NoError(t, psc.Unsubscribe())
+		sub, ok = psc.Receive().(redis.Subscription)
+		require.True(t, ok)
+		assert.Equal(t, 0, sub.Count)
+	})
+
+	t.Run("the bound holds", func(t *testing.T) {
+		s := pool.Stats()
+		assert.LessOrEqual(t, s.ActiveCount, 10*runtime.GOMAXPROCS(0))
+	})
+}
+
+// TestZeroValuePoolTalksToLocalhost6379 starts a redis-server on 6379 and uses
+// a Pool declared with var and nothing else.
+func TestZeroValuePoolTalksToLocalhost6379(t *testing.T) {
+	_, err := redistest.StartOnPort(t, 6379)
+	if errors.Is(err, redistest.ErrPortInUse) {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("port 6379 is in use, so the zero-value pool cannot be tested: %v", err)
+		}
+		t.Skipf("port 6379 is in use by another process: %v", err)
+	}
+	require.NoError(t, err)
+
+	var p redispool.Pool
+	defer p.Close()
+	c := p.Get()
+	defer c.Close()
+	key := fmt.Sprintf("redispool:zero:%d", time.Now().UnixNano())
+	_, err = c.Do("SET", key, "v", "EX", 10)
+	require.NoError(t, err)
+	v, err := redis.String(c.Do("GET", key))
+	require.NoError(t, err)
+	assert.Equal(t, "v", v)
+}
+
+// TestTwoHundredCallersOpenAtMostMaxActiveConnections is the load that made
+// redigo's pool open 333 connections at once and 28,446 in total.
+func TestTwoHundredCallersOpenAtMostMaxActiveConnections(t *testing.T) {
+	srv := redistest.Start(t)
+	d := 2 * time.Second
+	if testing.Short() {
+		d = 300 * time.Millisecond
+	}
+	var n netCounter
+	p := &redispool.Pool{Dial: func() (redis.Conn, error) {
+		return redis.Dial("tcp", srv.Addr(), redis.DialNetDial(n.dial))
+	}}
+	defer p.Close()
+	before := srv.TotalConnectionsReceived(t)
+
+	var cmds, errs, wrong atomic.Int64
+	var peakClients atomic.Int64
+	deadline := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			key := fmt.Sprintf("k:%d", i)
+			for j := 0; time.Now().Before(deadline); j++ {
+				c := p.Get()
+				want := fmt.Sprint(j)
+				_, err := c.Do("SET", key, want)
+				var got string
+				if err == nil {
+					got, err = redis.String(c.Do("GET", key))
+				}
+				c.Close()
+				switch {
+				case err != nil:
+					errs.Add(1)
+				case got != want:
+					wrong.Add(1)
+				default:
+					cmds.Add(2)
+				}
+			}
+		}()
+	}
+	// Sample the server's own count while the load runs.
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for time.Now().Before(deadline.Add(-50 * time.Millisecond)) {
+			if c := int64(srv.ConnectedClients(t)); c > peakClients.Load() {
+				peakClients.Store(c)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	wg.Wait()
+	<-sampled
+
+	limit := int64(10 * runtime.GOMAXPROCS(0))
+	opened := int64(srv.TotalConnectionsReceived(t) - before)
+	t.Logf("%d commands in %v, %d errors, %d wrong replies; connections: %d open at once (server saw %d), %d opened (server saw %d), limit %d",
+		cmds.Load(), d, errs.Load(), wrong.Load(), n.peak.Load(), peakClients.Load(), n.opened.Load(), opened, limit)
+	assert.Zero(t, errs.Load())
+	assert.Zero(t, wrong.Load())
+	assert.Positive(t, cmds.Load())
+	assert.LessOrEqual(t, n.peak.Load(), limit)
+	assert.LessOrEqual(t, peakClients.Load(), limit)
+	assert.LessOrEqual(t, n.opened.Load(), limit)
+	assert.LessOrEqual(t, opened, limit)
+}
+
+// borrowerSeesOnlyItsOwn checks that a new borrower of p reads database 0 and
+// gets replies to its own commands only.
+func borrowerSeesOnlyItsOwn(t *testing.T, p *redispool.Pool) {
+	t.Helper()
+	c, err := p.GetContext(context.Background())
+	require.NoError(t, err)
+	defer c.Close()
+	for i := range 3 {
+		want := fmt.Sprintf("mine-%d-%d", time.Now().UnixNano(), i)
+		v, err := redis.String(c.Do("ECHO", want))
+		require.NoError(t, err)
+		require.Equal(t, want, v, "the next borrower got a reply that was not its own")
+	}
+	marker, err := redis.String(c.Do("GET", "db0:marker"))
+	require.NoError(t, err, "the next borrower is not in database 0")
+	require.Equal(t, "db0", marker)
+	n, err := redis.Int(c.Do("INCR", "borrower:n"))
+	require.NoError(t, err)
+	require.Positive(t, n)
+}
+
+func TestADirtyConnLeavesNothingForTheNextBorrower(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Do(t, "SET", "db0:marker", "db0")
+	const readTimeout = 500 * time.Millisecond
+	tests := []struct {
+		name  string
+		dirty func(t *testing.T, c redis.Conn)
+		after func(t *testing.T) // checks on the server, when any
+	}{
+		{"pending pipeline", func(t *testing.T, c redis.Conn) {
+			c.Send("ECHO", "late-1")
+			c.Send("ECHO", "late-2")
+			c.Flush()
+			v, err := redis.String(c.Receive())
+			require.NoError(t, err)
+			require.Equal(t, "late-1", v)
+		}, nil},
+		{"unflushed Send", func(t *testing.T, c redis.Conn) {
+			require.NoError(t, c.Send("SET", "sent:not:flushed", "1"))
+		}, func(t *testing.T) {
+			assert.Equal(t, []byte("1"), srv.Do(t, "GET", "sent:not:flushed"), "a command sent before Close is not lost")
+		}},
+		{"open MULTI", func(t *testing.T, c redis.Conn) {
+			_, err := c.Do("MULTI")
+			require.NoError(t, err)
+			_, err = c.Do("SET", "multi:never", "1")
+			require.NoError(t, err)
+		}, func(t *testing.T) {
+			assert.Nil(t, srv.Do(t, "GET", "multi:never"), "the open transaction was discarded")
+		}},
+		{"WATCH", func(t *testing.T, c redis.Conn) {
+			_, err := c.Do("WATCH", "watched")
+			require.NoError(t, err)
+		}, func(t *testing.T) {
+			srv.Do(t, "SET", "watched", "changed")
+		}},
+		{"SELECT 3", func(t *testing.T, c redis.Conn) {
+			_, err := c.Do("SELECT", 3)
+			require.NoError(t, err)
+		}, nil},
+		{"SUBSCRIBE", func(t *testing.T, c redis.Conn) {
+			require.NoError(t, c.Send("SUBSCRIBE", "chatter"))
+			require.NoError(t, c.Flush())
+			srv.Do(t, "PUBLISH", "chatter", "unread message")
+		}, nil},
+		{"CLIENT REPLY OFF", func(t *testing.T, c redis.Conn) {
+			require.NoError(t, c.Send("CLIENT", "REPLY", "OFF"))
+			require.NoError(t, c.Flush())
+		}, nil},
+		{"MONITOR", func(t *testing.T, c redis.Conn) {
+			_, err := c.Do("MONITOR")
+			require.NoError(t, err)
+			srv.Do(t, "SET", "seen:by:monitor", "1")
+		}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: readTimeout}
+			defer p.Close()
+			c, err := p.GetContext(context.Background())
+			require.NoError(t, err)
+			tt.dirty(t, c)
+			start := time.Now()
+			c.Close()
+			assert.Less(t, time.Since(start), readTimeout, "Close took longer than ReadTimeout")
+			if tt.after != nil {
+				tt.after(t)
+			}
+			borrowerSeesOnlyItsOwn(t, p)
+			if tt.name == "WATCH" {
+				// An inherited WATCH would make this transaction fail.
+				c := p.Get()
+				defer c.Close()
+				c.Send("MULTI")
+				c.Send("INCR", "tx:n")
+				r, err := c.Do("EXEC")
+				require.NoError(t, err)
+				assert.NotNil(t, r, "EXEC aborted by a WATCH the borrower never made")
+			}
+		})
+	}
+
+	t.Run("a conn used after Close", func(t *testing.T) {
+		p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: readTimeout}
+		defer p.Close()
+		old := p.Get()
+		old.Close()
+		next := p.Get()
+		defer next.Close()
+		_, err := old.Do("SET", "victim", "overwritten")
+		assert.Equal(t, redispool.ErrConnClosed, err)
+		assert.Equal(t, redispool.ErrConnClosed, old.Send("SELECT", 5))
+		_, err = old.Do("")
+		assert.Equal(t, redispool.ErrConnClosed, err)
+		assert.Nil(t, srv.Do(t, "GET", "victim"))
+		v, err := redis.String(next.Do("ECHO", "own"))
+		require.NoError(t, err)
+		assert.Equal(t, "own", v)
+	})
+}
+
+func TestBlockingCommandWaitsItsOwnTimeoutAndKeepsItsConn(t *testing.T) {
+	srv := redistest.Start(t, "--enable-debug-command", "yes")
+	p := &redispool.Pool{Addr: srv.Addr(), ReadTimeout: 200 * time.Millisecond}
+	defer p.Close()
+	c := p.Get()
+	start := time.Now()
+	r, err := c.Do("BLPOP", "empty:list", 1)
+	elapsed := time.Since(start)
+	require.NoError(t, err, "BLPOP k 1 must not time out under ReadTimeout 200ms")
+	assert.Nil(t, r)
+	assert.GreaterOrEqual(t, elapsed, 900*time.Millisecond)
+	assert.Less(t, elapsed, 1200*time.Millisecond)
+	c.Close()
+
+	c = p.Get()
+	_, err = c.Do("PING")
+	require.NoError(t, err)
+	c.Close()
+	s := p.Stats()
+	assert.EqualValues(t, 1, s.DialCount, "the connection was kept")
+	assert.Zero(t, s.Discards.Total())
+
+	// A plain command still gets only ReadTimeout.
+	c = p.Get()
+	defer c.Close()
+	_, err = c.Do("DEBUG", "SLEEP", "0.5")
+	require.Error(t, err)
+	assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
+}
+
+func TestAGetToAStoppedServerFailsWithinReadTimeoutAndTheNextBorrowerGetsAWorkingConn(t *testing.T) {
+	srv := redistest.Start(t)
+	const readTimeout = 200 * time.Millisecond
+	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 2, ReadTimeout: readTimeout}
+	defer p.Close()
+	c := p.Get()
+	_, err := c.Do("SET", "a", "value-a")
+	require.NoError(t, err)
+	c.Close()
+
+	srv.Stop(t)
+	c = p.Get()
+	start := time.Now()
+	_, err = c.Do("GET", "a")
+	elapsed := time.Since(start)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
+	assert.Less(t, elapsed, readTimeout+300*time.Millisecond)
+	c.Close()
+	srv.Cont(t)
+
+	// The late reply to GET a is on the discarded conn, not on the next one.
+	for range 20 {
+		c = p.Get()
+		v, err := redis.String(c.Do("ECHO", "b"))
+		c.Close()
+		require.NoError(t, err)
+		require.Equal(t, "b", v)
+	}
+	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+}
+
+func TestRedigoPoolIsBoundedByThePool(t *testing.T) {
+	srv := redistest.Start(t)
+	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 2, WaitTimeout: 100 * time.Millisecond, ReadTimeout: 500 * time.Millisecond}
+	defer p.Close()
+	rp := p.RedigoPool()
+	assert.Same(t, rp, p.RedigoPool())
+	assert.Zero(t, rp.MaxActive)
+	assert.Zero(t, rp.MaxIdle)
+
+	a, b := rp.Get(), rp.Get()
+	require.NoError(t, a.Err())
+	require.NoError(t, b.Err())
+	c := rp.Get()
+	assert.ErrorIs(t, c.Err(), redis.ErrPoolExhausted, "the third conn waits WaitTimeout, then fails")
+	c.Close()
+
+	// Dirty conns given back through redigo's pool are still discarded.
+	_, err := a.Do("SELECT", 4)
+	require.NoError(t, err)
+	psc := redis.PubSubConn{Conn: b}
+	require.NoError(t, psc.Subscribe("ch"))
+	_, ok := psc.Receive().(redis.Subscription)
+	require.True(t, ok)
+	start := time.Now()
+	a.Close()
+	b.Close()
+	assert.Less(t, time.Since(start), time.Second)
+	assert.EqualValues(t, 2, p.Stats().Discards.State)
+	srv.Do(t, "SET", "db0:marker", "db0")
+	borrowerSeesOnlyItsOwn(t, p)
+
+	// Clean conns are kept by p, not by redigo's pool.
+	for range 10 {
+		c := rp.Get()
+		_, err := c.Do("PING")
+		require.NoError(t, err)
+		c.Close()
+	}
+	assert.LessOrEqual(t, p.Stats().DialCount, int64(4))
+	assert.NoError(t, rp.Close())
+	c = p.Get()
+	assert.NoError(t, c.Err(), "closing the redigo pool leaves p open")
+	c.Close()
+}
+
+func TestPoolDialsAddrWithDBAndCredentials(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Do(t, "ACL", "SETUSER", "app", "on", ">s3cret", "~*", "&*", "+@all")
+	p := &redispool.Pool{Addr: srv.Addr(), Username: "app", Password: "s3cret", DB: 2}
+	defer p.Close()
+	c := p.Get()
+	_, err := c.Do("SET", "in:db2", "yes")
+	require.NoError(t, err)
+	who, err := redis.String(c.Do("ACL", "WHOAMI"))
+	require.NoError(t, err)
+	assert.Equal(t, "app", who)
+	c.Do("SELECT", 2) // the pool's own database: the conn is kept
+	c.Close()
+	assert.Zero(t, p.Stats().Discards.Total())
+
+	check, err := redis.Dial("tcp", srv.Addr(), redis.DialDatabase(2))
+	require.NoError(t, err)
+	defer check.Close()
+	got, err := redis.String(check.Do("GET", "in:db2"))
+	require.NoError(t, err)
+	assert.Equal(t, "yes", got)
+
+	bad := &redispool.Pool{Addr: srv.Addr(), Username: "app", Password: "wrong"}
+	defer bad.Close()
+	_, err = bad.GetContext(context.Background())
+	require.Error(t, err)
+	var rerr redis.Error
+	assert.ErrorAs(t, err, &rerr, "the server's AUTH error comes back to the caller")
+	assert.Equal(t, 0, bad.ActiveCount())
+}
