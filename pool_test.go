@@ -3,7 +3,6 @@ package redispool_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -843,19 +842,6 @@ func TestGoVetReportsACopiedPool(t *testing.T) {
 	out, err := exec.Command(goTool, "vet", "./testdata/copiedpool").CombinedOutput()
 	require.Error(t, err, "go vet accepted a copied Pool:\n%s", out)
 	assert.Contains(t, string(out), "passes lock by value: github.com/redispool/redispool.Pool")
-}
-
-func ExamplePool() {
-	// The zero value dials localhost:6379, keeps at most 10 x GOMAXPROCS
-	// connections and bounds every wait.
-	var pool redispool.Pool
-	defer pool.Close()
-
-	conn := pool.Get()
-	defer conn.Close()
-	if _, err := conn.Do("SET", "greeting", "hello"); err != nil {
-		fmt.Println(err)
-	}
 }
 
 // fmtCalls helps failure messages.
