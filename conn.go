@@ -3,6 +3,7 @@ package redispool
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -174,10 +175,13 @@ func (ac *activeConn) begin() (call, error) {
 // end records the outcome of a call. Any error but a redis.Error means the
 // connection may hold a late reply or half a command: it is broken, every
 // later call fails with the same error, and Close discards it.
+//
+// A READONLY error reply means the server became a replica: the connection is
+// not kept, and every connection dialed before it is retired.
 func (ac *activeConn) end(err error, received bool) {
 	ac.mu.Lock()
 	ac.inFlight--
-	_, replied := err.(redis.Error)
+	rerr, replied := err.(redis.Error)
 	if err != nil && !replied && ac.err == nil {
 		ac.err = err
 	}
@@ -187,7 +191,34 @@ func (ac *activeConn) end(err error, received bool) {
 			ac.pendingBlock, ac.pendingEver = 0, false
 		}
 	}
+	readOnly := replied && isReadOnly(rerr)
+	if readOnly {
+		ac.state |= stateTaint
+	}
 	ac.mu.Unlock()
+	if readOnly {
+		ac.p.Retire()
+	}
+}
+
+// isReadOnly reports whether e is the error a replica answers writes with.
+func isReadOnly(e redis.Error) bool {
+	return strings.HasPrefix(string(e), "READONLY ")
+}
+
+// arrayError returns the READONLY error inside the reply of EXEC or of Do
+// with no command, which carry the replies of several commands, for end to see.
+func arrayError(cmd string, reply any, err error) error {
+	if err != nil || (cmd != "" && !strings.EqualFold(cmd, "EXEC")) {
+		return err
+	}
+	rs, _ := reply.([]any)
+	for _, r := range rs {
+		if e, ok := r.(redis.Error); ok && isReadOnly(e) {
+			return e
+		}
+	}
+	return nil
 }
 
 // Do sends a command and returns its reply, after reading the replies of
@@ -204,7 +235,7 @@ func (ac *activeConn) Do(cmd string, args ...any) (any, error) {
 	} else {
 		reply, err = c.pc.c.Do(cmd, args...)
 	}
-	ac.end(err, false)
+	ac.end(arrayError(cmd, reply, err), false)
 	return reply, err
 }
 
@@ -219,7 +250,7 @@ func (ac *activeConn) DoWithTimeout(timeout time.Duration, cmd string, args ...a
 		return nil, errTimeoutNotSupported
 	}
 	reply, err := c.pc.cwt.DoWithTimeout(timeout, cmd, args...)
-	ac.end(err, false)
+	ac.end(arrayError(cmd, reply, err), false)
 	return reply, err
 }
 
@@ -240,7 +271,7 @@ func (ac *activeConn) DoContext(ctx context.Context, cmd string, args ...any) (a
 		}
 		return c.pc.c.Do(cmd, args...)
 	})
-	ac.end(err, false)
+	ac.end(arrayError(cmd, reply, err), false)
 	return reply, err
 }
 

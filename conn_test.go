@@ -158,13 +158,9 @@ func TestCloseWhileACallIsInFlightDiscardsTheConn(t *testing.T) {
 		c.Do("GET", "k")
 	}()
 	<-entered
-	// The fake holds its lock while blocked, so Close of the pooled conn
-	// would block too: close the borrowed conn from a goroutine.
-	closed := make(chan struct{})
-	go func() { c.Close(); close(closed) }()
+	require.NoError(t, c.Close())
 	close(block)
 	<-done
-	<-closed
 	assert.True(t, fc.IsClosed(), "a conn in use by another goroutine must not be reused")
 	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
 }
@@ -452,4 +448,62 @@ func TestDoWithEmptyCommandFlushesAndReadsPendingReplies(t *testing.T) {
 	r, err = c.Do("")
 	require.NoError(t, err)
 	assert.Len(t, r, 2)
+}
+
+func TestAReadOnlyReplyRetiresEveryConnDialedBefore(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		do   func(c redis.Conn)
+	}{
+		{"Do", func(c redis.Conn) { c.Do("SET", "k", "v") }},
+		{"EXEC", func(c redis.Conn) { c.Do("EXEC") }},
+		{"pipeline", func(c redis.Conn) { c.Send("SET", "k", "v"); c.Do("") }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			readOnly := redis.Error("READONLY You can't write against a read only replica.")
+			d := &fakeDialer{}
+			p := &redispool.Pool{Dial: d.Dial}
+			defer p.Close()
+			closeAll(getN(t, p, 3)) // dialed before the failover
+			c := p.Get()
+			fc := d.last(t)
+			fc.reply = func(cmd string, _ []any) (any, error) {
+				if cmd == "SET" {
+					return nil, readOnly
+				}
+				return []any{readOnly}, nil
+			}
+			tt.do(c)
+			assert.Equal(t, 0, p.IdleCount(), "idle conns dialed before are dropped at once")
+			c.Close()
+			for _, fc := range d.Conns() {
+				assert.True(t, fc.IsClosed())
+			}
+			s := p.Stats()
+			assert.EqualValues(t, 3, s.Discards.Retired+s.Discards.State)
+			c = p.Get()
+			require.NoError(t, c.Err())
+			c.Close()
+			assert.EqualValues(t, 4, d.dials.Load(), "a fresh conn is dialed")
+		})
+	}
+}
+
+func TestRetireDropsIdleConnsAndThoseInUseOnReturn(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial}
+	defer p.Close()
+	conns := getN(t, p, 3)
+	conns[0].Close()
+	p.Retire()
+	assert.True(t, d.Conns()[0].IsClosed())
+	conns[1].Close()
+	assert.True(t, d.Conns()[1].IsClosed(), "a conn in use at Retire is not kept")
+	fresh := p.Get()
+	require.NoError(t, fresh.Err())
+	fresh.Close()
+	assert.False(t, d.last(t).IsClosed(), "conns dialed after Retire are kept")
+	conns[2].Close()
+	assert.EqualValues(t, 3, p.Stats().Discards.Retired)
+	assert.Equal(t, 1, p.ActiveCount())
 }

@@ -58,7 +58,8 @@ func (c *fakeConn) Do(cmd string, args ...any) (any, error) {
 
 func (c *fakeConn) DoWithTimeout(timeout time.Duration, cmd string, args ...any) (any, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	unlock := c.mu.Unlock
+	defer func() { unlock() }()
 	c.record("DO "+cmd, timeout, timeout >= 0)
 	if c.err != nil {
 		return nil, c.err
@@ -75,15 +76,15 @@ func (c *fakeConn) DoWithTimeout(timeout time.Duration, cmd string, args ...any)
 	}
 	n := c.pending
 	c.pending = 0
+	if c.reply != nil {
+		// Answer unlocked, so that a reply that blocks lets Close proceed.
+		reply := c.reply
+		c.mu.Unlock()
+		unlock = func() {}
+		return reply(cmd, args)
+	}
 	if cmd == "" {
 		return make([]any, n), nil
-	}
-	return c.answer(cmd, args)
-}
-
-func (c *fakeConn) answer(cmd string, args []any) (any, error) {
-	if c.reply != nil {
-		return c.reply(cmd, args)
 	}
 	return "OK", nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,6 +41,16 @@ const (
 	backoffBase = 10 * time.Millisecond
 	backoffCap  = 500 * time.Millisecond
 )
+
+// peekAfterIdle is how long a connection the pool dialed must have been idle
+// before Get peeks at its socket for a close or unasked-for bytes. Busy
+// connections skip the system call; a stale one fails its first command and
+// is discarded anyway.
+const peekAfterIdle = 100 * time.Millisecond
+
+// tcpKeepAlive is the keep-alive period of connections the pool dials, as
+// redigo's dialer sets it.
+const tcpKeepAlive = 5 * time.Minute
 
 // ConnPool is what application code needs from a pool of Redis connections.
 // Both *Pool and redigo's *redis.Pool satisfy it, so code that accepts a
@@ -170,6 +181,7 @@ type Pool struct {
 	nextDial    time.Time   // no dial before this while dialErr is set
 	probing     bool        // a dial is testing whether the server is back
 	redigoPool  *redis.Pool // made by RedigoPool
+	gen         atomic.Uint64 // raised by Retire: older connections are not reused
 	active      atomic.Int64
 	idleCount   atomic.Int64
 	waitCount   atomic.Int64
@@ -185,6 +197,8 @@ type Pool struct {
 type poolConn struct {
 	c       redis.Conn
 	cwt     redis.ConnWithTimeout // c, when it implements it
+	netConn net.Conn              // c's socket, when the pool dialed it
+	gen     uint64                // the pool's generation when the dial began
 	created time.Time
 	t       time.Time // when last returned to the idle set
 }
@@ -211,10 +225,13 @@ const (
 	DiscardHealthCheck
 	// DiscardPoolClosed: the pool was closed.
 	DiscardPoolClosed
+	// DiscardRetired: it was dialed before a call to Retire, or before a
+	// READONLY reply showed that the server it reaches is now a replica.
+	DiscardRetired
 	numDiscardReasons
 )
 
-var discardNames = [numDiscardReasons]string{"broken", "state", "idle_timeout", "lifetime", "max_idle", "health_check", "pool_closed"}
+var discardNames = [numDiscardReasons]string{"broken", "state", "idle_timeout", "lifetime", "max_idle", "health_check", "pool_closed", "retired"}
 
 // String returns the reason in snake case, as used in metric labels.
 func (r DiscardReason) String() string {
@@ -251,12 +268,12 @@ type PoolStats struct {
 
 // DiscardStats counts closed connections by DiscardReason.
 type DiscardStats struct {
-	Broken, State, IdleTimeout, Lifetime, MaxIdle, HealthCheck, PoolClosed int64
+	Broken, State, IdleTimeout, Lifetime, MaxIdle, HealthCheck, PoolClosed, Retired int64
 }
 
 // Total is the number of connections discarded for any reason.
 func (d DiscardStats) Total() int64 {
-	return d.Broken + d.State + d.IdleTimeout + d.Lifetime + d.MaxIdle + d.HealthCheck + d.PoolClosed
+	return d.Broken + d.State + d.IdleTimeout + d.Lifetime + d.MaxIdle + d.HealthCheck + d.PoolClosed + d.Retired
 }
 
 // init fixes the configuration on first use.
@@ -417,8 +434,17 @@ func (p *Pool) usable(ctx context.Context, pc *poolConn) (ok bool) {
 			p.discard(pc, reason)
 		}
 	}()
-	if p.cfg.maxLifetime > 0 && nowFunc().Sub(pc.created) >= p.cfg.maxLifetime {
+	now := nowFunc()
+	switch {
+	case pc.gen != p.gen.Load():
+		reason = DiscardRetired
+		return false
+	case p.cfg.maxLifetime > 0 && now.Sub(pc.created) >= p.cfg.maxLifetime:
 		reason = DiscardLifetime
+		return false
+	case pc.netConn != nil && now.Sub(pc.t) >= peekAfterIdle && peek(pc.netConn) != nil:
+		// Closed by the server, or holding bytes nobody asked for.
+		reason = DiscardBroken
 		return false
 	}
 	if p.TestOnBorrow != nil && p.TestOnBorrow(pc.c, pc.t) != nil {
@@ -434,6 +460,7 @@ func (p *Pool) usable(ctx context.Context, pc *poolConn) (ok bool) {
 // goroutine then hands the result to the pool.
 type dialCall struct {
 	done chan struct{} // closed when pc, err are set and the caller still waits
+	gen  uint64        // the pool's generation when the dial began
 
 	mu        sync.Mutex // protects the fields below
 	finished  bool
@@ -461,7 +488,7 @@ func (p *Pool) dial(ctx context.Context) (*poolConn, error, bool) {
 			return nil, err, true
 		}
 	}
-	call := &dialCall{done: make(chan struct{})}
+	call := &dialCall{done: make(chan struct{}), gen: p.gen.Load()}
 	p.active.Add(1)
 	p.dialCount.Add(1)
 	go p.runDial(context.WithoutCancel(ctx), call)
@@ -544,6 +571,7 @@ func (p *Pool) waitDialSlot(ctx context.Context) error {
 // once and the finished connection still serves the pool.
 func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 	var c redis.Conn
+	var netConn net.Conn
 	var err error
 	var panicked any
 	func() {
@@ -553,7 +581,7 @@ func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 				err = fmt.Errorf("redispool: Dial panicked: %v", r)
 			}
 		}()
-		c, err = p.dialConn(ctx)
+		c, netConn, err = p.dialConn(ctx)
 		if err == nil && c == nil {
 			err = errors.New("redispool: Dial returned a nil connection and no error")
 		}
@@ -563,7 +591,8 @@ func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 
 	var pc *poolConn
 	if err == nil {
-		pc = newPoolConn(c)
+		cwt, _ := c.(redis.ConnWithTimeout)
+		pc = &poolConn{c: c, cwt: cwt, netConn: netConn, gen: call.gen, created: nowFunc()}
 	}
 	call.mu.Lock()
 	call.finished = true
@@ -588,26 +617,30 @@ func (p *Pool) handOff(call *dialCall) {
 	p.put(call.pc)
 }
 
-func newPoolConn(c redis.Conn) *poolConn {
-	cwt, _ := c.(redis.ConnWithTimeout)
-	return &poolConn{c: c, cwt: cwt, created: nowFunc()}
-}
-
-// dialConn calls the user's dial function or dials Addr.
-func (p *Pool) dialConn(ctx context.Context) (redis.Conn, error) {
+// dialConn calls the user's dial function or dials Addr; in the latter case
+// it also returns the socket, unless DialOptions replaced the pool's dialer.
+func (p *Pool) dialConn(ctx context.Context) (redis.Conn, net.Conn, error) {
 	switch {
 	case p.DialContext != nil:
-		return p.DialContext(ctx)
+		c, err := p.DialContext(ctx)
+		return c, nil, err
 	case p.Dial != nil:
-		return p.Dial()
+		c, err := p.Dial()
+		return c, nil, err
 	}
 	if p.cfg.dialTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, p.cfg.dialTimeout)
 		defer cancel()
 	}
+	var netConn net.Conn
+	dialer := net.Dialer{Timeout: p.cfg.dialTimeout, KeepAlive: tcpKeepAlive}
 	opts := []redis.DialOption{
-		redis.DialConnectTimeout(p.cfg.dialTimeout),
+		redis.DialContextFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			netConn = c
+			return c, err
+		}),
 		redis.DialReadTimeout(p.cfg.readTimeout),
 		redis.DialWriteTimeout(p.cfg.writeTimeout),
 		redis.DialDatabase(p.DB),
@@ -619,7 +652,11 @@ func (p *Pool) dialConn(ctx context.Context) (redis.Conn, error) {
 	if strings.HasPrefix(p.cfg.addr, "/") {
 		network = "unix"
 	}
-	return redis.DialContext(ctx, network, p.cfg.addr, opts...)
+	c, err := redis.DialContext(ctx, network, p.cfg.addr, opts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, netConn, nil
 }
 
 // recordDial updates the backoff state with a dial's outcome.
@@ -653,6 +690,8 @@ func (p *Pool) put(pc *poolConn) {
 	switch {
 	case p.closed:
 		reason = DiscardPoolClosed
+	case pc.gen != p.gen.Load():
+		reason = DiscardRetired
 	case p.cfg.maxLifetime > 0 && now.Sub(pc.created) >= p.cfg.maxLifetime:
 		reason = DiscardLifetime
 	case len(p.idle) >= p.cfg.maxIdle:
@@ -709,6 +748,7 @@ func (p *Pool) Stats() PoolStats {
 			MaxIdle:     d[DiscardMaxIdle].Load(),
 			HealthCheck: d[DiscardHealthCheck].Load(),
 			PoolClosed:  d[DiscardPoolClosed].Load(),
+			Retired:     d[DiscardRetired].Load(),
 		},
 	}
 }
@@ -754,6 +794,26 @@ func (p *Pool) Close() error {
 		p.discard(pc, DiscardPoolClosed)
 	}
 	return nil
+}
+
+// Retire makes the pool stop reusing every connection open now: idle ones are
+// closed at once, those in use when they are returned. New connections are
+// dialed as needed. Use it when the server behind the address changed, for
+// example after a failover or a credentials rotation. The pool retires its
+// connections by itself when one gets a READONLY reply.
+func (p *Pool) Retire() {
+	if p == nil || p.init() != nil {
+		return
+	}
+	p.mu.Lock()
+	p.gen.Add(1)
+	idle := p.idle
+	p.idle = nil
+	p.idleCount.Store(0)
+	p.mu.Unlock()
+	for _, pc := range idle {
+		p.discard(pc, DiscardRetired)
+	}
 }
 
 // RedigoPool returns a *redis.Pool backed by p, for libraries that require

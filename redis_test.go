@@ -545,3 +545,45 @@ func TestPoolDialsAddrWithDBAndCredentials(t *testing.T) {
 	assert.ErrorAs(t, err, &rerr, "the server's AUTH error comes back to the caller")
 	assert.Equal(t, 0, bad.ActiveCount())
 }
+
+func TestIdleConnsClosedByTheServerAreNotHandedOut(t *testing.T) {
+	srv := redistest.Start(t, "--timeout", "1")
+	p := &redispool.Pool{Addr: srv.Addr(), ReadTimeout: time.Second}
+	defer p.Close()
+	closeAll(getN(t, p, 3))
+	// The server closes connections idle for more than a second.
+	require.Eventually(t, func() bool { return srv.ConnectedClients(t) == 0 }, 10*time.Second, 50*time.Millisecond)
+	for range 3 {
+		c := p.Get()
+		_, err := c.Do("PING")
+		require.NoError(t, err, "the peek on borrow spares the caller a dead conn")
+		c.Close()
+	}
+	assert.EqualValues(t, 3, p.Stats().Discards.Broken)
+
+	// Killed behind the pool's back.
+	closeAll(getN(t, p, 2))
+	srv.Do(t, "CLIENT", "KILL", "TYPE", "normal")
+	time.Sleep(150 * time.Millisecond) // the peek looks at conns idle this long
+	c := p.Get()
+	_, err := c.Do("PING")
+	require.NoError(t, err)
+	c.Close()
+}
+
+func TestAReplicaReplyRetiresTheConnsToTheOldMaster(t *testing.T) {
+	primary := redistest.Start(t)
+	srv := redistest.Start(t)
+	p := &redispool.Pool{Addr: srv.Addr()}
+	defer p.Close()
+	closeAll(getN(t, p, 3))
+	srv.Do(t, "REPLICAOF", "127.0.0.1", fmt.Sprint(primary.Port()))
+	c := p.Get()
+	_, err := c.Do("SET", "k", "v")
+	var rerr redis.Error
+	require.ErrorAs(t, err, &rerr)
+	assert.Contains(t, err.Error(), "READONLY")
+	c.Close()
+	assert.Equal(t, 0, p.IdleCount())
+	assert.Equal(t, 0, p.ActiveCount())
+}

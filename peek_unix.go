@@ -1,0 +1,46 @@
+//go:build linux || darwin || freebsd || netbsd || openbsd || dragonfly
+
+package redispool
+
+import (
+	"errors"
+	"io"
+	"net"
+	"syscall"
+)
+
+var errUnexpectedRead = errors.New("redispool: unread data on an idle connection")
+
+// peek looks at an idle socket without blocking or consuming anything: the
+// server closed it (EOF or an error), or it holds bytes that no command asked
+// for. Either way it must not be handed out.
+func peek(c net.Conn) error {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var result error
+	var buf [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		n, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch {
+		case n > 0:
+			result = errUnexpectedRead
+		case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK:
+			result = nil
+		case err != nil:
+			result = err
+		default:
+			result = io.EOF
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	return result
+}
