@@ -173,14 +173,14 @@ type Pool struct {
 	dials    chan struct{} // one token per dial in progress
 	done     chan struct{} // closed by Close
 
-	mu          sync.Mutex  // protects the fields below; never held across network I/O
-	closed      bool        // set once by Close
-	idle        []*poolConn // idle connections, most recently returned last
-	dialErr     error       // the last dial error, nil once a dial succeeds
-	dialFails   int         // consecutive dial failures
-	nextDial    time.Time   // no dial before this while dialErr is set
-	probing     bool        // a dial is testing whether the server is back
-	redigoPool  *redis.Pool // made by RedigoPool
+	mu          sync.Mutex    // protects the fields below; never held across network I/O
+	closed      bool          // set once by Close
+	idle        []*poolConn   // idle connections, most recently returned last
+	dialErr     error         // the last dial error, nil once a dial succeeds
+	dialFails   int           // consecutive dial failures
+	nextDial    time.Time     // no dial before this while dialErr is set
+	probing     bool          // a dial is testing whether the server is back
+	redigoPool  *redis.Pool   // made by RedigoPool
 	gen         atomic.Uint64 // raised by Retire: older connections are not reused
 	active      atomic.Int64
 	idleCount   atomic.Int64
