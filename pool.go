@@ -166,6 +166,7 @@ type Pool struct {
 	// at once with the last dial error.
 	MaxConcurrentDials int
 
+	// Set once by init, read-only after.
 	initOnce sync.Once
 	cfg      config
 	cfgErr   error
@@ -173,15 +174,17 @@ type Pool struct {
 	dials    chan struct{} // one token per dial in progress
 	done     chan struct{} // closed by Close
 
-	mu          sync.Mutex    // protects the fields below; never held across network I/O
-	closed      bool          // set once by Close
-	idle        []*poolConn   // idle connections, most recently returned last
-	dialErr     error         // the last dial error, nil once a dial succeeds
-	dialFails   int           // consecutive dial failures
-	nextDial    time.Time     // no dial before this while dialErr is set
-	probing     bool          // a dial is testing whether the server is back
-	redigoPool  *redis.Pool   // made by RedigoPool
-	gen         atomic.Uint64 // raised by Retire: older connections are not reused
+	mu         sync.Mutex  // protects the fields below; never held across network I/O
+	closed     bool        // set once by Close
+	idle       []*poolConn // idle connections, most recently returned last
+	dialErr    error       // the last dial error, nil once a dial succeeds
+	dialFails  int         // consecutive dial failures
+	nextDial   time.Time   // no dial before this while dialErr is set
+	probing    bool        // a dial is testing whether the server is back
+	redigoPool *redis.Pool // made by RedigoPool
+
+	// Atomic, read without mu.
+	gen         atomic.Uint64 // raised by Retire under mu: older connections are not reused
 	active      atomic.Int64
 	idleCount   atomic.Int64
 	waitCount   atomic.Int64
