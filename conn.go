@@ -3,8 +3,10 @@ package redispool
 import (
 	"context"
 	"errors"
+	"io"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -177,8 +179,9 @@ func (ac *activeConn) begin() (call, error) {
 // later call fails with the same error, and Close discards it.
 //
 // A READONLY error reply means the server became a replica: the connection is
-// not kept, and every connection dialed before it is retired.
-func (ac *activeConn) end(err error, received bool) {
+// not kept, and every connection dialed before it is retired. With Sentinel,
+// so does a connection closed by the server, as happens during a failover.
+func (ac *activeConn) end(pc *poolConn, err error, received bool) {
 	ac.mu.Lock()
 	ac.inFlight--
 	rerr, replied := err.(redis.Error)
@@ -196,9 +199,15 @@ func (ac *activeConn) end(err error, received bool) {
 		ac.state |= stateTaint
 	}
 	ac.mu.Unlock()
-	if readOnly {
-		ac.p.Retire()
+	if readOnly || (ac.p.Sentinel != nil && err != nil && !replied && closedByServer(err)) {
+		ac.p.failover(pc.addr)
 	}
+}
+
+// closedByServer reports whether err says the server closed the connection.
+func closedByServer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // isReadOnly reports whether e is the error a replica answers writes with.
@@ -235,7 +244,7 @@ func (ac *activeConn) Do(cmd string, args ...any) (any, error) {
 	} else {
 		reply, err = c.pc.c.Do(cmd, args...)
 	}
-	ac.end(arrayError(cmd, reply, err), false)
+	ac.end(c.pc, arrayError(cmd, reply, err), false)
 	return reply, err
 }
 
@@ -246,11 +255,11 @@ func (ac *activeConn) DoWithTimeout(timeout time.Duration, cmd string, args ...a
 		return nil, err
 	}
 	if c.pc.cwt == nil {
-		ac.end(errTimeoutNotSupported, false)
+		ac.end(c.pc, errTimeoutNotSupported, false)
 		return nil, errTimeoutNotSupported
 	}
 	reply, err := c.pc.cwt.DoWithTimeout(timeout, cmd, args...)
-	ac.end(arrayError(cmd, reply, err), false)
+	ac.end(c.pc, arrayError(cmd, reply, err), false)
 	return reply, err
 }
 
@@ -271,7 +280,7 @@ func (ac *activeConn) DoContext(ctx context.Context, cmd string, args ...any) (a
 		}
 		return c.pc.c.Do(cmd, args...)
 	})
-	ac.end(arrayError(cmd, reply, err), false)
+	ac.end(c.pc, arrayError(cmd, reply, err), false)
 	return reply, err
 }
 
@@ -313,7 +322,7 @@ func (ac *activeConn) Send(cmd string, args ...any) error {
 		return err
 	}
 	err = c.pc.c.Send(cmd, args...)
-	ac.end(err, false)
+	ac.end(c.pc, err, false)
 	return err
 }
 
@@ -324,7 +333,7 @@ func (ac *activeConn) Flush() error {
 		return err
 	}
 	err = c.pc.c.Flush()
-	ac.end(err, false)
+	ac.end(c.pc, err, false)
 	return err
 }
 
@@ -342,7 +351,7 @@ func (ac *activeConn) Receive() (any, error) {
 	} else {
 		reply, err = c.pc.c.Receive()
 	}
-	ac.end(err, true)
+	ac.end(c.pc, err, true)
 	return reply, err
 }
 
@@ -353,11 +362,11 @@ func (ac *activeConn) ReceiveWithTimeout(timeout time.Duration) (any, error) {
 		return nil, err
 	}
 	if c.pc.cwt == nil {
-		ac.end(errTimeoutNotSupported, false)
+		ac.end(c.pc, errTimeoutNotSupported, false)
 		return nil, errTimeoutNotSupported
 	}
 	reply, err := c.pc.cwt.ReceiveWithTimeout(timeout)
-	ac.end(err, true)
+	ac.end(c.pc, err, true)
 	return reply, err
 }
 
@@ -376,7 +385,7 @@ func (ac *activeConn) ReceiveContext(ctx context.Context) (any, error) {
 		}
 		return c.pc.c.Receive()
 	})
-	ac.end(err, true)
+	ac.end(c.pc, err, true)
 	return reply, err
 }
 

@@ -87,6 +87,12 @@ func (p *Pool) buildConfig() (config, error) {
 		return bad("Username or Password is set together with Dial or DialContext, which would ignore them; authenticate in your Dial")
 	case c.userDial && p.DialTimeout != 0:
 		return bad("DialTimeout is set together with Dial or DialContext; set the connect timeout in your Dial")
+	case p.Sentinel != nil && (c.userDial || c.addr != ""):
+		return bad("Sentinel is set together with Addr, Dial or DialContext; the sentinels name the address to dial")
+	case p.Sentinel != nil:
+		if err := p.Sentinel.check(); err != nil {
+			return bad("%v", err)
+		}
 	}
 	for _, d := range []struct {
 		name string
@@ -123,7 +129,7 @@ func (p *Pool) buildConfig() (config, error) {
 	if c.idleTimeout == 0 {
 		c.idleTimeout = DefaultIdleTimeout
 	}
-	if c.addr == "" && !c.userDial {
+	if c.addr == "" && !c.userDial && p.Sentinel == nil {
 		c.addr = DefaultAddr
 	}
 	c.dialTimeout = timeout(p.DialTimeout, DefaultDialTimeout)

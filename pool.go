@@ -125,6 +125,11 @@ type Pool struct {
 	// when Dial or DialContext is set.
 	Addr string
 
+	// Sentinel, when set, finds the master through Redis Sentinel instead of
+	// dialing Addr, which must then be empty, as must Dial and DialContext.
+	// See Sentinel for how the pool follows a failover.
+	Sentinel *Sentinel
+
 	// Username and Password authenticate connections the pool dials (AUTH).
 	// When empty, no AUTH is sent.
 	Username, Password string
@@ -201,6 +206,7 @@ type poolConn struct {
 	c       redis.Conn
 	cwt     redis.ConnWithTimeout // c, when it implements it
 	netConn net.Conn              // c's socket, when the pool dialed it
+	addr    string                // the address the pool dialed, if it did
 	gen     uint64                // the pool's generation when the dial began
 	created time.Time
 	t       time.Time // when last returned to the idle set
@@ -575,6 +581,7 @@ func (p *Pool) waitDialSlot(ctx context.Context) error {
 func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 	var c redis.Conn
 	var netConn net.Conn
+	var addr string
 	var err error
 	var panicked any
 	func() {
@@ -584,7 +591,7 @@ func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 				err = fmt.Errorf("redispool: Dial panicked: %v", r)
 			}
 		}()
-		c, netConn, err = p.dialConn(ctx)
+		c, netConn, addr, err = p.dialConn(ctx)
 		if err == nil && c == nil {
 			err = errors.New("redispool: Dial returned a nil connection and no error")
 		}
@@ -595,7 +602,7 @@ func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 	var pc *poolConn
 	if err == nil {
 		cwt, _ := c.(redis.ConnWithTimeout)
-		pc = &poolConn{c: c, cwt: cwt, netConn: netConn, gen: call.gen, created: nowFunc()}
+		pc = &poolConn{c: c, cwt: cwt, netConn: netConn, addr: addr, gen: call.gen, created: nowFunc()}
 	}
 	call.mu.Lock()
 	call.finished = true
@@ -620,21 +627,29 @@ func (p *Pool) handOff(call *dialCall) {
 	p.put(call.pc)
 }
 
-// dialConn calls the user's dial function or dials Addr; in the latter case
-// it also returns the socket, unless DialOptions replaced the pool's dialer.
-func (p *Pool) dialConn(ctx context.Context) (redis.Conn, net.Conn, error) {
+// dialConn calls the user's dial function or dials Addr or the master the
+// sentinels name. When the pool dials, it also returns the address and the
+// socket, unless DialOptions replaced the pool's dialer.
+func (p *Pool) dialConn(ctx context.Context) (redis.Conn, net.Conn, string, error) {
 	switch {
 	case p.DialContext != nil:
 		c, err := p.DialContext(ctx)
-		return c, nil, err
+		return c, nil, "", err
 	case p.Dial != nil:
 		c, err := p.Dial()
-		return c, nil, err
+		return c, nil, "", err
 	}
 	if p.cfg.dialTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, p.cfg.dialTimeout)
 		defer cancel()
+	}
+	addr := p.cfg.addr
+	if p.Sentinel != nil {
+		var err error
+		if addr, err = p.Sentinel.masterAddr(ctx, p.cfg.dialTimeout); err != nil {
+			return nil, nil, "", err
+		}
 	}
 	var netConn net.Conn
 	dialer := net.Dialer{Timeout: p.cfg.dialTimeout, KeepAlive: tcpKeepAlive}
@@ -652,14 +667,32 @@ func (p *Pool) dialConn(ctx context.Context) (redis.Conn, net.Conn, error) {
 	}
 	opts = append(opts, p.DialOptions...)
 	network := "tcp"
-	if strings.HasPrefix(p.cfg.addr, "/") {
+	if strings.HasPrefix(addr, "/") {
 		network = "unix"
 	}
-	c, err := redis.DialContext(ctx, network, p.cfg.addr, opts...)
-	if err != nil {
-		return nil, nil, err
+	c, err := redis.DialContext(ctx, network, addr, opts...)
+	if err == nil && p.Sentinel != nil {
+		if err = checkRole(c, addr); err != nil {
+			c.Close()
+		}
 	}
-	return c, netConn, nil
+	if err != nil {
+		if p.Sentinel != nil {
+			p.failover(addr)
+		}
+		return nil, nil, "", err
+	}
+	return c, netConn, addr, nil
+}
+
+// failover reacts to a sign that the server at addr is no longer the
+// master: the sentinels will be asked again, and every connection dialed
+// before is retired.
+func (p *Pool) failover(addr string) {
+	if p.Sentinel != nil && !p.Sentinel.forget(addr) {
+		return // already forgotten: the retirement happened then
+	}
+	p.Retire()
 }
 
 // recordDial updates the backoff state with a dial's outcome.

@@ -696,6 +696,11 @@ func TestInvalidConfigurationIsReportedByGet(t *testing.T) {
 		{"MaxConnLifetime without unit", &redispool.Pool{MaxConnLifetime: 60}, "MaxConnLifetime"},
 		{"negative IdleTimeout", &redispool.Pool{IdleTimeout: -time.Second}, "IdleTimeout"},
 		{"negative MaxConnLifetime", &redispool.Pool{MaxConnLifetime: -time.Second}, "MaxConnLifetime"},
+		{"Sentinel and Addr", &redispool.Pool{Addr: "x:1", Sentinel: &redispool.Sentinel{Addrs: []string{"s:26379"}, MasterName: "m"}}, "Sentinel"},
+		{"Sentinel and Dial", &redispool.Pool{Dial: dial, Sentinel: &redispool.Sentinel{Addrs: []string{"s:26379"}, MasterName: "m"}}, "Sentinel"},
+		{"Sentinel without Addrs", &redispool.Pool{Sentinel: &redispool.Sentinel{MasterName: "m"}}, "Sentinel.Addrs"},
+		{"Sentinel without MasterName", &redispool.Pool{Sentinel: &redispool.Sentinel{Addrs: []string{"s:26379"}}}, "Sentinel.MasterName"},
+		{"Sentinel address without port", &redispool.Pool{Sentinel: &redispool.Sentinel{Addrs: []string{"sentinel-1"}, MasterName: "m"}}, "host:port"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
