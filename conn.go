@@ -47,6 +47,8 @@ const (
 type activeConn struct {
 	p *Pool
 
+	leak *leakWatch // set when LeakThreshold is on
+
 	mu sync.Mutex // protects the fields below
 	pc *poolConn  // nil once closed
 	borrowState
@@ -418,6 +420,9 @@ func (ac *activeConn) Close() error {
 	ac.pc = nil
 	st := ac.borrowState
 	ac.mu.Unlock()
+	if ac.leak != nil {
+		ac.leak.timer.Stop()
+	}
 	return ac.p.release(pc, &st)
 }
 
@@ -426,7 +431,11 @@ func (ac *activeConn) Close() error {
 func (p *Pool) release(pc *poolConn, st *borrowState) error {
 	switch {
 	case st.err != nil, st.inFlight > 0, pc.c.Err() != nil:
-		p.discard(pc, DiscardBroken)
+		err := st.err
+		if err == nil {
+			err = pc.c.Err()
+		}
+		p.discardErr(pc, DiscardBroken, err)
 		p.tokens <- struct{}{}
 		return nil
 	case st.state&(stateSubscribe|stateListen|stateTaint) != 0, st.db != p.cfg.db,
@@ -444,7 +453,7 @@ func (p *Pool) release(pc *poolConn, st *borrowState) error {
 	}
 	if st.state != 0 || st.pending > 0 {
 		if err := p.drain(pc, st); err != nil {
-			p.discard(pc, DiscardBroken)
+			p.discardErr(pc, DiscardBroken, err)
 			p.tokens <- struct{}{}
 			return err
 		}

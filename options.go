@@ -104,6 +104,7 @@ func (p *Pool) buildConfig() (config, error) {
 		{"WaitTimeout", p.WaitTimeout},
 		{"IdleTimeout", p.IdleTimeout},
 		{"MaxConnLifetime", p.MaxConnLifetime},
+		{"LeakThreshold", p.LeakThreshold},
 	} {
 		if d.v > 0 && d.v < minDuration {
 			return bad("%s is %v, shorter than the 1ms minimum; a duration needs its unit (5 * time.Second, not 5)", d.name, d.v)
@@ -114,6 +115,8 @@ func (p *Pool) buildConfig() (config, error) {
 		return bad("IdleTimeout is %v; it must be positive, or zero for the default (%v)", c.idleTimeout, DefaultIdleTimeout)
 	case c.maxLifetime < 0:
 		return bad("MaxConnLifetime is %v; it must be positive, or zero for no limit", c.maxLifetime)
+	case p.LeakThreshold < 0:
+		return bad("LeakThreshold is %v; it must be positive, or zero for off", p.LeakThreshold)
 	}
 
 	if c.maxActive == 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"strings"
@@ -171,6 +172,18 @@ type Pool struct {
 	// at once with the last dial error.
 	MaxConcurrentDials int
 
+	// Logger, when set, is told about discarded connections and their reason
+	// (Debug for idle timeout, lifetime, MaxIdle and pool closed; Warn for the
+	// others), failed dials and exhausted waits, each kind at most once per
+	// second with the count of records left out. When nil, nothing is logged.
+	Logger *slog.Logger
+
+	// LeakThreshold, when positive, reports a connection held longer than
+	// this, once, with the stack of the code that borrowed it, to Logger (or
+	// slog.Default() when Logger is nil), and counts it in PoolStats.LeakCount.
+	// It costs a stack capture and a timer per Get. When zero, off.
+	LeakThreshold time.Duration
+
 	// Set once by init, read-only after.
 	initOnce sync.Once
 	cfg      config
@@ -187,6 +200,7 @@ type Pool struct {
 	nextDial   time.Time   // no dial before this while dialErr is set
 	probing    bool        // a dial is testing whether the server is back
 	redigoPool *redis.Pool // made by RedigoPool
+	limiter    logLimiter
 
 	// Atomic, read without mu.
 	gen         atomic.Uint64 // raised by Retire under mu: older connections are not reused
@@ -198,6 +212,7 @@ type Pool struct {
 	dialErrors  atomic.Int64
 	fastFails   atomic.Int64
 	waitTimeout atomic.Int64
+	leaks       atomic.Int64
 	discards    [numDiscardReasons]atomic.Int64
 }
 
@@ -271,6 +286,8 @@ type PoolStats struct {
 	FastFailCount int64
 	// WaitTimeoutCount is the number of Gets that failed with ErrPoolExhausted.
 	WaitTimeoutCount int64
+	// LeakCount is the number of connections held longer than LeakThreshold.
+	LeakCount int64
 	// Discards counts the connections closed by the pool, by reason.
 	Discards DiscardStats
 }
@@ -327,7 +344,11 @@ func (p *Pool) GetContext(ctx context.Context) (redis.Conn, error) {
 	if err != nil {
 		return errorConn{err}, err
 	}
-	return &activeConn{p: p, pc: pc, borrowState: borrowState{db: p.cfg.db}}, nil
+	ac := &activeConn{p: p, pc: pc, borrowState: borrowState{db: p.cfg.db}}
+	if p.LeakThreshold > 0 {
+		p.watchLeak(ac)
+	}
+	return ac, nil
 }
 
 // get takes a token and then an idle connection or a new one.
@@ -373,8 +394,7 @@ func (p *Pool) get(ctx context.Context) (pc *poolConn, err error) {
 // closes.
 func (p *Pool) waitToken(ctx context.Context) error {
 	if p.cfg.waitTimeout < 0 {
-		p.waitTimeout.Add(1)
-		return fmt.Errorf("%w: all %d connections are in use and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxActive)
+		return p.exhausted(fmt.Errorf("%w: all %d connections are in use and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxActive))
 	}
 	start := time.Now()
 	timer := time.NewTimer(p.cfg.waitTimeout)
@@ -397,9 +417,15 @@ func (p *Pool) waitToken(ctx context.Context) error {
 		return ErrPoolClosed
 	case <-timer.C:
 		p.waitNanos.Add(int64(time.Since(start)))
-		p.waitTimeout.Add(1)
-		return fmt.Errorf("%w: all %d connections stayed in use for %v (WaitTimeout)", ErrPoolExhausted, p.cfg.maxActive, p.cfg.waitTimeout)
+		return p.exhausted(fmt.Errorf("%w: all %d connections stayed in use for %v (WaitTimeout)", ErrPoolExhausted, p.cfg.maxActive, p.cfg.waitTimeout))
 	}
+}
+
+// exhausted counts and logs a Get that gave up waiting, and returns its error.
+func (p *Pool) exhausted(err error) error {
+	p.waitTimeout.Add(1)
+	p.log(logExhausted, slog.LevelWarn, "redispool: pool exhausted", slog.String("error", err.Error()))
+	return err
 }
 
 // popIdle takes the most recently returned idle connection, closing those that
@@ -554,8 +580,7 @@ func (p *Pool) endProbe() {
 
 func (p *Pool) waitDialSlot(ctx context.Context) error {
 	if p.cfg.waitTimeout < 0 {
-		p.waitTimeout.Add(1)
-		return fmt.Errorf("%w: %d dials are in progress and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxDials)
+		return p.exhausted(fmt.Errorf("%w: %d dials are in progress and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxDials))
 	}
 	timer := time.NewTimer(p.cfg.waitTimeout)
 	defer timer.Stop()
@@ -571,8 +596,7 @@ func (p *Pool) waitDialSlot(ctx context.Context) error {
 	case <-p.done:
 		return ErrPoolClosed
 	case <-timer.C:
-		p.waitTimeout.Add(1)
-		return fmt.Errorf("%w: %d dials stayed in progress for %v (WaitTimeout)", ErrPoolExhausted, p.cfg.maxDials, p.cfg.waitTimeout)
+		return p.exhausted(fmt.Errorf("%w: %d dials stayed in progress for %v (WaitTimeout)", ErrPoolExhausted, p.cfg.maxDials, p.cfg.waitTimeout))
 	}
 }
 
@@ -713,6 +737,8 @@ func (p *Pool) recordDial(err error) {
 	d -= rand.N(d/2 + 1)
 	p.dialErr = err
 	p.nextDial = nowFunc().Add(d)
+	p.log(logDialError, slog.LevelWarn, "redispool: dial failed", slog.String("error", err.Error()),
+		slog.Int("consecutive_failures", p.dialFails), slog.Duration("next_dial_in", d))
 }
 
 // put returns a clean connection to the idle set and its token to the pool.
@@ -756,9 +782,15 @@ func (p *Pool) put(pc *poolConn) {
 
 // discard closes a connection the pool owns and counts why.
 func (p *Pool) discard(pc *poolConn, reason DiscardReason) {
+	p.discardErr(pc, reason, nil)
+}
+
+// discardErr is discard with the error that broke the connection, for the log.
+func (p *Pool) discardErr(pc *poolConn, reason DiscardReason, err error) {
 	pc.c.Close()
 	p.active.Add(-1)
 	p.discards[reason].Add(1)
+	p.logDiscarded(reason, err)
 }
 
 // Stats returns the pool's counters.
@@ -776,6 +808,7 @@ func (p *Pool) Stats() PoolStats {
 		DialErrorCount:   p.dialErrors.Load(),
 		FastFailCount:    p.fastFails.Load(),
 		WaitTimeoutCount: p.waitTimeout.Load(),
+		LeakCount:        p.leaks.Load(),
 		Discards: DiscardStats{
 			Broken:      d[DiscardBroken].Load(),
 			State:       d[DiscardState].Load(),

@@ -661,7 +661,12 @@ func TestAtMostMaxConcurrentDialsRunAtOnce(t *testing.T) {
 		wg.Add(1)
 		go func() { defer wg.Done(); conns <- p.Get() }()
 	}
-	require.Eventually(t, func() bool { return p.Stats().DialCount == 3 }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return inDial == 3
+	}, 5*time.Second, time.Millisecond)
+	assert.EqualValues(t, 3, p.Stats().DialCount, "the other callers wait for a dial slot")
 	close(release)
 	wg.Wait()
 	close(conns)

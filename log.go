@@ -1,0 +1,128 @@
+package redispool
+
+import (
+	"context"
+	"log/slog"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// logInterval is the least time between two records of the same kind: a
+// storm of failures logs once per interval, with the count of those left out.
+const logInterval = time.Second
+
+// logKind is a kind of event the pool logs, each rate-limited on its own.
+type logKind int
+
+const (
+	logDiscard logKind = iota // + DiscardReason
+	logDialError
+	logExhausted
+	logLeak
+	numLogKinds = logLeak + 1 + logKind(numDiscardReasons)
+)
+
+// logLimiter lets one record of each kind through per logInterval.
+type logLimiter struct {
+	mu         sync.Mutex // protects the fields below
+	last       [numLogKinds]time.Time
+	suppressed [numLogKinds]int
+}
+
+// allow reports whether a record of kind k may be logged now, and how many
+// were left out since the last one.
+func (l *logLimiter) allow(k logKind) (bool, int) {
+	now := nowFunc()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.last[k].IsZero() && now.Sub(l.last[k]) < logInterval {
+		l.suppressed[k]++
+		return false, 0
+	}
+	n := l.suppressed[k]
+	l.last[k], l.suppressed[k] = now, 0
+	return true, n
+}
+
+// log writes a rate-limited record to the pool's Logger, if it has one.
+func (p *Pool) log(k logKind, level slog.Level, msg string, attrs ...slog.Attr) {
+	logger := p.Logger
+	if k == logLeak && logger == nil {
+		logger = slog.Default()
+	}
+	if logger == nil || !logger.Enabled(context.Background(), level) {
+		return
+	}
+	ok, suppressed := p.limiter.allow(k)
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		attrs = append(attrs, slog.Int("suppressed", suppressed))
+	}
+	logger.LogAttrs(context.Background(), level, msg, attrs...)
+}
+
+// logDiscarded logs a discarded connection. Routine discards (idle timeout,
+// lifetime, MaxIdle, pool closed) are Debug; the others are Warn.
+func (p *Pool) logDiscarded(reason DiscardReason, err error) {
+	if p.Logger == nil {
+		return
+	}
+	level := slog.LevelWarn
+	switch reason {
+	case DiscardIdleTimeout, DiscardLifetime, DiscardMaxIdle, DiscardPoolClosed:
+		level = slog.LevelDebug
+	}
+	attrs := []slog.Attr{slog.String("reason", reason.String())}
+	if err != nil {
+		attrs = append(attrs, slog.String("error", err.Error()))
+	}
+	p.log(logDiscard+logKind(reason), level, "redispool: connection discarded", attrs...)
+}
+
+// leakWatch reports a borrowed connection held longer than LeakThreshold.
+type leakWatch struct {
+	timer *time.Timer
+	pcs   []uintptr // the borrower's stack
+}
+
+// watchLeak starts the leak timer for a conn just handed out.
+func (p *Pool) watchLeak(ac *activeConn) {
+	w := &leakWatch{pcs: make([]uintptr, 32)}
+	// Skip runtime.Callers, watchLeak and GetContext (and Get, if used).
+	n := runtime.Callers(3, w.pcs)
+	w.pcs = w.pcs[:n]
+	start := time.Now()
+	w.timer = time.AfterFunc(p.LeakThreshold, func() {
+		p.leaks.Add(1)
+		p.log(logLeak, slog.LevelWarn, "redispool: connection held longer than LeakThreshold; was it closed?",
+			slog.Duration("held", time.Since(start)),
+			slog.String("borrowed_at", formatStack(w.pcs)))
+	})
+	ac.leak = w
+}
+
+// formatStack renders the borrower's frames, leaving out the pool's own.
+func formatStack(pcs []uintptr) string {
+	var b strings.Builder
+	frames := runtime.CallersFrames(pcs)
+	for {
+		f, more := frames.Next()
+		if !strings.HasPrefix(f.Function, "github.com/redispool/redispool.") {
+			b.WriteString(f.Function)
+			b.WriteString("\n\t")
+			b.WriteString(f.File)
+			b.WriteByte(':')
+			b.WriteString(strconv.Itoa(f.Line))
+			b.WriteByte('\n')
+		}
+		if !more {
+			break
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,146 @@
+package redispool_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redispool/redispool"
+)
+
+// recorder is a slog.Handler that keeps the records it is given.
+type recorder struct {
+	mu      sync.Mutex
+	records []slog.Record
+}
+
+func (r *recorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r *recorder) Handle(_ context.Context, rec slog.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.records = append(r.records, rec.Clone())
+	return nil
+}
+func (r *recorder) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r *recorder) WithGroup(string) slog.Handler      { return r }
+
+// find returns the attributes of the records whose message contains msg.
+func (r *recorder) find(msg string) []map[string]string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []map[string]string
+	for _, rec := range r.records {
+		if !strings.Contains(rec.Message, msg) {
+			continue
+		}
+		attrs := map[string]string{"level": rec.Level.String()}
+		rec.Attrs(func(a slog.Attr) bool {
+			attrs[a.Key] = a.Value.String()
+			return true
+		})
+		out = append(out, attrs)
+	}
+	return out
+}
+
+func TestLoggerIsToldAboutDiscardsWithTheirReason(t *testing.T) {
+	rec := &recorder{}
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, Logger: slog.New(rec)}
+	defer p.Close()
+	c := p.Get()
+	d.last(t).doErr = os.ErrDeadlineExceeded
+	c.Do("GET", "k")
+	c.Close()
+	c = p.Get()
+	c.Do("SUBSCRIBE", "ch")
+	c.Close()
+
+	got := rec.find("connection discarded")
+	require.Len(t, got, 2)
+	assert.Equal(t, "broken", got[0]["reason"])
+	assert.Equal(t, os.ErrDeadlineExceeded.Error(), got[0]["error"])
+	assert.Equal(t, "WARN", got[0]["level"])
+	assert.Equal(t, "state", got[1]["reason"])
+}
+
+func TestRoutineDiscardsAreLoggedAtDebug(t *testing.T) {
+	rec := &recorder{}
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxIdle: 1, Logger: slog.New(rec)}
+	closeAll(getN(t, p, 2))
+	got := rec.find("connection discarded")
+	require.Len(t, got, 1)
+	assert.Equal(t, "max_idle", got[0]["reason"])
+	assert.Equal(t, "DEBUG", got[0]["level"])
+	p.Close()
+}
+
+func TestLogRecordsAreRateLimitedPerKind(t *testing.T) {
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	rec := &recorder{}
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: -1, Logger: slog.New(rec)}
+	defer p.Close()
+	held := p.Get()
+	defer held.Close()
+	for range 100 {
+		p.Get()
+	}
+	require.Len(t, rec.find("pool exhausted"), 1, "a storm logs once per second")
+	clk.Advance(time.Second)
+	p.Get()
+	got := rec.find("pool exhausted")
+	require.Len(t, got, 2)
+	assert.Equal(t, "99", got[1]["suppressed"])
+	assert.Contains(t, got[1]["error"], "exhausted")
+}
+
+func TestFailedDialsAreLogged(t *testing.T) {
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	rec := &recorder{}
+	d := &fakeDialer{}
+	d.SetErr(errors.New("connection refused"))
+	p := &redispool.Pool{Dial: d.Dial, Logger: slog.New(rec)}
+	defer p.Close()
+	p.Get()
+	got := rec.find("dial failed")
+	require.Len(t, got, 1)
+	assert.Equal(t, "connection refused", got[0]["error"])
+	assert.Equal(t, "1", got[0]["consecutive_failures"])
+}
+
+//go:noinline
+func borrowAndForget(p *redispool.Pool) redis.Conn { return p.Get() }
+
+func TestLeakThresholdReportsAHeldConnWithTheBorrowersStack(t *testing.T) {
+	rec := &recorder{}
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, LeakThreshold: 20 * time.Millisecond, Logger: slog.New(rec)}
+	defer p.Close()
+
+	quick := p.Get()
+	quick.Close() // returned in time: not reported
+
+	held := borrowAndForget(p)
+	require.Eventually(t, func() bool { return len(rec.find("held longer than LeakThreshold")) == 1 }, 5*time.Second, 5*time.Millisecond)
+	got := rec.find("held longer than LeakThreshold")[0]
+	assert.Contains(t, got["borrowed_at"], "redispool_test.borrowAndForget")
+	assert.Contains(t, got["borrowed_at"], "log_test.go")
+	assert.NotContains(t, got["borrowed_at"], "redispool.(*Pool)", "the pool's own frames are left out")
+	assert.EqualValues(t, 1, p.Stats().LeakCount)
+	held.Close()
+	time.Sleep(40 * time.Millisecond)
+	assert.EqualValues(t, 1, p.Stats().LeakCount, "reported once")
+}
