@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -375,14 +376,14 @@ func (p *Pool) get(ctx context.Context) (pc *poolConn, err error) {
 		}
 	}()
 	for {
-		idle, closed := p.popIdle()
+		idle, now, closed := p.popIdle()
 		if closed {
 			return nil, ErrPoolClosed
 		}
 		if idle == nil {
 			break
 		}
-		if p.usable(ctx, idle) {
+		if p.usable(ctx, idle, now) {
 			return idle, nil
 		}
 	}
@@ -396,9 +397,25 @@ func (p *Pool) waitToken(ctx context.Context) error {
 	if p.cfg.waitTimeout < 0 {
 		return p.exhausted(fmt.Errorf("%w: all %d connections are in use and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxActive))
 	}
+	// A token often comes back within a scheduling round: yield once before
+	// paying for a timer.
+	runtime.Gosched()
+	select {
+	case <-p.tokens:
+		if err := ctx.Err(); err != nil {
+			p.tokens <- struct{}{}
+			return err
+		}
+		return nil
+	default:
+	}
 	start := time.Now()
-	timer := time.NewTimer(p.cfg.waitTimeout)
-	defer timer.Stop()
+	timer := timerPool.Get().(*time.Timer)
+	timer.Reset(p.cfg.waitTimeout)
+	defer func() {
+		timer.Stop()
+		timerPool.Put(timer)
+	}()
 	p.waitCount.Add(1)
 	select {
 	case <-p.tokens:
@@ -421,6 +438,14 @@ func (p *Pool) waitToken(ctx context.Context) error {
 	}
 }
 
+// timerPool recycles the timers that bound waits. A stopped timer's channel
+// holds no stale value (Go 1.23 timers), so Reset makes it good as new.
+var timerPool = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}}
+
 // exhausted counts and logs a Get that gave up waiting, and returns its error.
 func (p *Pool) exhausted(err error) error {
 	p.waitTimeout.Add(1)
@@ -429,25 +454,27 @@ func (p *Pool) exhausted(err error) error {
 }
 
 // popIdle takes the most recently returned idle connection, closing those that
-// stayed idle too long on the way. It reports whether the pool is closed.
-func (p *Pool) popIdle() (*poolConn, bool) {
+// stayed idle too long on the way. It reports the time it checked with, and
+// whether the pool is closed.
+func (p *Pool) popIdle() (*poolConn, time.Time, bool) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return nil, true
+		return nil, time.Time{}, true
 	}
 	n := len(p.idle)
 	if n == 0 {
 		p.mu.Unlock()
-		return nil, false
+		return nil, time.Time{}, false
 	}
 	pc := p.idle[n-1]
 	p.idle[n-1] = nil
 	p.idle = p.idle[:n-1]
 	p.idleCount.Add(-1)
-	if nowFunc().Sub(pc.t) < p.cfg.idleTimeout {
+	now := nowFunc()
+	if now.Sub(pc.t) < p.cfg.idleTimeout {
 		p.mu.Unlock()
-		return pc, false
+		return pc, now, false
 	}
 	// pc is the newest idle connection, so every idle one is stale.
 	stale := append(p.idle, pc)
@@ -457,19 +484,18 @@ func (p *Pool) popIdle() (*poolConn, bool) {
 	for _, pc := range stale {
 		p.discard(pc, DiscardIdleTimeout)
 	}
-	return nil, false
+	return nil, now, false
 }
 
 // usable reports whether an idle connection may be handed out, closing it if
 // not. A panic in TestOnBorrow closes it too.
-func (p *Pool) usable(ctx context.Context, pc *poolConn) (ok bool) {
+func (p *Pool) usable(ctx context.Context, pc *poolConn, now time.Time) (ok bool) {
 	reason := DiscardHealthCheck
 	defer func() {
 		if !ok {
 			p.discard(pc, reason)
 		}
 	}()
-	now := nowFunc()
 	switch {
 	case pc.gen != p.gen.Load():
 		reason = DiscardRetired
