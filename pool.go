@@ -387,7 +387,9 @@ func (p *Pool) get(ctx context.Context) (pc *poolConn, err error) {
 			return idle, nil
 		}
 	}
-	pc, err, holdToken = p.dial(ctx)
+	var handedOff bool
+	pc, handedOff, err = p.dial(ctx)
+	holdToken = !handedOff
 	return pc, err
 }
 
@@ -532,12 +534,12 @@ type dialCall struct {
 }
 
 // dial makes a new connection for a caller holding a token. It reports
-// whether the caller still holds the token: a dial the caller gave up on keeps
-// it, and hands it back with its connection.
-func (p *Pool) dial(ctx context.Context) (*poolConn, error, bool) {
+// whether the token was handed off: a dial the caller gave up on keeps it,
+// and gives it back with its connection.
+func (p *Pool) dial(ctx context.Context) (_ *poolConn, handedOff bool, _ error) {
 	probe, err := p.dialAllowed()
 	if err != nil {
-		return nil, err, true
+		return nil, false, err
 	}
 	select {
 	case <-p.dials:
@@ -546,7 +548,7 @@ func (p *Pool) dial(ctx context.Context) (*poolConn, error, bool) {
 			if probe {
 				p.endProbe()
 			}
-			return nil, err, true
+			return nil, false, err
 		}
 	}
 	call := &dialCall{done: make(chan struct{}), gen: p.gen.Load()}
@@ -561,12 +563,12 @@ func (p *Pool) dial(ctx context.Context) (*poolConn, error, bool) {
 		if !call.finished {
 			call.abandoned = true
 			call.mu.Unlock()
-			return nil, ctx.Err(), false
+			return nil, true, ctx.Err()
 		}
 		call.mu.Unlock()
 		// The dial finished as the caller gave up: pass its result on.
 		p.handOff(call)
-		return nil, ctx.Err(), false
+		return nil, true, ctx.Err()
 	}
 	if call.panicked != nil {
 		p.active.Add(-1)
@@ -574,9 +576,9 @@ func (p *Pool) dial(ctx context.Context) (*poolConn, error, bool) {
 	}
 	if call.err != nil {
 		p.active.Add(-1)
-		return nil, call.err, true
+		return nil, false, call.err
 	}
-	return call.pc, nil, true
+	return call.pc, false, nil
 }
 
 // dialAllowed fails fast while the server refuses connections, letting one
