@@ -27,23 +27,22 @@ const (
 
 // logLimiter lets one record of each kind through per logInterval.
 type logLimiter struct {
-	mu         sync.Mutex // protects the fields below
-	last       [numLogKinds]time.Time
+	mu         sync.Mutex                 // protects the fields below
+	next       [numLogKinds]time.Duration // see Pool.clock: no record of the kind before
 	suppressed [numLogKinds]int
 }
 
-// allow reports whether a record of kind k may be logged now, and how many
-// were left out since the last one.
-func (l *logLimiter) allow(k logKind) (bool, int) {
-	now := nowFunc()
+// allow reports whether a record of kind k may be logged at now, and how
+// many were left out since the last one.
+func (l *logLimiter) allow(k logKind, now time.Duration) (bool, int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.last[k].IsZero() && now.Sub(l.last[k]) < logInterval {
+	if now < l.next[k] {
 		l.suppressed[k]++
 		return false, 0
 	}
 	n := l.suppressed[k]
-	l.last[k], l.suppressed[k] = now, 0
+	l.next[k], l.suppressed[k] = now+logInterval, 0
 	return true, n
 }
 
@@ -56,7 +55,7 @@ func (p *Pool) log(k logKind, level slog.Level, msg string, attrs ...slog.Attr) 
 	if logger == nil || !logger.Enabled(context.Background(), level) {
 		return
 	}
-	ok, suppressed := p.limiter.allow(k)
+	ok, suppressed := p.limiter.allow(k, p.clock())
 	if !ok {
 		return
 	}

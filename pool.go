@@ -34,7 +34,9 @@ var ErrConnClosed = errors.New("redispool: use of closed connection")
 // errNilPool is returned by the methods of a nil *Pool.
 var errNilPool = errors.New("redispool: method called on a nil *Pool")
 
-var nowFunc = time.Now // replaced by tests to move time
+// nowFunc, when set by tests, replaces the clock so that they move time
+// instead of sleeping.
+var nowFunc func() time.Time
 
 // Dial backoff while the server refuses connections: the first retry waits
 // about backoffBase, each failure doubles the wait up to backoffCap, and the
@@ -187,20 +189,21 @@ type Pool struct {
 
 	// Set once by init, read-only after.
 	initOnce sync.Once
+	epoch    time.Time // the pool's clock reads the time since epoch
 	cfg      config
 	cfgErr   error
 	tokens   chan struct{} // one token per connection checked out or being dialed
 	dials    chan struct{} // one token per dial in progress
 	done     chan struct{} // closed by Close
 
-	mu         sync.Mutex  // protects the fields below; never held across network I/O
-	closed     bool        // set once by Close
-	idle       []*poolConn // idle connections, most recently returned last
-	dialErr    error       // the last dial error, nil once a dial succeeds
-	dialFails  int         // consecutive dial failures
-	nextDial   time.Time   // no dial before this while dialErr is set
-	probing    bool        // a dial is testing whether the server is back
-	redigoPool *redis.Pool // made by RedigoPool
+	mu         sync.Mutex    // protects the fields below; never held across network I/O
+	closed     bool          // set once by Close
+	idle       []*poolConn   // idle connections, most recently returned last
+	dialErr    error         // the last dial error, nil once a dial succeeds
+	dialFails  int           // consecutive dial failures
+	nextDial   time.Duration // no dial before this (see clock) while dialErr is set
+	probing    bool          // a dial is testing whether the server is back
+	redigoPool *redis.Pool   // made by RedigoPool
 	limiter    logLimiter
 
 	// Atomic, read without mu.
@@ -224,8 +227,8 @@ type poolConn struct {
 	netConn net.Conn              // c's socket, when the pool dialed it
 	addr    string                // the address the pool dialed, if it did
 	gen     uint64                // the pool's generation when the dial began
-	created time.Time
-	t       time.Time // when last returned to the idle set
+	created time.Duration         // see clock
+	t       time.Duration         // when last returned to the idle set
 }
 
 // DiscardReason says why the pool closed a connection.
@@ -306,6 +309,7 @@ func (d DiscardStats) Total() int64 {
 // init fixes the configuration on first use.
 func (p *Pool) init() error {
 	p.initOnce.Do(func() {
+		p.epoch = wallNow()
 		p.cfg, p.cfgErr = p.buildConfig()
 		n := p.cfg.maxActive
 		if p.cfgErr != nil {
@@ -322,6 +326,23 @@ func (p *Pool) init() error {
 		p.done = make(chan struct{})
 	})
 	return p.cfgErr
+}
+
+// clock returns the time since the pool's epoch. It reads only the monotonic
+// clock, which costs about half of time.Now, and the pool reads it twice per
+// Get and Close.
+func (p *Pool) clock() time.Duration {
+	if nowFunc != nil {
+		return nowFunc().Sub(p.epoch)
+	}
+	return time.Since(p.epoch)
+}
+
+func wallNow() time.Time {
+	if nowFunc != nil {
+		return nowFunc()
+	}
+	return time.Now()
 }
 
 // Get returns a connection from the pool, dialing one if none is idle and
@@ -458,23 +479,23 @@ func (p *Pool) exhausted(err error) error {
 // popIdle takes the most recently returned idle connection, closing those that
 // stayed idle too long on the way. It reports the time it checked with, and
 // whether the pool is closed.
-func (p *Pool) popIdle() (*poolConn, time.Time, bool) {
+func (p *Pool) popIdle() (*poolConn, time.Duration, bool) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return nil, time.Time{}, true
+		return nil, 0, true
 	}
 	n := len(p.idle)
 	if n == 0 {
 		p.mu.Unlock()
-		return nil, time.Time{}, false
+		return nil, 0, false
 	}
 	pc := p.idle[n-1]
 	p.idle[n-1] = nil
 	p.idle = p.idle[:n-1]
 	p.idleCount.Add(-1)
-	now := nowFunc()
-	if now.Sub(pc.t) < p.cfg.idleTimeout {
+	now := p.clock()
+	if now-pc.t < p.cfg.idleTimeout {
 		p.mu.Unlock()
 		return pc, now, false
 	}
@@ -491,7 +512,7 @@ func (p *Pool) popIdle() (*poolConn, time.Time, bool) {
 
 // usable reports whether an idle connection may be handed out, closing it if
 // not. A panic in TestOnBorrow closes it too.
-func (p *Pool) usable(ctx context.Context, pc *poolConn, now time.Time) (ok bool) {
+func (p *Pool) usable(ctx context.Context, pc *poolConn, now time.Duration) (ok bool) {
 	reason := DiscardHealthCheck
 	defer func() {
 		if !ok {
@@ -502,18 +523,18 @@ func (p *Pool) usable(ctx context.Context, pc *poolConn, now time.Time) (ok bool
 	case pc.gen != p.gen.Load():
 		reason = DiscardRetired
 		return false
-	case p.cfg.maxLifetime > 0 && now.Sub(pc.created) >= p.cfg.maxLifetime:
+	case p.cfg.maxLifetime > 0 && now-pc.created >= p.cfg.maxLifetime:
 		reason = DiscardLifetime
 		return false
-	case pc.netConn != nil && now.Sub(pc.t) >= peekAfterIdle && peek(pc.netConn) != nil:
+	case pc.netConn != nil && now-pc.t >= peekAfterIdle && peek(pc.netConn) != nil:
 		// Closed by the server, or holding bytes nobody asked for.
 		reason = DiscardBroken
 		return false
 	}
-	if p.TestOnBorrow != nil && p.TestOnBorrow(pc.c, pc.t) != nil {
+	if p.TestOnBorrow != nil && p.TestOnBorrow(pc.c, p.epoch.Add(pc.t)) != nil {
 		return false
 	}
-	if p.TestOnBorrowContext != nil && p.TestOnBorrowContext(ctx, pc.c, pc.t) != nil {
+	if p.TestOnBorrowContext != nil && p.TestOnBorrowContext(ctx, pc.c, p.epoch.Add(pc.t)) != nil {
 		return false
 	}
 	return true
@@ -590,10 +611,10 @@ func (p *Pool) dialAllowed() (bool, error) {
 	if p.dialErr == nil {
 		return false, nil
 	}
-	if now := nowFunc(); p.probing || now.Before(p.nextDial) {
+	if now := p.clock(); p.probing || now < p.nextDial {
 		p.fastFails.Add(1)
 		return false, fmt.Errorf("redispool: not dialing for %v after %d failed dials: %w",
-			max(p.nextDial.Sub(now), 0).Round(time.Millisecond), p.dialFails, p.dialErr)
+			max(p.nextDial-now, 0).Round(time.Millisecond), p.dialFails, p.dialErr)
 	}
 	p.probing = true
 	return true, nil
@@ -654,7 +675,7 @@ func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 	var pc *poolConn
 	if err == nil {
 		cwt, _ := c.(redis.ConnWithTimeout)
-		pc = &poolConn{c: c, cwt: cwt, netConn: netConn, addr: addr, gen: call.gen, created: nowFunc()}
+		pc = &poolConn{c: c, cwt: cwt, netConn: netConn, addr: addr, gen: call.gen, created: p.clock()}
 	}
 	call.mu.Lock()
 	call.finished = true
@@ -764,7 +785,7 @@ func (p *Pool) recordDial(err error) {
 	}
 	d -= rand.N(d/2 + 1)
 	p.dialErr = err
-	p.nextDial = nowFunc().Add(d)
+	p.nextDial = p.clock() + d
 	p.log(logDialError, slog.LevelWarn, "redispool: dial failed", slog.String("error", err.Error()),
 		slog.Int("consecutive_failures", p.dialFails), slog.Duration("next_dial_in", d))
 }
@@ -773,7 +794,7 @@ func (p *Pool) recordDial(err error) {
 // The connection joins the idle set before the token is returned, so that a
 // caller who takes the token finds it instead of dialing past MaxActive.
 func (p *Pool) put(pc *poolConn) {
-	now := nowFunc()
+	now := p.clock()
 	reason := DiscardReason(-1)
 	var stale *poolConn
 	p.mu.Lock()
@@ -782,14 +803,14 @@ func (p *Pool) put(pc *poolConn) {
 		reason = DiscardPoolClosed
 	case pc.gen != p.gen.Load():
 		reason = DiscardRetired
-	case p.cfg.maxLifetime > 0 && now.Sub(pc.created) >= p.cfg.maxLifetime:
+	case p.cfg.maxLifetime > 0 && now-pc.created >= p.cfg.maxLifetime:
 		reason = DiscardLifetime
 	case len(p.idle) >= p.cfg.maxIdle:
 		reason = DiscardMaxIdle
 	default:
 		pc.t = now
 		// The oldest idle connection is at the front; close it if stale.
-		if len(p.idle) > 0 && now.Sub(p.idle[0].t) >= p.cfg.idleTimeout {
+		if len(p.idle) > 0 && now-p.idle[0].t >= p.cfg.idleTimeout {
 			stale = p.idle[0]
 			copy(p.idle, p.idle[1:])
 			p.idle[len(p.idle)-1] = pc
