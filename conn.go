@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -293,13 +294,14 @@ func (ac *activeConn) withContext(ctx context.Context, c call, f func(time.Durat
 		return nil, err
 	}
 	timeout := c.timeout
+	ctxDeadline := false // the read deadline is ctx's
 	if dl, ok := ctx.Deadline(); ok {
 		left := time.Until(dl)
 		if left <= 0 {
 			return nil, context.DeadlineExceeded
 		}
 		if timeout == 0 || left < timeout {
-			timeout = left
+			timeout, ctxDeadline = left, true
 		}
 	}
 	var stop func() bool
@@ -311,8 +313,15 @@ func (ac *activeConn) withContext(ctx context.Context, c call, f func(time.Durat
 		// ctx ended and closed the connection, whatever f returned.
 		return nil, ctx.Err()
 	}
-	if _, replied := err.(redis.Error); err != nil && !replied && ctx.Err() != nil {
-		return nil, ctx.Err() // the read deadline was ctx's
+	if _, replied := err.(redis.Error); err != nil && !replied {
+		if ctxDeadline && errors.Is(err, os.ErrDeadlineExceeded) {
+			// The read deadline was ctx's and has passed, though ctx's own
+			// timer may not have fired yet: it will at once.
+			<-ctx.Done()
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 	}
 	return reply, err
 }

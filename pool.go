@@ -571,6 +571,14 @@ func (p *Pool) dial(ctx context.Context) (_ *poolConn, handedOff bool, _ error) 
 			}
 			return nil, false, err
 		}
+		// The dials this caller waited for may have failed meanwhile: then
+		// it fails fast too, instead of adding to a burst of failing dials.
+		if !probe {
+			if probe, err = p.dialAllowed(); err != nil {
+				p.dials <- struct{}{}
+				return nil, false, err
+			}
+		}
 	}
 	call := &dialCall{done: make(chan struct{}), gen: p.gen.Load()}
 	p.active.Add(1)

@@ -856,3 +856,37 @@ func TestGoVetReportsACopiedPool(t *testing.T) {
 
 // fmtCalls helps failure messages.
 func fmtCalls(c *fakeConn) string { return strings.Join(c.Calls(), ", ") }
+
+func TestCallersWaitingForADialSlotFailFastWhenTheDialsFail(t *testing.T) {
+	release := make(chan struct{})
+	dialErr := errors.New("connection refused")
+	var mu sync.Mutex
+	inDial := 0
+	p := &redispool.Pool{MaxActive: 20, MaxConcurrentDials: 2, WaitTimeout: 5 * time.Second, Dial: func() (redis.Conn, error) {
+		mu.Lock()
+		inDial++
+		mu.Unlock()
+		<-release
+		return nil, dialErr
+	}}
+	defer p.Close()
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := p.GetContext(context.Background())
+			assert.ErrorIs(t, err, dialErr)
+		}()
+	}
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return inDial == 2
+	}, 5*time.Second, time.Millisecond)
+	close(release)
+	wg.Wait()
+	s := p.Stats()
+	assert.EqualValues(t, 2, s.DialCount, "the waiting callers did not dial into a dead server")
+	assert.EqualValues(t, 18, s.FastFailCount)
+}

@@ -587,3 +587,20 @@ func TestAReplicaReplyRetiresTheConnsToTheOldMaster(t *testing.T) {
 	assert.Equal(t, 0, p.IdleCount())
 	assert.Equal(t, 0, p.ActiveCount())
 }
+
+func TestAContextDeadlineDuringAStallReturnsTheContextsError(t *testing.T) {
+	srv := redistest.Start(t)
+	p := &redispool.Pool{Addr: srv.Addr(), ReadTimeout: time.Second}
+	defer p.Close()
+	closeAll(getN(t, p, 4))
+	srv.Stop(t)
+	defer srv.Cont(t)
+	for i := range 40 {
+		c := p.Get()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
+		_, err := redis.DoContext(c, ctx, "GET", "k")
+		cancel()
+		c.Close()
+		require.Equal(t, context.DeadlineExceeded, err, "call %d", i)
+	}
+}
