@@ -82,11 +82,8 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 	}
 	ac.mu.Lock()
 	defer ac.mu.Unlock()
-	if ac.pc == nil {
-		return call{}, ErrConnClosed
-	}
-	if ac.err != nil {
-		return call{}, ac.err
+	if err := ac.usableLocked(); err != nil {
+		return call{}, err
 	}
 	ac.apply(info)
 	c := call{pc: ac.pc, timeout: ac.p.cfg.readTimeout}
@@ -114,6 +111,22 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 	}
 	ac.inFlight++
 	return c, nil
+}
+
+// usableLocked reports why the conn cannot take a call: it is closed, broken,
+// or, with Sentinel, reaches a master the sentinels have replaced.
+func (ac *activeConn) usableLocked() error {
+	switch {
+	case ac.pc == nil:
+		return ErrConnClosed
+	case ac.err != nil:
+		return ac.err
+	case ac.p.Sentinel != nil && ac.pc.gen != ac.p.gen.Load():
+		// The old master may still accept writes for a while, which the
+		// failover then loses: fail instead.
+		return ErrConnRetired
+	}
+	return nil
 }
 
 // apply records a command's effect on the connection's state.
@@ -158,11 +171,8 @@ func (ac *activeConn) apply(info command.Info) {
 func (ac *activeConn) begin() (call, error) {
 	ac.mu.Lock()
 	defer ac.mu.Unlock()
-	if ac.pc == nil {
-		return call{}, ErrConnClosed
-	}
-	if ac.err != nil {
-		return call{}, ac.err
+	if err := ac.usableLocked(); err != nil {
+		return call{}, err
 	}
 	c := call{pc: ac.pc, timeout: ac.p.cfg.readTimeout}
 	if c.timeout > 0 {

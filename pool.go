@@ -31,6 +31,11 @@ var ErrPoolExhausted = fmt.Errorf("redispool: connection pool exhausted: %w", re
 // that conn has been closed. The pooled connection behind it is not touched.
 var ErrConnClosed = errors.New("redispool: use of closed connection")
 
+// ErrConnRetired is returned by the methods of a conn from a Pool with
+// Sentinel set once the pool has moved to a new master: the conn reaches the
+// old one. Close it and get another.
+var ErrConnRetired = errors.New("redispool: connection retired after a failover; get a new one")
+
 // errNilPool is returned by the methods of a nil *Pool.
 var errNilPool = errors.New("redispool: method called on a nil *Pool")
 
@@ -324,6 +329,9 @@ func (p *Pool) init() error {
 			p.dials <- struct{}{}
 		}
 		p.done = make(chan struct{})
+		if p.cfgErr == nil && p.Sentinel != nil {
+			p.Sentinel.watch(p)
+		}
 	})
 	return p.cfgErr
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"math/rand/v2"
 	"net"
 	"strings"
 	"sync"
@@ -18,6 +20,22 @@ import (
 // the sentinels again on its next dial.
 var ErrNotMaster = errors.New("redispool: server is not the master")
 
+const (
+	// minQueryInterval is the least time between two queries to the
+	// sentinels. Within it, a dial after a failure reuses the last answer:
+	// while the old master is down and the sentinels have not failed over
+	// yet, they would name it again anyway.
+	minQueryInterval = 500 * time.Millisecond
+	// minSentinelTimeout is the least time given to one sentinel when the
+	// dial timeout is shared among several.
+	minSentinelTimeout = 100 * time.Millisecond
+	// switchChannel is where sentinels announce a new master.
+	switchChannel = "+switch-master"
+	// Backoff of the subscriptions to switchChannel after a sentinel failed.
+	watchBackoffBase = 250 * time.Millisecond
+	watchBackoffCap  = 5 * time.Second
+)
+
 // Sentinel finds a Redis master through Redis Sentinel. Set it as
 // Pool.Sentinel, with Addr, Dial and DialContext unset: the pool asks the
 // sentinels for the master's address once, dials the master with its own
@@ -27,12 +45,23 @@ var ErrNotMaster = errors.New("redispool: server is not the master")
 // server, a failed dial or a ROLE other than master. Then it forgets the
 // address, retires every connection dialed before (see Pool.Retire), and asks
 // the sentinels again on its next dial, under the pool's dial limits and
-// backoff. The sentinels are asked once per failover, not once per request.
+// backoff, and at most twice a second. The sentinels are asked once per
+// failover, not once per request.
+//
+// The pool also listens to the sentinels' +switch-master announcements (one
+// subscription per sentinel, closed by Pool.Close), because after SENTINEL
+// FAILOVER the old master stays a writable master for several seconds before
+// the sentinels turn it into a replica: on an announcement the pool takes the
+// new master's address from it and retires every connection to the old one
+// at once.
 //
 // A Sentinel must not be copied after first use, nor shared between pools.
 type Sentinel struct {
 	// Addrs are the sentinels' "host:port" addresses. They are asked in turn
-	// until one answers; the one that answered is asked first next time.
+	// until one answers; the one that answered, or last announced a new
+	// master, is asked first next time. When the pool's DialTimeout is set,
+	// each sentinel gets an equal share of it, so that one that hangs leaves
+	// time to ask the others.
 	Addrs []string
 
 	// MasterName is the name under which the sentinels monitor the master.
@@ -48,14 +77,20 @@ type Sentinel struct {
 
 	queryMu sync.Mutex // held while asking the sentinels: one query at a time
 
-	mu     sync.Mutex // protects the fields below
-	master string     // the cached master address; empty when unknown
-	order  []string   // Addrs, the last one that answered first
+	mu        sync.Mutex // protects the fields below
+	master    string     // the cached master address; empty when unknown
+	last      string     // the last address the sentinels named
+	lastQuery time.Time  // when the sentinels last named it
+	epoch     uint64     // raised by each announcement of a new master
+	order     []string   // Addrs, the one to ask first first
+	pool      *Pool      // the pool to retire on an announcement; set by watch
+	watching  bool       // the subscriptions run
 
 	queries atomic.Int64
 }
 
 // Queries returns how many times the sentinels were asked for the master.
+// Each sentinel asked counts once, as does each sentinel that was down.
 func (s *Sentinel) Queries() int64 { return s.queries.Load() }
 
 // Master returns the master address in use, or "" before the first dial and
@@ -83,26 +118,38 @@ func (s *Sentinel) check() error {
 }
 
 // masterAddr returns the cached master address, asking the sentinels when
-// there is none. Concurrent callers share one query.
+// there is none. Concurrent callers share one query. timeout is the pool's
+// dial timeout (0 when disabled), shared among the sentinels asked.
 func (s *Sentinel) masterAddr(ctx context.Context, timeout time.Duration) (string, error) {
 	if m := s.Master(); m != "" {
 		return m, nil
 	}
+	s.startWatch()
 	s.queryMu.Lock()
 	defer s.queryMu.Unlock()
-	if m := s.Master(); m != "" {
-		return m, nil // another caller's query found it
-	}
 	s.mu.Lock()
+	if s.master != "" {
+		m := s.master // another caller's query or an announcement found it
+		s.mu.Unlock()
+		return m, nil
+	}
+	if s.last != "" && time.Since(s.lastQuery) < minQueryInterval {
+		// Asked moments ago: the sentinels would name the same master.
+		s.master = s.last
+		s.mu.Unlock()
+		return s.last, nil
+	}
 	if s.order == nil {
 		s.order = append([]string(nil), s.Addrs...)
 	}
 	order := append([]string(nil), s.order...)
+	epoch := s.epoch
 	s.mu.Unlock()
 
+	share := sentinelTimeout(timeout, len(order))
 	var errs []error
 	for _, addr := range order {
-		master, err := s.ask(ctx, addr, timeout)
+		master, err := s.ask(ctx, addr, share)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("sentinel %s: %w", addr, err))
 			if ctx.Err() != nil {
@@ -111,30 +158,47 @@ func (s *Sentinel) masterAddr(ctx context.Context, timeout time.Duration) (strin
 			continue
 		}
 		s.mu.Lock()
-		s.master = master
-		s.order = moveToFront(s.order, addr)
+		if s.epoch != epoch && s.master != "" {
+			// A new master was announced while we asked: the answer may
+			// come from a sentinel that has not heard of it yet.
+			master = s.master
+		} else {
+			s.master, s.last, s.lastQuery = master, master, time.Now()
+			s.order = moveToFront(s.order, addr)
+		}
 		s.mu.Unlock()
 		return master, nil
 	}
 	return "", fmt.Errorf("redispool: no sentinel named the master %q: %w", s.MasterName, errors.Join(errs...))
 }
 
-// ask asks one sentinel for the master's address.
-func (s *Sentinel) ask(ctx context.Context, addr string, timeout time.Duration) (string, error) {
-	s.queries.Add(1)
-	if timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-		defer cancel()
+// sentinelTimeout is the time given to each of n sentinels out of the dial
+// timeout.
+func sentinelTimeout(timeout time.Duration, n int) time.Duration {
+	if timeout <= 0 {
+		timeout = DefaultDialTimeout
 	}
+	return min(timeout, max(timeout/time.Duration(max(n, 1)), minSentinelTimeout))
+}
+
+// dialSentinel connects to the sentinel at addr. readTimeout 0 means none.
+func (s *Sentinel) dialSentinel(ctx context.Context, addr string, connectTimeout, readTimeout time.Duration) (redis.Conn, error) {
 	opts := []redis.DialOption{
-		redis.DialConnectTimeout(timeout),
-		redis.DialReadTimeout(timeout),
-		redis.DialWriteTimeout(timeout),
+		redis.DialConnectTimeout(connectTimeout),
+		redis.DialReadTimeout(readTimeout),
+		redis.DialWriteTimeout(connectTimeout),
 		redis.DialUsername(s.Username),
 		redis.DialPassword(s.Password),
 	}
-	c, err := redis.DialContext(ctx, "tcp", addr, append(opts, s.DialOptions...)...)
+	return redis.DialContext(ctx, "tcp", addr, append(opts, s.DialOptions...)...)
+}
+
+// ask asks one sentinel for the master's address.
+func (s *Sentinel) ask(ctx context.Context, addr string, timeout time.Duration) (string, error) {
+	s.queries.Add(1)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := s.dialSentinel(ctx, addr, timeout, timeout)
 	if err != nil {
 		return "", err
 	}
@@ -161,6 +225,136 @@ func (s *Sentinel) forget(addr string) bool {
 	}
 	s.master = ""
 	return true
+}
+
+// watch makes the Sentinel follow the sentinels' announcements of a new
+// master for p: from the first dial until p is closed, it stays subscribed
+// to +switch-master on every sentinel, and on an announcement caches the new
+// master and retires p's connections. The pool calls it once, from init,
+// when its configuration is valid.
+func (s *Sentinel) watch(p *Pool) {
+	s.mu.Lock()
+	s.pool = p
+	s.mu.Unlock()
+}
+
+// startWatch starts the subscriptions, once, if watch was called.
+func (s *Sentinel) startWatch() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.pool
+	if p == nil || s.watching {
+		return
+	}
+	s.watching = true
+	select {
+	case <-p.done:
+		return // closed before its first dial
+	default:
+	}
+	for _, addr := range s.Addrs {
+		go s.subscribe(p, addr)
+	}
+}
+
+// subscribe stays subscribed to +switch-master on the sentinel at addr until
+// p is closed, reconnecting with backoff when the sentinel fails.
+func (s *Sentinel) subscribe(p *Pool, addr string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-p.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	fails := 0
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := s.listen(ctx, p, addr)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > watchBackoffCap {
+			fails = 0 // it worked for a while: retry soon
+		}
+		fails++
+		d := watchBackoffCap
+		if fails < 6 {
+			d = min(watchBackoffCap, watchBackoffBase<<(fails-1))
+		}
+		d -= rand.N(d/2 + 1)
+		if p.Logger != nil {
+			p.Logger.LogAttrs(ctx, slog.LevelDebug, "redispool: subscription to a sentinel failed",
+				slog.String("sentinel", addr), slog.String("error", err.Error()), slog.Duration("retry_in", d))
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// listen subscribes to +switch-master on one sentinel and follows its
+// announcements until the connection fails or ctx ends.
+func (s *Sentinel) listen(ctx context.Context, p *Pool, addr string) error {
+	timeout := sentinelTimeout(p.cfg.dialTimeout, 1)
+	c, err := s.dialSentinel(ctx, addr, timeout, 0)
+	if err != nil {
+		return err
+	}
+	// Closing the connection is the only way to end a Receive in progress.
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer func() {
+		if stop() {
+			c.Close()
+		}
+	}()
+	psc := redis.PubSubConn{Conn: c}
+	if err := psc.Subscribe(switchChannel); err != nil {
+		return err
+	}
+	for {
+		switch m := psc.Receive().(type) {
+		case error:
+			return m
+		case redis.Message:
+			s.announced(p, addr, string(m.Data))
+		}
+	}
+}
+
+// announced handles a +switch-master message from the sentinel at from:
+// "<name> <old ip> <old port> <new ip> <new port>".
+func (s *Sentinel) announced(p *Pool, from, msg string) {
+	f := strings.Fields(msg)
+	if len(f) != 5 || f[0] != s.MasterName {
+		return
+	}
+	master := net.JoinHostPort(f[3], f[4])
+	s.mu.Lock()
+	current := s.master
+	if current == "" {
+		current = s.last
+	}
+	s.master, s.last, s.lastQuery = master, master, time.Now()
+	s.epoch++
+	if s.order == nil {
+		s.order = append([]string(nil), s.Addrs...)
+	}
+	s.order = moveToFront(s.order, from) // it knew first
+	s.mu.Unlock()
+	if current != master {
+		p.Retire()
+		if p.Logger != nil {
+			p.Logger.LogAttrs(context.Background(), slog.LevelInfo, "redispool: the sentinels announced a new master",
+				slog.String("master", master), slog.String("previous", current), slog.String("sentinel", from))
+		}
+	}
 }
 
 // checkRole verifies that c reaches a master.
