@@ -1,0 +1,123 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"math"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redispool/redispool/internal/redistest"
+)
+
+// TestShortRun runs every part in short mode against a real redis-server. The
+// figures of so short a run are noise, so it checks only that every part ran
+// and produced positive figures, and the one deterministic target: redispool
+// opens at most its MaxActive connections, whatever the run's length.
+func TestShortRun(t *testing.T) {
+	srv := redistest.Start(t)
+	var out bytes.Buffer
+	rep, err := Run(context.Background(), Config{Short: true, Addr: srv.Addr(), Out: &out})
+	require.NoError(t, err)
+	t.Logf("poolbench -short:\n%s", out.String())
+
+	require.Len(t, rep.GetClose, len(getCloseShapes))
+	for _, res := range rep.GetClose {
+		require.Len(t, res.Rows, len(fakePoolNames), "%s", res.Shape)
+		for _, row := range res.Rows {
+			require.Len(t, row.NsPerOp, 1)
+			assert.Positive(t, row.NsPerOp[0], "get+close %s %s ns/op", res.Shape, row.Pool)
+			assert.GreaterOrEqual(t, row.AllocsPerOp[0], 0.0, "get+close %s %s allocs/op", res.Shape, row.Pool)
+			if row.Pool != nameRedispool {
+				assert.Positive(t, row.Ratio[0], "get+close %s %s ratio", res.Shape, row.Pool)
+			}
+		}
+	}
+
+	require.Len(t, rep.Waiting, len(fakePoolNames))
+	for _, row := range rep.Waiting {
+		require.Len(t, row.P50, 1)
+		assert.Positive(t, row.Acquires[0], "waiting %s acquires", row.Pool)
+		assert.Positive(t, row.Max[0], "waiting %s max wait", row.Pool)
+		assert.GreaterOrEqual(t, row.Max[0], row.P99[0], "waiting %s", row.Pool)
+		assert.GreaterOrEqual(t, row.P99[0], row.P50[0], "waiting %s", row.Pool)
+		assert.Zero(t, row.Errors[0], "waiting %s errors", row.Pool)
+	}
+
+	_, benchErr := exec.LookPath("redis-benchmark")
+	require.Len(t, rep.E2E, len(e2eOps)*len(e2eNames))
+	for _, row := range rep.E2E {
+		if row.Pool == nameRedisBenchmark && benchErr != nil {
+			assert.NotEmpty(t, row.Skipped)
+			continue
+		}
+		require.Empty(t, row.Skipped, "%s %s", row.Op, row.Pool)
+		require.Len(t, row.OpsPerSec, 1)
+		assert.Positive(t, row.OpsPerSec[0], "e2e %s %s ops/s", row.Op, row.Pool)
+		assert.Positive(t, row.P99[0], "e2e %s %s p99", row.Op, row.Pool)
+		assert.Zero(t, row.Errors[0], "e2e %s %s errors", row.Op, row.Pool)
+		if row.Pool != nameRedispool {
+			assert.False(t, math.IsNaN(row.RatioOps[0]), "e2e %s %s ratio", row.Op, row.Pool)
+		}
+	}
+
+	require.Len(t, rep.ConnCost, len(connNames))
+	for _, row := range rep.ConnCost {
+		require.Len(t, row.Opened, 1)
+		assert.Positive(t, row.Opened[0], "conncost %s opened", row.Pool)
+		assert.Positive(t, row.LongOpened, "conncost %s long run opened", row.Pool)
+		assert.Positive(t, row.CmdsPerSec[0], "conncost %s cmds/s", row.Pool)
+		assert.Zero(t, sumInt(row.Errors), "conncost %s errors", row.Pool)
+		if row.Pool == nameRedispoolDefault {
+			assert.LessOrEqual(t, row.Opened[0], int64(row.Limit), "redispool opened more than MaxActive")
+			assert.LessOrEqual(t, row.LongOpened, int64(row.Limit), "redispool opened more than MaxActive in the long run")
+		}
+	}
+
+	// Every target is evaluated (none skipped) and printed.
+	for _, tg := range rep.Targets {
+		if strings.Contains(tg.Name, "redis-benchmark") && benchErr != nil {
+			continue
+		}
+		assert.False(t, tg.Skipped, "target %q skipped: %s", tg.Name, tg.Got)
+		assert.Contains(t, out.String(), tg.Name)
+	}
+	for _, heading := range []string{"1. Get+Close", "2. Waiting", "3. End to end", "4. Connection cost", "targets", "GOMAXPROCS"} {
+		assert.Contains(t, out.String(), heading)
+	}
+}
+
+// TestHist checks the histogram's quantiles against exact ones.
+func TestHist(t *testing.T) {
+	var h hist
+	for i := 1; i <= 10000; i++ {
+		h.record(time.Duration(i) * time.Microsecond)
+	}
+	for _, q := range []float64{0.5, 0.99, 1} {
+		want := float64(q*10000) * float64(time.Microsecond)
+		got := float64(h.quantile(q))
+		assert.InEpsilon(t, want, got, 0.02, "q=%v", q)
+	}
+	assert.Equal(t, 10000*time.Microsecond, time.Duration(h.max))
+	for v := int64(0); v < 1<<20; v += 997 {
+		i := bucketOf(v)
+		mid := bucketMid(i)
+		assert.InDelta(t, float64(v), float64(mid), math.Max(1, float64(v)/64), "v=%d", v)
+	}
+}
+
+func TestMedianRatios(t *testing.T) {
+	assert.Equal(t, 2.0, median([]float64{3, 1, 2}))
+	assert.Equal(t, 2.5, median([]float64{4, 1, 2, 3}))
+	assert.Equal(t, 2.0, median([]float64{math.NaN(), 2}))
+	assert.True(t, math.IsNaN(median(nil)))
+	assert.Equal(t, []float64{0.5, 2}, ratios([]float64{1, 4}, []float64{2, 2}))
+	assert.Equal(t, []int{2, 0, 1}, rotation(3, 2))
+	assert.Equal(t, "1,234,568", fmtCount(1234567.8))
+	assert.Equal(t, "999", fmtCount(999))
+}

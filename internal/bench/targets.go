@@ -1,0 +1,199 @@
+package bench
+
+import (
+	"fmt"
+	"math"
+	"time"
+)
+
+// Thresholds of the done-when list.
+const (
+	targetSoloRatio      = 0.8  // Get+Close, 1 client: redispool ns/op <= 0.8 x redigo's
+	targetSoloAllocs     = 1.0  // ... and at most 1 alloc per Get/Close
+	allocsSlack          = 0.01 // allocations by the runtime itself during a measurement
+	targetContendedRatio = 1.0  // contended: <= 1.0 x redigo's and <= puddle's
+	targetMaxOverP50     = 20.0 // waiting: max wait < 20 x p50
+)
+
+func targets(rep *Report) []Target {
+	var out []Target
+	add := func(part, name string, skipped, pass bool, got string) {
+		out = append(out, Target{Part: part, Name: name, Skipped: skipped, Pass: pass && !skipped, Got: got})
+	}
+
+	// Part 1.
+	shape := func(s Shape) *GetCloseResult {
+		for i := range rep.GetClose {
+			if rep.GetClose[i].Shape == s {
+				return &rep.GetClose[i]
+			}
+		}
+		return nil
+	}
+	row := func(res *GetCloseResult, pool string) *GetCloseRow {
+		if res == nil {
+			return nil
+		}
+		for i := range res.Rows {
+			if res.Rows[i].Pool == pool {
+				return &res.Rows[i]
+			}
+		}
+		return nil
+	}
+	ratioTarget := func(part, name string, xs []float64, ok func(float64) bool) {
+		m := median(xs)
+		add(part, name, xs == nil || math.IsNaN(m), ok(m), fmt.Sprintf("%s x", fmtRatios(xs)))
+	}
+	solo := shape(getCloseShapes[0])
+	var soloRatio, soloAllocs []float64
+	if r := row(solo, nameRedigo); r != nil {
+		soloRatio = r.Ratio
+	}
+	if r := row(solo, nameRedispool); r != nil {
+		soloAllocs = r.AllocsPerOp
+	}
+	ratioTarget("get+close", "1 client: redispool ns/op <= 0.8 x redigo's", soloRatio,
+		func(m float64) bool { return m <= targetSoloRatio })
+	a := median(soloAllocs)
+	add("get+close", "1 client: redispool <= 1 alloc per Get+Close", soloAllocs == nil, a <= targetSoloAllocs+allocsSlack,
+		fmt.Sprintf("%.2f allocs/op", a))
+	for _, s := range getCloseShapes[1:] {
+		res := shape(s)
+		for _, peer := range []string{nameRedigo, namePuddle} {
+			var xs []float64
+			if r := row(res, peer); r != nil {
+				xs = r.Ratio
+			}
+			ratioTarget("get+close", fmt.Sprintf("%s: redispool ns/op <= 1.0 x %s's", s, peer), xs,
+				func(m float64) bool { return m <= targetContendedRatio })
+		}
+	}
+
+	// Part 2.
+	var wRedispool, wRedigo *WaitRow
+	for i := range rep.Waiting {
+		switch rep.Waiting[i].Pool {
+		case nameRedispool:
+			wRedispool = &rep.Waiting[i]
+		case nameRedigo:
+			wRedigo = &rep.Waiting[i]
+		}
+	}
+	name := fmt.Sprintf("%d clients on %d conns", waitClients, waitConns)
+	if wRedigo != nil {
+		ratioTarget("waiting", name+": redispool p99 wait <= redigo's", wRedigo.RatioP99,
+			func(m float64) bool { return m <= 1.0 })
+	} else {
+		add("waiting", name+": redispool p99 wait <= redigo's", true, false, "not run")
+	}
+	if wRedispool != nil {
+		mo := wRedispool.MaxOverP50()
+		m := median(mo)
+		add("waiting", name+": redispool max wait < 20 x p50", false, m < targetMaxOverP50,
+			fmt.Sprintf("max/p50 = %.1f (median of rounds; worst round %.1f)", m, maxOf(mo)))
+		starved, minShare := 0, math.Inf(1)
+		for i := range wRedispool.MinClient {
+			if wRedispool.MinClient[i] == 0 {
+				starved++
+			}
+			minShare = min(minShare, float64(wRedispool.MinClient[i])/wRedispool.MeanClient[i])
+		}
+		add("waiting", name+": no starvation (every client served in every round)", false, starved == 0,
+			fmt.Sprintf("%d starved rounds; the least-served client got %.0f%% of the mean", starved, 100*minShare))
+	} else {
+		add("waiting", name+": redispool max wait < 20 x p50", true, false, "not run")
+		add("waiting", name+": no starvation", true, false, "not run")
+	}
+
+	// Part 3.
+	e2e := func(op, pool string) *E2ERow {
+		for i := range rep.E2E {
+			if rep.E2E[i].Op == op && rep.E2E[i].Pool == pool {
+				return &rep.E2E[i]
+			}
+		}
+		return nil
+	}
+	for _, op := range e2eOps {
+		for _, peer := range []string{nameRedigo, nameGoRedis} {
+			r := e2e(op, peer)
+			var ops, p99 []float64
+			if r != nil {
+				ops, p99 = r.RatioOps, r.RatioP99
+			}
+			ratioTarget("end to end", fmt.Sprintf("%s: redispool ops/s >= 1.0 x %s's", op, peer), ops,
+				func(m float64) bool { return m >= 1.0 })
+			ratioTarget("end to end", fmt.Sprintf("%s: redispool p99 <= %s's", op, peer), p99,
+				func(m float64) bool { return m <= 1.0 })
+		}
+		r := e2e(op, nameRedisBenchmark)
+		switch {
+		case r == nil:
+			add("end to end", op+": ratio to redis-benchmark -c 16 reported", true, false, "not run")
+		case r.Skipped != "":
+			add("end to end", op+": ratio to redis-benchmark -c 16 reported", true, false, r.Skipped)
+		default:
+			add("end to end", op+": ratio to redis-benchmark -c 16 reported", false, true,
+				fmt.Sprintf("redispool at %s x the server's ceiling", fmtRatios(r.RatioOps)))
+		}
+	}
+
+	// Part 4.
+	var cr *ConnRow
+	for i := range rep.ConnCost {
+		if rep.ConnCost[i].Pool == nameRedispoolDefault {
+			cr = &rep.ConnCost[i]
+		}
+	}
+	if cr == nil {
+		add("connection cost", "redispool opens at most its MaxActive per run, whatever the length", true, false, "not run")
+	} else {
+		worst := cr.LongOpened
+		for _, n := range cr.Opened {
+			worst = max(worst, n)
+		}
+		add("connection cost", "redispool opens at most its MaxActive per run, whatever the length",
+			false, worst <= int64(cr.Limit),
+			fmt.Sprintf("at most %d opened in any run (runs of %d and %d commands), MaxActive %d",
+				worst, cr.Commands, cr.LongCommands, cr.Limit))
+	}
+	return out
+}
+
+// fmtRatios is the median of per-round ratios, with their range when there
+// is more than one round.
+func fmtRatios(xs []float64) string {
+	m := median(xs)
+	if math.IsNaN(m) {
+		return "-"
+	}
+	lo, hi := math.Inf(1), math.Inf(-1)
+	n := 0
+	for _, x := range xs {
+		if !math.IsNaN(x) {
+			lo, hi = min(lo, x), max(hi, x)
+			n++
+		}
+	}
+	if n < 2 {
+		return fmt.Sprintf("%.2f", m)
+	}
+	return fmt.Sprintf("%.2f [%.2f-%.2f]", m, lo, hi)
+}
+
+func medianDur(ds []time.Duration) time.Duration {
+	m := median(durs(ds))
+	if math.IsNaN(m) {
+		return 0
+	}
+	return time.Duration(m)
+}
+
+func medianInt(xs []int64) float64 {
+	f := make([]float64, len(xs))
+	for i, x := range xs {
+		f[i] = float64(x)
+	}
+	return median(f)
+}

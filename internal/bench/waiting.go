@@ -1,0 +1,176 @@
+package bench
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The waiting part: many clients queue for few connections, each held for a
+// while, as callers of a busy service do.
+const (
+	waitClients = 256
+	waitConns   = 16
+	waitHold    = 50 * time.Microsecond
+)
+
+// WaitRow is one pool's figures in the waiting part, one entry per round.
+type WaitRow struct {
+	Pool string
+	// P50, P99 and Max are the wait in Get over all clients.
+	P50, P99, Max []time.Duration
+	// Acquires is the number of connections handed out; MinClient and
+	// MeanClient are the fewest and the mean handed to one client.
+	Acquires   []int64
+	MinClient  []int64
+	MeanClient []float64
+	// Cycle is how long a connection was out per acquire, on average:
+	// conns x elapsed / acquires, the hold plus the pool's and the
+	// scheduler's overhead.
+	Cycle []time.Duration
+	// Errors counts failed Gets.
+	Errors []int64
+	// RatioP99 holds, per round, redispool's p99 wait over this pool's.
+	RatioP99 []float64
+}
+
+// MaxOverP50 is, per round, the longest wait over the median wait.
+func (w *WaitRow) MaxOverP50() []float64 {
+	out := make([]float64, len(w.Max))
+	for i := range out {
+		out[i] = ratio(float64(w.Max[i]), float64(w.P50[i]))
+	}
+	return out
+}
+
+// waitAcc accumulates the slices of one pool's measurement in a round.
+type waitAcc struct {
+	h       hist
+	counts  [waitClients]int64 // acquires per client
+	errors  int64
+	elapsed time.Duration
+}
+
+// waitLoop runs waitClients clients on p for d, and adds what they did to
+// acc unless it is nil.
+func waitLoop(p fakePool, d time.Duration, acc *waitAcc) {
+	hs := make([]hist, waitClients)
+	counts := make([]int64, waitClients)
+	errs := make([]int64, waitClients)
+	var stop atomic.Bool
+	var ready, done sync.WaitGroup
+	start := make(chan struct{})
+	ready.Add(waitClients)
+	done.Add(waitClients)
+	for i := range waitClients {
+		go func() {
+			defer done.Done()
+			h := &hs[i]
+			ready.Done()
+			<-start
+			for !stop.Load() {
+				w, ok := p.getHoldClose(waitHold)
+				if !ok {
+					errs[i]++
+					continue
+				}
+				h.record(w)
+				counts[i]++
+			}
+		}()
+	}
+	ready.Wait()
+	t0 := time.Now()
+	close(start)
+	time.Sleep(d)
+	stop.Store(true)
+	done.Wait()
+	elapsed := time.Since(t0)
+	if acc == nil {
+		return
+	}
+	acc.elapsed += elapsed
+	for i := range waitClients {
+		acc.h.merge(&hs[i])
+		acc.counts[i] += counts[i]
+		acc.errors += errs[i]
+	}
+}
+
+// runWaiting is part 3 of the issue: waitClients clients on waitConns
+// connections held waitHold each.
+func (r *runner) runWaiting(ctx context.Context) ([]WaitRow, error) {
+	pools := make([]fakePool, len(fakePoolNames))
+	rows := make([]WaitRow, len(fakePoolNames))
+	defer func() {
+		for _, p := range pools {
+			if p != nil {
+				p.close()
+			}
+		}
+	}()
+	for i, name := range fakePoolNames {
+		p, err := newFakePool(name, waitConns)
+		if err != nil {
+			return nil, err
+		}
+		pools[i] = p
+		rows[i].Pool = name
+	}
+	for round := range r.rounds {
+		accs := make([]waitAcc, len(pools))
+		for slice := range r.slices {
+			for _, pi := range rotation(len(pools), round+slice) {
+				if err := ctx.Err(); err != nil {
+					return nil, err
+				}
+				runtime.GC()
+				waitLoop(pools[pi], r.warmup, nil)
+				runtime.GC()
+				waitLoop(pools[pi], r.slice, &accs[pi])
+			}
+		}
+		for pi := range accs {
+			a := &accs[pi]
+			var acquires int64
+			minClient := a.counts[0]
+			for _, n := range a.counts {
+				acquires += n
+				minClient = min(minClient, n)
+			}
+			var cycle time.Duration
+			if acquires > 0 {
+				cycle = time.Duration(int64(a.elapsed) * waitConns / acquires)
+			}
+			row := &rows[pi]
+			row.P50 = append(row.P50, a.h.quantile(0.50))
+			row.P99 = append(row.P99, a.h.quantile(0.99))
+			row.Max = append(row.Max, time.Duration(a.h.max))
+			row.Acquires = append(row.Acquires, acquires)
+			row.MinClient = append(row.MinClient, minClient)
+			row.MeanClient = append(row.MeanClient, float64(acquires)/waitClients)
+			row.Cycle = append(row.Cycle, cycle)
+			row.Errors = append(row.Errors, a.errors)
+			r.progress("waiting round %d/%d %s: p50 %v p99 %v max %v", round+1, r.rounds, row.Pool,
+				a.h.quantile(0.5), a.h.quantile(0.99), time.Duration(a.h.max))
+		}
+	}
+	for pi := range rows {
+		if pi == 0 {
+			rows[pi].RatioP99 = nanSlice(r.rounds)
+			continue
+		}
+		rows[pi].RatioP99 = ratios(durs(rows[0].P99), durs(rows[pi].P99))
+	}
+	return rows, nil
+}
+
+func durs(ds []time.Duration) []float64 {
+	out := make([]float64, len(ds))
+	for i, d := range ds {
+		out[i] = float64(d)
+	}
+	return out
+}
