@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -39,20 +38,26 @@ const (
 )
 
 // activeConn is the conn Get hands out. It passes commands to the pooled
-// connection and keeps what Close needs to decide whether the connection is
-// clean: its state, the replies still pending and the first error that was not
-// a redis.Error.
+// connection and keeps, in the pooled connection's borrowState, what Close
+// needs to decide whether the connection is clean: its state, the replies
+// still pending and the first error that was not a redis.Error.
 //
 // As with redigo's connections, one goroutine may Send and Flush while another
-// Receives, so the bookkeeping is under mu; no I/O happens under it.
+// Receives, so the bookkeeping is under pc.mu; no I/O happens under it.
 type activeConn struct {
-	p *Pool
-
+	pc   *poolConn  // ours while pc.owner is this conn
 	leak *leakWatch // set when LeakThreshold is on
+}
 
-	mu sync.Mutex // protects the fields below
-	pc *poolConn  // nil once closed
-	borrowState
+// lock locks the pooled connection's bookkeeping, if this conn still owns it.
+func (ac *activeConn) lock() (*poolConn, error) {
+	pc := ac.pc
+	pc.mu.Lock()
+	if pc.owner.Load() != ac {
+		pc.mu.Unlock()
+		return nil, ErrConnClosed
+	}
+	return pc, nil
 }
 
 // borrowState is what a borrower did to a connection.
@@ -80,14 +85,17 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 	if cmd != "" {
 		info = command.Classify(cmd, args)
 	}
-	ac.mu.Lock()
-	defer ac.mu.Unlock()
-	if err := ac.usableLocked(); err != nil {
+	pc, err := ac.lock()
+	if err != nil {
 		return call{}, err
 	}
-	ac.apply(info)
-	c := call{pc: ac.pc, timeout: ac.p.cfg.readTimeout}
-	block, forever := ac.pendingBlock, ac.pendingEver
+	defer pc.mu.Unlock()
+	if err := pc.usableLocked(); err != nil {
+		return call{}, err
+	}
+	pc.apply(info)
+	c := call{pc: pc, timeout: pc.p.cfg.readTimeout}
+	block, forever := pc.pendingBlock, pc.pendingEver
 	if info.Has(command.Blocking) {
 		block += info.Timeout
 		forever = forever || info.Forever
@@ -95,12 +103,12 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 	switch {
 	case send:
 		if cmd != "" {
-			ac.pending++
-			ac.pendingBlock, ac.pendingEver = block, forever
+			pc.pending++
+			pc.pendingBlock, pc.pendingEver = block, forever
 		}
 	default:
 		// Do reads every pending reply and its own.
-		ac.pending, ac.pendingBlock, ac.pendingEver = 0, 0, false
+		pc.pending, pc.pendingBlock, pc.pendingEver = 0, 0, false
 	}
 	if c.timeout > 0 {
 		if forever {
@@ -109,19 +117,17 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 			c.timeout += block
 		}
 	}
-	ac.inFlight++
+	pc.inFlight++
 	return c, nil
 }
 
-// usableLocked reports why the conn cannot take a call: it is closed, broken,
+// usableLocked reports why the connection cannot take a call: it is broken,
 // or, with Sentinel, reaches a master the sentinels have replaced.
-func (ac *activeConn) usableLocked() error {
+func (pc *poolConn) usableLocked() error {
 	switch {
-	case ac.pc == nil:
-		return ErrConnClosed
-	case ac.err != nil:
-		return ac.err
-	case ac.p.Sentinel != nil && ac.pc.gen != ac.p.gen.Load():
+	case pc.err != nil:
+		return pc.err
+	case pc.p.Sentinel != nil && pc.gen != pc.p.gen.Load():
 		// The old master may still accept writes for a while, which the
 		// failover then loses: fail instead.
 		return ErrConnRetired
@@ -130,38 +136,38 @@ func (ac *activeConn) usableLocked() error {
 }
 
 // apply records a command's effect on the connection's state.
-func (ac *activeConn) apply(info command.Info) {
+func (pc *poolConn) apply(info command.Info) {
 	e := info.Effects
 	if e == 0 {
 		return
 	}
 	if e&command.Watch != 0 {
-		ac.state |= stateWatch
+		pc.state |= stateWatch
 	}
 	if e&command.Multi != 0 {
-		ac.state |= stateMulti
+		pc.state |= stateMulti
 	}
 	if e&command.EndMulti != 0 {
-		ac.state &^= stateMulti
+		pc.state &^= stateMulti
 	}
 	if e&command.Unwatch != 0 {
-		ac.state &^= stateWatch
+		pc.state &^= stateWatch
 	}
 	if e&command.Subscribe != 0 {
-		ac.state |= stateSubscribe | stateListen
+		pc.state |= stateSubscribe | stateListen
 	}
-	if e&command.UnsubscribeAll != 0 && ac.state&stateSubscribe != 0 {
+	if e&command.UnsubscribeAll != 0 && pc.state&stateSubscribe != 0 {
 		// The confirmations are still replies to read, within ReadTimeout.
-		ac.state &^= stateListen
+		pc.state &^= stateListen
 	}
 	if e&command.Monitor != 0 {
-		ac.state |= stateListen | stateTaint
+		pc.state |= stateListen | stateTaint
 	}
 	if e&command.Taint != 0 {
-		ac.state |= stateTaint
+		pc.state |= stateTaint
 	}
 	if e&command.Select != 0 {
-		ac.db = info.DB
+		pc.db = info.DB
 	}
 }
 
@@ -169,21 +175,24 @@ func (ac *activeConn) apply(info command.Info) {
 // pending reply, or a pushed message on a listening connection, which has no
 // deadline.
 func (ac *activeConn) begin() (call, error) {
-	ac.mu.Lock()
-	defer ac.mu.Unlock()
-	if err := ac.usableLocked(); err != nil {
+	pc, err := ac.lock()
+	if err != nil {
 		return call{}, err
 	}
-	c := call{pc: ac.pc, timeout: ac.p.cfg.readTimeout}
+	defer pc.mu.Unlock()
+	if err := pc.usableLocked(); err != nil {
+		return call{}, err
+	}
+	c := call{pc: pc, timeout: pc.p.cfg.readTimeout}
 	if c.timeout > 0 {
 		switch {
-		case ac.state&stateListen != 0, ac.pendingEver:
+		case pc.state&stateListen != 0, pc.pendingEver:
 			c.timeout = 0
 		default:
-			c.timeout += ac.pendingBlock
+			c.timeout += pc.pendingBlock
 		}
 	}
-	ac.inFlight++
+	pc.inFlight++
 	return c, nil
 }
 
@@ -195,25 +204,25 @@ func (ac *activeConn) begin() (call, error) {
 // not kept, and every connection dialed before it is retired. With Sentinel,
 // so does a connection closed by the server, as happens during a failover.
 func (ac *activeConn) end(pc *poolConn, err error, received bool) {
-	ac.mu.Lock()
-	ac.inFlight--
+	pc.mu.Lock()
+	pc.inFlight--
 	rerr, replied := err.(redis.Error)
-	if err != nil && !replied && ac.err == nil {
-		ac.err = err
+	if err != nil && !replied && pc.err == nil {
+		pc.err = err
 	}
-	if received && ac.pending > 0 && (err == nil || replied) {
-		ac.pending--
-		if ac.pending == 0 {
-			ac.pendingBlock, ac.pendingEver = 0, false
+	if received && pc.pending > 0 && (err == nil || replied) {
+		pc.pending--
+		if pc.pending == 0 {
+			pc.pendingBlock, pc.pendingEver = 0, false
 		}
 	}
 	readOnly := replied && isReadOnly(rerr)
 	if readOnly {
-		ac.state |= stateTaint
+		pc.state |= stateTaint
 	}
-	ac.mu.Unlock()
-	if readOnly || (ac.p.Sentinel != nil && err != nil && !replied && closedByServer(err)) {
-		ac.p.failover(pc.addr)
+	pc.mu.Unlock()
+	if readOnly || (pc.p.Sentinel != nil && err != nil && !replied && closedByServer(err)) {
+		pc.p.failover(pc.addr)
 	}
 }
 
@@ -413,13 +422,13 @@ func (ac *activeConn) ReceiveContext(ctx context.Context) (any, error) {
 // Err returns a non-nil error when the conn is unusable: closed, broken by an
 // earlier error, or reported unusable by the pooled connection.
 func (ac *activeConn) Err() error {
-	ac.mu.Lock()
-	pc, err := ac.pc, ac.err
-	ac.mu.Unlock()
-	switch {
-	case pc == nil:
-		return ErrConnClosed
-	case err != nil:
+	pc, err := ac.lock()
+	if err != nil {
+		return err
+	}
+	err = pc.err
+	pc.mu.Unlock()
+	if err != nil {
 		return err
 	}
 	return pc.c.Err()
@@ -430,19 +439,18 @@ func (ac *activeConn) Err() error {
 // ReadTimeout and at most one second; an open MULTI is discarded and WATCH
 // undone. Close is idempotent; every other method fails after it.
 func (ac *activeConn) Close() error {
-	ac.mu.Lock()
-	pc := ac.pc
-	if pc == nil {
-		ac.mu.Unlock()
-		return nil
+	pc, err := ac.lock()
+	if err != nil {
+		return nil // closed already
 	}
-	ac.pc = nil
-	st := ac.borrowState
-	ac.mu.Unlock()
+	pc.owner.Store(nil)
+	st := pc.borrowState
+	pc.borrowState = borrowState{db: pc.p.cfg.db}
+	pc.mu.Unlock()
 	if ac.leak != nil {
 		ac.leak.timer.Stop()
 	}
-	return ac.p.release(pc, &st)
+	return pc.p.release(pc, &st)
 }
 
 // release decides the fate of a connection given back by a borrower whose
@@ -455,7 +463,6 @@ func (p *Pool) release(pc *poolConn, st *borrowState) error {
 			err = pc.c.Err()
 		}
 		p.discardErr(pc, DiscardBroken, err)
-		p.tokens <- struct{}{}
 		return nil
 	case st.state&(stateSubscribe|stateListen|stateTaint) != 0, st.db != p.cfg.db,
 		st.pendingEver, st.pendingBlock > 0,
@@ -467,13 +474,11 @@ func (p *Pool) release(pc *poolConn, st *borrowState) error {
 			err = pc.c.Flush()
 		}
 		p.discard(pc, DiscardState)
-		p.tokens <- struct{}{}
 		return err
 	}
 	if st.state != 0 || st.pending > 0 {
 		if err := p.drain(pc, st); err != nil {
 			p.discardErr(pc, DiscardBroken, err)
-			p.tokens <- struct{}{}
 			return err
 		}
 	}

@@ -464,15 +464,17 @@ func TestAReadOnlyReplyRetiresEveryConnDialedBefore(t *testing.T) {
 			d := &fakeDialer{}
 			p := &redispool.Pool{Dial: d.Dial}
 			defer p.Close()
-			closeAll(getN(t, p, 3)) // dialed before the failover
-			c := p.Get()
-			fc := d.last(t)
-			fc.reply = func(cmd string, _ []any) (any, error) {
-				if cmd == "SET" {
-					return nil, readOnly
+			d.setup = func(fc *fakeConn) {
+				fc.reply = func(cmd string, _ []any) (any, error) {
+					if cmd == "SET" {
+						return nil, readOnly
+					}
+					return []any{readOnly}, nil
 				}
-				return []any{readOnly}, nil
 			}
+			closeAll(getN(t, p, 3)) // dialed before the failover
+			d.setup = nil
+			c := p.Get()
 			tt.do(c)
 			assert.Equal(t, 0, p.IdleCount(), "idle conns dialed before are dropped at once")
 			c.Close()

@@ -98,8 +98,8 @@ type Pool struct {
 	DialContext func(ctx context.Context) (redis.Conn, error)
 
 	// TestOnBorrow, when set, checks an idle connection before Get hands it
-	// out; lastUsed is when it was returned to the pool. On error the
-	// connection is closed and Get tries another.
+	// out; lastUsed is when it was last handed out. On error the connection
+	// is closed and Get tries another.
 	TestOnBorrow func(c redis.Conn, lastUsed time.Time) error
 
 	// TestOnBorrowContext is TestOnBorrow with the context given to GetContext.
@@ -119,14 +119,17 @@ type Pool struct {
 	// IdleTimeout closes connections that stayed idle this long. When zero, it
 	// is DefaultIdleTimeout (4 minutes); idle connections are always closed
 	// eventually. Keep it below the server's and any proxy's idle timeout.
+	// Idle time counts from when a connection was last handed out, so one
+	// held longer than IdleTimeout is closed rather than handed out again.
 	IdleTimeout time.Duration
 
 	// Wait is accepted for compatibility with redis.Pool and has no effect:
 	// Get always waits for a connection, for at most WaitTimeout.
 	Wait bool
 
-	// MaxConnLifetime closes connections older than this when they are returned
-	// or borrowed. When zero, connections are not closed for their age.
+	// MaxConnLifetime closes connections older than this: Get closes them
+	// instead of handing them out. When zero, connections are not closed for
+	// their age.
 	MaxConnLifetime time.Duration
 
 	// Addr is the server's "host:port", or the path of a Unix socket when it
@@ -197,13 +200,16 @@ type Pool struct {
 	epoch    time.Time // the pool's clock reads the time since epoch
 	cfg      config
 	cfgErr   error
-	tokens   chan struct{} // one token per connection checked out or being dialed
-	dials    chan struct{} // one token per dial in progress
-	done     chan struct{} // closed by Close
+	// The bound: every connection that may exist is a token in one of two
+	// channels, or checked out: MaxActive = permits + idle + checked out.
+	// A dial takes a permit; a connection that is closed gives one back.
+	permits chan struct{}  // one per connection that may still be dialed
+	idle    chan *poolConn // idle connections, longest idle first
+	dials   chan struct{}  // one token per dial in progress
+	done    chan struct{}  // closed by Close
+	closed  atomic.Bool    // set once by Close, before done is closed
 
 	mu         sync.Mutex    // protects the fields below; never held across network I/O
-	closed     bool          // set once by Close
-	idle       []*poolConn   // idle connections, most recently returned last
 	dialErr    error         // the last dial error, nil once a dial succeeds
 	dialFails  int           // consecutive dial failures
 	nextDial   time.Duration // no dial before this (see clock) while dialErr is set
@@ -212,9 +218,9 @@ type Pool struct {
 	limiter    logLimiter
 
 	// Atomic, read without mu.
-	gen         atomic.Uint64 // raised by Retire under mu: older connections are not reused
-	active      atomic.Int64
-	idleCount   atomic.Int64
+	gen    atomic.Uint64 // raised by Retire under mu: older connections are not reused
+	active atomic.Int64
+
 	waitCount   atomic.Int64
 	waitNanos   atomic.Int64
 	dialCount   atomic.Int64
@@ -227,13 +233,21 @@ type Pool struct {
 
 // poolConn is a connection owned by the pool, idle or checked out.
 type poolConn struct {
+	p       *Pool
 	c       redis.Conn
 	cwt     redis.ConnWithTimeout // c, when it implements it
 	netConn net.Conn              // c's socket, when the pool dialed it
 	addr    string                // the address the pool dialed, if it did
 	gen     uint64                // the pool's generation when the dial began
 	created time.Duration         // see clock
-	t       time.Duration         // when last returned to the idle set
+	t       time.Duration         // when last handed out, or dialed
+
+	// The borrower's bookkeeping, kept here so that the conn handed out is
+	// two words. owner is the conn handed out; once its Close ran it is no
+	// longer the owner, and every call on it fails without touching this.
+	owner atomic.Pointer[activeConn]
+	mu    sync.Mutex // protects borrowState; never held across network I/O
+	borrowState
 }
 
 // DiscardReason says why the pool closed a connection.
@@ -320,10 +334,11 @@ func (p *Pool) init() error {
 		if p.cfgErr != nil {
 			n = 0
 		}
-		p.tokens = make(chan struct{}, n)
+		p.permits = make(chan struct{}, n)
 		for range n {
-			p.tokens <- struct{}{}
+			p.permits <- struct{}{}
 		}
+		p.idle = make(chan *poolConn, n)
 		p.dials = make(chan struct{}, p.cfg.maxDials)
 		for range p.cfg.maxDials {
 			p.dials <- struct{}{}
@@ -374,70 +389,62 @@ func (p *Pool) GetContext(ctx context.Context) (redis.Conn, error) {
 	if err != nil {
 		return errorConn{err}, err
 	}
-	ac := &activeConn{p: p, pc: pc, borrowState: borrowState{db: p.cfg.db}}
+	ac := &activeConn{pc: pc}
+	pc.owner.Store(ac)
 	if p.LeakThreshold > 0 {
 		p.watchLeak(ac)
 	}
 	return ac, nil
 }
 
-// get takes a token and then an idle connection or a new one.
-func (p *Pool) get(ctx context.Context) (pc *poolConn, err error) {
+// get takes an idle connection, or a permit and dials a new one.
+func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 	if err := p.init(); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	select {
-	case <-p.tokens:
-	default:
-		if err := p.waitToken(ctx); err != nil {
-			return nil, err
-		}
-	}
-	// The token is ours: give it back on every path that does not hand out a
-	// connection, panics in TestOnBorrow included, unless a dial took it over.
-	holdToken := true
-	defer func() {
-		if pc == nil && holdToken {
-			p.tokens <- struct{}{}
-		}
-	}()
 	for {
-		idle, now, closed := p.popIdle()
-		if closed {
+		if p.closed.Load() {
 			return nil, ErrPoolClosed
 		}
-		if idle == nil {
-			break
+		var pc *poolConn
+		select {
+		case pc = <-p.idle:
+		default:
+			select {
+			case <-p.permits:
+			default:
+				var err error
+				if pc, err = p.wait(ctx); err != nil {
+					return nil, err
+				}
+			}
 		}
-		if p.usable(ctx, idle, now) {
-			return idle, nil
+		if pc == nil {
+			return p.dial(ctx)
+		}
+		if p.usable(ctx, pc) {
+			return pc, nil
 		}
 	}
-	var handedOff bool
-	pc, handedOff, err = p.dial(ctx)
-	holdToken = !handedOff
-	return pc, err
 }
 
-// waitToken waits for a token until ctx ends, WaitTimeout passes or the pool
-// closes.
-func (p *Pool) waitToken(ctx context.Context) error {
+// wait waits until ctx ends, WaitTimeout passes or the pool closes, for an
+// idle connection or, when it returns neither one nor an error, a permit.
+func (p *Pool) wait(ctx context.Context) (*poolConn, error) {
 	if p.cfg.waitTimeout < 0 {
-		return p.exhausted(fmt.Errorf("%w: all %d connections are in use and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxActive))
+		return nil, p.exhausted(fmt.Errorf("%w: all %d connections are in use and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxActive))
 	}
-	// A token often comes back within a scheduling round: yield once before
-	// paying for a timer.
+	// A connection often comes back within a scheduling round: yield once
+	// before paying for a timer.
 	runtime.Gosched()
 	select {
-	case <-p.tokens:
-		if err := ctx.Err(); err != nil {
-			p.tokens <- struct{}{}
-			return err
-		}
-		return nil
+	case pc := <-p.idle:
+		return p.gotWhileWaiting(ctx, pc)
+	case <-p.permits:
+		return p.gotWhileWaiting(ctx, nil)
 	default:
 	}
 	start := time.Now()
@@ -446,27 +453,37 @@ func (p *Pool) waitToken(ctx context.Context) error {
 	defer func() {
 		timer.Stop()
 		timerPool.Put(timer)
+		p.waitNanos.Add(int64(time.Since(start)))
 	}()
 	p.waitCount.Add(1)
 	select {
-	case <-p.tokens:
-		p.waitNanos.Add(int64(time.Since(start)))
-		// select picks at random among ready cases: a caller that gave up
-		// must not get a connection.
-		if err := ctx.Err(); err != nil {
-			p.tokens <- struct{}{}
-			return err
-		}
-		return nil
+	case pc := <-p.idle:
+		return p.gotWhileWaiting(ctx, pc)
+	case <-p.permits:
+		return p.gotWhileWaiting(ctx, nil)
 	case <-ctx.Done():
-		p.waitNanos.Add(int64(time.Since(start)))
-		return ctx.Err()
+		return nil, ctx.Err()
 	case <-p.done:
-		return ErrPoolClosed
+		return nil, ErrPoolClosed
 	case <-timer.C:
-		p.waitNanos.Add(int64(time.Since(start)))
-		return p.exhausted(fmt.Errorf("%w: all %d connections stayed in use for %v (WaitTimeout)", ErrPoolExhausted, p.cfg.maxActive, p.cfg.waitTimeout))
+		return nil, p.exhausted(fmt.Errorf("%w: all %d connections stayed in use for %v (WaitTimeout)", ErrPoolExhausted, p.cfg.maxActive, p.cfg.waitTimeout))
 	}
+}
+
+// gotWhileWaiting gives back what a waiter got if its context ended
+// meanwhile: select picks at random among ready cases, and a caller that gave
+// up must not get a connection.
+func (p *Pool) gotWhileWaiting(ctx context.Context, pc *poolConn) (*poolConn, error) {
+	err := ctx.Err()
+	switch {
+	case err == nil:
+		return pc, nil
+	case pc != nil:
+		p.idle <- pc // never blocks: there is room for every connection
+	default:
+		p.permits <- struct{}{}
+	}
+	return nil, err
 }
 
 // timerPool recycles the timers that bound waits. A stopped timer's channel
@@ -484,68 +501,46 @@ func (p *Pool) exhausted(err error) error {
 	return err
 }
 
-// popIdle takes the most recently returned idle connection, closing those that
-// stayed idle too long on the way. It reports the time it checked with, and
-// whether the pool is closed.
-func (p *Pool) popIdle() (*poolConn, time.Duration, bool) {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return nil, 0, true
-	}
-	n := len(p.idle)
-	if n == 0 {
-		p.mu.Unlock()
-		return nil, 0, false
-	}
-	pc := p.idle[n-1]
-	p.idle[n-1] = nil
-	p.idle = p.idle[:n-1]
-	p.idleCount.Add(-1)
-	now := p.clock()
-	if now-pc.t < p.cfg.idleTimeout {
-		p.mu.Unlock()
-		return pc, now, false
-	}
-	// pc is the newest idle connection, so every idle one is stale.
-	stale := append(p.idle, pc)
-	p.idle = nil
-	p.idleCount.Store(0)
-	p.mu.Unlock()
-	for _, pc := range stale {
-		p.discard(pc, DiscardIdleTimeout)
-	}
-	return nil, now, false
-}
-
 // usable reports whether an idle connection may be handed out, closing it if
-// not. A panic in TestOnBorrow closes it too.
-func (p *Pool) usable(ctx context.Context, pc *poolConn, now time.Duration) (ok bool) {
-	reason := DiscardHealthCheck
-	defer func() {
-		if !ok {
-			p.discard(pc, reason)
-		}
-	}()
+// not, and stamps it with the time it is handed out.
+func (p *Pool) usable(ctx context.Context, pc *poolConn) bool {
+	now := p.clock()
+	reason := DiscardReason(-1)
 	switch {
+	case now-pc.t >= p.cfg.idleTimeout:
+		reason = DiscardIdleTimeout
 	case pc.gen != p.gen.Load():
 		reason = DiscardRetired
-		return false
 	case p.cfg.maxLifetime > 0 && now-pc.created >= p.cfg.maxLifetime:
 		reason = DiscardLifetime
-		return false
 	case pc.netConn != nil && now-pc.t >= peekAfterIdle && peek(pc.netConn) != nil:
 		// Closed by the server, or holding bytes nobody asked for.
 		reason = DiscardBroken
+	case (p.TestOnBorrow != nil || p.TestOnBorrowContext != nil) && !p.healthy(ctx, pc):
+		reason = DiscardHealthCheck
+	}
+	if reason >= 0 {
+		p.discard(pc, reason)
 		return false
 	}
-	if p.TestOnBorrow != nil && p.TestOnBorrow(pc.c, p.epoch.Add(pc.t)) != nil {
-		return false
-	}
-	if p.TestOnBorrowContext != nil && p.TestOnBorrowContext(ctx, pc.c, p.epoch.Add(pc.t)) != nil {
-		return false
-	}
+	pc.t = now
 	return true
+}
+
+// healthy runs TestOnBorrow and TestOnBorrowContext. A panic in them closes
+// the connection, so that its permit is not lost, and goes on up to Get.
+func (p *Pool) healthy(ctx context.Context, pc *poolConn) (ok bool) {
+	done := false
+	defer func() {
+		if !done {
+			p.discard(pc, DiscardHealthCheck)
+		}
+	}()
+	lastUsed := p.epoch.Add(pc.t)
+	ok = (p.TestOnBorrow == nil || p.TestOnBorrow(pc.c, lastUsed) == nil) &&
+		(p.TestOnBorrowContext == nil || p.TestOnBorrowContext(ctx, pc.c, lastUsed) == nil)
+	done = true
+	return ok
 }
 
 // dialCall is a dial in progress. Its caller may give up on it; the dialing
@@ -562,13 +557,19 @@ type dialCall struct {
 	panicked  any
 }
 
-// dial makes a new connection for a caller holding a token. It reports
-// whether the token was handed off: a dial the caller gave up on keeps it,
-// and gives it back with its connection.
-func (p *Pool) dial(ctx context.Context) (_ *poolConn, handedOff bool, _ error) {
+// dial makes a new connection for a caller holding a permit, which it gives
+// back on failure. A dial the caller gives up on goes on, and gives the
+// pool its connection or the permit back when it ends.
+func (p *Pool) dial(ctx context.Context) (_ *poolConn, err error) {
+	handedOff := false
+	defer func() {
+		if err != nil && !handedOff {
+			p.permits <- struct{}{}
+		}
+	}()
 	probe, err := p.dialAllowed()
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	select {
 	case <-p.dials:
@@ -577,14 +578,14 @@ func (p *Pool) dial(ctx context.Context) (_ *poolConn, handedOff bool, _ error) 
 			if probe {
 				p.endProbe()
 			}
-			return nil, false, err
+			return nil, err
 		}
 		// The dials this caller waited for may have failed meanwhile: then
 		// it fails fast too, instead of adding to a burst of failing dials.
 		if !probe {
-			if probe, err = p.dialAllowed(); err != nil {
+			if _, err = p.dialAllowed(); err != nil {
 				p.dials <- struct{}{}
-				return nil, false, err
+				return nil, err
 			}
 		}
 	}
@@ -596,26 +597,29 @@ func (p *Pool) dial(ctx context.Context) (_ *poolConn, handedOff bool, _ error) 
 	select {
 	case <-call.done:
 	case <-ctx.Done():
+		handedOff = true
 		call.mu.Lock()
 		if !call.finished {
 			call.abandoned = true
 			call.mu.Unlock()
-			return nil, true, ctx.Err()
+			return nil, ctx.Err()
 		}
 		call.mu.Unlock()
 		// The dial finished as the caller gave up: pass its result on.
 		p.handOff(call)
-		return nil, true, ctx.Err()
+		return nil, ctx.Err()
 	}
 	if call.panicked != nil {
 		p.active.Add(-1)
+		p.permits <- struct{}{}
+		handedOff = true
 		panic(call.panicked)
 	}
 	if call.err != nil {
 		p.active.Add(-1)
-		return nil, false, call.err
+		return nil, call.err
 	}
-	return call.pc, false, nil
+	return call.pc, nil
 }
 
 // dialAllowed fails fast while the server refuses connections, letting one
@@ -691,7 +695,9 @@ func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 	var pc *poolConn
 	if err == nil {
 		cwt, _ := c.(redis.ConnWithTimeout)
-		pc = &poolConn{c: c, cwt: cwt, netConn: netConn, addr: addr, gen: call.gen, created: p.clock()}
+		now := p.clock()
+		pc = &poolConn{p: p, c: c, cwt: cwt, netConn: netConn, addr: addr, gen: call.gen, created: now, t: now}
+		pc.db = p.cfg.db
 	}
 	call.mu.Lock()
 	call.finished = true
@@ -710,7 +716,7 @@ func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 func (p *Pool) handOff(call *dialCall) {
 	if call.err != nil {
 		p.active.Add(-1)
-		p.tokens <- struct{}{}
+		p.permits <- struct{}{}
 		return
 	}
 	p.put(call.pc)
@@ -806,42 +812,38 @@ func (p *Pool) recordDial(err error) {
 		slog.Int("consecutive_failures", p.dialFails), slog.Duration("next_dial_in", d))
 }
 
-// put returns a clean connection to the idle set and its token to the pool.
-// The connection joins the idle set before the token is returned, so that a
-// caller who takes the token finds it instead of dialing past MaxActive.
+// put returns a clean connection to the idle set, unless it is too old, the
+// pool has enough idle ones, or was closed or retired its connections.
 func (p *Pool) put(pc *poolConn) {
-	now := p.clock()
-	reason := DiscardReason(-1)
-	var stale *poolConn
-	p.mu.Lock()
+	now := pc.t
 	switch {
-	case p.closed:
-		reason = DiscardPoolClosed
+	case p.closed.Load():
+		p.discard(pc, DiscardPoolClosed)
 	case pc.gen != p.gen.Load():
-		reason = DiscardRetired
+		p.discard(pc, DiscardRetired)
 	case p.cfg.maxLifetime > 0 && now-pc.created >= p.cfg.maxLifetime:
-		reason = DiscardLifetime
+		p.discard(pc, DiscardLifetime)
 	case len(p.idle) >= p.cfg.maxIdle:
-		reason = DiscardMaxIdle
+		p.discard(pc, DiscardMaxIdle)
 	default:
-		pc.t = now
-		// The oldest idle connection is at the front; close it if stale.
-		if len(p.idle) > 0 && now-p.idle[0].t >= p.cfg.idleTimeout {
-			stale = p.idle[0]
-			copy(p.idle, p.idle[1:])
-			p.idle[len(p.idle)-1] = pc
-		} else {
-			p.idle = append(p.idle, pc)
-			p.idleCount.Add(1)
+		p.idle <- pc // never blocks: there is room for every connection
+		// Close (or Retire) may have emptied the idle set before the send:
+		// then nobody else will, so empty it again.
+		if p.closed.Load() {
+			p.drainIdle(DiscardPoolClosed)
 		}
 	}
-	p.mu.Unlock()
-	p.tokens <- struct{}{}
-	if reason >= 0 {
-		p.discard(pc, reason)
-	}
-	if stale != nil {
-		p.discard(stale, DiscardIdleTimeout)
+}
+
+// drainIdle discards every idle connection.
+func (p *Pool) drainIdle(reason DiscardReason) {
+	for {
+		select {
+		case pc := <-p.idle:
+			p.discard(pc, reason)
+		default:
+			return
+		}
 	}
 }
 
@@ -854,6 +856,7 @@ func (p *Pool) discard(pc *poolConn, reason DiscardReason) {
 func (p *Pool) discardErr(pc *poolConn, reason DiscardReason, err error) {
 	pc.c.Close()
 	p.active.Add(-1)
+	p.permits <- struct{}{}
 	p.discards[reason].Add(1)
 	p.logDiscarded(reason, err)
 }
@@ -866,7 +869,7 @@ func (p *Pool) Stats() PoolStats {
 	d := &p.discards
 	return PoolStats{
 		ActiveCount:      int(p.active.Load()),
-		IdleCount:        int(p.idleCount.Load()),
+		IdleCount:        p.idleLen(),
 		WaitCount:        p.waitCount.Load(),
 		WaitDuration:     time.Duration(p.waitNanos.Load()),
 		DialCount:        p.dialCount.Load(),
@@ -900,7 +903,15 @@ func (p *Pool) IdleCount() int {
 	if p == nil {
 		return 0
 	}
-	return int(p.idleCount.Load())
+	return p.idleLen()
+}
+
+// idleLen is the number of idle connections; zero before first use.
+func (p *Pool) idleLen() int {
+	if p.init() != nil {
+		return 0
+	}
+	return len(p.idle)
 }
 
 // Close closes the idle connections and makes every later Get fail with
@@ -913,20 +924,11 @@ func (p *Pool) Close() error {
 		return nil
 	}
 	p.init() // a pool closed before first use still needs its channels
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
+	if !p.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	p.closed = true
 	close(p.done)
-	idle := p.idle
-	p.idle = nil
-	p.idleCount.Store(0)
-	p.mu.Unlock()
-	for _, pc := range idle {
-		p.discard(pc, DiscardPoolClosed)
-	}
+	p.drainIdle(DiscardPoolClosed)
 	return nil
 }
 
@@ -939,15 +941,8 @@ func (p *Pool) Retire() {
 	if p == nil || p.init() != nil {
 		return
 	}
-	p.mu.Lock()
 	p.gen.Add(1)
-	idle := p.idle
-	p.idle = nil
-	p.idleCount.Store(0)
-	p.mu.Unlock()
-	for _, pc := range idle {
-		p.discard(pc, DiscardRetired)
-	}
+	p.drainIdle(DiscardRetired)
 }
 
 // RedigoPool returns a *redis.Pool backed by p, for libraries that require

@@ -244,13 +244,13 @@ func TestCleanConnIsReusedNotRedialed(t *testing.T) {
 	assert.Equal(t, 1, p.ActiveCount())
 }
 
-func TestIdleConnsAreReusedMostRecentFirst(t *testing.T) {
+func TestIdleConnsAreReusedLongestIdleFirst(t *testing.T) {
 	d := &fakeDialer{}
 	p := &redispool.Pool{Dial: d.Dial}
 	defer p.Close()
 	conns := getN(t, p, 2)
+	conns[1].Close() // returned first
 	conns[0].Close()
-	conns[1].Close() // returned last
 	c := p.Get()
 	defer c.Close()
 	c.Do("PING")
@@ -332,21 +332,6 @@ func TestIdleTimeoutDefaultsToFourMinutes(t *testing.T) {
 	assert.EqualValues(t, 2, d.dials.Load())
 }
 
-func TestReturningAConnClosesTheOldestIdleOneWhenStale(t *testing.T) {
-	clk := newClock()
-	defer redispool.SetNowFunc(clk.Now)()
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial, IdleTimeout: time.Minute}
-	defer p.Close()
-	conns := getN(t, p, 2)
-	conns[0].Close()
-	clk.Advance(2 * time.Minute)
-	conns[1].Close()
-	assert.True(t, d.Conns()[0].IsClosed(), "closed without waiting for a Get")
-	assert.Equal(t, 1, p.IdleCount())
-	assert.Equal(t, 1, p.ActiveCount())
-}
-
 func TestMaxConnLifetimeClosesOldConns(t *testing.T) {
 	clk := newClock()
 	defer redispool.SetNowFunc(clk.Now)()
@@ -355,14 +340,20 @@ func TestMaxConnLifetimeClosesOldConns(t *testing.T) {
 	defer p.Close()
 	c := p.Get()
 	clk.Advance(61 * time.Second)
-	c.Close() // too old to keep
+	c.Close() // returned too old: closed instead of being handed out again
+	c = p.Get()
+	require.NoError(t, c.Err())
 	assert.True(t, d.Conns()[0].IsClosed())
+	c.Close()
 
+	clk.Advance(30 * time.Second)
 	p.Get().Close()
-	clk.Advance(61 * time.Second)
+	assert.EqualValues(t, 2, d.dials.Load(), "younger than MaxConnLifetime: reused")
+	clk.Advance(31 * time.Second)
 	c = p.Get() // too old to hand out
 	require.NoError(t, c.Err())
 	c.Close()
+	assert.True(t, d.Conns()[1].IsClosed())
 	assert.EqualValues(t, 3, d.dials.Load())
 	assert.EqualValues(t, 2, p.Stats().Discards.Lifetime)
 }
@@ -388,7 +379,7 @@ func TestFailedHealthCheckClosesTheConnAndDialsAnother(t *testing.T) {
 	c := p.Get()
 	require.NoError(t, c.Err())
 	c.Close()
-	assert.False(t, lastUsed.Before(before), "TestOnBorrow gets the time the conn was returned")
+	assert.False(t, lastUsed.Before(before), "TestOnBorrow gets the time the conn was last handed out")
 	assert.True(t, d.Conns()[0].IsClosed())
 	assert.EqualValues(t, 2, d.dials.Load())
 	assert.EqualValues(t, 1, p.Stats().Discards.HealthCheck)
