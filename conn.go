@@ -444,13 +444,27 @@ func (ac *activeConn) Close() error {
 		return nil // closed already
 	}
 	pc.owner.Store(nil)
+	p := pc.p
+	if pc.borrowState == (borrowState{db: p.cfg.db}) {
+		// Nothing to undo: the common case, without copying the state.
+		pc.mu.Unlock()
+		if ac.leak != nil {
+			ac.leak.timer.Stop()
+		}
+		if err := pc.c.Err(); err != nil {
+			p.discardErr(pc, DiscardBroken, err)
+			return nil
+		}
+		p.put(pc)
+		return nil
+	}
 	st := pc.borrowState
-	pc.borrowState = borrowState{db: pc.p.cfg.db}
+	pc.borrowState = borrowState{db: p.cfg.db}
 	pc.mu.Unlock()
 	if ac.leak != nil {
 		ac.leak.timer.Stop()
 	}
-	return pc.p.release(pc, &st)
+	return p.release(pc, &st)
 }
 
 // release decides the fate of a connection given back by a borrower whose

@@ -218,8 +218,9 @@ type Pool struct {
 	limiter    logLimiter
 
 	// Atomic, read without mu.
-	gen    atomic.Uint64 // raised by Retire under mu: older connections are not reused
-	active atomic.Int64
+	gen     atomic.Uint64 // raised by Retire under mu: older connections are not reused
+	active  atomic.Int64
+	waiters atomic.Int64 // callers parked in wait
 
 	waitCount   atomic.Int64
 	waitNanos   atomic.Int64
@@ -438,15 +439,20 @@ func (p *Pool) wait(ctx context.Context) (*poolConn, error) {
 		return nil, p.exhausted(fmt.Errorf("%w: all %d connections are in use and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxActive))
 	}
 	// A connection often comes back within a scheduling round: yield once
-	// before paying for a timer.
-	runtime.Gosched()
-	select {
-	case pc := <-p.idle:
-		return p.gotWhileWaiting(ctx, pc)
-	case <-p.permits:
-		return p.gotWhileWaiting(ctx, nil)
-	default:
+	// before paying for a timer, unless others wait already, who would get
+	// it first.
+	if p.waiters.Load() == 0 {
+		runtime.Gosched()
+		select {
+		case pc := <-p.idle:
+			return p.gotWhileWaiting(ctx, pc)
+		case <-p.permits:
+			return p.gotWhileWaiting(ctx, nil)
+		default:
+		}
 	}
+	p.waiters.Add(1)
+	defer p.waiters.Add(-1)
 	start := time.Now()
 	timer := timerPool.Get().(*time.Timer)
 	timer.Reset(p.cfg.waitTimeout)
