@@ -137,9 +137,10 @@ type Pool struct {
 	// when Dial or DialContext is set.
 	Addr string
 
-	// Sentinel, when set, finds the master through Redis Sentinel instead of
+		// Sentinel, when set, finds the master through Redis Sentinel instead of
 	// dialing Addr, which must then be empty, as must Dial and DialContext.
-	// See Sentinel for how the pool follows a failover.
+	// See Sentinel for how the pool follows a failover. When nil, the pool
+	// dials Addr or calls Dial.
 	Sentinel *Sentinel
 
 	// Username and Password authenticate connections the pool dials (AUTH).
@@ -151,9 +152,10 @@ type Pool struct {
 	// selects, so that a borrower who SELECTs it again keeps the connection.
 	DB int
 
-	// DialOptions are passed to redis.DialContext when the pool dials Addr,
+		// DialOptions are passed to redis.DialContext when the pool dials Addr,
 	// after the pool's own options (timeouts, Username, Password, DB), for
-	// example redis.DialUseTLS(true) or redis.DialClientName("app").
+	// example redis.DialUseTLS(true) or redis.DialClientName("app"). When
+	// nil, only the pool's own are used.
 	DialOptions []redis.DialOption
 
 	// DialTimeout bounds a dial of Addr, including TLS and AUTH. When zero,
