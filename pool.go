@@ -137,7 +137,7 @@ type Pool struct {
 	// when Dial or DialContext is set.
 	Addr string
 
-		// Sentinel, when set, finds the master through Redis Sentinel instead of
+	// Sentinel, when set, finds the master through Redis Sentinel instead of
 	// dialing Addr, which must then be empty, as must Dial and DialContext.
 	// See Sentinel for how the pool follows a failover. When nil, the pool
 	// dials Addr or calls Dial.
@@ -152,7 +152,7 @@ type Pool struct {
 	// selects, so that a borrower who SELECTs it again keeps the connection.
 	DB int
 
-		// DialOptions are passed to redis.DialContext when the pool dials Addr,
+	// DialOptions are passed to redis.DialContext when the pool dials Addr,
 	// after the pool's own options (timeouts, Username, Password, DB), for
 	// example redis.DialUseTLS(true) or redis.DialClientName("app"). When
 	// nil, only the pool's own are used.
