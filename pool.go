@@ -820,23 +820,21 @@ func (p *Pool) recordDial(err error) {
 		slog.Int("consecutive_failures", p.dialFails), slog.Duration("next_dial_in", d))
 }
 
-// put returns a clean connection to the idle set, unless it is too old, the
-// pool has enough idle ones, or was closed or retired its connections.
+// put returns a clean connection to the idle set, unless the pool has enough
+// idle ones, or was closed or retired its connections. Age and idle time are
+// checked when a connection is handed out (see usable), which reads the clock.
 func (p *Pool) put(pc *poolConn) {
-	now := pc.t
 	switch {
 	case p.closed.Load():
 		p.discard(pc, DiscardPoolClosed)
 	case pc.gen != p.gen.Load():
 		p.discard(pc, DiscardRetired)
-	case p.cfg.maxLifetime > 0 && now-pc.created >= p.cfg.maxLifetime:
-		p.discard(pc, DiscardLifetime)
 	case len(p.idle) >= p.cfg.maxIdle:
 		p.discard(pc, DiscardMaxIdle)
 	default:
 		p.idle <- pc // never blocks: there is room for every connection
-		// Close (or Retire) may have emptied the idle set before the send:
-		// then nobody else will, so empty it again.
+		// Close may have emptied the idle set before the send: then nobody
+		// else will, so empty it again.
 		if p.closed.Load() {
 			p.drainIdle(DiscardPoolClosed)
 		}
