@@ -33,9 +33,22 @@ const (
 	stateWatch     connState = 1 << iota // WATCH without EXEC, DISCARD or UNWATCH
 	stateMulti                           // MULTI without EXEC or DISCARD
 	stateSubscribe                       // subscribed at some point
-	stateListen                          // replies arrive unasked: pub/sub or MONITOR
+	stateChannels                        // subscribed to channels now
+	stateShards                          // subscribed to shard channels now
+	statePatterns                        // subscribed to patterns now
+	stateMonitor                         // MONITOR: every command the server runs arrives
 	stateTaint                           // anything else that cannot be undone
+
+	// stateListen: replies arrive unasked, so Receive has no deadline.
+	stateListen = stateChannels | stateShards | statePatterns | stateMonitor
 )
+
+// subscribed maps a kind of subscription to its state.
+var subscribed = [...]connState{
+	command.Channels: stateChannels,
+	command.Patterns: statePatterns,
+	command.Shards:   stateShards,
+}
 
 // activeConn is the conn Get hands out. It passes commands to the pooled
 // connection and keeps, in the pooled connection's borrowState, what Close
@@ -135,39 +148,46 @@ func (pc *poolConn) usableLocked() error {
 	return nil
 }
 
-// apply records a command's effect on the connection's state.
+// apply records a command's effect on the connection's state when it is
+// sent. Effects that would make the connection look cleaner apply only where
+// the server is sure to carry them out at once: inside MULTI, commands are
+// only queued, and EXEC or DISCARD without MULTI are errors that change
+// nothing.
 func (pc *poolConn) apply(info command.Info) {
 	e := info.Effects
 	if e == 0 {
 		return
 	}
-	if e&command.Watch != 0 {
+	inMulti := pc.state&stateMulti != 0
+	switch {
+	case e&command.Watch != 0:
 		pc.state |= stateWatch
-	}
-	if e&command.Multi != 0 {
+	case e&command.Multi != 0:
 		pc.state |= stateMulti
-	}
-	if e&command.EndMulti != 0 {
-		pc.state &^= stateMulti
-	}
-	if e&command.Unwatch != 0 {
-		pc.state &^= stateWatch
-	}
-	if e&command.Subscribe != 0 {
-		pc.state |= stateSubscribe | stateListen
-	}
-	if e&command.UnsubscribeAll != 0 && pc.state&stateSubscribe != 0 {
-		// The confirmations are still replies to read, within ReadTimeout.
-		pc.state &^= stateListen
-	}
-	if e&command.Monitor != 0 {
-		pc.state |= stateListen | stateTaint
-	}
-	if e&command.Taint != 0 {
+	case e&command.EndMulti != 0:
+		if inMulti {
+			pc.state &^= stateMulti | stateWatch
+		}
+	case e&command.Unwatch != 0:
+		if !inMulti {
+			pc.state &^= stateWatch
+		}
+	case e&command.Subscribe != 0:
+		pc.state |= stateSubscribe | subscribed[info.PubSub]
+	case e&command.UnsubscribeAll != 0:
+		// The confirmations are still replies to read, within ReadTimeout,
+		// once no kind of subscription is left.
+		pc.state &^= subscribed[info.PubSub]
+	case e&command.Monitor != 0:
+		pc.state |= stateMonitor | stateTaint
+	case e&command.Taint != 0:
 		pc.state |= stateTaint
-	}
-	if e&command.Select != 0 {
-		pc.db = info.DB
+	case e&command.Select != 0:
+		if inMulti {
+			pc.db = -1 // queued: whether it runs depends on EXEC
+		} else {
+			pc.db = info.DB
+		}
 	}
 }
 
@@ -272,25 +292,49 @@ func (ac *activeConn) Do(cmd string, args ...any) (any, error) {
 
 // DoWithTimeout is Do with the read timeout given instead of the pool's.
 func (ac *activeConn) DoWithTimeout(timeout time.Duration, cmd string, args ...any) (any, error) {
+	if err := ac.timeoutsSupported(); err != nil {
+		return nil, err
+	}
 	c, err := ac.start(cmd, args, false)
 	if err != nil {
 		return nil, err
-	}
-	if c.pc.cwt == nil {
-		ac.end(c.pc, errTimeoutNotSupported, false)
-		return nil, errTimeoutNotSupported
 	}
 	reply, err := c.pc.cwt.DoWithTimeout(timeout, cmd, args...)
 	ac.end(c.pc, arrayError(cmd, reply, err), false)
 	return reply, err
 }
 
+// timeoutsSupported fails, before anything is sent, a call that needs the
+// pooled connection to implement redis.ConnWithTimeout when it does not.
+func (ac *activeConn) timeoutsSupported() error {
+	if ac.pc.cwt != nil {
+		return nil
+	}
+	if _, err := ac.lock(); err != nil {
+		return err
+	}
+	ac.pc.mu.Unlock()
+	return errTimeoutNotSupported
+}
+
+// contextDone reports ctx's error before a call, when ctx has ended or its
+// deadline has passed: nothing is sent then, and the connection is untouched.
+func contextDone(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
 // DoContext is Do bounded also by ctx. When ctx ends first, the connection
 // is closed, which is the only way to stop a read in progress, and ctx's error
 // is returned.
 func (ac *activeConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err // nothing sent, the connection is untouched
+	if err := contextDone(ctx); err != nil {
+		return nil, err
 	}
 	c, err := ac.start(cmd, args, false)
 	if err != nil {
@@ -313,14 +357,16 @@ func (ac *activeConn) withContext(ctx context.Context, c call, f func(time.Durat
 		return nil, err
 	}
 	timeout := c.timeout
-	ctxDeadline := false // the read deadline is ctx's
-	if dl, ok := ctx.Deadline(); ok {
+	dl, ctxDeadline := ctx.Deadline() // ctxDeadline: the read deadline is ctx's
+	if ctxDeadline {
 		left := time.Until(dl)
 		if left <= 0 {
 			return nil, context.DeadlineExceeded
 		}
-		if timeout == 0 || left < timeout {
-			timeout, ctxDeadline = left, true
+		if timeout != 0 && left >= timeout {
+			ctxDeadline = false
+		} else {
+			timeout = left
 		}
 	}
 	var stop func() bool
@@ -333,9 +379,10 @@ func (ac *activeConn) withContext(ctx context.Context, c call, f func(time.Durat
 		return nil, ctx.Err()
 	}
 	if _, replied := err.(redis.Error); err != nil && !replied {
-		if ctxDeadline && errors.Is(err, os.ErrDeadlineExceeded) {
+		if ctxDeadline && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(dl) {
 			// The read deadline was ctx's and has passed, though ctx's own
-			// timer may not have fired yet: it will at once.
+			// timer may not have fired yet: it will at once. (A write
+			// deadline that passed earlier is the error it is.)
 			<-ctx.Done()
 		}
 		if ctx.Err() != nil {
@@ -387,13 +434,12 @@ func (ac *activeConn) Receive() (any, error) {
 
 // ReceiveWithTimeout is Receive with the read timeout given.
 func (ac *activeConn) ReceiveWithTimeout(timeout time.Duration) (any, error) {
+	if err := ac.timeoutsSupported(); err != nil {
+		return nil, err
+	}
 	c, err := ac.begin()
 	if err != nil {
 		return nil, err
-	}
-	if c.pc.cwt == nil {
-		ac.end(c.pc, errTimeoutNotSupported, false)
-		return nil, errTimeoutNotSupported
 	}
 	reply, err := c.pc.cwt.ReceiveWithTimeout(timeout)
 	ac.end(c.pc, err, true)
@@ -402,7 +448,7 @@ func (ac *activeConn) ReceiveWithTimeout(timeout time.Duration) (any, error) {
 
 // ReceiveContext is Receive bounded also by ctx, as DoContext is.
 func (ac *activeConn) ReceiveContext(ctx context.Context) (any, error) {
-	if err := ctx.Err(); err != nil {
+	if err := contextDone(ctx); err != nil {
 		return nil, err
 	}
 	c, err := ac.begin()

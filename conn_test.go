@@ -404,10 +404,16 @@ func TestConnWithoutTimeoutsStillWorksAndIsNeverKeptDirty(t *testing.T) {
 	c := p.Get()
 	_, err := c.Do("GET", "k")
 	require.NoError(t, err)
+	calls := len(fc.Calls())
 	_, err = redis.DoWithTimeout(c, time.Second, "GET", "k")
 	require.Error(t, err)
+	_, err = redis.ReceiveWithTimeout(c, time.Second)
+	require.Error(t, err)
+	assert.Len(t, fc.Calls(), calls, "nothing was sent")
+	_, err = c.Do("GET", "k")
+	require.NoError(t, err, "the conn is still usable")
 	c.Close()
-	assert.True(t, fc.IsClosed(), "DoWithTimeout failing leaves the conn unknown: discarded")
+	assert.False(t, fc.IsClosed(), "clean: kept")
 
 	fc2 := &fakeConn{}
 	p2 := &redispool.Pool{MaxActive: 1, Dial: func() (redis.Conn, error) { return plainConn{fc2}, nil }}
@@ -508,4 +514,19 @@ func TestRetireDropsIdleConnsAndThoseInUseOnReturn(t *testing.T) {
 	conns[2].Close()
 	assert.EqualValues(t, 3, p.Stats().Discards.Retired)
 	assert.Equal(t, 1, p.ActiveCount())
+}
+
+func TestLeavingOneKindOfSubscriptionKeepsReceiveDeadlineFreeForTheOthers(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	c := p.Get()
+	defer c.Close()
+	psc := redis.PubSubConn{Conn: c}
+	psc.Subscribe("ch")
+	psc.PSubscribe("p*")
+	psc.PUnsubscribe()
+	psc.Receive() // still subscribed to ch: waits for messages
+	psc.Unsubscribe()
+	psc.Receive() // nothing left: the confirmation comes within ReadTimeout
+	assert.Equal(t, []time.Duration{0, 200 * time.Millisecond}, d.last(t).Timeouts())
 }

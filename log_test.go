@@ -144,3 +144,26 @@ func TestLeakThresholdReportsAHeldConnWithTheBorrowersStack(t *testing.T) {
 	time.Sleep(40 * time.Millisecond)
 	assert.EqualValues(t, 1, p.Stats().LeakCount, "reported once")
 }
+
+// slowHandler takes its time, as a handler writing to a slow sink does.
+type slowHandler struct{ delay time.Duration }
+
+func (h slowHandler) Enabled(context.Context, slog.Level) bool  { return true }
+func (h slowHandler) Handle(context.Context, slog.Record) error { time.Sleep(h.delay); return nil }
+func (h slowHandler) WithAttrs([]slog.Attr) slog.Handler        { return h }
+func (h slowHandler) WithGroup(string) slog.Handler             { return h }
+
+func TestTheLogHandlerRunsOutsideThePoolLock(t *testing.T) {
+	d := &fakeDialer{}
+	d.SetErr(errors.New("refused"))
+	p := &redispool.Pool{Dial: d.Dial, Logger: slog.New(slowHandler{500 * time.Millisecond})}
+	defer p.Close()
+	logging := make(chan struct{})
+	go func() { defer close(logging); p.Get() }() // its failed dial logs for 500ms
+	require.Eventually(t, func() bool { return p.Stats().DialErrorCount == 1 }, 5*time.Second, time.Millisecond)
+	start := time.Now()
+	_, err := p.GetContext(context.Background())
+	require.Error(t, err)
+	assert.Less(t, time.Since(start), 250*time.Millisecond, "a fast fail waited for the log handler")
+	<-logging
+}

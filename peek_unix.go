@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"syscall"
+	"time"
 )
 
 var errUnexpectedRead = errors.New("redispool: unread data on an idle connection")
@@ -18,6 +19,12 @@ func peek(c net.Conn) error {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return nil
+	}
+	// The last command's read deadline is still set, and once it has passed
+	// RawConn.Read fails before looking at the socket: clear it. The next
+	// command sets its own.
+	if err := c.SetReadDeadline(time.Time{}); err != nil {
+		return err
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {

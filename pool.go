@@ -36,6 +36,10 @@ var ErrConnClosed = errors.New("redispool: use of closed connection")
 // old one. Close it and get another.
 var ErrConnRetired = errors.New("redispool: connection retired after a failover; get a new one")
 
+// errNilConn is the dial error for a Dial that returned neither a connection
+// nor an error.
+var errNilConn = errors.New("redispool: Dial returned a nil connection and no error")
+
 // errNilPool is returned by the methods of a nil *Pool.
 var errNilPool = errors.New("redispool: method called on a nil *Pool")
 
@@ -220,7 +224,7 @@ type Pool struct {
 	limiter    logLimiter
 
 	// Atomic, read without mu.
-	gen     atomic.Uint64 // raised by Retire under mu: older connections are not reused
+	gen     atomic.Uint64 // raised by Retire: older connections are not reused
 	active  atomic.Int64
 	waiters atomic.Int64 // callers parked in wait
 
@@ -431,6 +435,9 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 		if p.usable(ctx, pc) {
 			return pc, nil
 		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 	}
 }
 
@@ -487,7 +494,7 @@ func (p *Pool) gotWhileWaiting(ctx context.Context, pc *poolConn) (*poolConn, er
 	case err == nil:
 		return pc, nil
 	case pc != nil:
-		p.idle <- pc // never blocks: there is room for every connection
+		p.put(pc)
 	default:
 		p.permits <- struct{}{}
 	}
@@ -602,20 +609,40 @@ func (p *Pool) dial(ctx context.Context) (_ *poolConn, err error) {
 	p.dialCount.Add(1)
 	go p.runDial(context.WithoutCancel(ctx), call)
 
+	// The caller waits for the dial as for a connection: until ctx ends,
+	// WaitTimeout passes or the pool closes. A dial given up on goes on.
+	var timeout <-chan time.Time
+	if p.cfg.waitTimeout >= 0 {
+		timer := timerPool.Get().(*time.Timer)
+		timer.Reset(p.cfg.waitTimeout)
+		defer func() {
+			timer.Stop()
+			timerPool.Put(timer)
+		}()
+		timeout = timer.C
+	}
+	var gaveUp error
 	select {
 	case <-call.done:
 	case <-ctx.Done():
+		gaveUp = ctx.Err()
+	case <-p.done:
+		gaveUp = ErrPoolClosed
+	case <-timeout:
+		gaveUp = p.exhausted(fmt.Errorf("%w: a dial did not finish within %v (WaitTimeout)", ErrPoolExhausted, p.cfg.waitTimeout))
+	}
+	if gaveUp != nil {
 		handedOff = true
 		call.mu.Lock()
 		if !call.finished {
 			call.abandoned = true
 			call.mu.Unlock()
-			return nil, ctx.Err()
+			return nil, gaveUp
 		}
 		call.mu.Unlock()
 		// The dial finished as the caller gave up: pass its result on.
 		p.handOff(call)
-		return nil, ctx.Err()
+		return nil, gaveUp
 	}
 	if call.panicked != nil {
 		p.active.Add(-1)
@@ -694,7 +721,7 @@ func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 		}()
 		c, netConn, addr, err = p.dialConn(ctx)
 		if err == nil && c == nil {
-			err = errors.New("redispool: Dial returned a nil connection and no error")
+			err = errNilConn
 		}
 	}()
 	p.dials <- struct{}{}
@@ -801,10 +828,10 @@ func (p *Pool) failover(addr string) {
 // recordDial updates the backoff state with a dial's outcome.
 func (p *Pool) recordDial(err error) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.probing = false
 	if err == nil {
 		p.dialErr, p.dialFails = nil, 0
+		p.mu.Unlock()
 		return
 	}
 	p.dialErrors.Add(1)
@@ -816,8 +843,10 @@ func (p *Pool) recordDial(err error) {
 	d -= rand.N(d/2 + 1)
 	p.dialErr = err
 	p.nextDial = p.clock() + d
+	fails := p.dialFails
+	p.mu.Unlock()
 	p.log(logDialError, slog.LevelWarn, "redispool: dial failed", slog.String("error", err.Error()),
-		slog.Int("consecutive_failures", p.dialFails), slog.Duration("next_dial_in", d))
+		slog.Int("consecutive_failures", fails), slog.Duration("next_dial_in", d))
 }
 
 // put returns a clean connection to the idle set, unless the pool has enough

@@ -881,3 +881,59 @@ func TestCallersWaitingForADialSlotFailFastWhenTheDialsFail(t *testing.T) {
 	assert.EqualValues(t, 2, s.DialCount, "the waiting callers did not dial into a dead server")
 	assert.EqualValues(t, 18, s.FastFailCount)
 }
+
+func TestAWaiterThatGivesUpAsThePoolClosesLeavesNoOpenConn(t *testing.T) {
+	// A conn handed to a parked waiter whose context ends meanwhile goes
+	// back through the same checks as any returned conn: after Close, it is
+	// closed, not parked in the idle set.
+	for i := range 300 {
+		d := &fakeDialer{}
+		p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 5 * time.Second}
+		held := p.Get()
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if c, err := p.GetContext(ctx); err == nil {
+				c.Close()
+			}
+		}()
+		require.Eventually(t, func() bool { return p.Stats().WaitCount == 1 }, 5*time.Second, 10*time.Microsecond)
+		held.Close()
+		cancel()
+		p.Close()
+		<-done
+		require.Equal(t, 0, p.IdleCount(), "round %d", i)
+		require.True(t, d.last(t).IsClosed(), "round %d: an open conn was left in a closed pool", i)
+		require.Equal(t, 0, p.ActiveCount())
+	}
+}
+
+func TestAGetWaitingForAHungDialGivesUpAfterWaitTimeoutAndOnClose(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	d := &fakeDialer{}
+	p := &redispool.Pool{MaxActive: 2, WaitTimeout: 100 * time.Millisecond, Dial: func() (redis.Conn, error) {
+		<-release
+		return d.Dial()
+	}}
+	start := time.Now()
+	_, err := p.GetContext(context.Background())
+	assert.ErrorIs(t, err, redis.ErrPoolExhausted)
+	assert.Less(t, time.Since(start), 2*time.Second, "bounded by WaitTimeout")
+
+	p2 := &redispool.Pool{MaxActive: 1, WaitTimeout: time.Hour, Dial: func() (redis.Conn, error) {
+		<-release
+		return d.Dial()
+	}}
+	got := make(chan error, 1)
+	go func() { _, err := p2.GetContext(context.Background()); got <- err }()
+	require.Eventually(t, func() bool { return p2.Stats().DialCount == 1 }, 5*time.Second, time.Millisecond)
+	p2.Close()
+	select {
+	case err := <-got:
+		assert.Equal(t, redispool.ErrPoolClosed, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not wake a caller waiting for a dial")
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -603,4 +604,87 @@ func TestAContextDeadlineDuringAStallReturnsTheContextsError(t *testing.T) {
 		c.Close()
 		require.Equal(t, context.DeadlineExceeded, err, "call %d", i)
 	}
+}
+
+func TestAHealthyConnIdleLongerThanReadTimeoutIsReused(t *testing.T) {
+	// The last command's read deadline has passed by the next Get: the peek
+	// must not take that for a dead socket.
+	srv := redistest.Start(t)
+	p := &redispool.Pool{Addr: srv.Addr(), ReadTimeout: 200 * time.Millisecond}
+	defer p.Close()
+	for range 3 {
+		c := p.Get()
+		_, err := c.Do("PING")
+		require.NoError(t, err)
+		c.Close()
+		time.Sleep(300 * time.Millisecond)
+	}
+	s := p.Stats()
+	assert.EqualValues(t, 1, s.DialCount)
+	assert.Zero(t, s.Discards.Total())
+}
+
+func TestStateThatIsOnlyQueuedOrRejectedIsNotTakenForUndone(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Do(t, "SET", "db0:marker", "db0")
+	for _, tt := range []struct {
+		name  string
+		dirty func(c redis.Conn)
+	}{
+		{"SELECT 0 queued in MULTI, then Close", func(c redis.Conn) { c.Do("SELECT", 3); c.Do("MULTI"); c.Do("SELECT", 0) }},
+		{"SELECT 0 queued in MULTI, then DISCARD", func(c redis.Conn) { c.Do("SELECT", 3); c.Do("MULTI"); c.Do("SELECT", 0); c.Do("DISCARD") }},
+		{"WATCH, then DISCARD without MULTI", func(c redis.Conn) { c.Do("WATCH", "w"); c.Do("DISCARD") }},
+		{"WATCH, then EXEC without MULTI", func(c redis.Conn) { c.Do("WATCH", "w"); c.Do("EXEC") }},
+		{"WATCH, then UNWATCH queued in MULTI", func(c redis.Conn) { c.Do("WATCH", "w"); c.Do("MULTI"); c.Do("UNWATCH") }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
+			defer p.Close()
+			c := p.Get()
+			tt.dirty(c)
+			c.Close()
+			srv.Do(t, "SET", "w", time.Now().String())
+			borrowerSeesOnlyItsOwn(t, p)
+			c = p.Get()
+			defer c.Close()
+			c.Send("MULTI")
+			c.Send("INCR", "n")
+			r, err := c.Do("EXEC")
+			require.NoError(t, err)
+			assert.NotNil(t, r, "the next borrower's EXEC was aborted by a WATCH it never made")
+		})
+	}
+}
+
+func TestAWriteTimeoutUnderDoContextIsNotStretchedToTheContextsDeadline(t *testing.T) {
+	srv := redistest.Start(t)
+	p := &redispool.Pool{Addr: srv.Addr(), ReadTimeout: 5 * time.Second, WriteTimeout: 200 * time.Millisecond}
+	defer p.Close()
+	c := p.Get()
+	defer c.Close()
+	_, err := c.Do("PING")
+	require.NoError(t, err)
+	srv.Stop(t)
+	defer srv.Cont(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	start := time.Now()
+	// Larger than the socket buffers: the write blocks until its deadline.
+	_, err = redis.DoContext(c, ctx, "SET", "k", strings.Repeat("x", 64<<20))
+	require.Error(t, err)
+	assert.ErrorIs(t, err, os.ErrDeadlineExceeded, "the write deadline's own error")
+	assert.Less(t, time.Since(start), 2*time.Second)
+}
+
+func TestQuitDoesNotLeaveADeadConnForTheNextBorrower(t *testing.T) {
+	srv := redistest.Start(t)
+	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1}
+	defer p.Close()
+	c := p.Get()
+	c.Do("QUIT")
+	c.Close()
+	c = p.Get()
+	defer c.Close()
+	_, err := c.Do("PING")
+	assert.NoError(t, err)
 }

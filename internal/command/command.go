@@ -24,10 +24,12 @@ const (
 	Multi
 	// EndMulti: EXEC and DISCARD close the transaction.
 	EndMulti
-	// Subscribe: SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE put the connection in pub/sub mode.
+	// Subscribe: SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE put the connection in
+	// pub/sub mode; Info.PubSub says which kind of subscription.
 	Subscribe
-	// UnsubscribeAll: UNSUBSCRIBE, PUNSUBSCRIBE or SUNSUBSCRIBE without arguments
-	// ask the server to leave every channel of that kind.
+	// UnsubscribeAll: UNSUBSCRIBE, PUNSUBSCRIBE or SUNSUBSCRIBE without
+	// arguments ask the server to leave every subscription of the kind in
+	// Info.PubSub.
 	UnsubscribeAll
 	// Monitor: MONITOR streams every command the server runs to the connection.
 	Monitor
@@ -36,7 +38,8 @@ const (
 	Select
 	// Taint: the command leaves state the pool cannot prove undone, such as
 	// CLIENT REPLY OFF or SKIP, READONLY, HELLO, AUTH, RESET, CLIENT TRACKING,
-	// CLIENT NO-EVICT or NO-TOUCH, CLIENT SETINFO: the connection must be discarded.
+	// CLIENT NO-EVICT or NO-TOUCH, CLIENT SETINFO, or ends the connection
+	// (QUIT): the connection must be discarded.
 	Taint
 	// Blocking: the server may hold the reply for Info.Timeout
 	// (Info.Forever when the command blocks with no time limit).
@@ -52,7 +55,20 @@ type Info struct {
 	Timeout time.Duration
 	// Forever is set for a Blocking command whose timeout is zero (no limit).
 	Forever bool
+	// PubSub is the kind of subscription of a Subscribe or UnsubscribeAll.
+	PubSub PubSub
 }
+
+// PubSub is a kind of pub/sub subscription: channels, patterns or shard
+// channels, each left by its own UNSUBSCRIBE command.
+type PubSub uint8
+
+// The kinds of subscription.
+const (
+	Channels PubSub = 1 + iota // SUBSCRIBE, UNSUBSCRIBE
+	Patterns                   // PSUBSCRIBE, PUNSUBSCRIBE
+	Shards                     // SSUBSCRIBE, SUNSUBSCRIBE
+)
 
 // Has reports whether every effect in e is in i.Effects.
 func (i Info) Has(e Effect) bool { return i.Effects&e == e }
@@ -66,7 +82,11 @@ const (
 	kindMulti
 	kindExecDiscard
 	kindSubscribe
+	kindPSubscribe
+	kindSSubscribe
 	kindUnsubscribe
+	kindPUnsubscribe
+	kindSUnsubscribe
 	kindMonitor
 	kindSelect
 	kindTaint
@@ -84,11 +104,11 @@ var kinds = map[string]kind{
 	"EXEC":         kindExecDiscard,
 	"DISCARD":      kindExecDiscard,
 	"SUBSCRIBE":    kindSubscribe,
-	"PSUBSCRIBE":   kindSubscribe,
-	"SSUBSCRIBE":   kindSubscribe,
+	"PSUBSCRIBE":   kindPSubscribe,
+	"SSUBSCRIBE":   kindSSubscribe,
 	"UNSUBSCRIBE":  kindUnsubscribe,
-	"PUNSUBSCRIBE": kindUnsubscribe,
-	"SUNSUBSCRIBE": kindUnsubscribe,
+	"PUNSUBSCRIBE": kindPUnsubscribe,
+	"SUNSUBSCRIBE": kindSUnsubscribe,
 	"MONITOR":      kindMonitor,
 	"SELECT":       kindSelect,
 	"READONLY":     kindTaint,
@@ -98,6 +118,7 @@ var kinds = map[string]kind{
 	"SYNC":         kindTaint,
 	"PSYNC":        kindTaint,
 	"REPLCONF":     kindTaint,
+	"QUIT":         kindTaint,
 	"CLIENT":       kindClient,
 	"BLPOP":        kindLastArgSeconds,
 	"BRPOP":        kindLastArgSeconds,
@@ -137,12 +158,17 @@ func Classify(name string, args []any) Info {
 	case kindExecDiscard:
 		return Info{Effects: EndMulti | Unwatch}
 	case kindSubscribe:
-		return Info{Effects: Subscribe}
-	case kindUnsubscribe:
-		if len(args) == 0 {
-			return Info{Effects: UnsubscribeAll}
+		return Info{Effects: Subscribe, PubSub: Channels}
+	case kindPSubscribe:
+		return Info{Effects: Subscribe, PubSub: Patterns}
+	case kindSSubscribe:
+		return Info{Effects: Subscribe, PubSub: Shards}
+	case kindUnsubscribe, kindPUnsubscribe, kindSUnsubscribe:
+		if len(args) != 0 {
+			return Info{}
 		}
-		return Info{}
+		// The three kinds are declared in the same order as the PubSub values.
+		return Info{Effects: UnsubscribeAll, PubSub: Channels + PubSub(k-kindUnsubscribe)}
 	case kindMonitor:
 		return Info{Effects: Monitor}
 	case kindSelect:

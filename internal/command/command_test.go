@@ -19,12 +19,14 @@ func TestClassify(t *testing.T) {
 		{"MULTI", nil, Info{Effects: Multi}},
 		{"Exec", nil, Info{Effects: EndMulti | Unwatch}},
 		{"DISCARD", nil, Info{Effects: EndMulti | Unwatch}},
-		{"SUBSCRIBE", []any{"c"}, Info{Effects: Subscribe}},
-		{"psubscribe", []any{"c*"}, Info{Effects: Subscribe}},
-		{"SSUBSCRIBE", []any{"c"}, Info{Effects: Subscribe}},
-		{"UNSUBSCRIBE", nil, Info{Effects: UnsubscribeAll}},
+		{"SUBSCRIBE", []any{"c"}, Info{Effects: Subscribe, PubSub: Channels}},
+		{"psubscribe", []any{"c*"}, Info{Effects: Subscribe, PubSub: Patterns}},
+		{"SSUBSCRIBE", []any{"c"}, Info{Effects: Subscribe, PubSub: Shards}},
+		{"UNSUBSCRIBE", nil, Info{Effects: UnsubscribeAll, PubSub: Channels}},
 		{"UNSUBSCRIBE", []any{"c"}, Info{}},
-		{"PUNSUBSCRIBE", nil, Info{Effects: UnsubscribeAll}},
+		{"PUNSUBSCRIBE", nil, Info{Effects: UnsubscribeAll, PubSub: Patterns}},
+		{"sunsubscribe", nil, Info{Effects: UnsubscribeAll, PubSub: Shards}},
+		{"QUIT", nil, Info{Effects: Taint}},
 		{"MONITOR", nil, Info{Effects: Monitor}},
 		{"SELECT", []any{3}, Info{Effects: Select, DB: 3}},
 		{"select", []any{"0"}, Info{Effects: Select, DB: 0}},
@@ -114,6 +116,9 @@ func FuzzClassify(f *testing.F) {
 			}
 			if info.Has(Select) && info.DB < -1 {
 				t.Fatalf("bad DB for %q %q: %+v", name, args, info)
+			}
+			if (info.PubSub != 0) != (info.Has(Subscribe) || info.Has(UnsubscribeAll)) || info.PubSub > Shards {
+				t.Fatalf("bad PubSub for %q %q: %+v", name, args, info)
 			}
 		}
 	})
