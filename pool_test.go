@@ -453,6 +453,8 @@ func TestDialErrorReturnsTheToken(t *testing.T) {
 }
 
 func TestDialPanicReturnsTheTokenAndPanicsInTheCaller(t *testing.T) {
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
 	panicking := true
 	d := &fakeDialer{}
 	p := &redispool.Pool{MaxActive: 1, WaitTimeout: -1, Dial: func() (redis.Conn, error) {
@@ -468,8 +470,12 @@ func TestDialPanicReturnsTheTokenAndPanicsInTheCaller(t *testing.T) {
 	}()
 	assert.Equal(t, 0, p.ActiveCount())
 	panicking = false
-	c, err := p.GetContext(context.Background())
+	_, err := p.GetContext(context.Background())
 	require.Error(t, err, "a panicked dial counts as a failed one: fail fast")
+	require.NotErrorIs(t, err, redis.ErrPoolExhausted)
+	clk.Advance(redispool.BackoffCap)
+	c, err := p.GetContext(context.Background())
+	require.NoError(t, err, "the panicked dial gave its permit back (MaxActive is 1)")
 	c.Close()
 }
 
@@ -756,8 +762,8 @@ func TestDiscardReasonNames(t *testing.T) {
 	assert.Equal(t, "broken", redispool.DiscardBroken.String())
 	assert.Equal(t, "pool_closed", redispool.DiscardPoolClosed.String())
 	assert.Equal(t, "DiscardReason(99)", redispool.DiscardReason(99).String())
-	s := redispool.DiscardStats{Broken: 1, State: 2, IdleTimeout: 3, Lifetime: 4, MaxIdle: 5, HealthCheck: 6, PoolClosed: 7}
-	assert.EqualValues(t, 28, s.Total())
+	s := redispool.DiscardStats{Broken: 1, State: 2, IdleTimeout: 3, Lifetime: 4, MaxIdle: 5, HealthCheck: 6, PoolClosed: 7, Retired: 8}
+	assert.EqualValues(t, 36, s.Total())
 }
 
 func TestGetClosePathAllocatesAtMostOnce(t *testing.T) {
@@ -774,15 +780,26 @@ func TestGetClosePathAllocatesAtMostOnce(t *testing.T) {
 }
 
 func TestConcurrentGetCloseNeverExceedsMaxActive(t *testing.T) {
+	// open counts conns dialed and not yet closed, sampled at every dial:
+	// the pool must never have more than MaxActive, dirty conns being
+	// discarded and redialed all along.
 	var mu sync.Mutex
-	open, most := 0, 0
+	var conns []*fakeConn
+	most := 0
 	d := &fakeDialer{}
 	p := &redispool.Pool{MaxActive: 5, WaitTimeout: 5 * time.Second, Dial: func() (redis.Conn, error) {
+		c, err := d.Dial()
 		mu.Lock()
-		open++
+		defer mu.Unlock()
+		conns = append(conns, c.(*fakeConn))
+		open := 0
+		for _, c := range conns {
+			if !c.IsClosed() {
+				open++
+			}
+		}
 		most = max(most, open)
-		mu.Unlock()
-		return d.Dial()
+		return c, err
 	}}
 	var wg sync.WaitGroup
 	for i := range 50 {
@@ -804,15 +821,11 @@ func TestConcurrentGetCloseNeverExceedsMaxActive(t *testing.T) {
 	}
 	wg.Wait()
 	p.Close()
+	assert.Greater(t, p.Stats().DialCount, int64(100), "dirty conns were redialed")
+	assert.LessOrEqual(t, most, 5, "more than MaxActive conns open at once")
 	for _, c := range d.Conns() {
-		if c.IsClosed() {
-			mu.Lock()
-			open--
-			mu.Unlock()
-		}
+		assert.True(t, c.IsClosed(), "every conn closed after Close")
 	}
-	assert.LessOrEqual(t, most-int(p.Stats().Discards.State), 5)
-	assert.Equal(t, 0, open, "every conn closed after Close")
 	assert.Equal(t, 0, p.ActiveCount())
 }
 
