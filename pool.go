@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net"
 	"runtime"
@@ -120,11 +121,14 @@ type Pool struct {
 	// Unlike redis.Pool, zero never means unlimited.
 	MaxActive int
 
-	// IdleTimeout closes connections that stayed idle this long. When zero, it
-	// is DefaultIdleTimeout (4 minutes); idle connections are always closed
-	// eventually. Keep it below the server's and any proxy's idle timeout.
-	// Idle time counts from when a connection was last handed out, so one
-	// held longer than IdleTimeout is closed rather than handed out again.
+	// IdleTimeout closes connections that stayed idle this long, when Get
+	// comes to them. When zero, it is DefaultIdleTimeout (4 minutes). Keep it
+	// below the server's and any proxy's idle timeout. Idle time counts from
+	// when a connection was last handed out, so one held longer than
+	// IdleTimeout is closed rather than handed out again. Idle connections
+	// are reused in turn, longest idle first; so that a trickle of Gets does
+	// not keep a burst's connections open for ever, once per IdleTimeout the
+	// pool also closes as many idle connections as no Get needed in that time.
 	IdleTimeout time.Duration
 
 	// Wait is accepted for compatibility with redis.Pool and has no effect:
@@ -224,9 +228,11 @@ type Pool struct {
 	limiter    logLimiter
 
 	// Atomic, read without mu.
-	gen     atomic.Uint64 // raised by Retire: older connections are not reused
-	active  atomic.Int64
-	waiters atomic.Int64 // callers parked in wait
+	gen      atomic.Uint64 // raised by Retire: older connections are not reused
+	active   atomic.Int64
+	waiters  atomic.Int64 // callers parked in wait
+	idleLow  atomic.Int64 // fewest idle connections a Get left since shrinkAt was set
+	shrinkAt atomic.Int64 // a time.Duration (see clock): when shrink next runs
 
 	waitCount   atomic.Int64
 	waitNanos   atomic.Int64
@@ -346,6 +352,8 @@ func (p *Pool) init() error {
 			p.permits <- struct{}{}
 		}
 		p.idle = make(chan *poolConn, n)
+		p.idleLow.Store(math.MaxInt64)
+		p.shrinkAt.Store(int64(p.cfg.idleTimeout))
 		p.dials = make(chan struct{}, p.cfg.maxDials)
 		for range p.cfg.maxDials {
 			p.dials <- struct{}{}
@@ -419,7 +427,9 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 		var pc *poolConn
 		select {
 		case pc = <-p.idle:
+			p.noteIdleLeft(int64(len(p.idle)))
 		default:
+			p.noteIdleLeft(0)
 			select {
 			case <-p.permits:
 			default:
@@ -539,7 +549,38 @@ func (p *Pool) usable(ctx context.Context, pc *poolConn) bool {
 		return false
 	}
 	pc.t = now
+	if now >= time.Duration(p.shrinkAt.Load()) {
+		p.shrink(now)
+	}
 	return true
+}
+
+// noteIdleLeft records how many idle connections a Get left: the fewest
+// over a period are connections nobody needed in it.
+func (p *Pool) noteIdleLeft(n int64) {
+	if n < p.idleLow.Load() {
+		p.idleLow.Store(n) // racy minimum: at worst one connection too many is closed
+	}
+}
+
+// shrink closes, once per IdleTimeout, as many idle connections as stayed
+// unused through the whole period. Idle connections are reused in turn, so a
+// trickle of Gets would otherwise keep every one of them from ever reaching
+// IdleTimeout, and the pool would never shrink after a burst.
+func (p *Pool) shrink(now time.Duration) {
+	at := p.shrinkAt.Load()
+	if !p.shrinkAt.CompareAndSwap(at, int64(now+p.cfg.idleTimeout)) {
+		return // another Get is doing it
+	}
+	surplus := p.idleLow.Swap(math.MaxInt64)
+	for ; surplus > 0; surplus-- {
+		select {
+		case pc := <-p.idle:
+			p.discard(pc, DiscardIdleTimeout)
+		default:
+			return
+		}
+	}
 }
 
 // healthy runs TestOnBorrow and TestOnBorrowContext. A panic in them closes

@@ -950,3 +950,37 @@ func TestAGetWaitingForAHungDialGivesUpAfterWaitTimeoutAndOnClose(t *testing.T) 
 		t.Fatal("Close did not wake a caller waiting for a dial")
 	}
 }
+
+func TestATrickleOfGetsLetsThePoolShrinkAfterABurst(t *testing.T) {
+	// Idle conns are reused in turn, so each is used every 10 s here and
+	// none reaches IdleTimeout; the pool still closes what nobody needed.
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 10, IdleTimeout: time.Minute}
+	defer p.Close()
+	closeAll(getN(t, p, 10))
+	for range 600 { // 10 minutes at one Get a second
+		clk.Advance(time.Second)
+		c := p.Get()
+		require.NoError(t, c.Err())
+		c.Close()
+	}
+	assert.LessOrEqual(t, p.ActiveCount(), 2)
+	assert.GreaterOrEqual(t, p.Stats().Discards.IdleTimeout, int64(8))
+	assert.EqualValues(t, 10, d.dials.Load(), "a trickle needs no new dials")
+}
+
+func TestASteadyLoadKeepsTheConnsItNeeds(t *testing.T) {
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 10, IdleTimeout: time.Minute}
+	defer p.Close()
+	for range 600 { // 4 conns in use at once, every second, for 10 minutes
+		clk.Advance(time.Second)
+		closeAll(getN(t, p, 4))
+	}
+	assert.Equal(t, 4, p.ActiveCount())
+	assert.EqualValues(t, 4, d.dials.Load(), "no churn under a steady load")
+}
