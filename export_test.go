@@ -3,11 +3,10 @@ package redispool
 import "time"
 
 // SetNowFunc replaces the pool's clock until the returned func is called.
-// A pool reads the clock it had when first used: set it before.
+// Set it before the pool's first use: the pool measures time from then.
 func SetNowFunc(f func() time.Time) (restore func()) {
-	old := nowFunc
-	nowFunc = f
-	return func() { nowFunc = old }
+	old := nowFunc.Swap(&f)
+	return func() { nowFunc.Store(old) }
 }
 
 // Backoff bounds, for tests that move the clock past a dial backoff.

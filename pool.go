@@ -45,8 +45,9 @@ var errNilConn = errors.New("redispool: Dial returned a nil connection and no er
 var errNilPool = errors.New("redispool: method called on a nil *Pool")
 
 // nowFunc, when set by tests, replaces the clock so that they move time
-// instead of sleeping.
-var nowFunc func() time.Time
+// instead of sleeping. It is atomic because goroutines a test leaves behind
+// (a dial it gave up on) may still read it when the next test sets it.
+var nowFunc atomic.Pointer[func() time.Time]
 
 // Dial backoff while the server refuses connections: the first retry waits
 // about backoffBase, each failure doubles the wait up to backoffCap, and the
@@ -370,15 +371,15 @@ func (p *Pool) init() error {
 // clock, which costs about half of time.Now, and the pool reads it twice per
 // Get and Close.
 func (p *Pool) clock() time.Duration {
-	if nowFunc != nil {
-		return nowFunc().Sub(p.epoch)
+	if f := nowFunc.Load(); f != nil {
+		return (*f)().Sub(p.epoch)
 	}
 	return time.Since(p.epoch)
 }
 
 func wallNow() time.Time {
-	if nowFunc != nil {
-		return nowFunc()
+	if f := nowFunc.Load(); f != nil {
+		return (*f)()
 	}
 	return time.Now()
 }

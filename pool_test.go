@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -924,9 +925,15 @@ func TestAWaiterThatGivesUpAsThePoolClosesLeavesNoOpenConn(t *testing.T) {
 
 func TestAGetWaitingForAHungDialGivesUpAfterWaitTimeoutAndOnClose(t *testing.T) {
 	release := make(chan struct{})
-	defer close(release)
+	var dialsEnded atomic.Int32
+	defer func() {
+		// The two dials given up on end before the test does.
+		close(release)
+		require.Eventually(t, func() bool { return dialsEnded.Load() == 2 }, 5*time.Second, time.Millisecond)
+	}()
 	d := &fakeDialer{}
 	p := &redispool.Pool{MaxActive: 2, WaitTimeout: 100 * time.Millisecond, Dial: func() (redis.Conn, error) {
+		defer dialsEnded.Add(1)
 		<-release
 		return d.Dial()
 	}}
@@ -936,6 +943,7 @@ func TestAGetWaitingForAHungDialGivesUpAfterWaitTimeoutAndOnClose(t *testing.T) 
 	assert.Less(t, time.Since(start), 2*time.Second, "bounded by WaitTimeout")
 
 	p2 := &redispool.Pool{MaxActive: 1, WaitTimeout: time.Hour, Dial: func() (redis.Conn, error) {
+		defer dialsEnded.Add(1)
 		<-release
 		return d.Dial()
 	}}
