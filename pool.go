@@ -182,10 +182,12 @@ type Pool struct {
 	// negative disables it.
 	WriteTimeout time.Duration
 
-	// WaitTimeout bounds how long Get waits for a connection when MaxActive are
-	// in use. When zero, ReadTimeout plus one second; negative means do not
-	// wait, fail at once. A Get that gives up returns an error matching
-	// ErrPoolExhausted and redis.ErrPoolExhausted.
+		// WaitTimeout bounds how long Get waits for a connection when MaxActive are
+	// in use, for a dial slot, and for a dial to finish (a dial given up on
+	// goes on and serves a later Get). When zero, ReadTimeout plus one second;
+	// negative means do not wait for a connection or a dial slot, fail at
+	// once. A Get that gives up returns an error matching ErrPoolExhausted and
+	// redis.ErrPoolExhausted.
 	WaitTimeout time.Duration
 
 	// MaxConcurrentDials is the most dials in progress at once. When zero, 8
@@ -992,7 +994,8 @@ func (p *Pool) idleLen() int {
 }
 
 // Close closes the idle connections and makes every later Get fail with
-// ErrPoolClosed; callers waiting in Get are woken with ErrPoolClosed.
+// ErrPoolClosed; callers waiting in Get, for a connection or for a dial, are
+// woken with ErrPoolClosed.
 // Connections still in use are closed when their holders close them, and
 // dials in progress close their connection when they finish. Close is
 // idempotent and always returns nil.
@@ -1010,7 +1013,8 @@ func (p *Pool) Close() error {
 }
 
 // Retire makes the pool stop reusing every connection open now: idle ones are
-// closed at once, those in use when they are returned. New connections are
+// closed at once (one returned at the same moment is closed when Get comes to
+// it), those in use when they are returned. New connections are
 // dialed as needed. Use it when the server behind the address changed, for
 // example after a failover or a credentials rotation. The pool retires its
 // connections by itself when one gets a READONLY reply.
