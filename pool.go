@@ -182,7 +182,7 @@ type Pool struct {
 	// negative disables it.
 	WriteTimeout time.Duration
 
-		// WaitTimeout bounds how long Get waits for a connection when MaxActive are
+	// WaitTimeout bounds how long Get waits for a connection when MaxActive are
 	// in use, for a dial slot, and for a dial to finish (a dial given up on
 	// goes on and serves a later Get). When zero, ReadTimeout plus one second;
 	// negative means do not wait for a connection or a dial slot, fail at
