@@ -183,8 +183,9 @@ type Pool struct {
 	WriteTimeout time.Duration
 
 	// WaitTimeout bounds how long Get waits for a connection when MaxActive are
-	// in use, for a dial slot, and for a dial to finish (a dial given up on
-	// goes on and serves a later Get). When zero, ReadTimeout plus one second;
+	// in use, for a dial slot, and for a Dial of the user's to finish (a dial
+	// given up on goes on and serves a later Get; the pool's own dials are
+	// bounded by DialTimeout). When zero, ReadTimeout plus one second;
 	// negative means do not wait for a connection or a dial slot, fail at
 	// once. A Get that gives up returns an error matching ErrPoolExhausted and
 	// redis.ErrPoolExhausted.
@@ -653,10 +654,12 @@ func (p *Pool) dial(ctx context.Context) (_ *poolConn, err error) {
 	p.dialCount.Add(1)
 	go p.runDial(context.WithoutCancel(ctx), call)
 
-	// The caller waits for the dial as for a connection: until ctx ends,
-	// WaitTimeout passes or the pool closes. A dial given up on goes on.
+	// The caller waits for the dial until ctx ends or the pool closes, and
+	// for a dial that DialTimeout does not bound (a Dial of the user's, or
+	// DialTimeout disabled) until WaitTimeout passes. A dial given up on goes
+	// on, and serves a later Get.
 	var timeout <-chan time.Time
-	if p.cfg.waitTimeout >= 0 {
+	if p.cfg.waitTimeout >= 0 && (p.cfg.userDial || p.cfg.dialTimeout == 0) {
 		timer := timerPool.Get().(*time.Timer)
 		timer.Reset(p.cfg.waitTimeout)
 		defer func() {
