@@ -794,7 +794,8 @@ func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 }
 
 // handOff gives the result of a dial whose caller gave up to the pool: the
-// connection goes to the idle set for the next caller, and the token back.
+// connection goes to the idle set for the next caller, or, when the dial
+// failed, its permit goes back.
 func (p *Pool) handOff(call *dialCall) {
 	if call.err != nil {
 		p.active.Add(-1)
