@@ -37,6 +37,11 @@ var ErrConnClosed = errors.New("redispool: use of closed connection")
 // old one. Close it and get another.
 var ErrConnRetired = errors.New("redispool: connection retired after a failover; get a new one")
 
+// ErrDialBackoff is wrapped, together with the last dial error, by the error
+// Get and GetContext return at once, without dialing, while dials fail and the
+// pool backs off (see MaxConcurrentDials). errors.Is finds both.
+var ErrDialBackoff = errors.New("redispool: not dialing while dials fail")
+
 // errNilConn is the dial error for a Dial that returned neither a connection
 // nor an error.
 var errNilConn = errors.New("redispool: Dial returned a nil connection and no error")
@@ -715,7 +720,7 @@ func (p *Pool) dialAllowed() (bool, error) {
 	}
 	if now := p.clock(); p.probing || now < p.nextDial {
 		p.fastFails.Add(1)
-		return false, fmt.Errorf("redispool: not dialing for %v after %d failed dials: %w",
+		return false, fmt.Errorf("%w: next dial in %v, after %d failed dials: %w", ErrDialBackoff,
 			max(p.nextDial-now, 0).Round(time.Millisecond), p.dialFails, p.dialErr)
 	}
 	p.probing = true

@@ -503,6 +503,7 @@ func TestWhileDialsFailCallersGetTheLastDialErrorAtOnce(t *testing.T) {
 	for range 100 {
 		_, err := p.GetContext(context.Background())
 		require.ErrorIs(t, err, dialErr)
+		require.ErrorIs(t, err, redispool.ErrDialBackoff)
 	}
 	assert.EqualValues(t, 1, d.dials.Load(), "no dial during the backoff")
 	assert.EqualValues(t, 100, p.Stats().FastFailCount)

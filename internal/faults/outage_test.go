@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -57,7 +56,7 @@ type failKinds struct {
 
 func (k *failKinds) add(err error) {
 	switch {
-	case strings.Contains(err.Error(), "not dialing for"):
+	case errors.Is(err, redispool.ErrDialBackoff):
 		k.fastFail.Add(1)
 	case errors.Is(err, syscall.ECONNREFUSED):
 		k.refused.Add(1)
