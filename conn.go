@@ -58,15 +58,15 @@ var subscribed = [...]connState{
 // As with redigo's connections, one goroutine may Send and Flush while another
 // Receives, so the bookkeeping is under pc.mu; no I/O happens under it.
 type activeConn struct {
-	pc   *poolConn  // ours while pc.owner is this conn
-	leak *leakWatch // set when LeakThreshold is on
+	pc  *poolConn
+	seq uint64 // ours while pc.seq is this
 }
 
 // lock locks the pooled connection's bookkeeping, if this conn still owns it.
 func (ac *activeConn) lock() (*poolConn, error) {
 	pc := ac.pc
 	pc.mu.Lock()
-	if pc.owner.Load() != ac {
+	if pc.seq != ac.seq {
 		pc.mu.Unlock()
 		return nil, ErrConnClosed
 	}
@@ -489,13 +489,15 @@ func (ac *activeConn) Close() error {
 	if err != nil {
 		return nil // closed already
 	}
-	pc.owner.Store(nil)
+	pc.seq++ // every later call on ac fails
+	leak := pc.leak
+	pc.leak = nil
 	p := pc.p
 	if pc.borrowState == (borrowState{db: p.cfg.db}) {
 		// Nothing to undo: the common case, without copying the state.
 		pc.mu.Unlock()
-		if ac.leak != nil {
-			ac.leak.timer.Stop()
+		if leak != nil {
+			leak.timer.Stop()
 		}
 		if err := pc.c.Err(); err != nil {
 			p.discardErr(pc, DiscardBroken, err)
@@ -507,8 +509,8 @@ func (ac *activeConn) Close() error {
 	st := pc.borrowState
 	pc.borrowState = borrowState{db: p.cfg.db}
 	pc.mu.Unlock()
-	if ac.leak != nil {
-		ac.leak.timer.Stop()
+	if leak != nil {
+		leak.timer.Stop()
 	}
 	return p.release(pc, &st)
 }

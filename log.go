@@ -90,7 +90,7 @@ type leakWatch struct {
 }
 
 // watchLeak starts the leak timer for a conn just handed out.
-func (p *Pool) watchLeak(ac *activeConn) {
+func (p *Pool) watchLeak() *leakWatch {
 	w := &leakWatch{pcs: make([]uintptr, 32)}
 	// Skip runtime.Callers, watchLeak and GetContext (and Get, if used).
 	n := runtime.Callers(3, w.pcs)
@@ -102,7 +102,7 @@ func (p *Pool) watchLeak(ac *activeConn) {
 			slog.Duration("held", time.Since(start)),
 			slog.String("borrowed_at", formatStack(w.pcs)))
 	})
-	ac.leak = w
+	return w
 }
 
 // formatStack renders the borrower's frames, leaving out the pool's own.

@@ -265,10 +265,12 @@ type poolConn struct {
 	t       time.Duration         // when last handed out, or dialed
 
 	// The borrower's bookkeeping, kept here so that the conn handed out is
-	// two words. owner is the conn handed out; once its Close ran it is no
-	// longer the owner, and every call on it fails without touching this.
-	owner atomic.Pointer[activeConn]
-	mu    sync.Mutex // protects borrowState; never held across network I/O
+	// two words. Close raises seq, under mu: a conn handed out carries the
+	// seq it was handed out with, and once its Close ran every call on it
+	// fails without touching this.
+	mu   sync.Mutex // protects seq, leak and borrowState; never held across network I/O
+	seq  uint64
+	leak *leakWatch // the borrow's, when LeakThreshold is on
 	borrowState
 }
 
@@ -413,10 +415,11 @@ func (p *Pool) GetContext(ctx context.Context) (redis.Conn, error) {
 	if err != nil {
 		return errorConn{err}, err
 	}
-	ac := &activeConn{pc: pc}
-	pc.owner.Store(ac)
+	// pc is ours alone: the last borrower's Close wrote pc.seq before the
+	// pool had it back, and stale handles only read it.
+	ac := &activeConn{pc: pc, seq: pc.seq}
 	if p.LeakThreshold > 0 {
-		p.watchLeak(ac)
+		pc.leak = p.watchLeak()
 	}
 	return ac, nil
 }
