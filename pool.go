@@ -8,7 +8,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -215,10 +214,11 @@ type Pool struct {
 	LeakThreshold time.Duration
 
 	// Set once by init, read-only after.
-	initOnce sync.Once
-	epoch    time.Time // the pool's clock reads the time since epoch
-	cfg      config
-	cfgErr   error
+	initOnce  sync.Once
+	epoch     time.Time // the pool's clock reads the time since epoch
+	epochMono time.Time // the real clock's epoch, for waits (see monotonic)
+	cfg       config
+	cfgErr    error
 	// The bound: every connection that may exist is a token in one of two
 	// channels, or checked out: MaxActive = permits + idle + checked out.
 	// A dial takes a permit; a connection that is closed gives one back.
@@ -227,6 +227,12 @@ type Pool struct {
 	dials   chan struct{}  // one token per dial in progress
 	done    chan struct{}  // closed by Close
 	closed  atomic.Bool    // set once by Close, before done is closed
+
+	// Callers waiting for a token (see wait.go).
+	wmu        sync.Mutex  // protects waitq and timerArmed
+	waitq      waitList    // first come first served
+	timerArmed bool        // waitTimer is set for the first waiter's deadline
+	waitTimer  *time.Timer // calls expireWaiters
 
 	mu         sync.Mutex    // protects the fields below; never held across network I/O
 	dialErr    error         // the last dial error, nil once a dial succeeds
@@ -239,7 +245,7 @@ type Pool struct {
 	// Atomic, read without mu.
 	gen      atomic.Uint64 // raised by Retire: older connections are not reused
 	active   atomic.Int64
-	waiters  atomic.Int64 // callers parked in wait
+	waiters  atomic.Int64 // callers in waitq
 	idleLow  atomic.Int64 // fewest idle connections a Get left since shrinkAt was set
 	shrinkAt atomic.Int64 // a time.Duration (see clock): when shrink next runs
 
@@ -353,6 +359,9 @@ func (d DiscardStats) Total() int64 {
 func (p *Pool) init() error {
 	p.initOnce.Do(func() {
 		p.epoch = wallNow()
+		p.epochMono = time.Now()
+		p.waitTimer = time.AfterFunc(time.Hour, p.expireWaiters)
+		p.waitTimer.Stop()
 		p.cfg, p.cfgErr = p.buildConfig()
 		n := p.cfg.maxActive
 		if p.cfgErr != nil {
@@ -461,66 +470,6 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 			return nil, err
 		}
 	}
-}
-
-// wait waits until ctx ends, WaitTimeout passes or the pool closes, for an
-// idle connection or, when it returns neither one nor an error, a permit.
-func (p *Pool) wait(ctx context.Context) (*poolConn, error) {
-	if p.cfg.waitTimeout < 0 {
-		return nil, p.exhausted(fmt.Errorf("%w: all %d connections are in use and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxActive))
-	}
-	// A connection often comes back within a scheduling round: yield once
-	// before paying for a timer, unless others wait already, who would get
-	// it first.
-	if p.waiters.Load() == 0 {
-		runtime.Gosched()
-		select {
-		case pc := <-p.idle:
-			return p.gotWhileWaiting(ctx, pc)
-		case <-p.permits:
-			return p.gotWhileWaiting(ctx, nil)
-		default:
-		}
-	}
-	p.waiters.Add(1)
-	defer p.waiters.Add(-1)
-	start := time.Now()
-	timer := timerPool.Get().(*time.Timer)
-	timer.Reset(p.cfg.waitTimeout)
-	defer func() {
-		timer.Stop()
-		timerPool.Put(timer)
-		p.waitNanos.Add(int64(time.Since(start)))
-	}()
-	p.waitCount.Add(1)
-	select {
-	case pc := <-p.idle:
-		return p.gotWhileWaiting(ctx, pc)
-	case <-p.permits:
-		return p.gotWhileWaiting(ctx, nil)
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-p.done:
-		return nil, ErrPoolClosed
-	case <-timer.C:
-		return nil, p.exhausted(fmt.Errorf("%w: all %d connections stayed in use for %v (WaitTimeout)", ErrPoolExhausted, p.cfg.maxActive, p.cfg.waitTimeout))
-	}
-}
-
-// gotWhileWaiting gives back what a waiter got if its context ended
-// meanwhile: select picks at random among ready cases, and a caller that gave
-// up must not get a connection.
-func (p *Pool) gotWhileWaiting(ctx context.Context, pc *poolConn) (*poolConn, error) {
-	err := ctx.Err()
-	switch {
-	case err == nil:
-		return pc, nil
-	case pc != nil:
-		p.put(pc)
-	default:
-		p.permits <- struct{}{}
-	}
-	return nil, err
 }
 
 // timerPool recycles the timers that bound waits. A stopped timer's channel
@@ -632,7 +581,7 @@ func (p *Pool) dial(ctx context.Context) (_ *poolConn, err error) {
 	handedOff := false
 	defer func() {
 		if err != nil && !handedOff {
-			p.permits <- struct{}{}
+			p.releasePermit()
 		}
 	}()
 	probe, err := p.dialAllowed()
@@ -701,7 +650,7 @@ func (p *Pool) dial(ctx context.Context) (_ *poolConn, err error) {
 	}
 	if call.panicked != nil {
 		p.active.Add(-1)
-		p.permits <- struct{}{}
+		p.releasePermit()
 		handedOff = true
 		panic(call.panicked)
 	}
@@ -807,7 +756,7 @@ func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 func (p *Pool) handOff(call *dialCall) {
 	if call.err != nil {
 		p.active.Add(-1)
-		p.permits <- struct{}{}
+		p.releasePermit()
 		return
 	}
 	p.put(call.pc)
@@ -914,10 +863,14 @@ func (p *Pool) put(pc *poolConn) {
 		p.discard(pc, DiscardPoolClosed)
 	case pc.gen != p.gen.Load():
 		p.discard(pc, DiscardRetired)
+	case p.waiters.Load() > 0 && p.handToWaiter(grant{pc: pc}):
 	case len(p.idle) >= p.cfg.maxIdle:
 		p.discard(pc, DiscardMaxIdle)
 	default:
 		p.idle <- pc // never blocks: there is room for every connection
+		if p.waiters.Load() > 0 {
+			p.serve() // a caller queued as this one came back
+		}
 		// Close may have emptied the idle set before the send: then nobody
 		// else will, so empty it again.
 		if p.closed.Load() {
@@ -947,7 +900,7 @@ func (p *Pool) discard(pc *poolConn, reason DiscardReason) {
 func (p *Pool) discardErr(pc *poolConn, reason DiscardReason, err error) {
 	pc.c.Close()
 	p.active.Add(-1)
-	p.permits <- struct{}{}
+	p.releasePermit()
 	p.discards[reason].Add(1)
 	p.logDiscarded(reason, err)
 }
@@ -1020,6 +973,7 @@ func (p *Pool) Close() error {
 		return nil
 	}
 	close(p.done)
+	p.wakeAll()
 	p.drainIdle(DiscardPoolClosed)
 	return nil
 }

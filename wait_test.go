@@ -1,0 +1,200 @@
+package redispool_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redispool/redispool"
+)
+
+// startWaiter starts a Get that must wait, and returns once the pool counts
+// it as waiting.
+func startWaiter(t *testing.T, p *redispool.Pool, ctx context.Context, got func(err error)) {
+	t.Helper()
+	before := p.Stats().WaitCount
+	go func() {
+		c, err := p.GetContext(ctx)
+		got(err)
+		if err == nil {
+			c.Close()
+		}
+	}()
+	require.Eventually(t, func() bool { return p.Stats().WaitCount == before+1 }, 5*time.Second, time.Millisecond)
+}
+
+func TestWaitersAreServedFirstComeFirstServed(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 10 * time.Second}
+	defer p.Close()
+	held := p.Get()
+	const n = 8
+	order := make(chan int, n)
+	for i := range n {
+		startWaiter(t, p, context.Background(), func(err error) {
+			assert.NoError(t, err)
+			order <- i // before Close hands the conn to the next waiter
+		})
+	}
+	held.Close()
+	for want := range n {
+		select {
+		case got := <-order:
+			require.Equal(t, want, got, "waiter %d was served out of turn", got)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("waiter %d never served", want)
+		}
+	}
+	assert.EqualValues(t, 1, d.dials.Load(), "every waiter reused the one conn")
+}
+
+func TestAWaiterWhoseContextEndsLeavesTheQueue(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 10 * time.Second}
+	defer p.Close()
+	held := p.Get()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	startWaiter(t, p, ctx, func(err error) { first <- err })
+	second := make(chan error, 1)
+	startWaiter(t, p, context.Background(), func(err error) { second <- err })
+
+	cancel()
+	select {
+	case err := <-first:
+		assert.Equal(t, context.Canceled, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("cancelled waiter still waiting")
+	}
+	held.Close() // must reach the second waiter, not the one that left
+	select {
+	case err := <-second:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the conn given back went to a waiter that had left")
+	}
+	require.Eventually(t, func() bool { return p.IdleCount() == 1 }, 5*time.Second, time.Millisecond)
+	assert.Equal(t, 1, p.ActiveCount())
+	assert.EqualValues(t, 1, d.dials.Load())
+}
+
+func TestEachWaiterGivesUpAfterItsOwnWaitTimeout(t *testing.T) {
+	const wait = 600 * time.Millisecond
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: wait}
+	defer p.Close()
+	held := p.Get()
+	defer held.Close()
+
+	type result struct {
+		err     error
+		elapsed time.Duration
+	}
+	results := make([]chan result, 3)
+	for i := range results {
+		results[i] = make(chan result, 1)
+		start := time.Now()
+		startWaiter(t, p, context.Background(), func(err error) {
+			results[i] <- result{err, time.Since(start)}
+		})
+		time.Sleep(wait / 3) // staggered: one timer serves deadlines apart
+	}
+	for i, ch := range results {
+		select {
+		case r := <-ch:
+			assert.ErrorIs(t, r.err, redispool.ErrPoolExhausted, "waiter %d", i)
+			assert.GreaterOrEqual(t, r.elapsed, wait, "waiter %d gave up early", i)
+			assert.Less(t, r.elapsed, wait+250*time.Millisecond, "waiter %d gave up late", i)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("waiter %d never gave up", i)
+		}
+	}
+	assert.EqualValues(t, 3, p.Stats().WaitTimeoutCount)
+
+	// The timer is set again for waiters who come after the queue emptied.
+	start := time.Now()
+	_, err := p.GetContext(context.Background())
+	assert.ErrorIs(t, err, redispool.ErrPoolExhausted)
+	assert.GreaterOrEqual(t, time.Since(start), wait)
+}
+
+// lateContext is a context whose Err a test sets without closing Done, so that
+// a waiter is handed a conn or a permit after its context ended: the order in
+// which a real context's cancellation and a grant race.
+type lateContext struct {
+	context.Context
+	done chan struct{}
+	err  atomic.Pointer[error]
+}
+
+func newLateContext() *lateContext {
+	return &lateContext{Context: context.Background(), done: make(chan struct{})}
+}
+
+func (c *lateContext) Done() <-chan struct{} { return c.done }
+
+func (c *lateContext) Err() error {
+	if e := c.err.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+func (c *lateContext) end(err error) { c.err.Store(&err) }
+
+func TestAConnGrantedAfterTheContextEndedGoesBackToThePool(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 10 * time.Second}
+	defer p.Close()
+	held := p.Get()
+
+	ctx := newLateContext()
+	errEnded := errors.New("caller gave up")
+	got := make(chan error, 1)
+	startWaiter(t, p, ctx, func(err error) { got <- err })
+	ctx.end(errEnded)
+	held.Close()
+	select {
+	case err := <-got:
+		assert.Equal(t, errEnded, err, "a caller that gave up gets its context's error, not a conn")
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiter not woken")
+	}
+	assert.Equal(t, 1, p.IdleCount(), "the conn went back to the idle set")
+	assert.Equal(t, 1, p.ActiveCount())
+	c := p.Get()
+	require.NoError(t, c.Err())
+	c.Close()
+	assert.EqualValues(t, 1, d.dials.Load())
+}
+
+func TestAPermitGrantedAfterTheContextEndedGoesBackToThePool(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 10 * time.Second}
+	defer p.Close()
+	held := p.Get()
+
+	ctx := newLateContext()
+	got := make(chan error, 1)
+	startWaiter(t, p, ctx, func(err error) { got <- err })
+	ctx.end(context.Canceled)
+	p.Retire()
+	held.Close() // closed, not kept: its permit goes to the waiter
+	select {
+	case err := <-got:
+		assert.Equal(t, context.Canceled, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiter not woken")
+	}
+	assert.Equal(t, 0, p.ActiveCount(), "the waiter did not dial")
+	c := p.Get()
+	require.NoError(t, c.Err(), "the permit came back")
+	c.Close()
+	assert.EqualValues(t, 2, d.dials.Load())
+}
