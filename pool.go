@@ -220,8 +220,9 @@ type Pool struct {
 	cfg       config
 	cfgErr    error
 	// The bound: every connection that may exist is a token in one of two
-	// channels, or checked out: MaxActive = permits + idle + checked out.
-	// A dial takes a permit; a connection that is closed gives one back.
+	// channels, on its way to a waiter, or checked out: MaxActive = permits +
+	// idle + granted + checked out. A dial takes a permit; a connection that
+	// is closed gives one back.
 	permits chan struct{}  // one per connection that may still be dialed
 	idle    chan *poolConn // idle connections, longest idle first
 	dials   chan struct{}  // one token per dial in progress
