@@ -130,8 +130,10 @@ type Pool struct {
 	// comes to them. When zero, it is DefaultIdleTimeout (4 minutes). Keep it
 	// below the server's and any proxy's idle timeout. Idle time counts from
 	// when a connection was last handed out, so one held longer than
-	// IdleTimeout is closed rather than handed out again. Idle connections
-	// are reused in turn, longest idle first; so that a trickle of Gets does
+	// IdleTimeout is closed rather than handed out again. Get takes first the
+	// connection in a one-place hot slot, which Close fills when it is empty
+	// (a caller alone reuses one connection), then the others, longest idle
+	// first; so that a trickle of Gets does
 	// not keep a burst's connections open for ever, once per IdleTimeout the
 	// pool also closes as many idle connections as no Get needed in that time.
 	IdleTimeout time.Duration
@@ -220,14 +222,18 @@ type Pool struct {
 	cfg       config
 	cfgErr    error
 	// The bound: every connection that may exist is a token in one of two
-	// channels, on its way to a waiter, or checked out: MaxActive = permits +
-	// idle + granted + checked out. A dial takes a permit; a connection that
+	// channels, in the hot slot, on its way to a waiter, or checked out:
+	// MaxActive = permits + idle + hot + granted + checked out. A dial takes a permit; a connection that
 	// is closed gives one back.
 	permits chan struct{}  // one per connection that may still be dialed
 	idle    chan *poolConn // idle connections, longest idle first
-	dials   chan struct{}  // one token per dial in progress
-	done    chan struct{}  // closed by Close
-	closed  atomic.Bool    // set once by Close, before done is closed
+	// hot holds an idle connection that Get takes before those in idle. put
+	// fills it when it is empty, so a caller alone reuses one connection
+	// with an atomic swap each way instead of two channel operations.
+	hot    atomic.Pointer[poolConn]
+	dials  chan struct{} // one token per dial in progress
+	done   chan struct{} // closed by Close
+	closed atomic.Bool   // set once by Close, before done is closed
 
 	// Callers waiting for a token (see wait.go).
 	wmu        sync.Mutex  // protects waitq and timerArmed
@@ -446,18 +452,22 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 		if p.closed.Load() {
 			return nil, ErrPoolClosed
 		}
-		var pc *poolConn
-		select {
-		case pc = <-p.idle:
+		pc := p.takeHot()
+		if pc != nil {
 			p.noteIdleLeft(int64(len(p.idle)))
-		default:
-			p.noteIdleLeft(0)
+		} else {
 			select {
-			case <-p.permits:
+			case pc = <-p.idle:
+				p.noteIdleLeft(int64(len(p.idle)))
 			default:
-				var err error
-				if pc, err = p.wait(ctx); err != nil {
-					return nil, err
+				p.noteIdleLeft(0)
+				select {
+				case <-p.permits:
+				default:
+					var err error
+					if pc, err = p.wait(ctx); err != nil {
+						return nil, err
+					}
 				}
 			}
 		}
@@ -865,23 +875,41 @@ func (p *Pool) put(pc *poolConn) {
 	case pc.gen != p.gen.Load():
 		p.discard(pc, DiscardRetired)
 	case p.waiters.Load() > 0 && p.handToWaiter(grant{pc: pc}):
-	case len(p.idle) >= p.cfg.maxIdle:
+	case p.hot.Load() == nil && p.hot.CompareAndSwap(nil, pc):
+		p.idled()
+	case p.idleNow() >= p.cfg.maxIdle:
 		p.discard(pc, DiscardMaxIdle)
 	default:
 		p.idle <- pc // never blocks: there is room for every connection
-		if p.waiters.Load() > 0 {
-			p.serve() // a caller queued as this one came back
-		}
-		// Close may have emptied the idle set before the send: then nobody
-		// else will, so empty it again.
-		if p.closed.Load() {
-			p.drainIdle(DiscardPoolClosed)
-		}
+		p.idled()
 	}
+}
+
+// idled follows a connection made idle by put.
+func (p *Pool) idled() {
+	if p.waiters.Load() > 0 {
+		p.serve() // a caller queued as this one came back
+	}
+	// Close may have emptied the idle set before this one joined it: then
+	// nobody else will, so empty it again.
+	if p.closed.Load() {
+		p.drainIdle(DiscardPoolClosed)
+	}
+}
+
+// takeHot takes the connection in the hot slot, if there is one.
+func (p *Pool) takeHot() *poolConn {
+	if p.hot.Load() == nil {
+		return nil // no atomic write when there is nothing to take
+	}
+	return p.hot.Swap(nil)
 }
 
 // drainIdle discards every idle connection.
 func (p *Pool) drainIdle(reason DiscardReason) {
+	if pc := p.takeHot(); pc != nil {
+		p.discard(pc, reason)
+	}
 	for {
 		select {
 		case pc := <-p.idle:
@@ -956,7 +984,16 @@ func (p *Pool) idleLen() int {
 	if p.init() != nil {
 		return 0
 	}
-	return len(p.idle)
+	return p.idleNow()
+}
+
+// idleNow is the number of idle connections of a pool in use.
+func (p *Pool) idleNow() int {
+	n := len(p.idle)
+	if p.hot.Load() != nil {
+		n++
+	}
+	return n
 }
 
 // Close closes the idle connections and makes every later Get fail with

@@ -18,9 +18,10 @@ import (
 //
 // Giving back and queueing race: a token can be sent to a channel just as a
 // caller that found the channels empty queues. Both sides close the gap the
-// same way, in opposite orders: whoever gives back sends to the channel, then
-// looks at waiters; a caller queues, counts itself in waiters, then looks at
-// the channels again (serveLocked). One of them sees the other.
+// same way, in opposite orders: whoever gives back puts the token in its
+// channel (or the hot slot), then looks at waiters; a caller queues, counts
+// itself in waiters, then looks at the hot slot and the channels again
+// (serveLocked). One of them sees the other.
 
 // waiter is a caller parked in wait.
 type waiter struct {
@@ -93,6 +94,9 @@ func (p *Pool) wait(ctx context.Context) (*poolConn, error) {
 	// before queueing, unless others wait already, who would get it first.
 	if p.waiters.Load() == 0 {
 		runtime.Gosched()
+		if pc := p.takeHot(); pc != nil {
+			return p.granted(ctx, grant{pc: pc})
+		}
 		select {
 		case pc := <-p.idle:
 			return p.granted(ctx, grant{pc: pc})
@@ -185,14 +189,16 @@ func (p *Pool) handToWaiter(g grant) bool {
 // served, while there are both. p.wmu is held.
 func (p *Pool) serveLocked() {
 	for p.waitq.head != nil {
-		var g grant
-		select {
-		case g.pc = <-p.idle:
-		default:
+		g := grant{pc: p.takeHot()}
+		if g.pc == nil {
 			select {
-			case <-p.permits:
+			case g.pc = <-p.idle:
 			default:
-				return
+				select {
+				case <-p.permits:
+				default:
+					return
+				}
 			}
 		}
 		p.waitq.popFront().ch <- g

@@ -3,6 +3,7 @@ package redispool_test
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -197,4 +198,36 @@ func TestAPermitGrantedAfterTheContextEndedGoesBackToThePool(t *testing.T) {
 	require.NoError(t, c.Err(), "the permit came back")
 	c.Close()
 	assert.EqualValues(t, 2, d.dials.Load())
+}
+
+func TestAConnGivenBackAsACallerQueuesReachesIt(t *testing.T) {
+	// Close may see no waiter and make the conn idle just as a caller that
+	// found nothing idle queues: the caller must still get it, not wait for
+	// the next Close, which never comes here.
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 10 * time.Second}
+	defer p.Close()
+	for i := range 20000 {
+		held := p.Get()
+		require.NoError(t, held.Err())
+		got := make(chan error, 1)
+		go func() {
+			c, err := p.GetContext(context.Background())
+			if err == nil {
+				c.Close()
+			}
+			got <- err
+		}()
+		for range i % 64 { // move the Close across the caller's steps
+			runtime.Gosched()
+		}
+		held.Close()
+		select {
+		case err := <-got:
+			require.NoError(t, err)
+		case <-time.After(2 * time.Second):
+			t.Fatalf("round %d: the caller missed the conn given back as it queued", i)
+		}
+	}
+	assert.EqualValues(t, 1, d.dials.Load())
 }
