@@ -133,9 +133,9 @@ type Pool struct {
 	// IdleTimeout is closed rather than handed out again. Get takes first the
 	// connection in a one-place hot slot, which Close fills when it is empty
 	// (a caller alone reuses one connection), then the others, longest idle
-	// first; so that a trickle of Gets does
-	// not keep a burst's connections open for ever, once per IdleTimeout the
-	// pool also closes as many idle connections as no Get needed in that time.
+	// first. So that a trickle of Gets does not keep a burst's connections
+	// open for ever, once per IdleTimeout the pool also closes as many idle
+	// connections as no Get needed in that time.
 	IdleTimeout time.Duration
 
 	// Wait is accepted for compatibility with redis.Pool and has no effect:
