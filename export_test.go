@@ -14,3 +14,10 @@ const (
 	BackoffBase = backoffBase
 	BackoffCap  = backoffCap
 )
+
+// SetWatchPing changes how often the pool pings the sentinels it subscribes
+// to, until the returned func is called.
+func SetWatchPing(d time.Duration) (restore func()) {
+	old := watchPingForTests.Swap(int64(d))
+	return func() { watchPingForTests.Store(old) }
+}

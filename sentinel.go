@@ -36,6 +36,23 @@ const (
 	watchBackoffCap  = 5 * time.Second
 )
 
+// watchPing is how often a subscription to switchChannel pings its
+// sentinel. A sentinel that hangs with its connection open sends nothing, as
+// one with nothing to announce does; its missing pong tells them apart, so
+// the subscription is dialed again and the sentinel heard once it recovers.
+const watchPing = 2 * time.Second
+
+// watchPingForTests, when positive, replaces watchPing. Atomic, so that a
+// test can set it while goroutines of pools closed by earlier tests end.
+var watchPingForTests atomic.Int64
+
+func watchPingInterval() time.Duration {
+	if d := watchPingForTests.Load(); d > 0 {
+		return time.Duration(d)
+	}
+	return watchPing
+}
+
 // Sentinel finds a Redis master through Redis Sentinel. Set it as
 // Pool.Sentinel, with Addr, Dial and DialContext unset: the pool asks the
 // sentinels for the master's address once, dials the master with its own
@@ -49,11 +66,12 @@ const (
 // failover, not once per request.
 //
 // The pool also listens to the sentinels' +switch-master announcements (one
-// subscription per sentinel, closed by Pool.Close), because after SENTINEL
-// FAILOVER the old master stays a writable master for several seconds before
-// the sentinels turn it into a replica: on an announcement the pool takes the
-// new master's address from it and retires every connection to the old one
-// at once.
+// subscription per sentinel, pinged every 2 s and dialed again when a
+// sentinel fails or stops answering, closed by Pool.Close), because after
+// SENTINEL FAILOVER the old master stays a writable master for several
+// seconds before the sentinels turn it into a replica: on an announcement
+// the pool takes the new master's address from it and retires every
+// connection to the old one at once.
 //
 // A Sentinel must not be copied after first use, nor shared between pools.
 type Sentinel struct {
@@ -300,7 +318,8 @@ func (s *Sentinel) subscribe(p *Pool, addr string) {
 }
 
 // listen subscribes to +switch-master on one sentinel and follows its
-// announcements until the connection fails or ctx ends.
+// announcements until the connection fails, the sentinel stops answering its
+// pings, or ctx ends.
 func (s *Sentinel) listen(ctx context.Context, p *Pool, addr string) error {
 	timeout := sentinelTimeout(p.cfg.dialTimeout, 1)
 	c, err := s.dialSentinel(ctx, addr, timeout, 0)
@@ -318,8 +337,27 @@ func (s *Sentinel) listen(ctx context.Context, p *Pool, addr string) error {
 	if err := psc.Subscribe(switchChannel); err != nil {
 		return err
 	}
+	interval := watchPingInterval()
+	pinging := make(chan struct{})
+	defer close(pinging)
+	go func() {
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-pinging:
+				return
+			case <-tick.C:
+				if psc.Ping("") != nil {
+					return // the Receive below fails too
+				}
+			}
+		}
+	}()
 	for {
-		switch m := psc.Receive().(type) {
+		// Something, a pong at least, arrives every interval from a
+		// sentinel that works.
+		switch m := psc.ReceiveWithTimeout(interval + timeout).(type) {
 		case error:
 			return m
 		case redis.Message:

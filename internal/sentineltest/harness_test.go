@@ -292,15 +292,16 @@ func (r *run) monitor(c *cluster, watchOld bool) {
 
 // checkSubscribed fails t unless the pool subscribed to +switch-master on
 // every sentinel within 2 s of its first dial: a subscriber on a sentinel
-// (CLIENT LIST shows cmd=subscribe) can only be the pool, since sentinels
-// subscribe on the Redis servers, not on each other.
+// (CLIENT LIST shows sub=1; its last command is SUBSCRIBE or the pool's
+// PING) can only be the pool, since sentinels subscribe on the Redis
+// servers, not on each other.
 func checkSubscribed(t *testing.T, c *cluster) {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Second)
 	for _, s := range c.sentinels {
 		for {
 			list, _ := redis.String(s.Do(t, "CLIENT", "LIST"), nil)
-			if strings.Contains(list, "cmd=subscribe") {
+			if strings.Contains(list, " sub=1 ") {
 				break
 			}
 			if time.Now().After(deadline) {
