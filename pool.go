@@ -223,8 +223,8 @@ type Pool struct {
 	cfgErr    error
 	// The bound: every connection that may exist is a token in one of two
 	// channels, in the hot slot, on its way to a waiter, or checked out:
-	// MaxActive = permits + idle + hot + granted + checked out. A dial takes a permit; a connection that
-	// is closed gives one back.
+	// MaxActive = permits + idle + hot + granted + checked out. A dial takes
+	// a permit; a connection that is closed gives one back.
 	permits chan struct{}  // one per connection that may still be dialed
 	idle    chan *poolConn // idle connections, longest idle first
 	// hot holds an idle connection that Get takes before those in idle. put
@@ -281,7 +281,10 @@ type poolConn struct {
 	// two words. Close raises seq, under mu: a conn handed out carries the
 	// seq it was handed out with, and once its Close ran every call on it
 	// fails without touching this.
-	mu   sync.Mutex // protects seq, leak and borrowState; never held across network I/O
+	// mu protects seq, leak and borrowState, and is never held across network
+	// I/O. GetContext reads seq and sets leak without it: the pool has pc
+	// alone then, and a stale handle only reads seq.
+	mu   sync.Mutex
 	seq  uint64
 	leak *leakWatch // the borrow's, when LeakThreshold is on
 	borrowState
@@ -452,6 +455,7 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 		if p.closed.Load() {
 			return nil, ErrPoolClosed
 		}
+		waited := false
 		pc := p.takeHot()
 		if pc != nil {
 			p.noteIdleLeft(int64(len(p.idle)))
@@ -468,15 +472,29 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 					if pc, err = p.wait(ctx); err != nil {
 						return nil, err
 					}
+					waited = true
 				}
 			}
 		}
 		if pc == nil {
 			return p.dial(ctx)
 		}
-		if p.usable(ctx, pc) {
+		reason := p.unusable(ctx, pc)
+		if reason < 0 {
 			return pc, nil
 		}
+		if waited {
+			// This caller's turn came: it keeps the closed connection's
+			// permit and dials, rather than queueing again behind later
+			// callers.
+			p.closeConn(pc, reason, nil, false)
+			if err := ctx.Err(); err != nil {
+				p.releasePermit()
+				return nil, err
+			}
+			return p.dial(ctx)
+		}
+		p.discard(pc, reason)
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
@@ -498,9 +516,9 @@ func (p *Pool) exhausted(err error) error {
 	return err
 }
 
-// usable reports whether an idle connection may be handed out, closing it if
-// not, and stamps it with the time it is handed out.
-func (p *Pool) usable(ctx context.Context, pc *poolConn) bool {
+// unusable reports why an idle connection may not be handed out, or -1 when
+// it may, and then stamps it with the time it is handed out.
+func (p *Pool) unusable(ctx context.Context, pc *poolConn) DiscardReason {
 	now := p.clock()
 	reason := DiscardReason(-1)
 	switch {
@@ -517,14 +535,13 @@ func (p *Pool) usable(ctx context.Context, pc *poolConn) bool {
 		reason = DiscardHealthCheck
 	}
 	if reason >= 0 {
-		p.discard(pc, reason)
-		return false
+		return reason
 	}
 	pc.t = now
 	if now >= time.Duration(p.shrinkAt.Load()) {
 		p.shrink(now)
 	}
-	return true
+	return -1
 }
 
 // noteIdleLeft records how many idle connections a Get left: the fewest
@@ -927,9 +944,17 @@ func (p *Pool) discard(pc *poolConn, reason DiscardReason) {
 
 // discardErr is discard with the error that broke the connection, for the log.
 func (p *Pool) discardErr(pc *poolConn, reason DiscardReason, err error) {
+	p.closeConn(pc, reason, err, true)
+}
+
+// closeConn closes a connection the pool owns, counts why, and gives its
+// permit back when release is set; otherwise the caller keeps it.
+func (p *Pool) closeConn(pc *poolConn, reason DiscardReason, err error, release bool) {
 	pc.c.Close()
 	p.active.Add(-1)
-	p.releasePermit()
+	if release {
+		p.releasePermit()
+	}
 	p.discards[reason].Add(1)
 	p.logDiscarded(reason, err)
 }

@@ -21,7 +21,9 @@ import (
 // same way, in opposite orders: whoever gives back puts the token in its
 // channel (or the hot slot), then looks at waiters; a caller queues, counts
 // itself in waiters, then looks at the hot slot and the channels again
-// (serveLocked). One of them sees the other.
+// (serveLocked). One of them sees the other: the hot slot and waiters are
+// atomics, and a channel operation locks and unlocks the channel with the
+// runtime's sequentially consistent atomics.
 
 // waiter is a caller parked in wait.
 type waiter struct {
@@ -106,7 +108,6 @@ func (p *Pool) wait(ctx context.Context) (*poolConn, error) {
 		}
 	}
 
-	start := p.monotonic()
 	w := waiterPool.Get().(*waiter)
 	p.wmu.Lock()
 	if p.closed.Load() {
@@ -114,6 +115,9 @@ func (p *Pool) wait(ctx context.Context) (*poolConn, error) {
 		waiterPool.Put(w)
 		return nil, ErrPoolClosed
 	}
+	// Read under wmu, so that deadlines grow along the queue, which the
+	// timer relies on.
+	start := p.monotonic()
 	w.deadline = start + p.cfg.waitTimeout
 	p.waitq.pushBack(w)
 	p.waiters.Add(1)
@@ -149,6 +153,9 @@ func (p *Pool) wait(ctx context.Context) (*poolConn, error) {
 	waiterPool.Put(w)
 	p.waitNanos.Add(int64(p.monotonic() - start))
 	if g.err == errWaitExpired {
+		if err := ctx.Err(); err != nil {
+			return nil, err // ctx ended first, as the caller gave up
+		}
 		return nil, p.exhausted(fmt.Errorf("%w: all %d connections stayed in use for %v (WaitTimeout)", ErrPoolExhausted, p.cfg.maxActive, p.cfg.waitTimeout))
 	}
 	return p.granted(ctx, g)
@@ -206,8 +213,8 @@ func (p *Pool) serveLocked() {
 	}
 }
 
-// serve is serveLocked for callers not holding p.wmu: those that gave a token
-// back to its channel after seeing no waiter.
+// serve is serveLocked for callers not holding p.wmu: those that saw a waiter
+// after giving a token back to its channel or the hot slot.
 func (p *Pool) serve() {
 	p.wmu.Lock()
 	p.serveLocked()
@@ -229,9 +236,9 @@ func (p *Pool) releasePermit() {
 // WaitTimeout has passed, first in line first, and sets the timer for the
 // next one.
 func (p *Pool) expireWaiters() {
-	now := p.monotonic()
 	var expired *waiter // linked through next
 	p.wmu.Lock()
+	now := p.monotonic()
 	for w := p.waitq.head; w != nil && w.deadline <= now; w = p.waitq.head {
 		p.waitq.remove(w)
 		p.waiters.Add(-1)

@@ -231,3 +231,54 @@ func TestAConnGivenBackAsACallerQueuesReachesIt(t *testing.T) {
 	}
 	assert.EqualValues(t, 1, d.dials.Load())
 }
+
+func TestAWaiterWhoseConnMayNotBeReusedKeepsItsTurn(t *testing.T) {
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, IdleTimeout: time.Minute, WaitTimeout: 10 * time.Second}
+	defer p.Close()
+	held := p.Get()
+	require.NoError(t, held.Err())
+	order := make(chan string, 2)
+	for _, name := range []string{"first", "second"} {
+		startWaiter(t, p, context.Background(), func(err error) {
+			assert.NoError(t, err, name)
+			order <- name
+		})
+	}
+	clk.Advance(2 * time.Minute) // held past IdleTimeout: closed, not handed out
+	held.Close()
+	for _, want := range []string{"first", "second"} {
+		select {
+		case got := <-order:
+			require.Equal(t, want, got, "the first waiter lost its turn when the conn it was given was closed")
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s waiter never served", want)
+		}
+	}
+	assert.EqualValues(t, 2, d.dials.Load(), "the first waiter dialed a new conn with the closed one's permit")
+	assert.EqualValues(t, 1, p.Stats().Discards.IdleTimeout)
+	assert.LessOrEqual(t, p.ActiveCount(), 1)
+}
+
+func TestAWaiterWhoseContextEndedBeforeItsWaitTimeoutGetsTheContextError(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 100 * time.Millisecond}
+	defer p.Close()
+	held := p.Get()
+	defer held.Close()
+
+	ctx := newLateContext()
+	errEnded := errors.New("caller gave up")
+	got := make(chan error, 1)
+	startWaiter(t, p, ctx, func(err error) { got <- err })
+	ctx.end(errEnded) // before WaitTimeout ends the wait
+	select {
+	case err := <-got:
+		assert.Equal(t, errEnded, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiter never gave up")
+	}
+	assert.Zero(t, p.Stats().WaitTimeoutCount, "a caller that gave up first is not counted as exhausted")
+}
