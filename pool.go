@@ -744,6 +744,7 @@ func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 	var addr string
 	var err error
 	var panicked any
+	gen := call.gen
 	func() {
 		defer func() {
 			if r := recover(); r != nil {
@@ -751,7 +752,7 @@ func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 				err = fmt.Errorf("redispool: Dial panicked: %v", r)
 			}
 		}()
-		c, netConn, addr, err = p.dialConn(ctx)
+		c, netConn, addr, err = p.dialConn(ctx, &gen)
 		if err == nil && c == nil {
 			err = errNilConn
 		}
@@ -763,7 +764,7 @@ func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 	if err == nil {
 		cwt, _ := c.(redis.ConnWithTimeout)
 		now := p.clock()
-		pc = &poolConn{p: p, c: c, cwt: cwt, netConn: netConn, addr: addr, gen: call.gen, created: now, t: now}
+		pc = &poolConn{p: p, c: c, cwt: cwt, netConn: netConn, addr: addr, gen: gen, created: now, t: now}
 		pc.db = p.cfg.db
 	}
 	call.mu.Lock()
@@ -792,8 +793,10 @@ func (p *Pool) handOff(call *dialCall) {
 
 // dialConn calls the user's dial function or dials Addr or the master the
 // sentinels name. When the pool dials, it also returns the address and the
-// socket, unless DialOptions replaced the pool's dialer.
-func (p *Pool) dialConn(ctx context.Context) (redis.Conn, net.Conn, string, error) {
+// socket, unless DialOptions replaced the pool's dialer. With Sentinel, it
+// sets *gen to the pool's generation when the master's address was read, so
+// that a connection to a master announced after the dial began is kept.
+func (p *Pool) dialConn(ctx context.Context, gen *uint64) (redis.Conn, net.Conn, string, error) {
 	switch {
 	case p.DialContext != nil:
 		c, err := p.DialContext(ctx)
@@ -810,7 +813,7 @@ func (p *Pool) dialConn(ctx context.Context) (redis.Conn, net.Conn, string, erro
 	addr := p.cfg.addr
 	if p.Sentinel != nil {
 		var err error
-		if addr, err = p.Sentinel.masterAddr(ctx, p.cfg.dialTimeout); err != nil {
+		if addr, *gen, err = p.Sentinel.masterAddr(ctx, p, p.cfg.dialTimeout); err != nil {
 			return nil, nil, "", err
 		}
 	}
@@ -852,10 +855,13 @@ func (p *Pool) dialConn(ctx context.Context) (redis.Conn, net.Conn, string, erro
 // master: the sentinels will be asked again, and every connection dialed
 // before is retired.
 func (p *Pool) failover(addr string) {
-	if p.Sentinel != nil && !p.Sentinel.forget(addr) {
-		return // already forgotten: the retirement happened then
+	if p.Sentinel == nil {
+		p.Retire()
+		return
 	}
-	p.Retire()
+	if p.Sentinel.forget(p, addr) {
+		p.drainIdle(DiscardRetired)
+	}
 }
 
 // recordDial updates the backoff state with a dial's outcome.

@@ -136,26 +136,34 @@ func (s *Sentinel) check() error {
 }
 
 // masterAddr returns the cached master address, asking the sentinels when
-// there is none. Concurrent callers share one query. timeout is the pool's
-// dial timeout (0 when disabled), shared among the sentinels asked.
-func (s *Sentinel) masterAddr(ctx context.Context, timeout time.Duration) (string, error) {
-	if m := s.Master(); m != "" {
-		return m, nil
+// there is none, with p's generation read together with it: the sentinels'
+// news of a new master raise the generation under s.mu (see announced and
+// forget), so a connection stamped with it is retired by any later news, and
+// by none that came before. Concurrent callers share one query. timeout is
+// the pool's dial timeout (0 when disabled), shared among the sentinels asked.
+func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duration) (string, uint64, error) {
+	s.mu.Lock()
+	if m := s.master; m != "" {
+		gen := p.gen.Load()
+		s.mu.Unlock()
+		return m, gen, nil
 	}
+	s.mu.Unlock()
 	s.startWatch()
 	s.queryMu.Lock()
 	defer s.queryMu.Unlock()
 	s.mu.Lock()
 	if s.master != "" {
-		m := s.master // another caller's query or an announcement found it
+		m, gen := s.master, p.gen.Load() // another caller's query or an announcement found it
 		s.mu.Unlock()
-		return m, nil
+		return m, gen, nil
 	}
 	if s.last != "" && time.Since(s.lastQuery) < minQueryInterval {
 		// Asked moments ago: the sentinels would name the same master.
 		s.master = s.last
+		gen := p.gen.Load()
 		s.mu.Unlock()
-		return s.last, nil
+		return s.last, gen, nil
 	}
 	if s.order == nil {
 		s.order = append([]string(nil), s.Addrs...)
@@ -184,10 +192,11 @@ func (s *Sentinel) masterAddr(ctx context.Context, timeout time.Duration) (strin
 			s.master, s.last, s.lastQuery = master, master, time.Now()
 			s.order = moveToFront(s.order, addr)
 		}
+		gen := p.gen.Load()
 		s.mu.Unlock()
-		return master, nil
+		return master, gen, nil
 	}
-	return "", fmt.Errorf("redispool: no sentinel named the master %q: %w", s.MasterName, errors.Join(errs...))
+	return "", 0, fmt.Errorf("redispool: no sentinel named the master %q: %w", s.MasterName, errors.Join(errs...))
 }
 
 // sentinelTimeout is the time given to each of n sentinels out of the dial
@@ -234,14 +243,17 @@ func (s *Sentinel) ask(ctx context.Context, addr string, timeout time.Duration) 
 }
 
 // forget drops the cached master address if it is still addr, so that a
-// late failure on an old master does not discard a newer answer.
-func (s *Sentinel) forget(addr string) bool {
+// late failure on an old master does not discard a newer answer, and then
+// retires p's connections dialed before: it reports whether it did, for the
+// caller to close p's idle ones.
+func (s *Sentinel) forget(p *Pool, addr string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.master == "" || s.master != addr {
 		return false
 	}
 	s.master = ""
+	p.gen.Add(1)
 	return true
 }
 
@@ -385,9 +397,13 @@ func (s *Sentinel) announced(p *Pool, from, msg string) {
 		s.order = append([]string(nil), s.Addrs...)
 	}
 	s.order = moveToFront(s.order, from) // it knew first
+	changed := current != master
+	if changed {
+		p.gen.Add(1) // under s.mu: see masterAddr
+	}
 	s.mu.Unlock()
-	if current != master {
-		p.Retire()
+	if changed {
+		p.drainIdle(DiscardRetired)
 		if p.Logger != nil {
 			p.Logger.LogAttrs(context.Background(), slog.LevelInfo, "redispool: the sentinels announced a new master",
 				slog.String("master", master), slog.String("previous", current), slog.String("sentinel", from))

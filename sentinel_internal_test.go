@@ -1,0 +1,193 @@
+package redispool
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redispool/redispool/internal/redistest"
+)
+
+// staleSentinel is a fake sentinel that names master to SENTINEL
+// get-master-addr-by-name, confirms SUBSCRIBE and answers PING, as a
+// sentinel that has not heard of a failover yet would.
+type staleSentinel struct {
+	ln     net.Listener
+	master string
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func startStaleSentinel(t *testing.T, master string) *staleSentinel {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	s := &staleSentinel{ln: ln, master: master}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.conns = append(s.conns, c)
+			s.mu.Unlock()
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.serve(c)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		s.mu.Lock()
+		for _, c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
+		s.wg.Wait()
+	})
+	return s
+}
+
+func (s *staleSentinel) serve(c net.Conn) {
+	r := bufio.NewReader(c)
+	for {
+		args, err := readCommand(r)
+		if err != nil {
+			return
+		}
+		var reply string
+		switch strings.ToUpper(args[0]) {
+		case "SENTINEL":
+			host, port, _ := net.SplitHostPort(s.master)
+			reply = fmt.Sprintf("*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", len(host), host, len(port), port)
+		case "SUBSCRIBE":
+			reply = fmt.Sprintf("*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:1\r\n", len(args[1]), args[1])
+		case "PING":
+			reply = "*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+		default:
+			reply = "+OK\r\n"
+		}
+		if _, err := c.Write([]byte(reply)); err != nil {
+			return
+		}
+	}
+}
+
+// readCommand reads one RESP array of bulk strings.
+func readCommand(r *bufio.Reader) ([]string, error) {
+	var n int
+	if _, err := fmt.Fscanf(r, "*%d\r\n", &n); err != nil {
+		return nil, err
+	}
+	args := make([]string, n)
+	for i := range args {
+		var size int
+		if _, err := fmt.Fscanf(r, "$%d\r\n", &size); err != nil {
+			return nil, err
+		}
+		b := make([]byte, size+2)
+		if _, err := io.ReadFull(r, b); err != nil {
+			return nil, err
+		}
+		args[i] = string(b[:size])
+	}
+	return args, nil
+}
+
+func TestAConnDialedAsANewMasterIsAnnouncedServesTheNewMaster(t *testing.T) {
+	oldMaster := redistest.Start(t)
+	newMaster := redistest.Start(t)
+	sentinel := startStaleSentinel(t, oldMaster.Addr()) // has not heard of the failover
+
+	// The first query to the sentinels waits until the test has announced
+	// the new master: the dial began before the announcement and reads the
+	// master's address after it.
+	querying := make(chan struct{})
+	proceed := make(chan struct{})
+	var once sync.Once
+	p := &Pool{
+		Sentinel: &Sentinel{
+			Addrs:      []string{sentinel.ln.Addr().String()},
+			MasterName: "mymaster",
+			DialOptions: []redis.DialOption{redis.DialContextFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
+				once.Do(func() { close(querying) })
+				<-proceed
+				var d net.Dialer
+				return d.DialContext(ctx, network, addr)
+			})},
+		},
+		DialTimeout: 5 * time.Second,
+	}
+	defer p.Close()
+
+	got := make(chan redis.Conn, 1)
+	go func() { got <- p.Get() }()
+	<-querying
+	oldHost, oldPort, _ := net.SplitHostPort(oldMaster.Addr())
+	newHost, newPort, _ := net.SplitHostPort(newMaster.Addr())
+	p.Sentinel.announced(p, "test", fmt.Sprintf("mymaster %s %s %s %s", oldHost, oldPort, newHost, newPort))
+	close(proceed)
+
+	c := <-got
+	defer c.Close()
+	require.NoError(t, c.Err())
+	_, err := c.Do("SET", "k", "v")
+	require.NoError(t, err, "a conn to the master announced before its address was read must not be retired")
+	v, err := redis.String(newMaster.Do(t, "GET", "k"), nil)
+	require.NoError(t, err)
+	assert.Equal(t, "v", v, "the write reached the new master")
+	assert.EqualValues(t, 1, p.Stats().DialCount, "no dial wasted")
+}
+
+func TestAConnToTheOldMasterDialedAsANewMasterIsAnnouncedIsRetired(t *testing.T) {
+	oldMaster := redistest.Start(t)
+	newMaster := redistest.Start(t)
+	sentinel := startStaleSentinel(t, oldMaster.Addr())
+
+	// The dial to the master the sentinel named waits until the test has
+	// announced another: the address was read before the announcement.
+	dialing := make(chan struct{})
+	proceed := make(chan struct{})
+	var once sync.Once
+	p := &Pool{
+		Sentinel: &Sentinel{Addrs: []string{sentinel.ln.Addr().String()}, MasterName: "mymaster"},
+		DialOptions: []redis.DialOption{redis.DialContextFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
+			once.Do(func() { close(dialing) })
+			<-proceed
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		})},
+	}
+	defer p.Close()
+
+	got := make(chan redis.Conn, 1)
+	go func() { got <- p.Get() }()
+	<-dialing
+	oldHost, oldPort, _ := net.SplitHostPort(oldMaster.Addr())
+	newHost, newPort, _ := net.SplitHostPort(newMaster.Addr())
+	p.Sentinel.announced(p, "test", fmt.Sprintf("mymaster %s %s %s %s", oldHost, oldPort, newHost, newPort))
+	close(proceed)
+
+	c := <-got
+	defer c.Close()
+	_, err := c.Do("SET", "k", "v")
+	require.ErrorIs(t, err, ErrConnRetired, "a conn to the old master must not write")
+	n, err := redis.Int(oldMaster.Do(t, "EXISTS", "k"), nil)
+	require.NoError(t, err)
+	assert.Zero(t, n, "nothing was written to the old master")
+}
