@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -130,15 +131,19 @@ func TestEachWaiterGivesUpAfterItsOwnWaitTimeout(t *testing.T) {
 // which a real context's cancellation and a grant race.
 type lateContext struct {
 	context.Context
-	done chan struct{}
-	err  atomic.Pointer[error]
+	done  chan struct{}
+	err   atomic.Pointer[error]
+	dones atomic.Int64 // calls of Done: a select on it is about to block
 }
 
 func newLateContext() *lateContext {
 	return &lateContext{Context: context.Background(), done: make(chan struct{})}
 }
 
-func (c *lateContext) Done() <-chan struct{} { return c.done }
+func (c *lateContext) Done() <-chan struct{} {
+	c.dones.Add(1)
+	return c.done
+}
 
 func (c *lateContext) Err() error {
 	if e := c.err.Load(); e != nil {
@@ -281,4 +286,48 @@ func TestAWaiterWhoseContextEndedBeforeItsWaitTimeoutGetsTheContextError(t *test
 		t.Fatal("waiter never gave up")
 	}
 	assert.Zero(t, p.Stats().WaitTimeoutCount, "a caller that gave up first is not counted as exhausted")
+}
+
+func TestADialSlotGrantedAfterTheContextEndedGoesBack(t *testing.T) {
+	d := &fakeDialer{}
+	release := make(chan struct{})
+	var first atomic.Bool
+	p := &redispool.Pool{MaxActive: 3, MaxConcurrentDials: 1, WaitTimeout: 5 * time.Second, Dial: func() (redis.Conn, error) {
+		if first.CompareAndSwap(false, true) {
+			<-release // the first dial holds the only dial slot
+		}
+		return d.Dial()
+	}}
+	defer p.Close()
+	held := make(chan redis.Conn, 1)
+	go func() { held <- p.Get() }()
+	require.Eventually(t, func() bool { return p.Stats().DialCount == 1 }, 5*time.Second, time.Millisecond)
+
+	ctx := newLateContext()
+	errEnded := errors.New("caller gave up")
+	got := make(chan error, 1)
+	go func() {
+		_, err := p.GetContext(ctx)
+		got <- err
+	}()
+	// Waiting for the dial slot: the select on ctx.Done is the only call.
+	require.Eventually(t, func() bool { return ctx.dones.Load() > 0 }, 5*time.Second, time.Millisecond)
+	ctx.end(errEnded)
+	close(release) // the slot goes to the caller that gave up
+	select {
+	case err := <-got:
+		assert.Equal(t, errEnded, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the caller waiting for a dial slot was not woken")
+	}
+	c := <-held
+	require.NoError(t, c.Err())
+	defer c.Close()
+
+	start := time.Now()
+	c2, err := p.GetContext(context.Background())
+	require.NoError(t, err, "the dial slot and the permit came back")
+	c2.Close()
+	assert.Less(t, time.Since(start), time.Second)
+	assert.EqualValues(t, 2, p.Stats().DialCount, "the caller that gave up did not dial")
 }
