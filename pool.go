@@ -226,7 +226,7 @@ type Pool struct {
 	// MaxActive = permits + idle + hot + granted + checked out. A dial takes
 	// a permit; a connection that is closed gives one back.
 	permits chan struct{}  // one per connection that may still be dialed
-	idle    chan *poolConn // idle connections, longest idle first
+	idle    chan *poolConn // idle connections but the hot one, longest idle first
 	// hot holds an idle connection that Get takes before those in idle. put
 	// fills it when it is empty, so a caller alone reuses one connection
 	// with an atomic swap each way instead of two channel operations.
@@ -381,7 +381,8 @@ func (p *Pool) init() error {
 		for range n {
 			p.permits <- struct{}{}
 		}
-		p.idle = make(chan *poolConn, n)
+		// MaxIdle idle connections: one in the hot slot, the rest here.
+		p.idle = make(chan *poolConn, max(min(p.cfg.maxIdle, n)-1, 0))
 		p.idleLow.Store(math.MaxInt64)
 		p.shrinkAt.Store(int64(p.cfg.idleTimeout))
 		p.dials = make(chan struct{}, p.cfg.maxDials)
@@ -900,11 +901,13 @@ func (p *Pool) put(pc *poolConn) {
 	case p.waiters.Load() > 0 && p.handToWaiter(grant{pc: pc}):
 	case p.hot.Load() == nil && p.hot.CompareAndSwap(nil, pc):
 		p.idled()
-	case p.idleNow() >= p.cfg.maxIdle:
-		p.discard(pc, DiscardMaxIdle)
 	default:
-		p.idle <- pc // never blocks: there is room for every connection
-		p.idled()
+		select {
+		case p.idle <- pc: // room for MaxIdle-1, with the hot slot
+			p.idled()
+		default:
+			p.discard(pc, DiscardMaxIdle)
+		}
 	}
 }
 

@@ -993,3 +993,26 @@ func TestASteadyLoadKeepsTheConnsItNeeds(t *testing.T) {
 	assert.Equal(t, 4, p.ActiveCount())
 	assert.EqualValues(t, 4, d.dials.Load(), "no churn under a steady load")
 }
+
+func TestMaxIdleHoldsWhenCloseRacesGet(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 8, MaxIdle: 1, WaitTimeout: 5 * time.Second}
+	defer p.Close()
+	for round := range 5000 {
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 3 {
+					p.Get().Close()
+				}
+			}()
+		}
+		wg.Wait()
+		if n := p.IdleCount(); n > 1 {
+			t.Fatalf("round %d: %d idle conns at rest, MaxIdle 1", round, n)
+		}
+	}
+	assert.Equal(t, 1, p.ActiveCount())
+}
