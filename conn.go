@@ -491,7 +491,9 @@ func (ac *activeConn) Close() error {
 	}
 	pc.seq++ // every later call on ac fails
 	leak := pc.leak
-	pc.leak = nil
+	if leak != nil {
+		pc.leak = nil // no pointer write (and GC barrier) when LeakThreshold is off
+	}
 	p := pc.p
 	if pc.borrowState == (borrowState{db: p.cfg.db}) {
 		// Nothing to undo: the common case, without copying the state.

@@ -1018,11 +1018,6 @@ func (p *Pool) idleLen() int {
 	if p.init() != nil {
 		return 0
 	}
-	return p.idleNow()
-}
-
-// idleNow is the number of idle connections of a pool in use.
-func (p *Pool) idleNow() int {
 	n := len(p.idle)
 	if p.hot.Load() != nil {
 		n++
