@@ -14,7 +14,8 @@
 //     clients on 8 conns; 256 clients on 64 conns; redispool, redigo
 //     (MaxActive = MaxIdle = N, Wait) and puddle.
 //  2. Waiting: 256 clients on 16 conns, each holding its conn about 50 us:
-//     the wait in Get, p50, p99 and max, and whether a client starved.
+//     the wait in Get, p50, p99 and max, and whether a client starved;
+//     once with the conn held by time.Sleep, once held busy.
 //  3. End to end on a real redis-server: GET and SET, 64 goroutines on 16
 //     conns, redispool, redigo (bounded), go-redis (PoolSize 16), and
 //     redis-benchmark -c 16 as the server's ceiling on this machine.
@@ -87,10 +88,13 @@ type Report struct {
 	Machine  Machine
 	Config   Config // with defaults applied
 	GetClose []GetCloseResult
-	Waiting  []WaitRow
-	E2E      []E2ERow
-	ConnCost []ConnRow
-	Targets  []Target
+	Waiting  []WaitRow // held by time.Sleep: the rows the targets read
+	// WaitingBusy is the waiting part again with each conn held busy for
+	// its 50 µs (HoldBusy), for comparison.
+	WaitingBusy []WaitRow
+	E2E         []E2ERow
+	ConnCost    []ConnRow
+	Targets     []Target
 	// Notes are things the reader should know: skipped rows, errors.
 	Notes []string
 }
@@ -218,8 +222,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	if want(PartWaiting) {
-		if rep.Waiting, err = r.runWaiting(ctx); err != nil {
+		if rep.Waiting, err = r.runWaiting(ctx, HoldSleep); err != nil {
 			return nil, fmt.Errorf("waiting: %w", err)
+		}
+		if rep.WaitingBusy, err = r.runWaiting(ctx, HoldBusy); err != nil {
+			return nil, fmt.Errorf("waiting, busy hold: %w", err)
 		}
 	}
 	if want(PartE2E) || want(PartConnCost) {

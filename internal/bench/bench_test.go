@@ -5,7 +5,10 @@ import (
 	"context"
 	"math"
 	"os/exec"
+	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,7 +43,8 @@ func TestShortRun(t *testing.T) {
 	}
 
 	require.Len(t, rep.Waiting, len(fakePoolNames))
-	for _, row := range rep.Waiting {
+	require.Len(t, rep.WaitingBusy, len(fakePoolNames))
+	for _, row := range slices.Concat(rep.Waiting, rep.WaitingBusy) {
 		require.Len(t, row.P50, 1)
 		assert.Positive(t, row.Acquires[0], "waiting %s acquires", row.Pool)
 		assert.Positive(t, row.Max[0], "waiting %s max wait", row.Pool)
@@ -87,7 +91,7 @@ func TestShortRun(t *testing.T) {
 		assert.False(t, tg.Skipped, "target %q skipped: %s", tg.Name, tg.Got)
 		assert.Contains(t, out.String(), tg.Name)
 	}
-	for _, heading := range []string{"1. Get+Close", "2. Waiting", "3. End to end", "4. Connection cost", "targets", "GOMAXPROCS"} {
+	for _, heading := range []string{"1. Get+Close", "2. Waiting", "2b. Waiting", "3. End to end", "4. Connection cost", "targets", "GOMAXPROCS"} {
 		assert.Contains(t, out.String(), heading)
 	}
 }
@@ -120,4 +124,75 @@ func TestMedianRatios(t *testing.T) {
 	assert.Equal(t, []int{2, 0, 1}, rotation(3, 2))
 	assert.Equal(t, "1,234,568", fmtCount(1234567.8))
 	assert.Equal(t, "999", fmtCount(999))
+}
+
+// TestHolds checks that each kind of hold lasts at least waitHold, and that
+// a busy hold ends soon after: it yields, so even with more holders than
+// processors each notices its time is up within a round of the others.
+func TestHolds(t *testing.T) {
+	for _, kind := range []string{HoldSleep, HoldBusy} {
+		hold := holdFunc(kind)
+		start := time.Now()
+		hold()
+		assert.GreaterOrEqual(t, time.Since(start), waitHold, "%s hold", kind)
+	}
+
+	hold := holdFunc(HoldBusy)
+	holders := 4 * runtime.GOMAXPROCS(0)
+	var mu sync.Mutex
+	var took []float64
+	var wg sync.WaitGroup
+	for range holders {
+		wg.Go(func() {
+			for range 20 {
+				start := time.Now()
+				hold()
+				d := float64(time.Since(start))
+				mu.Lock()
+				took = append(took, d)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	// A sleep lasts up to a millisecond whenever the process is idle; a
+	// busy hold has no reason to, whatever the machine's load.
+	assert.Less(t, time.Duration(median(took)), 10*waitHold, "median busy hold with %d holders", holders)
+}
+
+// TestTargetsTie checks how a ratio target is read: on the median of the
+// rounds, marked a tie when it misses but the rounds' range holds the bound.
+func TestTargetsTie(t *testing.T) {
+	read := func(p99 []float64) Target {
+		rep := &Report{Waiting: []WaitRow{{Pool: nameRedispool}, {Pool: nameRedigo, RatioP99: p99}}}
+		for _, tg := range targets(rep) {
+			if strings.Contains(tg.Name, "p99 wait <= redigo's") {
+				return tg
+			}
+		}
+		t.Fatal("no waiting p99 target")
+		return Target{}
+	}
+	tg := read([]float64{0.9, 1.2, 0.95, 1.1, 0.97})
+	assert.Equal(t, "PASS", tg.Status())
+	assert.NotContains(t, tg.Got, "tie")
+
+	tg = read([]float64{0.9, 1.2, 1.05, 1.1, 0.97})
+	assert.Equal(t, "MISS", tg.Status())
+	assert.Contains(t, tg.Got, "1.05 [0.90-1.20] x; a tie")
+
+	tg = read([]float64{1.02, 1.2, 1.05, 1.1, 1.3})
+	assert.Equal(t, "MISS", tg.Status())
+	assert.NotContains(t, tg.Got, "tie")
+
+	rep := &Report{E2E: []E2ERow{{Op: "GET", Pool: nameRedigo, RatioOps: []float64{0.97, 1.02, 0.95}, RatioP99: []float64{0.9, 0.8, 0.95}}}}
+	for _, tg := range targets(rep) {
+		switch tg.Name {
+		case "GET: redispool ops/s >= 1.0 x redigo's":
+			assert.Equal(t, "MISS", tg.Status())
+			assert.Contains(t, tg.Got, "0.97 [0.95-1.02] x; a tie")
+		case "GET: redispool p99 <= redigo's":
+			assert.Equal(t, "PASS", tg.Status())
+		}
+	}
 }

@@ -25,8 +25,8 @@ type fakePool interface {
 	// getClose takes a connection and gives it back at once.
 	getClose()
 	// getHoldClose takes a connection, reports how long that took, holds it
-	// for hold and gives it back. ok is false when Get failed.
-	getHoldClose(hold time.Duration) (wait time.Duration, ok bool)
+	// while hold runs and gives it back. ok is false when Get failed.
+	getHoldClose(hold func()) (wait time.Duration, ok bool)
 	close()
 }
 
@@ -61,13 +61,13 @@ type redispoolFake struct{ p *redispool.Pool }
 
 func (f redispoolFake) getClose() { f.p.Get().Close() }
 
-func (f redispoolFake) getHoldClose(hold time.Duration) (time.Duration, bool) {
+func (f redispoolFake) getHoldClose(hold func()) (time.Duration, bool) {
 	start := time.Now()
 	c := f.p.Get()
 	wait := time.Since(start)
 	ok := c.Err() == nil
 	if ok {
-		time.Sleep(hold)
+		hold()
 	}
 	c.Close()
 	return wait, ok
@@ -79,13 +79,13 @@ type redigoFake struct{ p *redis.Pool }
 
 func (f redigoFake) getClose() { f.p.Get().Close() }
 
-func (f redigoFake) getHoldClose(hold time.Duration) (time.Duration, bool) {
+func (f redigoFake) getHoldClose(hold func()) (time.Duration, bool) {
 	start := time.Now()
 	c := f.p.Get()
 	wait := time.Since(start)
 	ok := c.Err() == nil
 	if ok {
-		time.Sleep(hold)
+		hold()
 	}
 	c.Close()
 	return wait, ok
@@ -102,14 +102,14 @@ func (f puddleFake) getClose() {
 	}
 }
 
-func (f puddleFake) getHoldClose(hold time.Duration) (time.Duration, bool) {
+func (f puddleFake) getHoldClose(hold func()) (time.Duration, bool) {
 	start := time.Now()
 	r, err := f.p.Acquire(context.Background())
 	wait := time.Since(start)
 	if err != nil {
 		return wait, false
 	}
-	time.Sleep(hold)
+	hold()
 	r.Release()
 	return wait, true
 }

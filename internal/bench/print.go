@@ -57,26 +57,11 @@ func (rep *Report) Print(w io.Writer) {
 	if len(rep.Waiting) > 0 {
 		fmt.Fprintf(w, "\n2. Waiting: %d clients on %d conns, each conn held %v (time.Sleep); wait in Get, median over rounds\n",
 			waitClients, waitConns, waitHold)
-		tw := newTable(w, "pool", "p50", "p99", "max", "max/p50", "acquires/s", "conn cycle", "p99 in cycles", "least-served client", "errors", "redispool/peer p99")
-		for _, row := range rep.Waiting {
-			var perSec []float64
-			for i := range row.Acquires {
-				perSec = append(perSec, float64(row.Acquires[i]))
-			}
-			minShare := math.Inf(1)
-			for i := range row.MinClient {
-				minShare = min(minShare, float64(row.MinClient[i])/row.MeanClient[i])
-			}
-			tw.row(row.Pool, fmtDur(medianDur(row.P50)), fmtDur(medianDur(row.P99)), fmtDur(medianDur(row.Max)),
-				fmt.Sprintf("%.1f", median(row.MaxOverP50())),
-				fmtCount(median(perSec)/cfg.Duration.Seconds()),
-				fmtDur(medianDur(row.Cycle)),
-				fmt.Sprintf("%.1f", median(ratios(durs(row.P99), durs(row.Cycle)))),
-				fmt.Sprintf("%.0f%% of mean", 100*minShare),
-				fmt.Sprintf("%.0f", sumInt(row.Errors)),
-				fmtRatioCell(row.RatioP99))
-		}
-		tw.flush()
+		printWaiting(w, cfg, rep.Waiting)
+	}
+	if len(rep.WaitingBusy) > 0 {
+		fmt.Fprintf(w, "\n2b. Waiting as in 2, each conn held busy for %v (a loop of runtime.Gosched until it has passed)\n", waitHold)
+		printWaiting(w, cfg, rep.WaitingBusy)
 	}
 
 	if len(rep.E2E) > 0 {
@@ -204,4 +189,28 @@ func sumInt(xs []int64) float64 {
 		s += x
 	}
 	return float64(s)
+}
+
+// printWaiting prints one table of the waiting part.
+func printWaiting(w io.Writer, cfg Config, rows []WaitRow) {
+	tw := newTable(w, "pool", "p50", "p99", "max", "max/p50", "acquires/s", "conn cycle", "p99 in cycles", "least-served client", "errors", "redispool/peer p99", "redispool/peer cycle")
+	for _, row := range rows {
+		var perSec []float64
+		for i := range row.Acquires {
+			perSec = append(perSec, float64(row.Acquires[i]))
+		}
+		minShare := math.Inf(1)
+		for i := range row.MinClient {
+			minShare = min(minShare, float64(row.MinClient[i])/row.MeanClient[i])
+		}
+		tw.row(row.Pool, fmtDur(medianDur(row.P50)), fmtDur(medianDur(row.P99)), fmtDur(medianDur(row.Max)),
+			fmt.Sprintf("%.1f", median(row.MaxOverP50())),
+			fmtCount(median(perSec)/cfg.Duration.Seconds()),
+			fmtDur(medianDur(row.Cycle)),
+			fmt.Sprintf("%.1f", median(ratios(durs(row.P99), durs(row.Cycle)))),
+			fmt.Sprintf("%.0f%% of mean", 100*minShare),
+			fmt.Sprintf("%.0f", sumInt(row.Errors)),
+			fmtRatioCell(row.RatioP99), fmtRatioCell(row.RatioCycle))
+	}
+	tw.flush()
 }

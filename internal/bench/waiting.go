@@ -16,9 +16,38 @@ const (
 	waitHold    = 50 * time.Microsecond
 )
 
+// How a client holds its connection for waitHold.
+const (
+	// HoldSleep is time.Sleep(waitHold), the shape the targets are read on.
+	// When every goroutine is parked, Go's scheduler waits for the next
+	// timer in epoll_wait, whose unit is a millisecond, so such a sleep
+	// lasts 50 µs to about 1 ms.
+	HoldSleep = "sleep"
+	// HoldBusy runs the caller until waitHold has passed, yielding the
+	// processor in between, as a caller busy with the connection would:
+	// the hold lasts waitHold and a little more, so the pool's own cost is
+	// a larger share of each cycle.
+	HoldBusy = "busy"
+)
+
+// holdFunc returns how a client holds a connection.
+func holdFunc(kind string) func() {
+	if kind == HoldBusy {
+		return func() {
+			start := time.Now()
+			for time.Since(start) < waitHold {
+				runtime.Gosched()
+			}
+		}
+	}
+	return func() { time.Sleep(waitHold) }
+}
+
 // WaitRow is one pool's figures in the waiting part, one entry per round.
 type WaitRow struct {
 	Pool string
+	// Hold is HoldSleep or HoldBusy.
+	Hold string
 	// P50, P99 and Max are the wait in Get over all clients.
 	P50, P99, Max []time.Duration
 	// Acquires is the number of connections handed out; MinClient and
@@ -32,8 +61,9 @@ type WaitRow struct {
 	Cycle []time.Duration
 	// Errors counts failed Gets.
 	Errors []int64
-	// RatioP99 holds, per round, redispool's p99 wait over this pool's.
-	RatioP99 []float64
+	// RatioP99 and RatioCycle hold, per round, redispool's p99 wait and
+	// conn cycle over this pool's.
+	RatioP99, RatioCycle []float64
 }
 
 // MaxOverP50 is, per round, the longest wait over the median wait.
@@ -53,9 +83,9 @@ type waitAcc struct {
 	elapsed time.Duration
 }
 
-// waitLoop runs waitClients clients on p for d, and adds what they did to
-// acc unless it is nil.
-func waitLoop(p fakePool, d time.Duration, acc *waitAcc) {
+// waitLoop runs waitClients clients on p for d, each holding its conn while
+// hold runs, and adds what they did to acc unless it is nil.
+func waitLoop(p fakePool, hold func(), d time.Duration, acc *waitAcc) {
 	hs := make([]hist, waitClients)
 	counts := make([]int64, waitClients)
 	errs := make([]int64, waitClients)
@@ -71,7 +101,7 @@ func waitLoop(p fakePool, d time.Duration, acc *waitAcc) {
 			ready.Done()
 			<-start
 			for !stop.Load() {
-				w, ok := p.getHoldClose(waitHold)
+				w, ok := p.getHoldClose(hold)
 				if !ok {
 					errs[i]++
 					continue
@@ -100,8 +130,9 @@ func waitLoop(p fakePool, d time.Duration, acc *waitAcc) {
 }
 
 // runWaiting is part 3 of the issue: waitClients clients on waitConns
-// connections held waitHold each.
-func (r *runner) runWaiting(ctx context.Context) ([]WaitRow, error) {
+// connections held waitHold each, the hold being of the given kind.
+func (r *runner) runWaiting(ctx context.Context, kind string) ([]WaitRow, error) {
+	hold := holdFunc(kind)
 	pools := make([]fakePool, len(fakePoolNames))
 	rows := make([]WaitRow, len(fakePoolNames))
 	defer func() {
@@ -118,6 +149,7 @@ func (r *runner) runWaiting(ctx context.Context) ([]WaitRow, error) {
 		}
 		pools[i] = p
 		rows[i].Pool = name
+		rows[i].Hold = kind
 	}
 	for round := range r.rounds {
 		accs := make([]waitAcc, len(pools))
@@ -127,9 +159,9 @@ func (r *runner) runWaiting(ctx context.Context) ([]WaitRow, error) {
 					return nil, err
 				}
 				runtime.GC()
-				waitLoop(pools[pi], r.warmup, nil)
+				waitLoop(pools[pi], hold, r.warmup, nil)
 				runtime.GC()
-				waitLoop(pools[pi], r.slice, &accs[pi])
+				waitLoop(pools[pi], hold, r.slice, &accs[pi])
 			}
 		}
 		for pi := range accs {
@@ -153,16 +185,18 @@ func (r *runner) runWaiting(ctx context.Context) ([]WaitRow, error) {
 			row.MeanClient = append(row.MeanClient, float64(acquires)/waitClients)
 			row.Cycle = append(row.Cycle, cycle)
 			row.Errors = append(row.Errors, a.errors)
-			r.progress("waiting round %d/%d %s: p50 %v p99 %v max %v", round+1, r.rounds, row.Pool,
+			r.progress("waiting (%s hold) round %d/%d %s: p50 %v p99 %v max %v", kind, round+1, r.rounds, row.Pool,
 				a.h.quantile(0.5), a.h.quantile(0.99), time.Duration(a.h.max))
 		}
 	}
 	for pi := range rows {
 		if pi == 0 {
 			rows[pi].RatioP99 = nanSlice(r.rounds)
+			rows[pi].RatioCycle = nanSlice(r.rounds)
 			continue
 		}
 		rows[pi].RatioP99 = ratios(durs(rows[0].P99), durs(rows[pi].P99))
+		rows[pi].RatioCycle = ratios(durs(rows[0].Cycle), durs(rows[pi].Cycle))
 	}
 	return rows, nil
 }
