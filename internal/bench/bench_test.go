@@ -65,6 +65,11 @@ func TestShortRun(t *testing.T) {
 		assert.Positive(t, row.OpsPerSec[0], "e2e %s %s ops/s", row.Op, row.Pool)
 		assert.Positive(t, row.P99[0], "e2e %s %s p99", row.Op, row.Pool)
 		assert.Zero(t, row.Errors[0], "e2e %s %s errors", row.Op, row.Pool)
+		if row.Pool == nameRedisBenchmark {
+			assert.Negative(t, row.CPUPerOp[0], "e2e %s %s: another process's CPU is not counted", row.Op, row.Pool)
+		} else if runtime.GOOS == "linux" {
+			assert.Positive(t, row.CPUPerOp[0], "e2e %s %s CPU per command", row.Op, row.Pool)
+		}
 		if row.Pool != nameRedispool {
 			assert.False(t, math.IsNaN(row.RatioOps[0]), "e2e %s %s ratio", row.Op, row.Pool)
 		}

@@ -69,9 +69,13 @@ type E2ERow struct {
 	// AllocsPerOp is the heap objects allocated per command in this process
 	// (NaN for redis-benchmark).
 	AllocsPerOp []float64
-	// RatioOps and RatioP99 hold, per round, redispool's ops/s and p99 over
-	// this participant's; NaN for redispool.
-	RatioOps, RatioP99 []float64
+	// CPUPerOp is the CPU time, user and system, this process used per
+	// command: the client's cost, system calls included (NaN for
+	// redis-benchmark, and where it cannot be read).
+	CPUPerOp []time.Duration
+	// RatioOps, RatioP99 and RatioCPU hold, per round, redispool's ops/s,
+	// p99 and CPU per command over this participant's; NaN for redispool.
+	RatioOps, RatioP99, RatioCPU []float64
 	// Skipped says why the row has no figures.
 	Skipped string
 }
@@ -136,6 +140,7 @@ func (g goRedisE2E) close() { g.c.Close() }
 type e2eRun struct {
 	opsPerSec float64
 	allocs    float64
+	cpuPerOp  time.Duration // -1 when not measured
 	p50, p99  time.Duration
 	errors    int64
 	firstErr  error
@@ -146,6 +151,8 @@ type e2eAcc struct {
 	h       hist
 	elapsed time.Duration
 	mallocs uint64
+	cpu     time.Duration
+	noCPU   bool // the CPU time could not be read
 	errors  int64
 	// redis-benchmark reports percentiles, not a histogram: the mean of
 	// its slices' p50 and p99 is kept instead.
@@ -159,13 +166,19 @@ func (a *e2eAcc) result() e2eRun {
 		return e2eRun{
 			opsPerSec: float64(a.benchOps) / a.elapsed.Seconds(),
 			allocs:    math.NaN(),
+			cpuPerOp:  -1,
 			p50:       a.benchP50Sum / time.Duration(a.benchSlices),
 			p99:       a.benchP99Sum / time.Duration(a.benchSlices),
 		}
 	}
+	cpu := a.cpu / time.Duration(max(a.h.n, 1))
+	if a.noCPU {
+		cpu = -1
+	}
 	return e2eRun{
 		opsPerSec: float64(a.h.n) / a.elapsed.Seconds(),
 		allocs:    float64(a.mallocs) / float64(max(a.h.n, 1)),
+		cpuPerOp:  cpu,
 		p50:       a.h.quantile(0.5),
 		p99:       a.h.quantile(0.99),
 		errors:    a.errors,
@@ -207,18 +220,22 @@ func e2eLoop(ctx context.Context, p e2ePool, set bool, d time.Duration, acc *e2e
 	ready.Wait()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
+	cpu0, cpuOK := processCPU()
 	t0 := time.Now()
 	close(start)
 	time.Sleep(d)
 	stop.Store(true)
 	done.Wait()
 	elapsed := time.Since(t0)
+	cpu1, cpuOK1 := processCPU()
 	runtime.ReadMemStats(&m1)
 	if acc == nil {
 		return
 	}
 	acc.elapsed += elapsed
 	acc.mallocs += m1.Mallocs - m0.Mallocs
+	acc.cpu += cpu1 - cpu0
+	acc.noCPU = acc.noCPU || !cpuOK || !cpuOK1
 	for i := range hs {
 		acc.h.merge(&hs[i])
 		acc.errors += errs[i]
@@ -328,6 +345,7 @@ func (r *runner) runE2E(ctx context.Context, s *server) ([]E2ERow, error) {
 				row.P99 = append(row.P99, res.p99)
 				row.Errors = append(row.Errors, res.errors)
 				row.AllocsPerOp = append(row.AllocsPerOp, res.allocs)
+				row.CPUPerOp = append(row.CPUPerOp, res.cpuPerOp)
 				r.progress("e2e round %d/%d %s %s: %.0f ops/s p99 %v", round+1, r.rounds, op, name, res.opsPerSec, res.p99)
 			}
 		}
@@ -337,9 +355,10 @@ func (r *runner) runE2E(ctx context.Context, s *server) ([]E2ERow, error) {
 		for _, name := range e2eNames {
 			row := &rows[idx[[2]string{op, name}]]
 			if name == nameRedispool || row.Skipped != "" {
-				row.RatioOps, row.RatioP99 = nanSlice(r.rounds), nanSlice(r.rounds)
+				row.RatioOps, row.RatioP99, row.RatioCPU = nanSlice(r.rounds), nanSlice(r.rounds), nanSlice(r.rounds)
 				continue
 			}
+			row.RatioCPU = ratios(cpuFloats(base.CPUPerOp), cpuFloats(row.CPUPerOp))
 			row.RatioOps = ratios(base.OpsPerSec, row.OpsPerSec)
 			row.RatioP99 = ratios(durs(base.P99), durs(row.P99))
 		}
@@ -396,4 +415,16 @@ func redisBenchmark(ctx context.Context, bin, addr, op string, n int) (e2eRun, e
 		return e2eRun{}, err
 	}
 	return e2eRun{opsPerSec: rps, allocs: math.NaN(), p50: p50, p99: p99}, nil
+}
+
+// cpuFloats is CPU times as float64 nanoseconds, NaN where not measured.
+func cpuFloats(ds []time.Duration) []float64 {
+	out := make([]float64, len(ds))
+	for i, d := range ds {
+		out[i] = float64(d)
+		if d < 0 {
+			out[i] = math.NaN()
+		}
+	}
+	return out
 }

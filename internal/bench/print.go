@@ -67,7 +67,7 @@ func (rep *Report) Print(w io.Writer) {
 	if len(rep.E2E) > 0 {
 		fmt.Fprintf(w, "\n3. End to end on redis-server: %d goroutines on %d conns, %d keys, %d-byte values; latency = Get+command+Close; median over rounds\n",
 			e2eClients, e2eConns, keySpace, valueSize)
-		tw := newTable(w, "op", "client", "ops/s", "p50", "p99", "allocs/op", "errors", "redispool/peer ops/s", "redispool/peer p99")
+		tw := newTable(w, "op", "client", "ops/s", "p50", "p99", "allocs/op", "CPU/op", "errors", "redispool/peer ops/s", "redispool/peer p99", "redispool/peer CPU/op")
 		last := ""
 		for _, row := range rep.E2E {
 			op := ""
@@ -84,15 +84,19 @@ func (rep *Report) Print(w io.Writer) {
 				name = fmt.Sprintf("redis-benchmark -c %d", e2eConns)
 			}
 			if row.Skipped != "" {
-				tw.row(op, name, "skipped: "+row.Skipped, "", "", "", "", "", "")
+				tw.row(op, name, "skipped: "+row.Skipped, "", "", "", "", "", "", "", "")
 				continue
 			}
 			allocs := "-"
 			if a := median(row.AllocsPerOp); !math.IsNaN(a) {
 				allocs = fmt.Sprintf("%.1f", a)
 			}
+			cpu := "-"
+			if c := median(cpuFloats(row.CPUPerOp)); !math.IsNaN(c) {
+				cpu = fmt.Sprintf("%.1fus", c/1e3)
+			}
 			tw.row(op, name, fmtCount(median(row.OpsPerSec)), fmtDur(medianDur(row.P50)), fmtDur(medianDur(row.P99)),
-				allocs, fmt.Sprintf("%.0f", sumInt(row.Errors)), fmtRatioCell(row.RatioOps), fmtRatioCell(row.RatioP99))
+				allocs, cpu, fmt.Sprintf("%.0f", sumInt(row.Errors)), fmtRatioCell(row.RatioOps), fmtRatioCell(row.RatioP99), fmtRatioCell(row.RatioCPU))
 		}
 		tw.flush()
 		fmt.Fprintf(w, "redis-benchmark runs %d connections with no pool in between (its p99 is per request, no wait for a conn): it is the server's ceiling here, not a peer.\n", e2eConns)
