@@ -173,8 +173,11 @@ type Pool struct {
 	// nil, only the pool's own are used.
 	DialOptions []redis.DialOption
 
-	// DialTimeout bounds a dial of Addr, including TLS and AUTH. When zero,
-	// DefaultDialTimeout (5s); negative disables it.
+	// DialTimeout bounds a dial of Addr as a whole: connecting, the TLS
+	// handshake, AUTH and SELECT, and with Sentinel the master's ROLE check.
+	// When zero, DefaultDialTimeout (5s); negative disables it (redigo's own
+	// 10s bound on a TLS handshake then applies). It must be zero when Dial
+	// or DialContext is set: bound your own dial.
 	DialTimeout time.Duration
 
 	// ReadTimeout bounds the wait for each reply. A blocking command such as
@@ -823,8 +826,20 @@ func (p *Pool) dialConn(ctx context.Context, gen *uint64) (redis.Conn, net.Conn,
 	opts := []redis.DialOption{
 		redis.DialContextFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			// The TLS handshake does not watch ctx (redigo gives it 10 s
+			// of its own): the socket's deadline bounds it. AUTH and
+			// SELECT run with ctx; the deadline is cleared once dialed.
+			if dl, ok := ctx.Deadline(); ok {
+				if err := c.SetDeadline(dl); err != nil {
+					c.Close()
+					return nil, err
+				}
+			}
 			netConn = c
-			return c, err
+			return c, nil
 		}),
 		redis.DialReadTimeout(p.cfg.readTimeout),
 		redis.DialWriteTimeout(p.cfg.writeTimeout),
@@ -839,7 +854,12 @@ func (p *Pool) dialConn(ctx context.Context, gen *uint64) (redis.Conn, net.Conn,
 	}
 	c, err := redis.DialContext(ctx, network, addr, opts...)
 	if err == nil && p.Sentinel != nil {
-		if err = checkRole(c, addr); err != nil {
+		if err = checkRole(ctx, c, addr); err != nil {
+			c.Close()
+		}
+	}
+	if err == nil && netConn != nil {
+		if err = netConn.SetDeadline(time.Time{}); err != nil {
 			c.Close()
 		}
 	}

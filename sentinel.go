@@ -412,8 +412,8 @@ func (s *Sentinel) announced(p *Pool, from, msg string) {
 }
 
 // checkRole verifies that c reaches a master.
-func checkRole(c redis.Conn, addr string) error {
-	reply, err := redis.Values(c.Do("ROLE"))
+func checkRole(ctx context.Context, c redis.Conn, addr string) error {
+	reply, err := redis.Values(redis.DoContext(c, ctx, "ROLE"))
 	if err != nil {
 		return fmt.Errorf("redispool: ROLE on %s: %w", addr, err)
 	}

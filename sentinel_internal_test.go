@@ -191,3 +191,31 @@ func TestAConnToTheOldMasterDialedAsANewMasterIsAnnouncedIsRetired(t *testing.T)
 	require.NoError(t, err)
 	assert.Zero(t, n, "nothing was written to the old master")
 }
+
+// TestDialTimeoutBoundsTheRoleCheck checks that the ROLE a pool sends to
+// the master a sentinel names is bounded by DialTimeout, not by ReadTimeout,
+// which may be disabled: a master that accepts and never answers must not
+// hold Get.
+func TestDialTimeoutBoundsTheRoleCheck(t *testing.T) {
+	master := silentServer(t)
+	sentinel := startStaleSentinel(t, master)
+	p := &Pool{
+		Sentinel:    &Sentinel{Addrs: []string{sentinel.ln.Addr().String()}, MasterName: "mymaster"},
+		DialTimeout: 300 * time.Millisecond,
+		ReadTimeout: -1,
+	}
+	defer p.Close()
+	got := make(chan error, 1)
+	go func() {
+		c := p.Get()
+		got <- c.Err()
+		c.Close()
+	}()
+	select {
+	case err := <-got:
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "ROLE")
+	case <-time.After(5 * time.Second):
+		t.Fatal("Get still waits 5s after dialing a master that does not answer ROLE, with DialTimeout 300ms")
+	}
+}

@@ -1,0 +1,80 @@
+package redispool
+
+import (
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// silentServer accepts connections on a loopback port, reads what they send
+// and never answers, as a server hung after accept does. It closes them when
+// the test ends.
+func silentServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var conns []net.Conn
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+// TestDialTimeoutBoundsEveryStep checks that DialTimeout bounds the whole
+// dial against a server that accepts and never answers: the TLS handshake
+// (redigo's own default for it is 10 s) and AUTH.
+func TestDialTimeoutBoundsEveryStep(t *testing.T) {
+	addr := silentServer(t)
+	for _, tc := range []struct {
+		name string
+		pool *Pool
+	}{
+		{"TLS handshake", &Pool{Addr: addr, DialOptions: []redis.DialOption{redis.DialUseTLS(true)}}},
+		{"AUTH", &Pool{Addr: addr, Password: "secret"}},
+		{"SELECT", &Pool{Addr: addr, DB: 2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := tc.pool
+			p.DialTimeout = 300 * time.Millisecond
+			defer p.Close()
+			start := time.Now()
+			c := p.Get()
+			took := time.Since(start)
+			require.Error(t, c.Err())
+			c.Close()
+			assert.Less(t, took, 2*time.Second, "Get with DialTimeout %v returned after %v: %v", p.DialTimeout, took, c.Err())
+		})
+	}
+}
