@@ -466,13 +466,14 @@ func (ac *activeConn) ReceiveContext(ctx context.Context) (any, error) {
 }
 
 // Err returns a non-nil error when the conn is unusable: closed, broken by an
-// earlier error, or reported unusable by the pooled connection.
+// earlier error, retired by a failover (ErrConnRetired), or reported unusable
+// by the pooled connection.
 func (ac *activeConn) Err() error {
 	pc, err := ac.lock()
 	if err != nil {
 		return err
 	}
-	err = pc.err
+	err = pc.usableLocked()
 	pc.mu.Unlock()
 	if err != nil {
 		return err

@@ -185,6 +185,7 @@ func TestAConnToTheOldMasterDialedAsANewMasterIsAnnouncedIsRetired(t *testing.T)
 
 	c := <-got
 	defer c.Close()
+	require.ErrorIs(t, c.Err(), ErrConnRetired, "Err tells of a retired conn before any command fails")
 	_, err := c.Do("SET", "k", "v")
 	require.ErrorIs(t, err, ErrConnRetired, "a conn to the old master must not write")
 	n, err := redis.Int(oldMaster.Do(t, "EXISTS", "k"), nil)
