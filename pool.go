@@ -505,14 +505,6 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 	}
 }
 
-// timerPool recycles the timers that bound waits. A stopped timer's channel
-// holds no stale value (Go 1.23 timers), so Reset makes it good as new.
-var timerPool = sync.Pool{New: func() any {
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	return t
-}}
-
 // exhausted counts and logs a Get that gave up waiting, and returns its error.
 func (p *Pool) exhausted(err error) error {
 	p.waitTimeout.Add(1)
@@ -649,12 +641,10 @@ func (p *Pool) dial(ctx context.Context) (_ *poolConn, err error) {
 	// on, and serves a later Get.
 	var timeout <-chan time.Time
 	if p.cfg.waitTimeout >= 0 && (p.cfg.userDial || p.cfg.dialTimeout == 0) {
-		timer := timerPool.Get().(*time.Timer)
-		timer.Reset(p.cfg.waitTimeout)
-		defer func() {
-			timer.Stop()
-			timerPool.Put(timer)
-		}()
+		// Not a pooled timer: in a program whose go.mod says go 1.22 or
+		// older, a stopped timer's channel may still hold a tick.
+		timer := time.NewTimer(p.cfg.waitTimeout)
+		defer timer.Stop()
 		timeout = timer.C
 	}
 	var gaveUp error
