@@ -87,6 +87,8 @@ func (p *Pool) buildConfig() (config, error) {
 		return bad("Username or Password is set together with Dial or DialContext, which would ignore them; authenticate in your Dial")
 	case c.userDial && p.DialTimeout != 0:
 		return bad("DialTimeout is set together with Dial or DialContext; set the connect timeout in your Dial")
+	case c.userDial && p.WriteTimeout != 0:
+		return bad("WriteTimeout is set together with Dial or DialContext, which the pool cannot apply to your conns; set it in your Dial (redis.DialWriteTimeout)")
 	case p.Sentinel != nil && (c.userDial || c.addr != ""):
 		return bad("Sentinel is set together with Addr, Dial or DialContext; the sentinels name the address to dial")
 	case p.Sentinel != nil:

@@ -188,7 +188,9 @@ type Pool struct {
 	ReadTimeout time.Duration
 
 	// WriteTimeout bounds each write. When zero, it equals ReadTimeout;
-	// negative disables it.
+	// negative disables it. It applies to connections the pool dials and
+	// must be zero when Dial or DialContext is set: set your conn's own
+	// (redis.DialWriteTimeout).
 	WriteTimeout time.Duration
 
 	// WaitTimeout bounds how long Get waits for a connection when MaxActive are
@@ -455,6 +457,7 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	var waitEnd time.Duration // see waitLeft
 	for {
 		if p.closed.Load() {
 			return nil, ErrPoolClosed
@@ -473,7 +476,7 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 				case <-p.permits:
 				default:
 					var err error
-					if pc, err = p.wait(ctx); err != nil {
+					if pc, err = p.wait(ctx, &waitEnd); err != nil {
 						return nil, err
 					}
 					waited = true
@@ -481,7 +484,7 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 			}
 		}
 		if pc == nil {
-			return p.dial(ctx)
+			return p.dial(ctx, &waitEnd)
 		}
 		reason := p.unusable(ctx, pc)
 		if reason < 0 {
@@ -496,7 +499,7 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 				p.releasePermit()
 				return nil, err
 			}
-			return p.dial(ctx)
+			return p.dial(ctx, &waitEnd)
 		}
 		p.discard(pc, reason)
 		if err := ctx.Err(); err != nil {
@@ -601,7 +604,7 @@ type dialCall struct {
 // dial makes a new connection for a caller holding a permit, which it gives
 // back on failure. A dial the caller gives up on goes on, and gives the
 // pool its connection or the permit back when it ends.
-func (p *Pool) dial(ctx context.Context) (_ *poolConn, err error) {
+func (p *Pool) dial(ctx context.Context, waitEnd *time.Duration) (_ *poolConn, err error) {
 	handedOff := false
 	defer func() {
 		if err != nil && !handedOff {
@@ -615,7 +618,7 @@ func (p *Pool) dial(ctx context.Context) (_ *poolConn, err error) {
 	select {
 	case <-p.dials:
 	default:
-		if err := p.waitDialSlot(ctx); err != nil {
+		if err := p.waitDialSlot(ctx, waitEnd); err != nil {
 			if probe {
 				p.endProbe()
 			}
@@ -643,7 +646,7 @@ func (p *Pool) dial(ctx context.Context) (_ *poolConn, err error) {
 	if p.cfg.waitTimeout >= 0 && (p.cfg.userDial || p.cfg.dialTimeout == 0) {
 		// Not a pooled timer: in a program whose go.mod says go 1.22 or
 		// older, a stopped timer's channel may still hold a tick.
-		timer := time.NewTimer(p.cfg.waitTimeout)
+		timer := time.NewTimer(p.waitLeft(waitEnd))
 		defer timer.Stop()
 		timeout = timer.C
 	}
@@ -655,7 +658,7 @@ func (p *Pool) dial(ctx context.Context) (_ *poolConn, err error) {
 	case <-p.done:
 		gaveUp = ErrPoolClosed
 	case <-timeout:
-		gaveUp = p.exhausted(fmt.Errorf("%w: a dial did not finish within %v (WaitTimeout)", ErrPoolExhausted, p.cfg.waitTimeout))
+		gaveUp = p.exhausted(fmt.Errorf("%w: a dial did not finish within this Get's WaitTimeout (%v)", ErrPoolExhausted, p.cfg.waitTimeout))
 	}
 	if gaveUp != nil {
 		handedOff = true
@@ -708,11 +711,25 @@ func (p *Pool) endProbe() {
 	p.mu.Unlock()
 }
 
-func (p *Pool) waitDialSlot(ctx context.Context) error {
+// waitLeft is how long a Get may still wait: WaitTimeout bounds all its
+// waits together (for a connection, a dial slot, a Dial of the user's),
+// counted from the first. *end is when that is, on the monotonic clock,
+// zero until the Get first waits.
+func (p *Pool) waitLeft(end *time.Duration) time.Duration {
+	now := p.monotonic()
+	if *end == 0 {
+		*end = now + p.cfg.waitTimeout
+	}
+	return *end - now
+}
+
+// waitDialSlot waits for one of the MaxConcurrentDials slots, within what is
+// left of the Get's WaitTimeout.
+func (p *Pool) waitDialSlot(ctx context.Context, waitEnd *time.Duration) error {
 	if p.cfg.waitTimeout < 0 {
 		return p.exhausted(fmt.Errorf("%w: %d dials are in progress and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxDials))
 	}
-	timer := time.NewTimer(p.cfg.waitTimeout)
+	timer := time.NewTimer(p.waitLeft(waitEnd))
 	defer timer.Stop()
 	select {
 	case <-p.dials:
@@ -726,7 +743,7 @@ func (p *Pool) waitDialSlot(ctx context.Context) error {
 	case <-p.done:
 		return ErrPoolClosed
 	case <-timer.C:
-		return p.exhausted(fmt.Errorf("%w: %d dials stayed in progress for %v (WaitTimeout)", ErrPoolExhausted, p.cfg.maxDials, p.cfg.waitTimeout))
+		return p.exhausted(fmt.Errorf("%w: %d dials stayed in progress until this Get's WaitTimeout (%v) passed", ErrPoolExhausted, p.cfg.maxDials, p.cfg.waitTimeout))
 	}
 }
 

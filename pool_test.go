@@ -692,6 +692,7 @@ func TestInvalidConfigurationIsReportedByGet(t *testing.T) {
 		{"Dial and DialOptions", &redispool.Pool{Dial: dial, DialOptions: []redis.DialOption{redis.DialDatabase(1)}}, "DialOptions"},
 		{"Dial and Password", &redispool.Pool{Dial: dial, Password: "pw"}, "Password"},
 		{"Dial and DialTimeout", &redispool.Pool{Dial: dial, DialTimeout: time.Second}, "DialTimeout"},
+		{"Dial and WriteTimeout", &redispool.Pool{Dial: dial, WriteTimeout: time.Second}, "WriteTimeout"},
 		{"ReadTimeout without unit", &redispool.Pool{ReadTimeout: 5}, "ReadTimeout"},
 		{"WriteTimeout without unit", &redispool.Pool{WriteTimeout: 3}, "WriteTimeout"},
 		{"DialTimeout without unit", &redispool.Pool{DialTimeout: 10}, "DialTimeout"},

@@ -88,7 +88,8 @@ func (p *Pool) monotonic() time.Duration {
 
 // wait waits until ctx ends, WaitTimeout passes or the pool closes, for an
 // idle connection or, when it returns neither one nor an error, a permit.
-func (p *Pool) wait(ctx context.Context) (*poolConn, error) {
+// It is a Get's first wait, and sets *waitEnd (see waitLeft).
+func (p *Pool) wait(ctx context.Context, waitEnd *time.Duration) (*poolConn, error) {
 	if p.cfg.waitTimeout < 0 {
 		return nil, p.exhausted(fmt.Errorf("%w: all %d connections are in use and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxActive))
 	}
@@ -119,6 +120,7 @@ func (p *Pool) wait(ctx context.Context) (*poolConn, error) {
 	// timer relies on.
 	start := p.monotonic()
 	w.deadline = start + p.cfg.waitTimeout
+	*waitEnd = w.deadline
 	p.waitq.pushBack(w)
 	p.waiters.Add(1)
 	if !p.timerArmed {

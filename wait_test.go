@@ -331,3 +331,49 @@ func TestADialSlotGrantedAfterTheContextEndedGoesBack(t *testing.T) {
 	assert.Less(t, time.Since(start), time.Second)
 	assert.EqualValues(t, 2, p.Stats().DialCount, "the caller that gave up did not dial")
 }
+
+// TestWaitTimeoutBoundsAGetAsAWhole checks that WaitTimeout bounds a Get's
+// waits together: a caller that queued for a connection, got a permit as
+// the connection was discarded, and then waits for its own hung Dial gives
+// up WaitTimeout after it began to wait, not WaitTimeout after each wait.
+func TestWaitTimeoutBoundsAGetAsAWhole(t *testing.T) {
+	const wait = time.Second
+	hung := make(chan struct{})
+	defer close(hung)
+	var dials atomic.Int32
+	first := &fakeConn{}
+	p := &redispool.Pool{
+		Dial: func() (redis.Conn, error) {
+			if dials.Add(1) == 1 {
+				return first, nil
+			}
+			<-hung
+			return nil, errors.New("fake: gave up")
+		},
+		MaxActive:   1,
+		WaitTimeout: wait,
+	}
+	defer p.Close()
+	held := p.Get()
+	require.NoError(t, held.Err())
+
+	got := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		c := p.Get()
+		got <- c.Err()
+		c.Close()
+	}()
+	require.Eventually(t, func() bool { return p.Stats().WaitCount == 1 }, 5*time.Second, time.Millisecond)
+	time.Sleep(wait * 6 / 10)
+	first.mu.Lock()
+	first.err = errors.New("fake: broken") // Close discards it
+	first.mu.Unlock()
+	held.Close()
+
+	err := <-got
+	took := time.Since(start)
+	require.ErrorIs(t, err, redispool.ErrPoolExhausted)
+	assert.Less(t, took, wait*14/10, "a Get that waited for a conn, then for its dial, with WaitTimeout %v", wait)
+	assert.EqualValues(t, 2, dials.Load())
+}
