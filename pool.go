@@ -22,8 +22,8 @@ import (
 var ErrPoolClosed = errors.New("redispool: pool is closed")
 
 // ErrPoolExhausted is wrapped by the error returned by Get and GetContext when
-// every connection stayed in use for WaitTimeout (at once when WaitTimeout is
-// negative). It wraps redigo's redis.ErrPoolExhausted, so code written for
+// WaitTimeout passed before a connection, a dial slot or a Dial of the user's
+// became available (at once when WaitTimeout is negative). It wraps redigo's redis.ErrPoolExhausted, so code written for
 // redis.Pool that checks errors.Is(err, redis.ErrPoolExhausted) keeps working.
 var ErrPoolExhausted = fmt.Errorf("redispool: connection pool exhausted: %w", redis.ErrPoolExhausted)
 
@@ -92,8 +92,9 @@ var (
 //
 // The zero value is ready to use: it dials localhost:6379 with timeouts, keeps
 // at most 10 x GOMAXPROCS connections and waits a bounded time for one. The
-// fields are read once, on first use, and must not change after that. A Pool
-// must not be copied after first use.
+// fields are read once, on first use (any method, Stats and IdleCount
+// included), and must not change after that. A Pool must not be copied after
+// first use.
 type Pool struct {
 	// Dial creates and configures a connection. When Dial and DialContext are
 	// both nil, the pool dials Addr itself. When both are set, DialContext is
@@ -139,7 +140,8 @@ type Pool struct {
 	IdleTimeout time.Duration
 
 	// Wait is accepted for compatibility with redis.Pool and has no effect:
-	// Get always waits for a connection, for at most WaitTimeout.
+	// Get waits for a connection for at most WaitTimeout, and not at all
+	// when WaitTimeout is negative.
 	Wait bool
 
 	// MaxConnLifetime closes connections older than this: Get closes them
@@ -193,13 +195,15 @@ type Pool struct {
 	// (redis.DialWriteTimeout).
 	WriteTimeout time.Duration
 
-	// WaitTimeout bounds how long Get waits for a connection when MaxActive are
-	// in use, for a dial slot, and for a Dial of the user's to finish (a dial
-	// given up on goes on and serves a later Get; the pool's own dials are
-	// bounded by DialTimeout). When zero, ReadTimeout plus one second;
-	// negative means do not wait for a connection or a dial slot, fail at
-	// once. A Get that gives up returns an error matching ErrPoolExhausted and
-	// redis.ErrPoolExhausted.
+	// WaitTimeout bounds a Get's waits, all together, counted from the first:
+	// for a connection when MaxActive are in use, for a dial slot, and for a
+	// Dial of the user's to finish (a dial given up on goes on and serves a
+	// later Get; the pool's own dials are bounded by DialTimeout instead).
+	// When zero, ReadTimeout plus one second (4s when ReadTimeout is
+	// disabled). Negative means do not wait for a connection or a dial slot,
+	// fail at once; a Dial of the user's is still waited for, until it
+	// returns or ctx ends. A Get that gives up returns an error matching
+	// ErrPoolExhausted and redis.ErrPoolExhausted.
 	WaitTimeout time.Duration
 
 	// MaxConcurrentDials is the most dials in progress at once. When zero, 8
@@ -211,12 +215,16 @@ type Pool struct {
 	// Logger, when set, is told about discarded connections and their reason
 	// (Debug for idle timeout, lifetime, MaxIdle and pool closed; Warn for the
 	// others), failed dials and exhausted waits, each kind at most once per
-	// second with the count of records left out. When nil, nothing is logged.
+	// second with the count of records left out; and, with Sentinel, about a
+	// new master announced (Info) and a failed subscription to a sentinel
+	// (Debug). When nil, none of these is logged (leak reports still are:
+	// see LeakThreshold).
 	Logger *slog.Logger
 
-	// LeakThreshold, when positive, reports a connection held longer than
-	// this, once, with the stack of the code that borrowed it, to Logger (or
-	// slog.Default() when Logger is nil), and counts it in PoolStats.LeakCount.
+	// LeakThreshold, when positive, counts a connection held longer than this
+	// in PoolStats.LeakCount and reports it with the stack of the code that
+	// borrowed it, to Logger (or slog.Default() when Logger is nil); reports
+	// are limited to one per second for the pool, the others only counted.
 	// It costs a stack capture and a timer per Get. When zero, off.
 	LeakThreshold time.Duration
 
@@ -307,7 +315,9 @@ const (
 	// DiscardState: it was left in a state the next caller must not inherit
 	// (subscribed, MONITOR, CLIENT REPLY OFF, another database, READONLY, ...).
 	DiscardState
-	// DiscardIdleTimeout: it stayed idle longer than IdleTimeout.
+	// DiscardIdleTimeout: it stayed idle longer than IdleTimeout, or the pool
+	// shrank: once per IdleTimeout, a Get that reuses an idle connection
+	// closes as many idle ones as no Get needed in that time.
 	DiscardIdleTimeout
 	// DiscardLifetime: it was older than MaxConnLifetime.
 	DiscardLifetime
@@ -403,7 +413,7 @@ func (p *Pool) init() error {
 }
 
 // clock returns the time since the pool's epoch. It reads only the monotonic
-// clock, which costs about half of time.Now, and the pool reads it twice per
+// clock, which costs about half of time.Now, and the pool reads it once per
 // Get and Close.
 func (p *Pool) clock() time.Duration {
 	if f := nowFunc.Load(); f != nil {
@@ -1040,7 +1050,8 @@ func (p *Pool) IdleCount() int {
 	return p.idleLen()
 }
 
-// idleLen is the number of idle connections; zero before first use.
+// idleLen is the number of idle connections. It counts as the pool's first
+// use, and is zero when the configuration is invalid.
 func (p *Pool) idleLen() int {
 	if p.init() != nil {
 		return 0

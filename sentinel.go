@@ -77,9 +77,9 @@ func watchPingInterval() time.Duration {
 type Sentinel struct {
 	// Addrs are the sentinels' "host:port" addresses. They are asked in turn
 	// until one answers; the one that answered, or last announced a new
-	// master, is asked first next time. When the pool's DialTimeout is set,
-	// each sentinel gets an equal share of it, so that one that hangs leaves
-	// time to ask the others.
+	// master, is asked first next time. Each sentinel gets an equal share of
+	// the pool's DialTimeout (of 5s when it is disabled), at least 100ms, so
+	// that one that hangs leaves time to ask the others.
 	Addrs []string
 
 	// MasterName is the name under which the sentinels monitor the master.

@@ -119,7 +119,7 @@ func NewCollector(src Source, opts ...Option) *Collector {
 		dials:        desc("dials_total", "Dials started."),
 		dialErrors:   desc("dial_errors_total", "Dials that failed."),
 		fastFails:    desc("fast_fails_total", "Gets refused at once with the last dial error while the server refused connections."),
-		waitTimeouts: desc("wait_timeouts_total", "Gets that failed with ErrPoolExhausted: every connection stayed in use for WaitTimeout."),
+		waitTimeouts: desc("wait_timeouts_total", "Gets that failed with ErrPoolExhausted: WaitTimeout passed before a connection, a dial slot or the user's Dial was available."),
 		leaks:        desc("leaks_total", "Connections held longer than LeakThreshold."),
 		discards:     desc("discards_total", "Connections closed by the pool, by reason.", "reason"),
 	}

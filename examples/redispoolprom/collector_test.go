@@ -75,7 +75,7 @@ redispool_leaks_total{pool="sessions"} 29
 # HELP redispool_wait_seconds_total Total time Gets waited for a connection, in seconds.
 # TYPE redispool_wait_seconds_total counter
 redispool_wait_seconds_total{pool="sessions"} 1.5
-# HELP redispool_wait_timeouts_total Gets that failed with ErrPoolExhausted: every connection stayed in use for WaitTimeout.
+# HELP redispool_wait_timeouts_total Gets that failed with ErrPoolExhausted: WaitTimeout passed before a connection, a dial slot or the user's Dial was available.
 # TYPE redispool_wait_timeouts_total counter
 redispool_wait_timeouts_total{pool="sessions"} 23
 # HELP redispool_wait_total Gets that had to wait for a connection.
@@ -315,7 +315,7 @@ redispool_leaks_total 0
 # HELP redispool_wait_seconds_total Total time Gets waited for a connection, in seconds.
 # TYPE redispool_wait_seconds_total counter
 redispool_wait_seconds_total 0
-# HELP redispool_wait_timeouts_total Gets that failed with ErrPoolExhausted: every connection stayed in use for WaitTimeout.
+# HELP redispool_wait_timeouts_total Gets that failed with ErrPoolExhausted: WaitTimeout passed before a connection, a dial slot or the user's Dial was available.
 # TYPE redispool_wait_timeouts_total counter
 redispool_wait_timeouts_total 1
 # HELP redispool_wait_total Gets that had to wait for a connection.

@@ -149,7 +149,7 @@ func connLoop(ctx context.Context, s *server, name string, commands int) (connRu
 	return out, errors.Join(errs...)
 }
 
-// runConnCost is part 5 of the issue.
+// runConnCost is poolbench's part 4 (item 5 of the issue's build list).
 func (r *runner) runConnCost(ctx context.Context, s *server) ([]ConnRow, error) {
 	rows := make([]ConnRow, len(connNames))
 	for i, name := range connNames {

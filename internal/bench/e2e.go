@@ -263,7 +263,7 @@ func (s *server) populate() error {
 	return nil
 }
 
-// runE2E is part 4 of the issue.
+// runE2E is poolbench's part 3 (item 4 of the issue's build list).
 func (r *runner) runE2E(ctx context.Context, s *server) ([]E2ERow, error) {
 	if err := s.populate(); err != nil {
 		return nil, fmt.Errorf("populating keys: %w", err)

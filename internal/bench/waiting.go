@@ -129,7 +129,7 @@ func waitLoop(p fakePool, hold func(), d time.Duration, acc *waitAcc) {
 	}
 }
 
-// runWaiting is part 3 of the issue: waitClients clients on waitConns
+// runWaiting is poolbench's part 2 (item 3 of the issue's build list): waitClients clients on waitConns
 // connections held waitHold each, the hold being of the given kind.
 func (r *runner) runWaiting(ctx context.Context, kind string) ([]WaitRow, error) {
 	hold := holdFunc(kind)
