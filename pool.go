@@ -864,6 +864,10 @@ func (p *Pool) dialConn(ctx context.Context, gen *uint64) (redis.Conn, net.Conn,
 		redis.DialUsername(p.Username),
 		redis.DialPassword(p.Password),
 	}
+	if p.cfg.dialTimeout > 0 {
+		// redigo's own bound on a TLS handshake is 10s, whatever DialTimeout.
+		opts = append(opts, redis.DialTLSHandshakeTimeout(p.cfg.dialTimeout))
+	}
 	opts = append(opts, p.DialOptions...)
 	network := "tcp"
 	if strings.HasPrefix(addr, "/") {
