@@ -621,6 +621,11 @@ func (p *Pool) dial(ctx context.Context, waitEnd *time.Duration) (_ *poolConn, e
 			p.releasePermit()
 		}
 	}()
+	if p.closed.Load() {
+		// Granted a permit as the pool closed: no dial may begin after
+		// Close has returned.
+		return nil, ErrPoolClosed
+	}
 	probe, err := p.dialAllowed()
 	if err != nil {
 		return nil, err
@@ -692,6 +697,14 @@ func (p *Pool) dial(ctx context.Context, waitEnd *time.Duration) (_ *poolConn, e
 	if call.err != nil {
 		p.active.Add(-1)
 		return nil, call.err
+	}
+	if err := ctx.Err(); err != nil {
+		// ctx ended as the dial finished: as with a waiter's grant (see
+		// granted), a caller that gave up must not get a connection. It
+		// serves the next one.
+		handedOff = true
+		p.put(call.pc)
+		return nil, err
 	}
 	return call.pc, nil
 }
@@ -1000,13 +1013,17 @@ func (p *Pool) discardErr(pc *poolConn, reason DiscardReason, err error) {
 // closeConn closes a connection the pool owns, counts why, and gives its
 // permit back when release is set; otherwise the caller keeps it.
 func (p *Pool) closeConn(pc *poolConn, reason DiscardReason, err error, release bool) {
+	// The accounting holds even if the conn's Close panics, which then
+	// reaches the caller.
+	defer func() {
+		p.active.Add(-1)
+		if release {
+			p.releasePermit()
+		}
+		p.discards[reason].Add(1)
+		p.logDiscarded(reason, err)
+	}()
 	pc.c.Close()
-	p.active.Add(-1)
-	if release {
-		p.releasePermit()
-	}
-	p.discards[reason].Add(1)
-	p.logDiscarded(reason, err)
 }
 
 // Stats returns the pool's counters.

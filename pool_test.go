@@ -1017,3 +1017,34 @@ func TestMaxIdleHoldsWhenCloseRacesGet(t *testing.T) {
 	}
 	assert.Equal(t, 1, p.ActiveCount())
 }
+
+// panicCloseConn is a fakeConn whose Close panics.
+type panicCloseConn struct{ *fakeConn }
+
+func (c panicCloseConn) Close() error {
+	c.fakeConn.Close()
+	panic("fake: Close panics")
+}
+
+// TestAConnWhoseClosePanicsGivesItsPermitBack checks that a conn whose own
+// Close panics, as the pool discards it, still gives its permit back: the
+// panic reaches the caller, and the pool can still open MaxActive conns.
+func TestAConnWhoseClosePanicsGivesItsPermitBack(t *testing.T) {
+	var dials atomic.Int32
+	p := &redispool.Pool{MaxActive: 1, WaitTimeout: 100 * time.Millisecond, Dial: func() (redis.Conn, error) {
+		if dials.Add(1) == 1 {
+			return panicCloseConn{&fakeConn{doErr: errors.New("fake: broken")}}, nil
+		}
+		return &fakeConn{}, nil
+	}}
+	defer p.Close()
+	c := p.Get()
+	_, err := c.Do("GET", "k")
+	require.Error(t, err)
+	assert.PanicsWithValue(t, "fake: Close panics", func() { c.Close() }, "the conn's panic reaches the caller")
+	assert.Zero(t, p.ActiveCount())
+
+	c = p.Get()
+	require.NoError(t, c.Err(), "the permit of the conn whose Close panicked came back")
+	c.Close()
+}
