@@ -22,8 +22,13 @@ import (
 // channel (or the hot slot), then looks at waiters; a caller queues, counts
 // itself in waiters, then looks at the hot slot and the channels again
 // (serveLocked). One of them sees the other: the hot slot and waiters are
-// atomics, and a channel operation locks and unlocks the channel with the
-// runtime's sequentially consistent atomics.
+// atomics; a channel send changes the channel's count under the channel's
+// lock, released with one of the runtime's sequentially consistent atomics,
+// and a non-blocking receive that finds the channel empty reads that count
+// atomically. This rests on how the runtime implements channels (true on
+// every port), not on a rule of the Go memory model;
+// TestStressGiveBackRaceOversubscribed fails when either side's second look
+// is left out.
 
 // waiter is a caller parked in wait.
 type waiter struct {
