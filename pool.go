@@ -23,8 +23,9 @@ var ErrPoolClosed = errors.New("redispool: pool is closed")
 
 // ErrPoolExhausted is wrapped by the error returned by Get and GetContext when
 // WaitTimeout passed before a connection, a dial slot or a Dial of the user's
-// became available (at once when WaitTimeout is negative). It wraps redigo's redis.ErrPoolExhausted, so code written for
-// redis.Pool that checks errors.Is(err, redis.ErrPoolExhausted) keeps working.
+// became available (at once when WaitTimeout is negative). It wraps redigo's
+// redis.ErrPoolExhausted, so code written for redis.Pool that checks
+// errors.Is(err, redis.ErrPoolExhausted) keeps working.
 var ErrPoolExhausted = fmt.Errorf("redispool: connection pool exhausted: %w", redis.ErrPoolExhausted)
 
 // ErrConnClosed is returned by every method but Close of a conn from Get after
