@@ -88,6 +88,10 @@ type borrowState struct {
 type call struct {
 	pc      *poolConn
 	timeout time.Duration // read deadline for the reply; 0 for none
+	// selects is set for a Do of SELECT, which moves the connection to
+	// database selectDB once its reply says it did.
+	selects  bool
+	selectDB int
 }
 
 // start records that a command (or, with cmd "", a flush and read of the
@@ -106,8 +110,10 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 	if err := pc.usableLocked(); err != nil {
 		return call{}, err
 	}
-	pc.apply(info)
 	c := call{pc: pc, timeout: pc.p.cfg.readTimeout}
+	if pc.apply(info, send) {
+		c.selects, c.selectDB = true, info.DB
+	}
 	block, forever := pc.pendingBlock, pc.pendingEver
 	if info.Has(command.Blocking) {
 		block += info.Timeout
@@ -115,10 +121,10 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 	}
 	switch {
 	case send:
-		if cmd != "" {
-			pc.pending++
-			pc.pendingBlock, pc.pendingEver = block, forever
-		}
+		// Send("") too: redigo writes an empty command, which the server
+		// answers with an error.
+		pc.pending++
+		pc.pendingBlock, pc.pendingEver = block, forever
 	default:
 		// Do reads every pending reply and its own.
 		pc.pending, pc.pendingBlock, pc.pendingEver = 0, 0, false
@@ -153,10 +159,14 @@ func (pc *poolConn) usableLocked() error {
 // the server is sure to carry them out at once: inside MULTI, commands are
 // only queued, and EXEC or DISCARD without MULTI are errors that change
 // nothing.
-func (pc *poolConn) apply(info command.Info) {
+//
+// A SELECT takes effect only if the server runs it: the database is unknown
+// until its reply says so. apply reports whether the caller, a Do, is to set
+// it from the reply (see end).
+func (pc *poolConn) apply(info command.Info, send bool) (selects bool) {
 	e := info.Effects
 	if e == 0 {
-		return
+		return false
 	}
 	inMulti := pc.state&stateMulti != 0
 	switch {
@@ -183,12 +193,19 @@ func (pc *poolConn) apply(info command.Info) {
 	case e&command.Taint != 0:
 		pc.state |= stateTaint
 	case e&command.Select != 0:
-		if inMulti {
-			pc.db = -1 // queued: whether it runs depends on EXEC
-		} else {
-			pc.db = info.DB
+		switch {
+		case info.DB == pc.db:
+			// Whether it runs or fails, the database stays the same.
+		case inMulti, send:
+			// Queued, or its reply read later if at all: whether it runs
+			// depends on EXEC or on a reply the pool does not look at.
+			pc.db = -1
+		default:
+			pc.db = -1 // until its reply says the server ran it
+			return info.DB >= 0
 		}
 	}
+	return false
 }
 
 // begin is start for Flush and Receive. The timeout is for reading one
@@ -223,12 +240,19 @@ func (ac *activeConn) begin() (call, error) {
 // A READONLY error reply means the server became a replica: the connection is
 // not kept, and every connection dialed before it is retired. With Sentinel,
 // so does a connection closed by the server, as happens during a failover.
-func (ac *activeConn) end(pc *poolConn, err error, received bool) {
+func (ac *activeConn) end(c call, err error, received bool) {
+	pc := c.pc
 	pc.mu.Lock()
 	pc.inFlight--
+	if c.selects && err == nil {
+		pc.db = c.selectDB
+	}
 	rerr, replied := err.(redis.Error)
 	if err != nil && !replied && pc.err == nil {
 		pc.err = err
+	}
+	if replied && pc.err == nil && strings.HasPrefix(string(rerr), "ERR max number of clients reached") {
+		pc.err = rerr // the server closes the connection after this reply
 	}
 	if received && pc.pending > 0 && (err == nil || replied) {
 		pc.pending--
@@ -286,7 +310,7 @@ func (ac *activeConn) Do(cmd string, args ...any) (any, error) {
 	} else {
 		reply, err = c.pc.c.Do(cmd, args...)
 	}
-	ac.end(c.pc, arrayError(cmd, reply, err), false)
+	ac.end(c, arrayError(cmd, reply, err), false)
 	return reply, err
 }
 
@@ -300,7 +324,7 @@ func (ac *activeConn) DoWithTimeout(timeout time.Duration, cmd string, args ...a
 		return nil, err
 	}
 	reply, err := c.pc.cwt.DoWithTimeout(timeout, cmd, args...)
-	ac.end(c.pc, arrayError(cmd, reply, err), false)
+	ac.end(c, arrayError(cmd, reply, err), false)
 	return reply, err
 }
 
@@ -346,7 +370,7 @@ func (ac *activeConn) DoContext(ctx context.Context, cmd string, args ...any) (a
 		}
 		return c.pc.c.Do(cmd, args...)
 	})
-	ac.end(c.pc, arrayError(cmd, reply, err), false)
+	ac.end(c, arrayError(cmd, reply, err), false)
 	return reply, err
 }
 
@@ -399,7 +423,7 @@ func (ac *activeConn) Send(cmd string, args ...any) error {
 		return err
 	}
 	err = c.pc.c.Send(cmd, args...)
-	ac.end(c.pc, err, false)
+	ac.end(c, err, false)
 	return err
 }
 
@@ -410,7 +434,7 @@ func (ac *activeConn) Flush() error {
 		return err
 	}
 	err = c.pc.c.Flush()
-	ac.end(c.pc, err, false)
+	ac.end(c, err, false)
 	return err
 }
 
@@ -428,7 +452,7 @@ func (ac *activeConn) Receive() (any, error) {
 	} else {
 		reply, err = c.pc.c.Receive()
 	}
-	ac.end(c.pc, err, true)
+	ac.end(c, err, true)
 	return reply, err
 }
 
@@ -442,7 +466,7 @@ func (ac *activeConn) ReceiveWithTimeout(timeout time.Duration) (any, error) {
 		return nil, err
 	}
 	reply, err := c.pc.cwt.ReceiveWithTimeout(timeout)
-	ac.end(c.pc, err, true)
+	ac.end(c, err, true)
 	return reply, err
 }
 
@@ -461,7 +485,7 @@ func (ac *activeConn) ReceiveContext(ctx context.Context) (any, error) {
 		}
 		return c.pc.c.Receive()
 	})
-	ac.end(c.pc, err, true)
+	ac.end(c, err, true)
 	return reply, err
 }
 

@@ -171,9 +171,10 @@ type Pool struct {
 	DB int
 
 	// DialOptions are passed to redis.DialContext when the pool dials Addr,
-	// after the pool's own options (timeouts, Username, Password, DB), for
+	// after the pool's own options (timeouts, Username, Password), for
 	// example redis.DialUseTLS(true) or redis.DialClientName("app"). When
-	// nil, only the pool's own are used.
+	// nil, only the pool's own are used. The database is DB's: a
+	// redis.DialDatabase here has no effect.
 	DialOptions []redis.DialOption
 
 	// DialTimeout bounds a dial of Addr as a whole: connecting, the TLS
@@ -874,7 +875,6 @@ func (p *Pool) dialConn(ctx context.Context, gen *uint64) (redis.Conn, net.Conn,
 		}),
 		redis.DialReadTimeout(p.cfg.readTimeout),
 		redis.DialWriteTimeout(p.cfg.writeTimeout),
-		redis.DialDatabase(p.DB),
 		redis.DialUsername(p.Username),
 		redis.DialPassword(p.Password),
 	}
@@ -882,7 +882,9 @@ func (p *Pool) dialConn(ctx context.Context, gen *uint64) (redis.Conn, net.Conn,
 		// redigo's own bound on a TLS handshake is 10s, whatever DialTimeout.
 		opts = append(opts, redis.DialTLSHandshakeTimeout(p.cfg.dialTimeout))
 	}
-	opts = append(opts, p.DialOptions...)
+	// DB last: the pool must know the database its connections start in,
+	// to tell one a caller left in another.
+	opts = append(append(opts, p.DialOptions...), redis.DialDatabase(p.DB))
 	network := "tcp"
 	if strings.HasPrefix(addr, "/") {
 		network = "unix"

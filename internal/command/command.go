@@ -91,6 +91,7 @@ const (
 	kindSelect
 	kindTaint
 	kindClient
+	kindScript
 	kindLastArgSeconds  // BLPOP, BRPOP, BRPOPLPUSH, BLMOVE, BZPOPMIN, BZPOPMAX
 	kindFirstArgSeconds // BLMPOP, BZMPOP
 	kindLastArgMillis   // WAIT, WAITAOF
@@ -120,6 +121,7 @@ var kinds = map[string]kind{
 	"REPLCONF":     kindTaint,
 	"QUIT":         kindTaint,
 	"CLIENT":       kindClient,
+	"SCRIPT":       kindScript,
 	"BLPOP":        kindLastArgSeconds,
 	"BRPOP":        kindLastArgSeconds,
 	"BRPOPLPUSH":   kindLastArgSeconds,
@@ -164,8 +166,13 @@ func Classify(name string, args []any) Info {
 	case kindSSubscribe:
 		return Info{Effects: Subscribe, PubSub: Shards}
 	case kindUnsubscribe, kindPUnsubscribe, kindSUnsubscribe:
-		if len(args) != 0 {
+		switch len(args) {
+		case 0:
+		case 1:
 			return Info{}
+		default:
+			// One reply per argument, subscribed or not, where Do reads one.
+			return Info{Effects: Taint}
 		}
 		// The three kinds are declared in the same order as the PubSub values.
 		return Info{Effects: UnsubscribeAll, PubSub: Channels + PubSub(k-kindUnsubscribe)}
@@ -183,6 +190,12 @@ func Classify(name string, args []any) Info {
 		return Info{Effects: Taint}
 	case kindClient:
 		return classifyClient(args)
+	case kindScript:
+		// SCRIPT DEBUG YES|SYNC debugs the connection's next EVAL.
+		if len(args) > 0 && isWord(args[0], "DEBUG") {
+			return Info{Effects: Taint}
+		}
+		return Info{}
 	case kindLastArgSeconds:
 		if len(args) == 0 {
 			return Info{}
@@ -199,13 +212,19 @@ func Classify(name string, args []any) Info {
 		}
 		return blocking(args[len(args)-1], time.Millisecond)
 	case kindXRead:
-		// XREAD [COUNT n] [BLOCK ms] STREAMS key... id...; options precede
-		// STREAMS, after which keys and ids may be any strings.
+		// XREAD [COUNT n] [BLOCK ms] STREAMS key... id..., and XREADGROUP
+		// GROUP group consumer [...]: options precede STREAMS, after which
+		// keys and ids may be any strings, as may the names after GROUP and
+		// the number after COUNT.
 		for i := 0; i < len(args); i++ {
-			if isWord(args[i], "STREAMS") {
-				break
-			}
-			if isWord(args[i], "BLOCK") && i+1 < len(args) {
+			switch {
+			case isWord(args[i], "STREAMS"):
+				return Info{}
+			case isWord(args[i], "GROUP"):
+				i += 2
+			case isWord(args[i], "COUNT"):
+				i++
+			case isWord(args[i], "BLOCK") && i+1 < len(args):
 				return blocking(args[i+1], time.Millisecond)
 			}
 		}
@@ -232,7 +251,11 @@ func classifyClient(args []any) Info {
 			return Info{}
 		}
 		return Info{Effects: Taint}
-	case isWord(args[0], "SETINFO"):
+	case isWord(args[0], "SETINFO"), isWord(args[0], "SETNAME"):
+		// The name and library info would pass to the next caller.
+		return Info{Effects: Taint}
+	case isWord(args[0], "KILL"):
+		// It may close this very connection, after its reply.
 		return Info{Effects: Taint}
 	}
 	return Info{}
