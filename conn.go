@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"os"
 	"strings"
 	"syscall"
@@ -84,6 +85,11 @@ type borrowState struct {
 	err          error         // the first error that was not a redis.Error
 }
 
+// maxPendingBlock bounds the sum of pending blocking commands' timeouts,
+// beyond which a read gets no deadline: ReadTimeout plus it still fits a
+// time.Duration.
+const maxPendingBlock = time.Duration(math.MaxInt64 / 4)
+
 // call is one call in progress on the pooled connection.
 type call struct {
 	pc      *poolConn
@@ -116,7 +122,11 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 	}
 	block, forever := pc.pendingBlock, pc.pendingEver
 	if info.Has(command.Blocking) {
-		block += info.Timeout
+		if info.Timeout > maxPendingBlock-block {
+			forever = true // longer than any deadline: none
+		} else {
+			block += info.Timeout
+		}
 		forever = forever || info.Forever
 	}
 	switch {

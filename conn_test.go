@@ -530,3 +530,21 @@ func TestLeavingOneKindOfSubscriptionKeepsReceiveDeadlineFreeForTheOthers(t *tes
 	psc.Receive() // nothing left: the confirmation comes within ReadTimeout
 	assert.Equal(t, []time.Duration{0, 200 * time.Millisecond}, d.last(t).Timeouts())
 }
+
+// TestBlockingTimeoutsThatOverflowMeanNoDeadline checks that pending
+// blocking commands whose timeouts add up past what a time.Duration holds
+// leave the read without a deadline, rather than with one that wrapped
+// around, and that a bool timeout counts as redigo sends it (true is 1).
+func TestBlockingTimeoutsThatOverflowMeanNoDeadline(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	c := p.Get()
+	defer c.Close()
+	fc := d.last(t)
+	for range 3 {
+		c.Send("BLPOP", "k", 4e9) // 126 years each
+	}
+	c.Do("")
+	c.Do("BLPOP", "k", true)
+	assert.Equal(t, []time.Duration{0, 1200 * time.Millisecond}, fc.Timeouts())
+}

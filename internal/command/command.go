@@ -379,6 +379,11 @@ func argInt(arg any) (int64, bool) {
 	case []byte:
 		n, err := strconv.ParseInt(string(v), 10, 64)
 		return n, err == nil
+	case bool:
+		if v { // redigo sends true as 1, false as 0
+			return 1, true
+		}
+		return 0, true
 	}
 	return 0, false
 }
