@@ -12,10 +12,10 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// silentServer accepts connections on a loopback port, reads what they send
-// and never answers, as a server hung after accept does. It closes them when
-// the test ends.
-func silentServer(t *testing.T) string {
+// serveLoopback accepts connections on a loopback port and runs serve on
+// each, until the test ends, when it closes the listener and every
+// connection and waits for serve to return. It returns the address.
+func serveLoopback(t *testing.T, serve func(net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -36,7 +36,7 @@ func silentServer(t *testing.T) string {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				io.Copy(io.Discard, c)
+				serve(c)
 			}()
 		}
 	}()
@@ -50,6 +50,12 @@ func silentServer(t *testing.T) string {
 		wg.Wait()
 	})
 	return ln.Addr().String()
+}
+
+// silentServer reads what its clients send and never answers, as a server
+// hung after accept does.
+func silentServer(t *testing.T) string {
+	return serveLoopback(t, func(c net.Conn) { io.Copy(io.Discard, c) })
 }
 
 // TestDialTimeoutBoundsEveryStep checks that DialTimeout bounds the whole

@@ -18,74 +18,59 @@ import (
 	"github.com/redispool/redispool/internal/redistest"
 )
 
-// staleSentinel is a fake sentinel that names master to SENTINEL
+// startStaleSentinel starts a fake sentinel that names master to SENTINEL
 // get-master-addr-by-name, confirms SUBSCRIBE and answers PING, as a
-// sentinel that has not heard of a failover yet would.
-type staleSentinel struct {
-	ln     net.Listener
-	master string
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	conns  []net.Conn
-}
-
-func startStaleSentinel(t *testing.T, master string) *staleSentinel {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	s := &staleSentinel{ln: ln, master: master}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
+// sentinel that has not heard of a failover yet would. It returns its
+// address.
+func startStaleSentinel(t *testing.T, master string) string {
+	return serveLoopback(t, func(c net.Conn) {
+		r := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			args, err := readCommand(r)
 			if err != nil {
 				return
 			}
-			s.mu.Lock()
-			s.conns = append(s.conns, c)
-			s.mu.Unlock()
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				s.serve(c)
-			}()
+			var reply string
+			switch strings.ToUpper(args[0]) {
+			case "SENTINEL":
+				host, port, _ := net.SplitHostPort(master)
+				reply = fmt.Sprintf("*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", len(host), host, len(port), port)
+			case "SUBSCRIBE":
+				reply = fmt.Sprintf("*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:1\r\n", len(args[1]), args[1])
+			case "PING":
+				reply = "*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+			default:
+				reply = "+OK\r\n"
+			}
+			if _, err := c.Write([]byte(reply)); err != nil {
+				return
+			}
 		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		s.mu.Lock()
-		for _, c := range s.conns {
-			c.Close()
-		}
-		s.mu.Unlock()
-		s.wg.Wait()
 	})
-	return s
 }
 
-func (s *staleSentinel) serve(c net.Conn) {
-	r := bufio.NewReader(c)
-	for {
-		args, err := readCommand(r)
-		if err != nil {
-			return
-		}
-		var reply string
-		switch strings.ToUpper(args[0]) {
-		case "SENTINEL":
-			host, port, _ := net.SplitHostPort(s.master)
-			reply = fmt.Sprintf("*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", len(host), host, len(port), port)
-		case "SUBSCRIBE":
-			reply = fmt.Sprintf("*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:1\r\n", len(args[1]), args[1])
-		case "PING":
-			reply = "*2\r\n$4\r\npong\r\n$0\r\n\r\n"
-		default:
-			reply = "+OK\r\n"
-		}
-		if _, err := c.Write([]byte(reply)); err != nil {
-			return
-		}
-	}
+// gatedDial is a dial option whose first dial waits for proceed to be
+// closed, after closing started.
+func gatedDial() (opt redis.DialOption, started <-chan struct{}, proceed chan<- struct{}) {
+	start, goOn := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	opt = redis.DialContextFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
+		once.Do(func() {
+			close(start)
+			<-goOn
+		})
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	})
+	return opt, start, goOn
+}
+
+// announceSwitch tells p's Sentinel, as the sentinels would, that the master
+// moved from oldAddr to newAddr.
+func announceSwitch(p *Pool, oldAddr, newAddr string) {
+	oldHost, oldPort, _ := net.SplitHostPort(oldAddr)
+	newHost, newPort, _ := net.SplitHostPort(newAddr)
+	p.Sentinel.announced(p, "test", fmt.Sprintf("mymaster %s %s %s %s", oldHost, oldPort, newHost, newPort))
 }
 
 // readCommand reads one RESP array of bulk strings.
@@ -117,19 +102,12 @@ func TestAConnDialedAsANewMasterIsAnnouncedServesTheNewMaster(t *testing.T) {
 	// The first query to the sentinels waits until the test has announced
 	// the new master: the dial began before the announcement and reads the
 	// master's address after it.
-	querying := make(chan struct{})
-	proceed := make(chan struct{})
-	var once sync.Once
+	dial, querying, proceed := gatedDial()
 	p := &Pool{
 		Sentinel: &Sentinel{
-			Addrs:      []string{sentinel.ln.Addr().String()},
-			MasterName: "mymaster",
-			DialOptions: []redis.DialOption{redis.DialContextFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
-				once.Do(func() { close(querying) })
-				<-proceed
-				var d net.Dialer
-				return d.DialContext(ctx, network, addr)
-			})},
+			Addrs:       []string{sentinel},
+			MasterName:  "mymaster",
+			DialOptions: []redis.DialOption{dial},
 		},
 		DialTimeout: 5 * time.Second,
 	}
@@ -138,9 +116,7 @@ func TestAConnDialedAsANewMasterIsAnnouncedServesTheNewMaster(t *testing.T) {
 	got := make(chan redis.Conn, 1)
 	go func() { got <- p.Get() }()
 	<-querying
-	oldHost, oldPort, _ := net.SplitHostPort(oldMaster.Addr())
-	newHost, newPort, _ := net.SplitHostPort(newMaster.Addr())
-	p.Sentinel.announced(p, "test", fmt.Sprintf("mymaster %s %s %s %s", oldHost, oldPort, newHost, newPort))
+	announceSwitch(p, oldMaster.Addr(), newMaster.Addr())
 	close(proceed)
 
 	c := <-got
@@ -161,26 +137,17 @@ func TestAConnToTheOldMasterDialedAsANewMasterIsAnnouncedIsRetired(t *testing.T)
 
 	// The dial to the master the sentinel named waits until the test has
 	// announced another: the address was read before the announcement.
-	dialing := make(chan struct{})
-	proceed := make(chan struct{})
-	var once sync.Once
+	dial, dialing, proceed := gatedDial()
 	p := &Pool{
-		Sentinel: &Sentinel{Addrs: []string{sentinel.ln.Addr().String()}, MasterName: "mymaster"},
-		DialOptions: []redis.DialOption{redis.DialContextFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
-			once.Do(func() { close(dialing) })
-			<-proceed
-			var d net.Dialer
-			return d.DialContext(ctx, network, addr)
-		})},
+		Sentinel:    &Sentinel{Addrs: []string{sentinel}, MasterName: "mymaster"},
+		DialOptions: []redis.DialOption{dial},
 	}
 	defer p.Close()
 
 	got := make(chan redis.Conn, 1)
 	go func() { got <- p.Get() }()
 	<-dialing
-	oldHost, oldPort, _ := net.SplitHostPort(oldMaster.Addr())
-	newHost, newPort, _ := net.SplitHostPort(newMaster.Addr())
-	p.Sentinel.announced(p, "test", fmt.Sprintf("mymaster %s %s %s %s", oldHost, oldPort, newHost, newPort))
+	announceSwitch(p, oldMaster.Addr(), newMaster.Addr())
 	close(proceed)
 
 	c := <-got
@@ -201,7 +168,7 @@ func TestDialTimeoutBoundsTheRoleCheck(t *testing.T) {
 	master := silentServer(t)
 	sentinel := startStaleSentinel(t, master)
 	p := &Pool{
-		Sentinel:    &Sentinel{Addrs: []string{sentinel.ln.Addr().String()}, MasterName: "mymaster"},
+		Sentinel:    &Sentinel{Addrs: []string{sentinel}, MasterName: "mymaster"},
 		DialTimeout: 300 * time.Millisecond,
 		ReadTimeout: -1,
 	}
