@@ -1,6 +1,10 @@
 package redispool
 
-import "time"
+import (
+	"context"
+	"sync/atomic"
+	"time"
+)
 
 // SetNowFunc replaces the pool's clock until the returned func is called.
 // Set it before the pool's first use: the pool measures time from then.
@@ -21,3 +25,36 @@ func SetWatchPing(d time.Duration) (restore func()) {
 	old := watchPingForTests.Swap(int64(d))
 	return func() { watchPingForTests.Store(old) }
 }
+
+// LateContext is a context whose Err a test sets, with End, without closing
+// Done, so that a waiter or a dial is granted a conn or a permit after its
+// context ended: the order in which a real context's cancellation and a
+// grant race.
+type LateContext struct {
+	context.Context
+	done  chan struct{}
+	err   atomic.Pointer[error]
+	dones atomic.Int64
+}
+
+func NewLateContext() *LateContext {
+	return &LateContext{Context: context.Background(), done: make(chan struct{})}
+}
+
+func (c *LateContext) Done() <-chan struct{} {
+	c.dones.Add(1)
+	return c.done
+}
+
+func (c *LateContext) Err() error {
+	if e := c.err.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// End makes Err return err.
+func (c *LateContext) End(err error) { c.err.Store(&err) }
+
+// Dones is how many times Done was called: a select on it is about to block.
+func (c *LateContext) Dones() int64 { return c.dones.Load() }

@@ -179,29 +179,6 @@ func (c *stressConn) ReceiveWithTimeout(time.Duration) (any, error) {
 	return "OK", nil
 }
 
-// endingCtx is a context whose Err is set without Done closing, so that
-// a grant can reach a caller whose context has already ended.
-type endingCtx struct {
-	context.Context
-	done chan struct{}
-	err  atomic.Pointer[error]
-}
-
-func newEndingCtx() *endingCtx {
-	return &endingCtx{Context: context.Background(), done: make(chan struct{})}
-}
-
-func (c *endingCtx) Done() <-chan struct{} { return c.done }
-
-func (c *endingCtx) Err() error {
-	if e := c.err.Load(); e != nil {
-		return *e
-	}
-	return nil
-}
-
-func (c *endingCtx) end(err error) { c.err.Store(&err) }
-
 func closeAll(conns []redis.Conn) {
 	for _, c := range conns {
 		c.Close()
@@ -244,8 +221,8 @@ func stressCtx() (ctx context.Context, cancel func(), mustFail bool) {
 		cancel()
 		return ctx, cancel, true
 	default:
-		lc := newEndingCtx()
-		tm := time.AfterFunc(time.Duration(rand.IntN(3000))*time.Microsecond, func() { lc.end(context.Canceled) })
+		lc := NewLateContext()
+		tm := time.AfterFunc(time.Duration(rand.IntN(3000))*time.Microsecond, func() { lc.End(context.Canceled) })
 		return lc, func() { tm.Stop() }, false
 	}
 }
@@ -601,8 +578,8 @@ func TestStressFIFOUnderCancellation(t *testing.T) {
 				c, cancel := context.WithCancel(context.Background())
 				ctx, leave[i] = c, cancel
 			case 1:
-				lc := newEndingCtx()
-				ctx, leave[i] = lc, func() { lc.end(context.Canceled) }
+				lc := NewLateContext()
+				ctx, leave[i] = lc, func() { lc.End(context.Canceled) }
 			default:
 				ctx = context.Background()
 			}
@@ -730,8 +707,8 @@ func TestStressWaitTimeoutBound(t *testing.T) {
 				ctx = c
 			case 1:
 				r.leave, r.late = time.Duration(rand.IntN(int(wait))), true
-				lc := newEndingCtx()
-				tm := time.AfterFunc(r.leave, func() { lc.end(context.DeadlineExceeded) })
+				lc := NewLateContext()
+				tm := time.AfterFunc(r.leave, func() { lc.End(context.DeadlineExceeded) })
 				defer tm.Stop()
 				ctx = lc
 			}
@@ -1054,10 +1031,10 @@ func TestStressGiveBackRaceOversubscribed(t *testing.T) {
 // not to the caller, as one handed to a waiter does (granted in wait.go).
 func TestADialThatFinishesAsTheContextEndsGoesBack(t *testing.T) {
 	tr := &stressTracker{}
-	ctx := newEndingCtx()
+	ctx := NewLateContext()
 	errEnded := errors.New("caller gave up")
 	p := &Pool{MaxActive: 1, WaitTimeout: time.Second, DialContext: func(context.Context) (redis.Conn, error) {
-		ctx.end(errEnded) // the caller gives up as the dial finishes
+		ctx.End(errEnded) // the caller gives up as the dial finishes
 		return tr.Dial()
 	}}
 	defer p.Close()

@@ -126,45 +126,17 @@ func TestEachWaiterGivesUpAfterItsOwnWaitTimeout(t *testing.T) {
 	assert.GreaterOrEqual(t, time.Since(start), wait)
 }
 
-// lateContext is a context whose Err a test sets without closing Done, so that
-// a waiter is handed a conn or a permit after its context ended: the order in
-// which a real context's cancellation and a grant race.
-type lateContext struct {
-	context.Context
-	done  chan struct{}
-	err   atomic.Pointer[error]
-	dones atomic.Int64 // calls of Done: a select on it is about to block
-}
-
-func newLateContext() *lateContext {
-	return &lateContext{Context: context.Background(), done: make(chan struct{})}
-}
-
-func (c *lateContext) Done() <-chan struct{} {
-	c.dones.Add(1)
-	return c.done
-}
-
-func (c *lateContext) Err() error {
-	if e := c.err.Load(); e != nil {
-		return *e
-	}
-	return nil
-}
-
-func (c *lateContext) end(err error) { c.err.Store(&err) }
-
 func TestAConnGrantedAfterTheContextEndedGoesBackToThePool(t *testing.T) {
 	d := &fakeDialer{}
 	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 10 * time.Second}
 	defer p.Close()
 	held := p.Get()
 
-	ctx := newLateContext()
+	ctx := redispool.NewLateContext()
 	errEnded := errors.New("caller gave up")
 	got := make(chan error, 1)
 	startWaiter(t, p, ctx, func(err error) { got <- err })
-	ctx.end(errEnded)
+	ctx.End(errEnded)
 	held.Close()
 	select {
 	case err := <-got:
@@ -186,10 +158,10 @@ func TestAPermitGrantedAfterTheContextEndedGoesBackToThePool(t *testing.T) {
 	defer p.Close()
 	held := p.Get()
 
-	ctx := newLateContext()
+	ctx := redispool.NewLateContext()
 	got := make(chan error, 1)
 	startWaiter(t, p, ctx, func(err error) { got <- err })
-	ctx.end(context.Canceled)
+	ctx.End(context.Canceled)
 	p.Retire()
 	held.Close() // closed, not kept: its permit goes to the waiter
 	select {
@@ -274,11 +246,11 @@ func TestAWaiterWhoseContextEndedBeforeItsWaitTimeoutGetsTheContextError(t *test
 	held := p.Get()
 	defer held.Close()
 
-	ctx := newLateContext()
+	ctx := redispool.NewLateContext()
 	errEnded := errors.New("caller gave up")
 	got := make(chan error, 1)
 	startWaiter(t, p, ctx, func(err error) { got <- err })
-	ctx.end(errEnded) // before WaitTimeout ends the wait
+	ctx.End(errEnded) // before WaitTimeout ends the wait
 	select {
 	case err := <-got:
 		assert.Equal(t, errEnded, err)
@@ -303,7 +275,7 @@ func TestADialSlotGrantedAfterTheContextEndedGoesBack(t *testing.T) {
 	go func() { held <- p.Get() }()
 	require.Eventually(t, func() bool { return p.Stats().DialCount == 1 }, 5*time.Second, time.Millisecond)
 
-	ctx := newLateContext()
+	ctx := redispool.NewLateContext()
 	errEnded := errors.New("caller gave up")
 	got := make(chan error, 1)
 	go func() {
@@ -311,8 +283,8 @@ func TestADialSlotGrantedAfterTheContextEndedGoesBack(t *testing.T) {
 		got <- err
 	}()
 	// Waiting for the dial slot: the select on ctx.Done is the only call.
-	require.Eventually(t, func() bool { return ctx.dones.Load() > 0 }, 5*time.Second, time.Millisecond)
-	ctx.end(errEnded)
+	require.Eventually(t, func() bool { return ctx.Dones() > 0 }, 5*time.Second, time.Millisecond)
+	ctx.End(errEnded)
 	close(release) // the slot goes to the caller that gave up
 	select {
 	case err := <-got:
