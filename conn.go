@@ -262,7 +262,7 @@ func (ac *activeConn) end(c call, err error, received bool) {
 		pc.err = err
 	}
 	if replied && pc.err == nil && strings.HasPrefix(string(rerr), "ERR max number of clients reached") {
-		pc.err = rerr // the server closes the connection after this reply
+		pc.err = err // the server closes the connection after this reply
 	}
 	if received && pc.pending > 0 && (err == nil || replied) {
 		pc.pending--
