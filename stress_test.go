@@ -1092,7 +1092,7 @@ func TestNoDialBeginsAfterClose(t *testing.T) {
 // (TestWaitTimeoutBoundsAGetAsAWhole covers the wait for a Dial, this one
 // the wait for a dial slot).
 func TestWaitsForAConnAndADialSlotShareWaitTimeout(t *testing.T) {
-	const wait = 100 * time.Millisecond
+	const wait = 500 * time.Millisecond
 	release := make(chan struct{})
 	tr := &stressTracker{}
 	var dials atomic.Int64
