@@ -88,13 +88,13 @@ type Report struct {
 	Machine  Machine
 	Config   Config // with defaults applied
 	GetClose []GetCloseResult
-	Waiting  []WaitRow // held by time.Sleep: the rows the targets read
-	// WaitingBusy is the waiting part again with each conn held busy for
-	// its 50 µs (HoldBusy), for comparison.
-	WaitingBusy []WaitRow
-	E2E         []E2ERow
-	ConnCost    []ConnRow
-	Targets     []Target
+	Waiting  []WaitRow // each conn held busy for 50 µs: the rows the targets read
+	// WaitingSleep is the waiting part again with each conn held by
+	// time.Sleep(50µs) (HoldSleep), which lasts far longer: for comparison.
+	WaitingSleep []WaitRow
+	E2E          []E2ERow
+	ConnCost     []ConnRow
+	Targets      []Target
 	// Notes are things the reader should know: skipped rows, errors.
 	Notes []string
 }
@@ -222,11 +222,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	if want(PartWaiting) {
-		if rep.Waiting, err = r.runWaiting(ctx, HoldSleep); err != nil {
+		if rep.Waiting, err = r.runWaiting(ctx, HoldBusy); err != nil {
 			return nil, fmt.Errorf("waiting: %w", err)
 		}
-		if rep.WaitingBusy, err = r.runWaiting(ctx, HoldBusy); err != nil {
-			return nil, fmt.Errorf("waiting, busy hold: %w", err)
+		if rep.WaitingSleep, err = r.runWaiting(ctx, HoldSleep); err != nil {
+			return nil, fmt.Errorf("waiting, sleep hold: %w", err)
 		}
 	}
 	if want(PartE2E) || want(PartConnCost) {

@@ -43,8 +43,8 @@ func TestShortRun(t *testing.T) {
 	}
 
 	require.Len(t, rep.Waiting, len(fakePoolNames))
-	require.Len(t, rep.WaitingBusy, len(fakePoolNames))
-	for _, row := range slices.Concat(rep.Waiting, rep.WaitingBusy) {
+	require.Len(t, rep.WaitingSleep, len(fakePoolNames))
+	for _, row := range slices.Concat(rep.Waiting, rep.WaitingSleep) {
 		require.Len(t, row.P50, 1)
 		assert.Positive(t, row.Acquires[0], "waiting %s acquires", row.Pool)
 		assert.Positive(t, row.Max[0], "waiting %s max wait", row.Pool)
@@ -198,6 +198,42 @@ func TestTargetsTie(t *testing.T) {
 			assert.Contains(t, tg.Got, "0.97 [0.95-1.02] x; a tie")
 		case "GET: redispool p99 <= redigo's":
 			assert.Equal(t, "PASS", tg.Status())
+		}
+	}
+}
+
+// TestWaitingTargetsReadTheBusyHold checks that the waiting p99 target is
+// read on the busy hold, the one that lasts the shape's 50 µs, and that the
+// sleep hold's ratio is reported beside it, with its fairness still checked.
+func TestWaitingTargetsReadTheBusyHold(t *testing.T) {
+	rows := func(p99 []float64, minClient int64) []WaitRow {
+		return []WaitRow{
+			{Pool: nameRedispool, P50: []time.Duration{time.Millisecond}, Max: []time.Duration{2 * time.Millisecond},
+				MinClient: []int64{minClient}, MeanClient: []float64{100}, Cycle: []time.Duration{600 * time.Microsecond}},
+			{Pool: nameRedigo, RatioP99: p99},
+		}
+	}
+	rep := &Report{Waiting: rows([]float64{0.95}, 90), WaitingSleep: rows([]float64{1.3}, 0)}
+	byName := map[string]Target{}
+	for _, tg := range targets(rep) {
+		if tg.Part == "waiting" {
+			byName[tg.Name] = tg
+		}
+	}
+	busy := "256 clients on 16 conns held 50µs"
+	sleep := "the same held by time.Sleep(50µs)"
+	assert.Equal(t, "PASS", byName[busy+": redispool p99 wait <= redigo's"].Status())
+	assert.Equal(t, "PASS", byName[busy+": no starvation (every client served in every round)"].Status())
+	reported := byName[sleep+": redispool p99 wait / redigo's reported"]
+	assert.Equal(t, "PASS", reported.Status())
+	assert.Equal(t, "1.30 x; a conn cycle lasts 600us, not 50µs", reported.Got)
+	assert.Equal(t, "MISS", byName[sleep+": no starvation (every client served in every round)"].Status())
+	assert.Len(t, byName, 6, "three targets per hold")
+
+	rep.Waiting, rep.WaitingSleep = rows([]float64{1.3}, 90), rows([]float64{0.95}, 90)
+	for _, tg := range targets(rep) {
+		if tg.Name == busy+": redispool p99 wait <= redigo's" {
+			assert.Equal(t, "MISS", tg.Status(), "read on the busy hold")
 		}
 	}
 }

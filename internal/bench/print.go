@@ -55,13 +55,13 @@ func (rep *Report) Print(w io.Writer) {
 	}
 
 	if len(rep.Waiting) > 0 {
-		fmt.Fprintf(w, "\n2. Waiting: %d clients on %d conns, each conn held %v (time.Sleep); wait in Get, median over rounds\n",
+		fmt.Fprintf(w, "\n2. Waiting: %d clients on %d conns, each conn held busy for %v (a loop of runtime.Gosched until it has passed); wait in Get, median over rounds\n",
 			waitClients, waitConns, waitHold)
 		printWaiting(w, cfg, rep.Waiting)
 	}
-	if len(rep.WaitingBusy) > 0 {
-		fmt.Fprintf(w, "\n2b. Waiting as in 2, each conn held busy for %v (a loop of runtime.Gosched until it has passed)\n", waitHold)
-		printWaiting(w, cfg, rep.WaitingBusy)
+	if len(rep.WaitingSleep) > 0 {
+		fmt.Fprintf(w, "\n2b. Waiting as in 2, each conn held by time.Sleep(%v), which lasts until the runtime notices the timer (see conn cycle)\n", waitHold)
+		printWaiting(w, cfg, rep.WaitingSleep)
 	}
 
 	if len(rep.E2E) > 0 {

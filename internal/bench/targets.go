@@ -81,23 +81,39 @@ func targets(rep *Report) []Target {
 		}
 	}
 
-	// Part 2.
-	var wRedispool, wRedigo *WaitRow
-	for i := range rep.Waiting {
-		switch rep.Waiting[i].Pool {
-		case nameRedispool:
-			wRedispool = &rep.Waiting[i]
-		case nameRedigo:
-			wRedigo = &rep.Waiting[i]
+	// Part 2: the targets are read on the busy hold, which lasts the shape's
+	// 50 µs; the sleep hold lasts what the runtime's timers make of it (see
+	// HoldSleep), so its p99 ratio is reported, and its fairness checked.
+	for _, set := range []struct {
+		rows  []WaitRow
+		label string
+		read  bool // the p99 target is read on these rows
+	}{
+		{rep.Waiting, fmt.Sprintf("%d clients on %d conns held %v", waitClients, waitConns, waitHold), true},
+		{rep.WaitingSleep, fmt.Sprintf("the same held by time.Sleep(%v)", waitHold), false},
+	} {
+		var wRedispool, wRedigo *WaitRow
+		for i := range set.rows {
+			switch set.rows[i].Pool {
+			case nameRedispool:
+				wRedispool = &set.rows[i]
+			case nameRedigo:
+				wRedigo = &set.rows[i]
+			}
 		}
-	}
-	name := fmt.Sprintf("%d clients on %d conns", waitClients, waitConns)
-	if wRedigo != nil {
-		ratioTarget("waiting", name+": redispool p99 wait <= redigo's", wRedigo.RatioP99, 1.0, false)
-	} else {
-		add("waiting", name+": redispool p99 wait <= redigo's", true, false, "not run")
-	}
-	if wRedispool != nil {
+		name := set.label
+		switch {
+		case wRedigo == nil || wRedispool == nil:
+			add("waiting", name+": redispool p99 wait <= redigo's", true, false, "not run")
+			add("waiting", name+": redispool max wait < 20 x p50", true, false, "not run")
+			add("waiting", name+": no starvation", true, false, "not run")
+			continue
+		case set.read:
+			ratioTarget("waiting", name+": redispool p99 wait <= redigo's", wRedigo.RatioP99, 1.0, false)
+		default:
+			add("waiting", name+": redispool p99 wait / redigo's reported", false, true,
+				fmt.Sprintf("%s x; a conn cycle lasts %v, not %v", fmtRatios(wRedigo.RatioP99), fmtDur(medianDur(wRedispool.Cycle)), waitHold))
+		}
 		mo := wRedispool.MaxOverP50()
 		m := median(mo)
 		add("waiting", name+": redispool max wait < 20 x p50", false, m < targetMaxOverP50,
@@ -111,9 +127,6 @@ func targets(rep *Report) []Target {
 		}
 		add("waiting", name+": no starvation (every client served in every round)", false, starved == 0,
 			fmt.Sprintf("%d starved rounds; the least-served client got %.0f%% of the mean", starved, 100*minShare))
-	} else {
-		add("waiting", name+": redispool max wait < 20 x p50", true, false, "not run")
-		add("waiting", name+": no starvation", true, false, "not run")
 	}
 
 	// Part 3.

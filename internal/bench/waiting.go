@@ -18,16 +18,16 @@ const (
 
 // How a client holds its connection for waitHold.
 const (
-	// HoldSleep is time.Sleep(waitHold), the shape the targets are read on.
-	// When every goroutine is parked, Go's scheduler waits for the next
-	// timer in epoll_wait, whose unit is a millisecond, so such a sleep
-	// lasts 50 µs to about 1 ms.
-	HoldSleep = "sleep"
 	// HoldBusy runs the caller until waitHold has passed, yielding the
 	// processor in between, as a caller busy with the connection would:
-	// the hold lasts waitHold and a little more, so the pool's own cost is
-	// a larger share of each cycle.
+	// the hold lasts waitHold and a little more, the ~50 µs of the issue's
+	// shape. The targets are read on it.
 	HoldBusy = "busy"
+	// HoldSleep is time.Sleep(waitHold), reported for comparison. When
+	// every goroutine is parked, Go's scheduler waits for the next timer in
+	// epoll_wait, whose unit is a millisecond, so such a sleep lasts 50 µs
+	// to about 1 ms: the hold is then the runtime's timer, not the shape.
+	HoldSleep = "sleep"
 )
 
 // holdFunc returns how a client holds a connection.
@@ -46,7 +46,7 @@ func holdFunc(kind string) func() {
 // WaitRow is one pool's figures in the waiting part, one entry per round.
 type WaitRow struct {
 	Pool string
-	// Hold is HoldSleep or HoldBusy.
+	// Hold is HoldBusy or HoldSleep.
 	Hold string
 	// P50, P99 and Max are the wait in Get over all clients.
 	P50, P99, Max []time.Duration
