@@ -354,6 +354,9 @@ func (ac *activeConn) timeoutsSupported() error {
 // contextDone reports ctx's error before a call, when ctx has ended or its
 // deadline has passed: nothing is sent then, and the connection is untouched.
 func contextDone(ctx context.Context) error {
+	if ctx == nil {
+		return errNilContext
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package redispool
 import (
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"time"
 )
@@ -26,6 +27,15 @@ const (
 	// drainTimeoutCap bounds how long Close reads replies still pending on a
 	// connection before it gives up on keeping it.
 	drainTimeoutCap = time.Second
+	// maxPoolSize is the largest MaxActive accepted. One host opens at most
+	// about 64k TCP connections to one address, one per local port, and
+	// the pool sets aside a token and an idle place per connection when it
+	// is first used.
+	maxPoolSize = 1 << 16
+	// maxTimeout is the longest any duration of the configuration counts
+	// for (73 years): longer ones are shortened to it, so that sums such as
+	// ReadTimeout plus a blocking command's timeout cannot overflow.
+	maxTimeout = time.Duration(math.MaxInt64 / 4)
 	// minDuration is the shortest positive timeout accepted: anything shorter
 	// is almost always a duration written without its unit (5 meaning 5 ns).
 	minDuration = time.Millisecond
@@ -124,6 +134,12 @@ func (p *Pool) buildConfig() (config, error) {
 	if c.maxActive == 0 {
 		c.maxActive = max(defaultMaxActivePerProc*runtime.GOMAXPROCS(0), c.maxIdle)
 	}
+	switch {
+	case p.MaxActive > maxPoolSize:
+		return bad("MaxActive is %d, above the %d a pool supports (one host opens at most about 64k TCP connections to one address); set the most connections the server should see from this pool", p.MaxActive, maxPoolSize)
+	case c.maxActive > maxPoolSize:
+		return bad("MaxIdle is %d, which raises the default MaxActive above the %d a pool supports; set MaxActive, or a smaller MaxIdle", p.MaxIdle, maxPoolSize)
+	}
 	if c.maxIdle == 0 || c.maxIdle > c.maxActive {
 		c.maxIdle = c.maxActive
 	}
@@ -134,12 +150,14 @@ func (p *Pool) buildConfig() (config, error) {
 	if c.idleTimeout == 0 {
 		c.idleTimeout = DefaultIdleTimeout
 	}
+	c.idleTimeout = min(c.idleTimeout, maxTimeout)
+	c.maxLifetime = min(c.maxLifetime, maxTimeout)
 	if c.addr == "" && !c.userDial && p.Sentinel == nil {
 		c.addr = DefaultAddr
 	}
-	c.dialTimeout = timeout(p.DialTimeout, DefaultDialTimeout)
-	c.readTimeout = timeout(p.ReadTimeout, DefaultReadTimeout)
-	c.writeTimeout = timeout(p.WriteTimeout, c.readTimeout)
+	c.dialTimeout = min(timeout(p.DialTimeout, DefaultDialTimeout), maxTimeout)
+	c.readTimeout = min(timeout(p.ReadTimeout, DefaultReadTimeout), maxTimeout)
+	c.writeTimeout = min(timeout(p.WriteTimeout, c.readTimeout), maxTimeout)
 	if p.WriteTimeout == 0 && p.ReadTimeout < 0 {
 		c.writeTimeout = 0
 	}
@@ -147,7 +165,7 @@ func (p *Pool) buildConfig() (config, error) {
 	case p.WaitTimeout < 0:
 		c.waitTimeout = -1
 	case p.WaitTimeout > 0:
-		c.waitTimeout = p.WaitTimeout
+		c.waitTimeout = min(p.WaitTimeout, maxTimeout)
 	case c.readTimeout > 0:
 		c.waitTimeout = c.readTimeout + time.Second
 	default:

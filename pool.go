@@ -49,6 +49,10 @@ var errNilConn = errors.New("redispool: Dial returned a nil connection and no er
 // errNilPool is returned by the methods of a nil *Pool.
 var errNilPool = errors.New("redispool: method called on a nil *Pool")
 
+// errNilContext is returned by GetContext, DoContext and ReceiveContext when
+// given a nil context.
+var errNilContext = errors.New("redispool: nil Context; pass context.Background() for none")
+
 // nowFunc, when set by tests, replaces the clock so that they move time
 // instead of sleeping. It is atomic because goroutines a test leaves behind
 // (a dial it gave up on) may still read it when the next test sets it.
@@ -124,8 +128,8 @@ type Pool struct {
 	MaxIdle int
 
 	// MaxActive is the most connections open at once, counting those being
-	// dialed. When zero, it is 10 x GOMAXPROCS, or MaxIdle if that is larger.
-	// Unlike redis.Pool, zero never means unlimited.
+	// dialed, at most 65536. When zero, it is 10 x GOMAXPROCS, or MaxIdle if
+	// that is larger. Unlike redis.Pool, zero never means unlimited.
 	MaxActive int
 
 	// IdleTimeout closes connections that stayed idle this long, when Get
@@ -447,6 +451,9 @@ func (p *Pool) Get() redis.Conn {
 func (p *Pool) GetContext(ctx context.Context) (redis.Conn, error) {
 	if p == nil {
 		return errorConn{errNilPool}, errNilPool
+	}
+	if ctx == nil {
+		return errorConn{errNilContext}, errNilContext
 	}
 	pc, err := p.get(ctx)
 	if err != nil {

@@ -3,6 +3,7 @@ package redispool_test
 import (
 	"context"
 	"errors"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -706,6 +707,10 @@ func TestInvalidConfigurationIsReportedByGet(t *testing.T) {
 		{"Sentinel without Addrs", &redispool.Pool{Sentinel: &redispool.Sentinel{MasterName: "m"}}, "Sentinel.Addrs"},
 		{"Sentinel without MasterName", &redispool.Pool{Sentinel: &redispool.Sentinel{Addrs: []string{"s:26379"}}}, "Sentinel.MasterName"},
 		{"Sentinel address without port", &redispool.Pool{Sentinel: &redispool.Sentinel{Addrs: []string{"sentinel-1"}, MasterName: "m"}}, "host:port"},
+		// The pool sets aside a token per connection on first use: with
+		// MaxActive math.MaxInt32 that took minutes and 16 GiB.
+		{"MaxActive above 65536", &redispool.Pool{Dial: dial, MaxActive: 1<<16 + 1}, "MaxActive is 65537, above the 65536"},
+		{"MaxIdle raising the default MaxActive above 65536", &redispool.Pool{Dial: dial, MaxIdle: 1<<16 + 1}, "MaxIdle is 65537"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -720,6 +725,80 @@ func TestInvalidConfigurationIsReportedByGet(t *testing.T) {
 			assert.Equal(t, 0, tt.pool.ActiveCount())
 		})
 	}
+}
+
+func TestLargestPoolSizeIsAccepted(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1 << 16, MaxIdle: math.MaxInt32} // MaxIdle lowered to MaxActive
+	defer p.Close()
+	c, err := p.GetContext(context.Background())
+	require.NoError(t, err)
+	c.Close()
+}
+
+// TestHugeTimeoutsDoNotOverflow checks that durations near the largest a
+// time.Duration holds count as very long: before, ReadTimeout math.MaxInt64
+// made the default WaitTimeout (ReadTimeout + 1s) negative, so Get did not
+// wait, and gave BLPOP a negative read timeout, a deadline already past.
+func TestHugeTimeoutsDoNotOverflow(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, ReadTimeout: math.MaxInt64}
+	defer p.Close()
+	held := p.Get()
+	require.NoError(t, held.Err())
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		held.Close()
+	}()
+	c, err := p.GetContext(context.Background())
+	require.NoError(t, err, "the default WaitTimeout, ReadTimeout + 1s, waits for the conn given back")
+	_, err = c.Do("BLPOP", "k", 1)
+	require.NoError(t, err)
+	_, err = c.Do("GET", "k")
+	require.NoError(t, err)
+	timeouts := d.last(t).Timeouts()
+	require.Len(t, timeouts, 2)
+	for _, to := range timeouts {
+		assert.Greater(t, to, 70*365*24*time.Hour, "a read timeout of about 73 years: %v", timeouts)
+	}
+	assert.Greater(t, timeouts[0], timeouts[1], "BLPOP's own second on top of ReadTimeout")
+	c.Close()
+
+	for _, w := range []time.Duration{math.MaxInt64, math.MaxInt64 - 1} {
+		p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: w, IdleTimeout: math.MaxInt64, MaxConnLifetime: math.MaxInt64}
+		held := p.Get()
+		require.NoError(t, held.Err())
+		go func() {
+			time.Sleep(20 * time.Millisecond)
+			held.Close()
+		}()
+		c, err := p.GetContext(context.Background())
+		require.NoError(t, err, "WaitTimeout %v", w)
+		c.Close()
+		p.Close()
+	}
+}
+
+// TestNilContextIsAnError checks that a nil context gets an error naming it,
+// not a panic in the pool.
+func TestNilContextIsAnError(t *testing.T) {
+	var nilCtx context.Context
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial}
+	defer p.Close()
+	c, err := p.GetContext(nilCtx)
+	require.ErrorContains(t, err, "nil Context")
+	assert.ErrorContains(t, c.Err(), "nil Context")
+
+	c = p.Get()
+	defer c.Close()
+	_, err = redis.DoContext(c, nilCtx, "GET", "k")
+	assert.ErrorContains(t, err, "nil Context")
+	_, err = redis.ReceiveContext(c, nilCtx)
+	assert.ErrorContains(t, err, "nil Context")
+	_, err = c.Do("GET", "k")
+	assert.NoError(t, err, "nothing was sent: the conn is still good")
+	assert.Empty(t, p.Stats().Discards.Total())
 }
 
 func TestNegativeTimeoutsDisableThem(t *testing.T) {
