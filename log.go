@@ -18,11 +18,11 @@ const logInterval = time.Second
 type logKind int
 
 const (
-	logDiscard logKind = iota // + DiscardReason
-	logDialError
+	logDialError logKind = iota
 	logExhausted
 	logLeak
-	numLogKinds = logLeak + 1 + logKind(numDiscardReasons)
+	logDiscard  // + DiscardReason: one kind per reason, after the others
+	numLogKinds = logDiscard + logKind(numDiscardReasons)
 )
 
 // logLimiter lets one record of each kind through per logInterval.

@@ -35,6 +35,11 @@ func peek(c net.Conn) error {
 	err = rc.Read(func(fd uintptr) bool {
 		n, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		switch {
+		case n > 0 && isTLSRecord(buf[0]):
+			// Under TLS 1.3 the server's session tickets wait here until
+			// the first read, which the TLS layer takes in: bytes of a TLS
+			// record say nothing about replies. No RESP reply starts so.
+			result = nil
 		case n > 0:
 			result = errUnexpectedRead
 		case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK:
@@ -50,4 +55,10 @@ func peek(c net.Conn) error {
 		return err
 	}
 	return result
+}
+
+// isTLSRecord reports whether b begins a TLS record: change_cipher_spec,
+// alert, handshake or application_data.
+func isTLSRecord(b byte) bool {
+	return b >= 0x14 && b <= 0x17
 }

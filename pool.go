@@ -507,6 +507,14 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 		}
 		reason := p.unusable(ctx, pc)
 		if reason < 0 {
+			if p.TestOnBorrow != nil || p.TestOnBorrowContext != nil {
+				// The check may take a round trip: a caller that gave up
+				// meanwhile must not get the connection.
+				if err := ctx.Err(); err != nil {
+					p.put(pc)
+					return nil, err
+				}
+			}
 			return pc, nil
 		}
 		if waited {
@@ -995,8 +1003,15 @@ func (p *Pool) takeHot() *poolConn {
 	return p.hot.Swap(nil)
 }
 
-// drainIdle discards every idle connection.
+// drainIdle discards every idle connection, also when one's Close panics:
+// the rest are closed before the panic goes on.
 func (p *Pool) drainIdle(reason DiscardReason) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.drainIdle(reason)
+			panic(r)
+		}
+	}()
 	if pc := p.takeHot(); pc != nil {
 		p.discard(pc, reason)
 	}
@@ -1021,19 +1036,22 @@ func (p *Pool) discardErr(pc *poolConn, reason DiscardReason, err error) {
 }
 
 // closeConn closes a connection the pool owns, counts why, and gives its
-// permit back when release is set; otherwise the caller keeps it.
+// permit back when release is set; otherwise the caller keeps it, unless the
+// conn's Close panics: the caller then cannot use the permit.
 func (p *Pool) closeConn(pc *poolConn, reason DiscardReason, err error, release bool) {
 	// The accounting holds even if the conn's Close panics, which then
 	// reaches the caller.
+	closed := false
 	defer func() {
 		p.active.Add(-1)
-		if release {
+		if release || !closed {
 			p.releasePermit()
 		}
 		p.discards[reason].Add(1)
 		p.logDiscarded(reason, err)
 	}()
 	pc.c.Close()
+	closed = true
 }
 
 // Stats returns the pool's counters.

@@ -1,0 +1,136 @@
+package redispool
+
+// What the pool owns comes back whatever fails: a permit, the idle set, a
+// connection its caller no longer wants.
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// panickyCloseConn is a stressConn whose Close panics after closing it.
+type panickyCloseConn struct{ *stressConn }
+
+func (c panickyCloseConn) Close() error {
+	c.stressConn.Close()
+	panic("Close panics")
+}
+
+// TestAWaiterThatDiscardsAConnWhoseClosePanicsKeepsNoPermit checks the
+// permit of a conn handed to a queued waiter that may not reuse it: the
+// waiter closes it and keeps the permit to dial with, unless the conn's Close
+// panics, when the panic leaves Get before the dial and the permit must come
+// back (with MaxActive 1, every later Get failed with ErrPoolExhausted).
+func TestAWaiterThatDiscardsAConnWhoseClosePanicsKeepsNoPermit(t *testing.T) {
+	tr := &stressTracker{}
+	var dials atomic.Int32
+	var failHealth atomic.Bool
+	p := &Pool{MaxActive: 1, WaitTimeout: 300 * time.Millisecond,
+		Dial: func() (redis.Conn, error) {
+			c, err := tr.Dial()
+			if dials.Add(1) == 1 {
+				return panickyCloseConn{c.(*stressConn)}, err
+			}
+			return c, err
+		},
+		TestOnBorrow: func(redis.Conn, time.Time) error {
+			if failHealth.Load() {
+				return errStressTOB
+			}
+			return nil
+		},
+	}
+	defer p.Close()
+	held, err := p.GetContext(context.Background()) // dialed: no health check
+	require.NoError(t, err)
+	failHealth.Store(true)
+
+	panicked := make(chan any, 1)
+	go func() {
+		defer func() { panicked <- recover() }()
+		c, err := p.GetContext(context.Background())
+		if err == nil {
+			c.Close()
+		}
+	}()
+	require.Eventually(t, func() bool { return p.waitCount.Load() == 1 }, 5*time.Second, 50*time.Microsecond)
+	held.Close() // to the waiter, whose health check fails: it closes the conn, which panics
+	select {
+	case r := <-panicked:
+		require.Equal(t, "Close panics", r, "the conn's panic reaches the waiter")
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiter never returned")
+	}
+	assert.Zero(t, p.ActiveCount())
+
+	c, err := p.GetContext(context.Background())
+	require.NoError(t, err, "the permit of the conn whose Close panicked came back (MaxActive 1, nothing open)")
+	c.Close()
+	checkAtRest(t, p, 0)
+}
+
+// TestPoolCloseClosesEveryIdleConnEvenIfOneClosePanics checks that Close
+// closes every idle conn when one's Close panics: the panic reaches the
+// caller, and a second Close, which returns at once, would leave the rest
+// open in a closed pool for good.
+func TestPoolCloseClosesEveryIdleConnEvenIfOneClosePanics(t *testing.T) {
+	tr := &stressTracker{}
+	var dials atomic.Int32
+	p := &Pool{MaxActive: 2, Dial: func() (redis.Conn, error) {
+		c, err := tr.Dial()
+		if dials.Add(1) == 1 {
+			return panickyCloseConn{c.(*stressConn)}, err
+		}
+		return c, err
+	}}
+	a, err := p.GetContext(context.Background())
+	require.NoError(t, err)
+	b, err := p.GetContext(context.Background())
+	require.NoError(t, err)
+	a.Close() // the hot slot, drained first
+	b.Close() // the idle channel
+	require.Equal(t, 2, p.IdleCount())
+
+	assert.PanicsWithValue(t, "Close panics", func() { p.Close() }, "the conn's panic reaches the caller")
+	p.Close() // idempotent
+	assert.Zero(t, p.IdleCount(), "idle conns left in a closed pool")
+	assert.Zero(t, tr.open.Load(), "conns left open after Close")
+	assert.Zero(t, p.ActiveCount())
+}
+
+// TestAGetContextWhoseContextEndsDuringTheHealthCheckGetsNoConn checks that
+// a caller whose context ends while TestOnBorrowContext checks an idle conn
+// (a PING, up to a ReadTimeout) gets ctx.Err(), not the conn, as at every
+// other point where its context can end.
+func TestAGetContextWhoseContextEndsDuringTheHealthCheckGetsNoConn(t *testing.T) {
+	tr := &stressTracker{}
+	var cancelDuringCheck atomic.Pointer[context.CancelFunc]
+	p := &Pool{MaxActive: 2, WaitTimeout: time.Second, Dial: tr.Dial,
+		TestOnBorrowContext: func(ctx context.Context, c redis.Conn, _ time.Time) error {
+			if f := cancelDuringCheck.Load(); f != nil {
+				(*f)() // the caller gives up while the PING is on its way
+			}
+			_, err := c.Do("PING")
+			return err
+		},
+	}
+	defer p.Close()
+	c, err := p.GetContext(context.Background())
+	require.NoError(t, err)
+	c.Close() // idle: the next Get runs the health check
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cancelDuringCheck.Store(&cancel)
+	c, err = p.GetContext(ctx)
+	if err == nil {
+		c.Close()
+	}
+	assert.Equal(t, context.Canceled, err, "a caller whose context ended during the health check got a conn")
+}

@@ -1,0 +1,136 @@
+package redispool
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// recordingHandler is a slog.Handler that keeps the messages and levels of
+// the records it is given.
+type recordingHandler struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (r *recordingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (r *recordingHandler) Handle(_ context.Context, rec slog.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.msgs = append(r.msgs, rec.Message)
+	return nil
+}
+func (r *recordingHandler) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r *recordingHandler) WithGroup(string) slog.Handler      { return r }
+
+func (r *recordingHandler) count(sub string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range r.msgs {
+		if strings.Contains(m, sub) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestEachLogKindHasItsOwnRateLimit checks "each kind at most once per
+// second" (Pool.Logger) across kinds: a discard must not use up the second
+// of a failed dial, an exhausted wait or a leak report. Discard kinds were
+// numbered from 0 and overlapped the other three.
+func TestEachLogKindHasItsOwnRateLimit(t *testing.T) {
+	clk := newSettableClock()
+	defer SetNowFunc(clk.Now)() // time stands still: all within one logInterval
+
+	t.Run("a state discard swallows the first failed dial", func(t *testing.T) {
+		rec := &recordingHandler{}
+		var refuse atomic.Bool
+		tr := &stressTracker{}
+		p := &Pool{MaxActive: 2, Logger: slog.New(rec), Dial: func() (redis.Conn, error) {
+			if refuse.Load() {
+				return nil, errStressDial
+			}
+			return tr.Dial()
+		}}
+		defer p.Close()
+		c, err := p.GetContext(context.Background())
+		require.NoError(t, err)
+		c.Do("SUBSCRIBE", "ch")
+		c.Close() // discarded: state
+		require.Equal(t, 1, rec.count("connection discarded"))
+
+		refuse.Store(true)
+		_, err = p.GetContext(context.Background())
+		require.ErrorIs(t, err, errStressDial)
+		assert.Equal(t, 1, rec.count("dial failed"), "the first failed dial was not logged")
+	})
+
+	t.Run("an idle timeout discard swallows the first exhausted wait", func(t *testing.T) {
+		rec := &recordingHandler{}
+		tr := &stressTracker{}
+		p := &Pool{MaxActive: 1, WaitTimeout: -1, IdleTimeout: 10 * time.Millisecond, Logger: slog.New(rec), Dial: tr.Dial}
+		defer p.Close()
+		c, err := p.GetContext(context.Background())
+		require.NoError(t, err)
+		c.Close()
+		clk.Advance(20 * time.Millisecond)
+		held, err := p.GetContext(context.Background()) // the idle one is discarded: idle timeout
+		require.NoError(t, err)
+		defer held.Close()
+		require.Equal(t, 1, rec.count("connection discarded"))
+
+		_, err = p.GetContext(context.Background())
+		require.ErrorIs(t, err, ErrPoolExhausted)
+		assert.Equal(t, 1, rec.count("pool exhausted"), "the first exhausted wait was not logged")
+	})
+
+	t.Run("a lifetime discard swallows the first leak report", func(t *testing.T) {
+		rec := &recordingHandler{}
+		tr := &stressTracker{}
+		p := &Pool{MaxActive: 1, MaxConnLifetime: 10 * time.Millisecond, LeakThreshold: 10 * time.Millisecond,
+			Logger: slog.New(rec), Dial: tr.Dial}
+		defer p.Close()
+		c, err := p.GetContext(context.Background())
+		require.NoError(t, err)
+		c.Close()
+		clk.Advance(20 * time.Millisecond)
+		held, err := p.GetContext(context.Background()) // the idle one is discarded: lifetime
+		require.NoError(t, err)
+		defer held.Close()
+		require.Equal(t, 1, rec.count("connection discarded"))
+
+		require.Eventually(t, func() bool { return p.Stats().LeakCount == 1 }, 5*time.Second, time.Millisecond)
+		assert.Equal(t, 1, rec.count("held longer than LeakThreshold"), "the first leak was counted but not reported")
+	})
+}
+
+// settableClock is a settable clock for SetNowFunc.
+type settableClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newSettableClock() *settableClock {
+	return &settableClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+}
+
+func (c *settableClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *settableClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
