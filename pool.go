@@ -656,6 +656,14 @@ func (p *Pool) dial(ctx context.Context, waitEnd *time.Duration) (_ *poolConn, e
 			}
 			return nil, err
 		}
+		if p.closed.Load() {
+			// The pool closed while this caller waited for the slot.
+			p.dials <- struct{}{}
+			if probe {
+				p.endProbe()
+			}
+			return nil, ErrPoolClosed
+		}
 		// The dials this caller waited for may have failed meanwhile: then
 		// it fails fast too, instead of adding to a burst of failing dials.
 		if !probe {
@@ -796,20 +804,27 @@ func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 	var err error
 	var panicked any
 	gen := call.gen
-	func() {
-		defer func() {
-			if r := recover(); r != nil {
-				panicked = r
-				err = fmt.Errorf("redispool: Dial panicked: %v", r)
+	if p.closed.Load() {
+		// Close ran since the dial was decided: no dial begins after it.
+		err = ErrPoolClosed
+		p.dialCount.Add(-1)
+		p.endProbe()
+	} else {
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					panicked = r
+					err = fmt.Errorf("redispool: Dial panicked: %v", r)
+				}
+			}()
+			c, netConn, addr, err = p.dialConn(ctx, &gen)
+			if err == nil && c == nil {
+				err = errNilConn
 			}
 		}()
-		c, netConn, addr, err = p.dialConn(ctx, &gen)
-		if err == nil && c == nil {
-			err = errNilConn
-		}
-	}()
+		p.recordDial(err)
+	}
 	p.dials <- struct{}{}
-	p.recordDial(err)
 
 	var pc *poolConn
 	if err == nil {
@@ -1134,7 +1149,8 @@ func (p *Pool) Close() error {
 
 // Retire makes the pool stop reusing every connection open now: idle ones are
 // closed at once (one returned at the same moment is closed when Get comes to
-// it), those in use when they are returned. New connections are
+// it), those in use when they are returned. With Sentinel, a connection in
+// use also fails its next command with ErrConnRetired, as after a failover. New connections are
 // dialed as needed. Use it when the server behind the address changed, for
 // example after a failover or a credentials rotation. The pool retires its
 // connections by itself when one gets a READONLY reply.

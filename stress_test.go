@@ -1085,6 +1085,43 @@ func TestNoDialBeginsAfterClose(t *testing.T) {
 	assert.Zero(t, tr.open.Load())
 }
 
+// TestNoDialBeginsAfterCloseForADialSlotWaiter: a caller waiting for a
+// dial slot that is handed one as the pool closes must not dial. On one P,
+// the caller handed the slot runs only once this goroutine blocks, after
+// Close has returned.
+func TestNoDialBeginsAfterCloseForADialSlotWaiter(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	tr := &stressTracker{}
+	var closed atomic.Bool
+	var dialsAfterClose atomic.Int64
+	p := &Pool{MaxActive: 2, MaxConcurrentDials: 1, WaitTimeout: 5 * time.Second,
+		Dial: func() (redis.Conn, error) {
+			if closed.Load() {
+				dialsAfterClose.Add(1)
+			}
+			return tr.Dial()
+		}}
+	require.NoError(t, p.init())
+	<-p.dials // the one dial slot, as a dial in progress holds it
+	result := make(chan error, 1)
+	go func() {
+		c, err := p.GetContext(context.Background())
+		if err == nil {
+			c.Close()
+		}
+		result <- err
+	}()
+	require.Eventually(t, func() bool { return len(p.permits) == 1 }, 5*time.Second, time.Millisecond)
+	time.Sleep(10 * time.Millisecond) // it parks waiting for the slot
+	p.dials <- struct{}{}             // the dial ends: its slot goes to the waiter
+	p.Close()
+	closed.Store(true)
+	assert.Equal(t, ErrPoolClosed, <-result)
+	require.Eventually(t, func() bool { return tr.inDial.Load() == 0 && p.ActiveCount() == 0 }, 5*time.Second, time.Millisecond)
+	assert.Zero(t, dialsAfterClose.Load(), "dials begun after Close returned")
+	assert.Zero(t, tr.open.Load())
+}
+
 // TestWaitsForAConnAndADialSlotShareWaitTimeout: a Get that queues
 // for a conn, is granted a permit near the end of its WaitTimeout and then
 // finds every dial slot taken (by a hung dial given up on) gives up at its
