@@ -1006,7 +1006,7 @@ func TestAWaiterThatGivesUpAsThePoolClosesLeavesNoOpenConn(t *testing.T) {
 
 func TestAGetWaitingForAHungDialGivesUpAfterWaitTimeoutAndOnClose(t *testing.T) {
 	release := make(chan struct{})
-	var dialsEnded atomic.Int32
+	var dialsStarted, dialsEnded atomic.Int32
 	defer func() {
 		// The two dials given up on end before the test does.
 		close(release)
@@ -1014,6 +1014,7 @@ func TestAGetWaitingForAHungDialGivesUpAfterWaitTimeoutAndOnClose(t *testing.T) 
 	}()
 	d := &fakeDialer{}
 	p := &redispool.Pool{MaxActive: 2, WaitTimeout: 100 * time.Millisecond, Dial: func() (redis.Conn, error) {
+		dialsStarted.Add(1)
 		defer dialsEnded.Add(1)
 		<-release
 		return d.Dial()
@@ -1024,13 +1025,15 @@ func TestAGetWaitingForAHungDialGivesUpAfterWaitTimeoutAndOnClose(t *testing.T) 
 	assert.Less(t, time.Since(start), 2*time.Second, "bounded by WaitTimeout")
 
 	p2 := &redispool.Pool{MaxActive: 1, WaitTimeout: time.Hour, Dial: func() (redis.Conn, error) {
+		dialsStarted.Add(1)
 		defer dialsEnded.Add(1)
 		<-release
 		return d.Dial()
 	}}
 	got := make(chan error, 1)
 	go func() { _, err := p2.GetContext(context.Background()); got <- err }()
-	require.Eventually(t, func() bool { return p2.Stats().DialCount == 1 }, 5*time.Second, time.Millisecond)
+	// The dial is under way (a dial decided as Close runs may not begin).
+	require.Eventually(t, func() bool { return dialsStarted.Load() == 2 }, 5*time.Second, time.Millisecond)
 	p2.Close()
 	select {
 	case err := <-got:
