@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -99,6 +100,8 @@ type Sentinel struct {
 	master    string     // the cached master address; empty when unknown
 	last      string     // the last address the sentinels named
 	lastQuery time.Time  // when the sentinels last named it
+	failedAt  time.Time  // when a query last failed, for lack of an answer
+	failErr   error      // that query's error; nil after an answer
 	epoch     uint64     // raised by each announcement of a new master
 	order     []string   // Addrs, the one to ask first first
 	pool      *Pool      // the pool to retire on an announcement; set by watch
@@ -128,11 +131,37 @@ func (s *Sentinel) check() error {
 		return errors.New("Sentinel.MasterName is empty; set the name the sentinels monitor the master under")
 	}
 	for _, a := range s.Addrs {
-		if _, _, err := net.SplitHostPort(a); err != nil {
+		_, port, err := net.SplitHostPort(a)
+		if err == nil {
+			err = checkPort(port)
+		}
+		if err != nil {
 			return fmt.Errorf("Sentinel.Addrs has %q, which is not host:port: %v", a, err)
 		}
 	}
 	return nil
+}
+
+// checkPort reports whether port is a TCP port number, 1 to 65535.
+func checkPort(port string) error {
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q is not a number from 1 to 65535", port)
+	}
+	return nil
+}
+
+// masterHostPort is the address a sentinel named, "host:port", or an error
+// when it is not one: a sentinel's answer or announcement is believed only
+// if it names a host and a port.
+func masterHostPort(host, port string) (string, error) {
+	if host == "" {
+		return "", errors.New("names an empty host")
+	}
+	if err := checkPort(port); err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(host, port), nil
 }
 
 // masterAddr returns the cached master address, asking the sentinels when
@@ -165,6 +194,12 @@ func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duratio
 		s.mu.Unlock()
 		return s.last, gen, nil
 	}
+	if s.failErr != nil && time.Since(s.failedAt) < minQueryInterval {
+		// The sentinels failed moments ago: at most two queries a second.
+		err := s.failErr
+		s.mu.Unlock()
+		return "", 0, err
+	}
 	if s.order == nil {
 		s.order = append([]string(nil), s.Addrs...)
 	}
@@ -174,11 +209,17 @@ func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duratio
 
 	share := sentinelTimeout(timeout, len(order))
 	var errs []error
-	for _, addr := range order {
+	for i, addr := range order {
 		master, err := s.ask(ctx, addr, share)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("sentinel %s: %w", addr, err))
+			s.mu.Lock()
+			s.order = moveToBack(s.order, addr) // ask the others first next time
+			s.mu.Unlock()
 			if ctx.Err() != nil {
+				if rest := order[i+1:]; len(rest) > 0 {
+					errs = append(errs, fmt.Errorf("the dial's time ran out before asking %s", strings.Join(rest, ", ")))
+				}
 				break
 			}
 			continue
@@ -192,11 +233,19 @@ func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duratio
 			s.master, s.last, s.lastQuery = master, master, time.Now()
 			s.order = moveToFront(s.order, addr)
 		}
+		s.failErr = nil
 		gen := p.gen.Load()
 		s.mu.Unlock()
 		return master, gen, nil
 	}
-	return "", 0, fmt.Errorf("redispool: no sentinel named the master %q: %w", s.MasterName, errors.Join(errs...))
+	err := fmt.Errorf("redispool: no sentinel named the master %q: %w", s.MasterName, errors.Join(errs...))
+	if ctx.Err() == nil {
+		// Not this caller's context: the sentinels themselves failed.
+		s.mu.Lock()
+		s.failErr, s.failedAt = err, time.Now()
+		s.mu.Unlock()
+	}
+	return "", 0, err
 }
 
 // sentinelTimeout is the time given to each of n sentinels out of the dial
@@ -208,16 +257,87 @@ func sentinelTimeout(timeout time.Duration, n int) time.Duration {
 	return min(timeout, max(timeout/time.Duration(max(n, 1)), minSentinelTimeout))
 }
 
-// dialSentinel connects to the sentinel at addr. readTimeout 0 means none.
-func (s *Sentinel) dialSentinel(ctx context.Context, addr string, connectTimeout, readTimeout time.Duration) (redis.Conn, error) {
+// dialSentinel connects to the sentinel at addr, and authenticates, within
+// connectTimeout in all: the socket carries that deadline until the dial
+// ends, which bounds a TLS handshake too. readTimeout 0 means none after.
+//
+// AUTH is sent here rather than by redis.DialContext, which reads its reply
+// on a goroutine of its own: a reply redigo cannot read (a bulk length past
+// any slice) panics there, out of reach, and would end the program.
+func (s *Sentinel) dialSentinel(ctx context.Context, addr string, connectTimeout, readTimeout time.Duration) (_ redis.Conn, err error) {
+	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	var netConn net.Conn
+	dialer := net.Dialer{Timeout: connectTimeout, KeepAlive: tcpKeepAlive}
 	opts := []redis.DialOption{
-		redis.DialConnectTimeout(connectTimeout),
+		redis.DialContextFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			if dl, ok := ctx.Deadline(); ok {
+				if err := c.SetDeadline(dl); err != nil {
+					c.Close()
+					return nil, err
+				}
+			}
+			netConn = c
+			return c, nil
+		}),
+		redis.DialTLSHandshakeTimeout(connectTimeout),
 		redis.DialReadTimeout(readTimeout),
 		redis.DialWriteTimeout(connectTimeout),
-		redis.DialUsername(s.Username),
-		redis.DialPassword(s.Password),
 	}
-	return redis.DialContext(ctx, "tcp", addr, append(opts, s.DialOptions...)...)
+	c, err := redis.DialContext(ctx, "tcp", addr, append(opts, s.DialOptions...)...)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
+	if s.Password != "" {
+		args := []any{s.Password}
+		if s.Username != "" {
+			args = []any{s.Username, s.Password}
+		}
+		if err := readSafely(func() error {
+			_, err := redis.DoWithTimeout(c, timeLeft(ctx), "AUTH", args...)
+			return err
+		}); err != nil {
+			return nil, fmt.Errorf("AUTH: %w", err)
+		}
+	}
+	if netConn != nil {
+		if err := netConn.SetDeadline(time.Time{}); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// timeLeft is the time until ctx's deadline, at least a nanosecond, so
+// that a timeout of 0 (none) is never passed on.
+func timeLeft(ctx context.Context) time.Duration {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return 0
+	}
+	return max(time.Until(dl), time.Nanosecond)
+}
+
+// readSafely runs read, which reads from a sentinel, and turns a panic in
+// it into an error: redigo panics on a reply it cannot hold, such as a bulk
+// string longer than any slice, and a sentinel must not bring the program
+// down.
+func readSafely(read func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("unreadable reply: %v", r)
+		}
+	}()
+	return read()
 }
 
 // ask asks one sentinel for the master's address.
@@ -230,16 +350,25 @@ func (s *Sentinel) ask(ctx context.Context, addr string, timeout time.Duration) 
 		return "", err
 	}
 	defer c.Close()
-	reply, err := redis.Strings(c.Do("SENTINEL", "get-master-addr-by-name", s.MasterName))
+	var reply []string
+	err = readSafely(func() error {
+		var err error
+		reply, err = redis.Strings(redis.DoWithTimeout(c, timeLeft(ctx), "SENTINEL", "get-master-addr-by-name", s.MasterName))
+		return err
+	})
 	switch {
 	case errors.Is(err, redis.ErrNil):
 		return "", fmt.Errorf("does not know a master named %q", s.MasterName)
 	case err != nil:
 		return "", err
 	case len(reply) != 2:
-		return "", fmt.Errorf("unexpected reply %q to SENTINEL get-master-addr-by-name", reply)
+		return "", fmt.Errorf("unexpected reply to SENTINEL get-master-addr-by-name: an array of %d", len(reply))
 	}
-	return net.JoinHostPort(reply[0], reply[1]), nil
+	master, err := masterHostPort(reply[0], reply[1])
+	if err != nil {
+		return "", fmt.Errorf("named the master %q %q, which is not host:port: %w", reply[0], reply[1], err)
+	}
+	return master, nil
 }
 
 // forget drops the cached master address if it is still addr, so that a
@@ -332,12 +461,17 @@ func (s *Sentinel) subscribe(p *Pool, addr string) {
 // listen subscribes to +switch-master on one sentinel and follows its
 // announcements until the connection fails, the sentinel stops answering its
 // pings, or ctx ends.
-func (s *Sentinel) listen(ctx context.Context, p *Pool, addr string) error {
+func (s *Sentinel) listen(ctx context.Context, p *Pool, addr string) (err error) {
 	timeout := sentinelTimeout(p.cfg.dialTimeout, 1)
 	c, err := s.dialSentinel(ctx, addr, timeout, 0)
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("unreadable message: %v", r)
+		}
+	}()
 	// Closing the connection is the only way to end a Receive in progress.
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer func() {
@@ -373,25 +507,36 @@ func (s *Sentinel) listen(ctx context.Context, p *Pool, addr string) error {
 		case error:
 			return m
 		case redis.Message:
-			s.announced(p, addr, string(m.Data))
+			if m.Channel == switchChannel {
+				s.announced(p, addr, string(m.Data))
+			}
 		}
 	}
 }
 
 // announced handles a +switch-master message from the sentinel at from:
-// "<name> <old ip> <old port> <new ip> <new port>".
+// "<name> <old ip> <old port> <new ip> <new port>", where the name may hold
+// spaces. One that names no host and port is ignored.
 func (s *Sentinel) announced(p *Pool, from, msg string) {
-	f := strings.Fields(msg)
-	if len(f) != 5 || f[0] != s.MasterName {
+	rest, ok := strings.CutPrefix(msg, s.MasterName+" ")
+	if !ok {
 		return
 	}
-	master := net.JoinHostPort(f[3], f[4])
+	f := strings.Fields(rest)
+	if len(f) != 4 {
+		return
+	}
+	master, err := masterHostPort(f[2], f[3])
+	if err != nil {
+		return
+	}
 	s.mu.Lock()
 	current := s.master
 	if current == "" {
 		current = s.last
 	}
 	s.master, s.last, s.lastQuery = master, master, time.Now()
+	s.failErr = nil
 	s.epoch++
 	if s.order == nil {
 		s.order = append([]string(nil), s.Addrs...)
@@ -425,6 +570,18 @@ func checkRole(ctx context.Context, c redis.Conn, addr string) error {
 		return fmt.Errorf("%w: ROLE on %s says %q", ErrNotMaster, addr, role)
 	}
 	return nil
+}
+
+// moveToBack moves addr to the end of addrs.
+func moveToBack(addrs []string, addr string) []string {
+	for i, a := range addrs {
+		if a == addr {
+			copy(addrs[i:], addrs[i+1:])
+			addrs[len(addrs)-1] = addr
+			break
+		}
+	}
+	return addrs
 }
 
 func moveToFront(addrs []string, addr string) []string {

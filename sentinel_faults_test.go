@@ -1,0 +1,499 @@
+package redispool
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// ---------------------------------------------------------------------------
+// Helpers: a fake master, a scriptable fake sentinel.
+
+// respBulks encodes strs as a RESP array of bulk strings.
+func respBulks(strs ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(strs))
+	for _, s := range strs {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(s), s)
+	}
+	return b.String()
+}
+
+// addrReply is a sentinel's reply naming host:port.
+func addrReply(host, port string) string { return respBulks(host, port) }
+
+// startFakeMaster starts a fake master that answers ROLE as a master, and +OK
+// to everything else.
+func startFakeMaster(t *testing.T) string {
+	return serveLoopback(t, func(c net.Conn) {
+		r := bufio.NewReader(c)
+		for {
+			args, err := readCommand(r)
+			if err != nil {
+				return
+			}
+			reply := "+OK\r\n"
+			switch strings.ToUpper(args[0]) {
+			case "ROLE":
+				reply = "*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"
+			case "PING":
+				reply = "+PONG\r\n"
+			}
+			if _, err := c.Write([]byte(reply)); err != nil {
+				return
+			}
+		}
+	})
+}
+
+// scriptedSentinel is a scriptable fake sentinel.
+type scriptedSentinel struct {
+	addr string
+	// reply is the raw reply to SENTINEL get-master-addr-by-name.
+	reply string
+	// delay is how long every reply (AUTH, SENTINEL) waits.
+	delay time.Duration
+	// silent, when it returns true for a new connection, makes it never
+	// answer anything: a blackholed connection.
+	silent func() bool
+	// push receives raw frames written to every subscribed connection.
+	push chan string
+
+	subscribes atomic.Int64
+	queries    atomic.Int64
+}
+
+func startScriptedSentinel(t *testing.T, s *scriptedSentinel) *scriptedSentinel {
+	if s.push == nil {
+		s.push = make(chan string, 16)
+	}
+	done := make(chan struct{})
+	s.addr = serveLoopback(t, func(c net.Conn) {
+		if s.silent != nil && s.silent() {
+			io.Copy(io.Discard, c)
+			return
+		}
+		var wmu sync.Mutex
+		write := func(b string) error {
+			wmu.Lock()
+			defer wmu.Unlock()
+			_, err := c.Write([]byte(b))
+			return err
+		}
+		r := bufio.NewReader(c)
+		for {
+			args, err := readCommand(r)
+			if err != nil {
+				return
+			}
+			if s.delay > 0 {
+				time.Sleep(s.delay)
+			}
+			var reply string
+			switch strings.ToUpper(args[0]) {
+			case "SENTINEL":
+				s.queries.Add(1)
+				reply = s.reply
+			case "SUBSCRIBE":
+				s.subscribes.Add(1)
+				reply = fmt.Sprintf("*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:1\r\n", len(args[1]), args[1])
+				go func() {
+					for {
+						select {
+						case f := <-s.push:
+							if write(f) != nil {
+								return
+							}
+						case <-done:
+							return
+						}
+					}
+				}()
+			case "PING":
+				reply = "*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+			default:
+				reply = "+OK\r\n"
+			}
+			if err := write(reply); err != nil {
+				return
+			}
+		}
+	})
+	t.Cleanup(func() { close(done) })
+	return s
+}
+
+// switchMessage is a +switch-master message frame with data msg.
+func switchMessage(msg string) string { return respBulks("message", switchChannel, msg) }
+
+// refusedAddr returns a loopback address nobody listens on.
+func refusedAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// goroutinesIn counts the goroutines whose stack mentions fn.
+func goroutinesIn(fn string) int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, fn) {
+			n++
+		}
+	}
+	return n
+}
+
+// safeGet runs p.Get, turning a panic into an error.
+func safeGet(p *Pool) (err error, panicked any) {
+	defer func() {
+		if r := recover(); r != nil {
+			panicked = r
+		}
+	}()
+	c := p.Get()
+	err = c.Err()
+	c.Close()
+	return err, nil
+}
+
+// ---------------------------------------------------------------------------
+// Hostile and malformed replies.
+
+// A sentinel reply that announces a huge bulk length makes redigo's reader
+// panic (makeslice: len out of range); Get must return an error instead.
+func TestSentinelHugeLengthInReplyIsAnError(t *testing.T) {
+	s := startScriptedSentinel(t, &scriptedSentinel{reply: "*2\r\n$9223372036854775807\r\n"})
+	p := &Pool{
+		Sentinel:    &Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster"},
+		DialTimeout: 500 * time.Millisecond,
+	}
+	defer p.Close()
+	err, panicked := safeGet(p)
+	require.Nil(t, panicked, "Get panicked on a sentinel's malformed reply: %v", panicked)
+	require.Error(t, err)
+}
+
+// The same frame pushed on a +switch-master subscription must not end the
+// program: the subscription fails and is dialed again. Run in a child
+// process, since the panic would end this one.
+func TestSentinelHugeLengthInSubscriptionIsAnError(t *testing.T) {
+	if os.Getenv("REDISPOOL_SENTINEL_CHILD") == "1" {
+		master := startFakeMaster(t)
+		host, port, _ := net.SplitHostPort(master)
+		s := startScriptedSentinel(t, &scriptedSentinel{reply: addrReply(host, port)})
+		s.push <- "*3\r\n$7\r\nmessage\r\n$14\r\n+switch-master\r\n$9223372036854775807\r\n"
+		p := &Pool{
+			Sentinel:    &Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster"},
+			DialTimeout: 500 * time.Millisecond,
+		}
+		c := p.Get()
+		c.Close()
+		time.Sleep(time.Second)
+		p.Close()
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 9*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestSentinelHugeLengthInSubscriptionIsAnError$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "REDISPOOL_SENTINEL_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		first := string(out)
+		if i := strings.Index(first, "goroutine "); i > 0 {
+			first = first[:i]
+		}
+		where := ""
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.Contains(line, "redispool.(*Sentinel).") {
+				where += line + "\n"
+			}
+		}
+		t.Fatalf("a sentinel's malformed +switch-master frame killed the process (%v):\n%s\nin:\n%s", err, first, where)
+	}
+}
+
+// A sentinel that names an address that cannot be a master (no port, a port
+// that is not a number or out of range, no host) is not believed: the next
+// sentinel is asked, and the bogus one is not moved to the front.
+func TestSentinelBogusAddressIsNotBelieved(t *testing.T) {
+	good := startFakeMaster(t)
+	gHost, gPort, _ := net.SplitHostPort(good)
+	local := startFakeMaster(t) // a server on this machine that is not the master
+	_, lPort, _ := net.SplitHostPort(local)
+
+	for _, tc := range []struct{ name, host, port string }{
+		{"empty port", "127.0.0.1", ""},
+		{"port not a number", "127.0.0.1", "sixthree"},
+		{"port out of range", "127.0.0.1", "99999"},
+		{"empty host", "", lPort},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bad := startScriptedSentinel(t, &scriptedSentinel{reply: addrReply(tc.host, tc.port)})
+			ok := startScriptedSentinel(t, &scriptedSentinel{reply: addrReply(gHost, gPort)})
+			p := &Pool{
+				Sentinel:    &Sentinel{Addrs: []string{bad.addr, ok.addr}, MasterName: "mymaster"},
+				DialTimeout: 500 * time.Millisecond,
+			}
+			defer p.Close()
+			var errs []error
+			for i := 0; i < 3; i++ {
+				c := p.Get()
+				err := c.Err()
+				c.Close()
+				if err == nil && p.Sentinel.Master() == good {
+					return
+				}
+				errs = append(errs, fmt.Errorf("master %q: %v", p.Sentinel.Master(), err))
+				time.Sleep(600 * time.Millisecond) // past the dial backoff and the query interval
+			}
+			t.Fatalf("sentinel named %q; the pool never used the master %s that the other sentinel names:\n%v",
+				net.JoinHostPort(tc.host, tc.port), good, errors.Join(errs...))
+		})
+	}
+}
+
+// A +switch-master announcement whose new port is not a port is ignored: the
+// pool keeps its working master and its connections.
+func TestSentinelGarbageSwitchMasterIsIgnored(t *testing.T) {
+	defer SetWatchPing(100 * time.Millisecond)()
+	master := startFakeMaster(t)
+	host, port, _ := net.SplitHostPort(master)
+	s := startScriptedSentinel(t, &scriptedSentinel{reply: addrReply(host, port)})
+	p := &Pool{
+		Sentinel:    &Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster"},
+		DialTimeout: 500 * time.Millisecond,
+	}
+	defer p.Close()
+	held := p.Get()
+	defer held.Close()
+	require.NoError(t, held.Err())
+	require.Eventually(t, func() bool { return s.subscribes.Load() == 1 }, 3*time.Second, 10*time.Millisecond)
+
+	s.push <- switchMessage(fmt.Sprintf("mymaster %s %s 127.0.0.1 not-a-port", host, port))
+	s.push <- switchMessage("mymaster garbage garbage garbage 99999999")
+	time.Sleep(300 * time.Millisecond)
+	assert.Equal(t, master, p.Sentinel.Master(), "the pool switched to a bogus address")
+	_, err := held.Do("SET", "k", "v")
+	assert.NoError(t, err, "a conn to the working master was retired by a garbage announcement")
+}
+
+// ---------------------------------------------------------------------------
+// Sentinels that hang.
+
+// With Sentinel.DialOptions asking for TLS, a sentinel that accepts and
+// never answers holds the query only for its share of DialTimeout, not for
+// redigo's own 10 s TLS handshake timeout.
+func TestSentinelTLSHandshakeIsBoundedByDialTimeout(t *testing.T) {
+	s := silentServer(t)
+	p := &Pool{
+		Sentinel: &Sentinel{
+			Addrs:       []string{s},
+			MasterName:  "mymaster",
+			DialOptions: []redis.DialOption{redis.DialUseTLS(true)},
+		},
+		DialTimeout: 300 * time.Millisecond,
+	}
+	defer p.Close()
+	got := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		c := p.Get()
+		got <- c.Err()
+		c.Close()
+	}()
+	select {
+	case err := <-got:
+		require.Error(t, err)
+		assert.Less(t, time.Since(start), 2*time.Second)
+	case <-time.After(3 * time.Second):
+		t.Fatal("Get still waits 3 s on a TLS sentinel that does not answer, with DialTimeout 300ms")
+	}
+}
+
+// A subscription's dial stuck in the same TLS handshake ends soon after
+// Pool.Close.
+func TestSentinelCloseEndsSubscriptionInTLSHandshake(t *testing.T) {
+	s := silentServer(t)
+	p := &Pool{
+		Sentinel: &Sentinel{
+			Addrs:       []string{s},
+			MasterName:  "mymaster",
+			DialOptions: []redis.DialOption{redis.DialUseTLS(true)},
+		},
+		DialTimeout: 300 * time.Millisecond,
+	}
+	go func() { c := p.Get(); c.Close() }()
+	require.Eventually(t, func() bool { return goroutinesIn("(*Sentinel).listen") > 0 }, 2*time.Second, 5*time.Millisecond)
+	time.Sleep(100 * time.Millisecond)
+	p.Close()
+	deadline := time.Now().Add(2 * time.Second)
+	for goroutinesIn("(*Sentinel).listen") > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("2 s after Pool.Close, a subscription to a sentinel still runs (stuck in its TLS handshake)")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// With Sentinel.Password set, a subscription whose connection is blackholed
+// while it waits for the AUTH reply gives up within its dial timeout and is
+// dialed again, so the pool hears the sentinel once it works again.
+func TestSentinelSubscriptionStuckInAuthIsDialedAgain(t *testing.T) {
+	defer SetWatchPing(100 * time.Millisecond)()
+	master := startFakeMaster(t)
+	host, port, _ := net.SplitHostPort(master)
+	until := time.Now().Add(400 * time.Millisecond)
+	s := startScriptedSentinel(t, &scriptedSentinel{
+		reply:  addrReply(host, port),
+		silent: func() bool { return time.Now().Before(until) },
+	})
+	p := &Pool{
+		Sentinel:    &Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster", Password: "secret"},
+		DialTimeout: 300 * time.Millisecond,
+	}
+	defer p.Close()
+	c := p.Get() // the query times out; the subscription dials into the blackhole
+	c.Close()
+	time.Sleep(time.Until(until))
+	// The sentinel works again: a ping interval, a dial timeout and a backoff
+	// step later the subscription should be back.
+	ok := assert.Eventually(t, func() bool { return s.subscribes.Load() > 0 }, 3*time.Second, 20*time.Millisecond,
+		"the subscription never subscribed again after its AUTH went unanswered")
+	if !ok {
+		t.Logf("queries answered meanwhile: %d (the sentinel works)", s.queries.Load())
+	}
+}
+
+// With a small DialTimeout, the first sentinels in Addrs can use up a whole
+// query when they hang; those that failed are asked last next time, so a
+// healthy sentinel listed after them is reached.
+func TestSentinelHealthySentinelAfterHungOnesIsAsked(t *testing.T) {
+	master := startFakeMaster(t)
+	host, port, _ := net.SplitHostPort(master)
+	good := startScriptedSentinel(t, &scriptedSentinel{reply: addrReply(host, port)})
+	p := &Pool{
+		Sentinel: &Sentinel{
+			Addrs:      []string{silentServer(t), silentServer(t), good.addr},
+			MasterName: "mymaster",
+		},
+		DialTimeout: 200 * time.Millisecond,
+	}
+	defer p.Close()
+	var last error
+	for i := 0; i < 5; i++ {
+		c := p.Get()
+		last = c.Err()
+		c.Close()
+		if last == nil {
+			return
+		}
+		time.Sleep(600 * time.Millisecond) // past the dial backoff
+	}
+	t.Fatalf("5 Gets over 4 s all failed; the healthy sentinel was asked %d times; last error: %v", good.queries.Load(), last)
+}
+
+// ---------------------------------------------------------------------------
+// Rate limit.
+
+// While every sentinel is down, queries are still limited to two a second:
+// a dial within 500 ms of a failed query gets that query's error.
+func TestSentinelQueriesAreRateLimitedWhileSentinelsAreDown(t *testing.T) {
+	addrs := []string{refusedAddr(t), refusedAddr(t)}
+	p := &Pool{
+		Sentinel:    &Sentinel{Addrs: addrs, MasterName: "mymaster"},
+		DialTimeout: 300 * time.Millisecond,
+	}
+	defer p.Close()
+	const window = 1500 * time.Millisecond
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 1000 && time.Since(start) < window; i++ {
+				c := p.Get()
+				c.Close()
+				time.Sleep(2 * time.Millisecond)
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	queries := p.Sentinel.Queries() / int64(len(addrs))
+	// Two a second, and one more for the first.
+	allowed := int64(took/minQueryInterval) + 1
+	assert.LessOrEqual(t, queries, allowed, "the sentinels were asked %d times in %v", queries, took)
+}
+
+// ---------------------------------------------------------------------------
+// Configuration.
+
+// Sentinel.Addrs with no usable port ("host:", a port out of range) are a
+// configuration error, not a dial of port 0 at every Get.
+func TestSentinelConfigRejectsAddrWithoutPort(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:", "127.0.0.1:99999"} {
+		t.Run(addr, func(t *testing.T) {
+			p := &Pool{
+				Sentinel:    &Sentinel{Addrs: []string{addr}, MasterName: "mymaster"},
+				DialTimeout: 200 * time.Millisecond,
+			}
+			defer p.Close()
+			c := p.Get()
+			err := c.Err()
+			c.Close()
+			assert.ErrorIs(t, err, ErrInvalidConfig, "Sentinel.Addrs %q was accepted; Get said: %v", addr, err)
+		})
+	}
+}
+
+// A master name may hold a space (SENTINEL MONITOR "my master" ...): the
+// announcements for it are followed.
+func TestSentinelMasterNameWithSpaceFollowsAnnouncements(t *testing.T) {
+	p := &Pool{Sentinel: &Sentinel{Addrs: []string{"127.0.0.1:1"}, MasterName: "my master"}}
+	require.NoError(t, p.init())
+	defer p.Close()
+	p.Sentinel.announced(p, "test", "my master 127.0.0.1 6379 127.0.0.1 6380")
+	assert.Equal(t, "127.0.0.1:6380", p.Sentinel.Master(),
+		"an announcement for the configured MasterName was ignored (or check should reject the name)")
+}
+
+// With Sentinel.Password set, AUTH and SENTINEL together fit the sentinel's
+// share of DialTimeout: a sentinel that answers each slowly does not hold a
+// Get past it, and its answer after the deadline is not taken.
+func TestSentinelSlowSentinelWithPasswordFitsDialTimeout(t *testing.T) {
+	master := startFakeMaster(t)
+	host, port, _ := net.SplitHostPort(master)
+	s := startScriptedSentinel(t, &scriptedSentinel{reply: addrReply(host, port), delay: 450 * time.Millisecond})
+	p := &Pool{
+		Sentinel:    &Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster", Password: "secret"},
+		DialTimeout: 500 * time.Millisecond,
+	}
+	defer p.Close()
+	start := time.Now()
+	c := p.Get()
+	err := c.Err()
+	c.Close()
+	took := time.Since(start)
+	assert.Less(t, took, 750*time.Millisecond, "Get with DialTimeout 500ms, one sentinel, took %v: %v", took, err)
+}
