@@ -121,7 +121,9 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 		c.selects, c.selectDB = true, info.DB
 	}
 	block, forever := pc.pendingBlock, pc.pendingEver
-	if info.Has(command.Blocking) {
+	if info.Has(command.Blocking) && pc.state&stateMulti == 0 {
+		// Inside MULTI a blocking command is only queued, and EXEC runs it
+		// without blocking.
 		if info.Timeout > maxPendingBlock-block {
 			forever = true // longer than any deadline: none
 		} else {
@@ -261,7 +263,7 @@ func (ac *activeConn) end(c call, err error, received bool) {
 	if err != nil && !replied && pc.err == nil {
 		pc.err = err
 	}
-	if replied && pc.err == nil && strings.HasPrefix(string(rerr), "ERR max number of clients reached") {
+	if replied && pc.err == nil && closesConn(rerr) {
 		pc.err = err // the server closes the connection after this reply
 	}
 	if received && pc.pending > 0 && (err == nil || replied) {
@@ -286,9 +288,19 @@ func closedByServer(err error) bool {
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-// isReadOnly reports whether e is the error a replica answers writes with.
+// closesConn reports whether the server closes the connection after the
+// error reply e: when it refuses a client at maxclients, and after a
+// protocol error, such as a bulk argument longer than proto-max-bulk-len.
+func closesConn(e redis.Error) bool {
+	return strings.HasPrefix(string(e), "ERR max number of clients reached") ||
+		strings.HasPrefix(string(e), "ERR Protocol error")
+}
+
+// isReadOnly reports whether e is the error a replica answers writes with,
+// itself or as the reason EXEC discarded a transaction.
 func isReadOnly(e redis.Error) bool {
-	return strings.HasPrefix(string(e), "READONLY ")
+	s, _ := strings.CutPrefix(string(e), "EXECABORT Transaction discarded because of: ")
+	return strings.HasPrefix(s, "READONLY ")
 }
 
 // arrayError returns the READONLY error inside the reply of EXEC or of Do

@@ -7,8 +7,10 @@
 package command
 
 import (
+	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -120,6 +122,7 @@ var kinds = map[string]kind{
 	"PSYNC":        kindTaint,
 	"REPLCONF":     kindTaint,
 	"QUIT":         kindTaint,
+	"ASKING":       kindTaint, // lasts until the connection's next command
 	"CLIENT":       kindClient,
 	"SCRIPT":       kindScript,
 	"BLPOP":        kindLastArgSeconds,
@@ -154,10 +157,17 @@ func Classify(name string, args []any) Info {
 	case kindWatch:
 		return Info{Effects: Watch}
 	case kindUnwatch:
+		if len(args) > 0 {
+			return Info{} // takes no arguments: the server rejects it
+		}
 		return Info{Effects: Unwatch}
 	case kindMulti:
 		return Info{Effects: Multi}
 	case kindExecDiscard:
+		if len(args) > 0 {
+			// Rejected, and inside MULTI the transaction stays open.
+			return Info{}
+		}
 		return Info{Effects: EndMulti | Unwatch}
 	case kindSubscribe:
 		return Info{Effects: Subscribe, PubSub: Channels}
@@ -215,20 +225,25 @@ func Classify(name string, args []any) Info {
 		// XREAD [COUNT n] [BLOCK ms] STREAMS key... id..., and XREADGROUP
 		// GROUP group consumer [...]: options precede STREAMS, after which
 		// keys and ids may be any strings, as may the names after GROUP and
-		// the number after COUNT.
+		// the number after COUNT. The server takes the last BLOCK.
+		var block any
 		for i := 0; i < len(args); i++ {
 			switch {
 			case isWord(args[i], "STREAMS"):
-				return Info{}
+				i = len(args)
 			case isWord(args[i], "GROUP"):
 				i += 2
 			case isWord(args[i], "COUNT"):
 				i++
 			case isWord(args[i], "BLOCK") && i+1 < len(args):
-				return blocking(args[i+1], time.Millisecond)
+				i++
+				block = args[i]
 			}
 		}
-		return Info{}
+		if block == nil {
+			return Info{}
+		}
+		return blocking(block, time.Millisecond)
 	}
 	return Info{}
 }
@@ -261,12 +276,20 @@ func classifyClient(args []any) Info {
 	return Info{}
 }
 
-// blocking reads a blocking command's timeout argument in unit. A zero timeout
-// blocks forever. An unreadable or negative timeout is rejected by the server
-// at once, so it needs no extra time.
+// blocking reads a blocking command's timeout argument in unit, as the
+// server does: a timeout in seconds is rounded up to a millisecond, and one
+// that comes to zero, as from -0.0005, blocks forever. An unreadable or
+// negative timeout is rejected by the server at once, so it needs no extra
+// time.
 func blocking(arg any, unit time.Duration) Info {
 	f, ok := argFloat(arg)
-	if !ok || f < 0 || math.IsNaN(f) {
+	if !ok || math.IsNaN(f) {
+		return Info{}
+	}
+	if unit == time.Second {
+		f, unit = math.Ceil(f*1000), time.Millisecond
+	}
+	if f < 0 {
 		return Info{}
 	}
 	if f == 0 {
@@ -344,8 +367,14 @@ func upper(c byte) byte {
 	return c
 }
 
+// redisArg is redis.Argument, whose RedisArg value redigo sends in its place.
+type redisArg interface{ RedisArg() any }
+
 // argInt reads an integer argument as redigo would send it.
 func argInt(arg any) (int64, bool) {
+	if a, ok := arg.(redisArg); ok {
+		arg = a.RedisArg()
+	}
 	switch v := arg.(type) {
 	case int:
 		return int64(v), true
@@ -384,24 +413,48 @@ func argInt(arg any) (int64, bool) {
 			return 1, true
 		}
 		return 0, true
+	case nil, float64, float32:
+		return 0, false
 	}
-	return 0, false
+	// Any other type, a named integer type for one, redigo sends as fmt
+	// prints it.
+	n, err := strconv.ParseInt(fmt.Sprint(arg), 10, 64)
+	return n, err == nil
 }
 
-// argFloat reads a numeric argument as redigo would send it.
+// argFloat reads a numeric argument as redigo would send it and the server
+// would read it.
 func argFloat(arg any) (float64, bool) {
+	if a, ok := arg.(redisArg); ok {
+		arg = a.RedisArg()
+	}
 	switch v := arg.(type) {
 	case float64:
 		return v, true
 	case float32:
 		return float64(v), true
 	case string:
-		f, err := strconv.ParseFloat(v, 64)
-		return f, err == nil
+		return parseFloat(v)
 	case []byte:
-		f, err := strconv.ParseFloat(string(v), 64)
+		return parseFloat(string(v))
+	case int, int64, int32, int16, int8, uint, uint64, uint32, uint16, uint8, bool, nil:
+		n, ok := argInt(arg)
+		return float64(n), ok
+	}
+	return parseFloat(fmt.Sprint(arg))
+}
+
+// parseFloat reads a number as the server's strtold does, which also takes
+// hexadecimal without a binary exponent ("0x1"), where Go wants one.
+func parseFloat(s string) (float64, bool) {
+	f, err := strconv.ParseFloat(s, 64)
+	if err == nil {
+		return f, true
+	}
+	t := strings.TrimLeft(s, "+-")
+	if len(t) > 2 && t[0] == '0' && (t[1] == 'x' || t[1] == 'X') && !strings.ContainsAny(t, "pP_") {
+		f, err = strconv.ParseFloat(s+"p0", 64)
 		return f, err == nil
 	}
-	n, ok := argInt(arg)
-	return float64(n), ok
+	return 0, false
 }

@@ -84,6 +84,26 @@ func TestClassify(t *testing.T) {
 		{"XREAD", []any{"COUNT", "STREAMS", "BLOCK", "5", "STREAMS", "s", "0"}, Info{Effects: Blocking, Timeout: 5 * time.Millisecond}},
 		{"BLPOP", []any{"a", "1e300"}, Info{Effects: Blocking, Forever: true}},
 		{"BLPOP", []any{"a", "NaN"}, Info{}},
+		// The server rounds seconds up to a millisecond: a timeout that
+		// comes to zero blocks forever, a smaller one is rejected.
+		{"BLPOP", []any{"a", 0.0001}, Info{Effects: Blocking, Timeout: time.Millisecond}},
+		{"BLPOP", []any{"a", "-0.0005"}, Info{Effects: Blocking, Forever: true}},
+		{"BLPOP", []any{"a", -0.001}, Info{}},
+		// What redigo sends for other types, and what strtold reads.
+		{"BLPOP", []any{"a", seconds(2)}, Info{Effects: Blocking, Timeout: 2 * time.Second}},
+		{"BLPOP", []any{"a", argument{0.5}}, Info{Effects: Blocking, Timeout: 500 * time.Millisecond}},
+		{"BLPOP", []any{"a", "0x1"}, Info{Effects: Blocking, Timeout: time.Second}},
+		{"BLPOP", []any{"a", []byte("0X2")}, Info{Effects: Blocking, Timeout: 2 * time.Second}},
+		{"BLPOP", []any{"a", "0x"}, Info{}},
+		{"SELECT", []any{seconds(3)}, Info{Effects: Select, DB: 3}},
+		{"SELECT", []any{argument{int64(4)}}, Info{Effects: Select, DB: 4}},
+		// The server keeps the last BLOCK.
+		{"XREAD", []any{"BLOCK", 10, "BLOCK", 600, "STREAMS", "s", "$"}, Info{Effects: Blocking, Timeout: 600 * time.Millisecond}},
+		// Rejected for their arguments: they end or undo nothing.
+		{"DISCARD", []any{"now"}, Info{}},
+		{"EXEC", []any{"x"}, Info{}},
+		{"UNWATCH", []any{"k"}, Info{}},
+		{"asking", nil, Info{Effects: Taint}},
 		{"", nil, Info{}},
 		{"AVERYLONGCOMMANDNAMETHATISLONGERTHANTHIRTYTWOBYTES", nil, Info{}},
 	}
@@ -139,3 +159,11 @@ func FuzzClassify(f *testing.F) {
 		}
 	})
 }
+
+// seconds is a named integer type, which redigo writes with fmt.
+type seconds int
+
+// argument is a redis.Argument: redigo writes its RedisArg value.
+type argument struct{ v any }
+
+func (a argument) RedisArg() any { return a.v }
