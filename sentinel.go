@@ -77,8 +77,9 @@ func watchPingInterval() time.Duration {
 // A Sentinel must not be copied after first use, nor shared between pools.
 type Sentinel struct {
 	// Addrs are the sentinels' "host:port" addresses. They are asked in turn
-	// until one answers; the one that answered, or last announced a new
-	// master, is asked first next time. Each sentinel gets an equal share of
+	// until one answers with a host and port; the one that answered, or last
+	// announced a new master, is asked first next time, and those that
+	// failed last. Each sentinel gets an equal share of
 	// the pool's DialTimeout (of 5s when it is disabled), at least 100ms, so
 	// that one that hangs leaves time to ask the others.
 	Addrs []string
