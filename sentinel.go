@@ -211,13 +211,21 @@ func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duratio
 	share := sentinelTimeout(timeout, len(order))
 	var errs []error
 	for i, addr := range order {
+		// A sentinel that failed with less than its share of time left is
+		// not to blame: it keeps its place.
+		dl, ok := ctx.Deadline()
+		fullShare := !ok || time.Until(dl) >= share
 		master, err := s.ask(ctx, addr, share)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("sentinel %s: %w", addr, err))
-			s.mu.Lock()
-			s.order = moveToBack(s.order, addr) // ask the others first next time
-			s.mu.Unlock()
-			if ctx.Err() != nil {
+			// The deadline, not ctx.Err, which its timer sets a moment late.
+			timeUp := ctx.Err() != nil || (ok && !time.Now().Before(dl))
+			if fullShare || !timeUp {
+				s.mu.Lock()
+				s.order = moveToBack(s.order, addr) // ask the others first next time
+				s.mu.Unlock()
+			}
+			if timeUp {
 				if rest := order[i+1:]; len(rest) > 0 {
 					errs = append(errs, fmt.Errorf("the dial's time ran out before asking %s", strings.Join(rest, ", ")))
 				}
@@ -240,7 +248,7 @@ func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duratio
 		return master, gen, nil
 	}
 	err := fmt.Errorf("redispool: no sentinel named the master %q: %w", s.MasterName, errors.Join(errs...))
-	if ctx.Err() == nil {
+	if dl, ok := ctx.Deadline(); ctx.Err() == nil && (!ok || time.Now().Before(dl)) {
 		// Not this caller's context: the sentinels themselves failed.
 		s.mu.Lock()
 		s.failErr, s.failedAt = err, time.Now()
