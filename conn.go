@@ -378,9 +378,10 @@ func contextDone(ctx context.Context) error {
 	return nil
 }
 
-// DoContext is Do bounded also by ctx. When ctx ends first, the connection
-// is closed, which is the only way to stop a read in progress, and ctx's error
-// is returned.
+// DoContext is Do bounded also by ctx. When ctx ends before the reply is
+// read, the connection is closed, which is the only way to stop a read in
+// progress, and ctx's error is returned; a reply read in full as ctx ends is
+// returned, and later calls on the conn fail with ctx's error.
 func (ac *activeConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
 	if err := contextDone(ctx); err != nil {
 		return nil, err
@@ -424,8 +425,20 @@ func (ac *activeConn) withContext(ctx context.Context, c call, f func(time.Durat
 	}
 	reply, err := f(timeout)
 	if stop != nil && !stop() {
-		// ctx ended and closed the connection, whatever f returned.
-		return nil, ctx.Err()
+		// ctx ended and closed the connection. A reply read in full before
+		// that is still the caller's: for BLPOP, the element has left the
+		// list. Either way the connection is gone: later calls fail, and
+		// Close discards it.
+		ctxErr := ctx.Err()
+		c.pc.mu.Lock()
+		if c.pc.err == nil {
+			c.pc.err = ctxErr
+		}
+		c.pc.mu.Unlock()
+		if _, replied := err.(redis.Error); err == nil || replied {
+			return reply, err
+		}
+		return nil, ctxErr
 	}
 	if _, replied := err.(redis.Error); err != nil && !replied {
 		if ctxDeadline && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(dl) {

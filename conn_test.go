@@ -352,6 +352,32 @@ func TestDoContextCancelledMidCallReturnsCtxErrAndDiscards(t *testing.T) {
 	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
 }
 
+// TestDoContextKeepsAReplyReadAsCtxEnds: a reply read in full as ctx ends
+// belongs to the caller (for BLPOP, the element has left the list); the
+// connection, closed by ctx, is not used again.
+func TestDoContextKeepsAReplyReadAsCtxEnds(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &fakeDialer{setup: func(fc *fakeConn) {
+		fc.reply = func(string, []any) (any, error) {
+			cancel()
+			// ctx's hook starts and waits to close the conn, which the
+			// read holds: the reply is read first.
+			time.Sleep(20 * time.Millisecond)
+			return "element", nil
+		}
+	}}
+	p := onePool(t, d)
+	c := p.Get()
+	reply, err := redis.DoContext(c, ctx, "BLPOP", "k", 1)
+	require.NoError(t, err)
+	assert.Equal(t, "element", reply)
+	_, err = c.Do("GET", "k")
+	assert.Equal(t, context.Canceled, err, "the conn ctx closed is not used again")
+	c.Close()
+	require.Eventually(t, func() bool { return d.last(t).IsClosed() }, time.Second, time.Millisecond)
+	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+}
+
 func TestDoContextDeadlineShortensTheReadTimeout(t *testing.T) {
 	d := &fakeDialer{}
 	p := onePool(t, d)
