@@ -58,6 +58,25 @@ func silentServer(t *testing.T) string {
 	return serveLoopback(t, func(c net.Conn) { io.Copy(io.Discard, c) })
 }
 
+// getErrWithin runs p.Get and returns its conn's error, failing the test
+// when Get has not returned within limit.
+func getErrWithin(t *testing.T, p *Pool, limit time.Duration) error {
+	t.Helper()
+	got := make(chan error, 1)
+	go func() {
+		c := p.Get()
+		got <- c.Err()
+		c.Close()
+	}()
+	select {
+	case err := <-got:
+		return err
+	case <-time.After(limit):
+		t.Fatalf("Get still waits after %v", limit)
+		return nil
+	}
+}
+
 // TestDialTimeoutBoundsEveryStep checks that DialTimeout bounds the whole
 // dial against a server that accepts and never answers: the TLS handshake
 // (redigo's own default for it is 10 s) and AUTH.

@@ -884,25 +884,8 @@ func (p *Pool) dialConn(ctx context.Context, gen *uint64) (redis.Conn, net.Conn,
 		}
 	}
 	var netConn net.Conn
-	dialer := net.Dialer{Timeout: p.cfg.dialTimeout, KeepAlive: tcpKeepAlive}
 	opts := []redis.DialOption{
-		redis.DialContextFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := dialer.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			// The TLS handshake does not watch ctx (redigo gives it 10 s
-			// of its own): the socket's deadline bounds it. AUTH and
-			// SELECT run with ctx; the deadline is cleared once dialed.
-			if dl, ok := ctx.Deadline(); ok {
-				if err := c.SetDeadline(dl); err != nil {
-					c.Close()
-					return nil, err
-				}
-			}
-			netConn = c
-			return c, nil
-		}),
+		dialSocket(p.cfg.dialTimeout, &netConn),
 		redis.DialReadTimeout(p.cfg.readTimeout),
 		redis.DialWriteTimeout(p.cfg.writeTimeout),
 		redis.DialUsername(p.Username),
@@ -937,6 +920,28 @@ func (p *Pool) dialConn(ctx context.Context, gen *uint64) (redis.Conn, net.Conn,
 		return nil, nil, "", err
 	}
 	return c, netConn, addr, nil
+}
+
+// dialSocket is the option that dials the TCP or Unix socket of a dial
+// bounded by ctx, and records it in *sock. The TLS handshake does not watch
+// ctx (redigo gives it 10 s of its own), so the socket carries ctx's
+// deadline, which the caller clears once the dial is done.
+func dialSocket(timeout time.Duration, sock *net.Conn) redis.DialOption {
+	dialer := net.Dialer{Timeout: timeout, KeepAlive: tcpKeepAlive}
+	return redis.DialContextFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if dl, ok := ctx.Deadline(); ok {
+			if err := c.SetDeadline(dl); err != nil {
+				c.Close()
+				return nil, err
+			}
+		}
+		*sock = c
+		return c, nil
+	})
 }
 
 // failover reacts to a sign that the server at addr is no longer the

@@ -277,22 +277,8 @@ func (s *Sentinel) dialSentinel(ctx context.Context, addr string, connectTimeout
 	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
 	var netConn net.Conn
-	dialer := net.Dialer{Timeout: connectTimeout, KeepAlive: tcpKeepAlive}
 	opts := []redis.DialOption{
-		redis.DialContextFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := dialer.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			if dl, ok := ctx.Deadline(); ok {
-				if err := c.SetDeadline(dl); err != nil {
-					c.Close()
-					return nil, err
-				}
-			}
-			netConn = c
-			return c, nil
-		}),
+		dialSocket(connectTimeout, &netConn),
 		redis.DialTLSHandshakeTimeout(connectTimeout),
 		redis.DialReadTimeout(readTimeout),
 		redis.DialWriteTimeout(connectTimeout),

@@ -173,17 +173,7 @@ func TestDialTimeoutBoundsTheRoleCheck(t *testing.T) {
 		ReadTimeout: -1,
 	}
 	defer p.Close()
-	got := make(chan error, 1)
-	go func() {
-		c := p.Get()
-		got <- c.Err()
-		c.Close()
-	}()
-	select {
-	case err := <-got:
-		require.Error(t, err)
-		assert.Contains(t, err.Error(), "ROLE")
-	case <-time.After(5 * time.Second):
-		t.Fatal("Get still waits 5s after dialing a master that does not answer ROLE, with DialTimeout 300ms")
-	}
+	err := getErrWithin(t, p, 5*time.Second) // a master that does not answer ROLE, with DialTimeout 300ms
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "ROLE")
 }
