@@ -3,8 +3,8 @@
 // Pool is a drop-in replacement for redigo's redis.Pool: it has the same
 // exported fields and methods, so code that uses redis.Pool compiles after
 // changing the type name. Unlike redis.Pool, its zero value is bounded
-// (MaxActive defaults to 10 x GOMAXPROCS and every wait ends after
-// WaitTimeout), it dials with connect, read and write timeouts, and it backs
+// (MaxActive defaults to 10 x GOMAXPROCS and every wait is bounded), it
+// dials with connect, read and write timeouts, and it backs
 // off instead of dialing in a storm while the server is down.
 //
 // A connection goes back to the idle set only when it is provably clean: a

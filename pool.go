@@ -182,7 +182,8 @@ type Pool struct {
 	DialOptions []redis.DialOption
 
 	// DialTimeout bounds a dial of Addr as a whole: connecting, the TLS
-	// handshake, AUTH and SELECT, and with Sentinel the master's ROLE check.
+	// handshake, AUTH and SELECT, and with Sentinel the query to the
+	// sentinels and the master's ROLE check.
 	// When zero, DefaultDialTimeout (5s); negative disables it (redigo's own
 	// 10s bound on a TLS handshake then applies). It must be zero when Dial
 	// or DialContext is set: bound your own dial.
@@ -220,10 +221,11 @@ type Pool struct {
 
 	// Logger, when set, is told about discarded connections and their reason
 	// (Debug for idle timeout, lifetime, MaxIdle and pool closed; Warn for the
-	// others), failed dials and exhausted waits, each kind at most once per
-	// second with the count of records left out; and, with Sentinel, about a
-	// new master announced (Info) and a failed subscription to a sentinel
-	// (Debug). When nil, none of these is logged (leak reports still are:
+	// others), failed dials and exhausted waits, each kind (each discard
+	// reason is one) at most once per second with the count of records left
+	// out; and, with Sentinel and not rate-limited, about a new master
+	// announced (Info) and a failed subscription to a sentinel (Debug, at
+	// most one per retry of that subscription). When nil, none of these is logged (leak reports still are:
 	// see LeakThreshold).
 	Logger *slog.Logger
 
@@ -315,8 +317,10 @@ type DiscardReason int
 // The reasons a connection is discarded, counted in PoolStats.Discards.
 const (
 	// DiscardBroken: a call failed with an error other than a redis.Error
-	// (timeout, EOF, protocol error, cancelled context), the conn's Err was
-	// set, replies could not be read in time, or it was in use when closed.
+	// (timeout, EOF, protocol error, cancelled context) or with a reply after
+	// which the server closes the connection ("max number of clients
+	// reached", "Protocol error"), the conn's Err was set, replies could not
+	// be read in time, or it was in use when closed.
 	DiscardBroken DiscardReason = iota
 	// DiscardState: it was left in a state the next caller must not inherit
 	// (subscribed, MONITOR, CLIENT REPLY OFF, another database, READONLY, ...).

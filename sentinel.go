@@ -79,7 +79,7 @@ type Sentinel struct {
 	// Addrs are the sentinels' "host:port" addresses. They are asked in turn
 	// until one answers with a host and port; the one that answered, or last
 	// announced a new master, is asked first next time, and those that
-	// failed last. Each sentinel gets an equal share of
+	// failed within their share of time last. Each sentinel gets an equal share of
 	// the pool's DialTimeout (of 5s when it is disabled), at least 100ms, so
 	// that one that hangs leaves time to ask the others.
 	Addrs []string
@@ -247,13 +247,12 @@ func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duratio
 		s.mu.Unlock()
 		return master, gen, nil
 	}
+	// ctx is the dial's own (no caller's cancellation reaches a dial): its
+	// time running out is the sentinels' failure too.
 	err := fmt.Errorf("redispool: no sentinel named the master %q: %w", s.MasterName, errors.Join(errs...))
-	if dl, ok := ctx.Deadline(); ctx.Err() == nil && (!ok || time.Now().Before(dl)) {
-		// Not this caller's context: the sentinels themselves failed.
-		s.mu.Lock()
-		s.failErr, s.failedAt = err, time.Now()
-		s.mu.Unlock()
-	}
+	s.mu.Lock()
+	s.failErr, s.failedAt = err, time.Now()
+	s.mu.Unlock()
 	return "", 0, err
 }
 

@@ -145,9 +145,9 @@ const maxNameLen = 32
 
 // Classify reports what the command name with arguments args does to a
 // connection. Names are matched without regard to case. Arguments are read the
-// way redigo writes them: strings, byte slices, integers and floats; arguments
-// of other types are treated as unreadable, which never makes a connection
-// look cleaner than it is.
+// way redigo writes them: strings, byte slices, integers, floats, the value of
+// a redis.Argument, and other types as fmt prints them. An argument that
+// cannot be read never makes a connection look cleaner than it is.
 func Classify(name string, args []any) Info {
 	k, ok := lookup(name)
 	if !ok {
