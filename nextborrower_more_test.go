@@ -64,13 +64,13 @@ func TestDiscardWithArgumentsEndsNoTransaction(t *testing.T) {
 // keeps the last BLOCK, so the read deadline must allow for that one.
 func TestXReadTakesTheLastBlock(t *testing.T) {
 	srv := redistest.Start(t)
-	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: 200 * time.Millisecond}
+	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: 300 * time.Millisecond}
 	defer p.Close()
 	c := p.Get()
 	defer c.Close()
 	start := time.Now()
 	r, err := c.Do("XREAD", "BLOCK", 10, "BLOCK", 600, "STREAMS", "nb:s", "$")
-	require.NoError(t, err, "XREAD BLOCK 10 BLOCK 600 failed after %v under ReadTimeout 200ms", time.Since(start))
+	require.NoError(t, err, "XREAD BLOCK 10 BLOCK 600 failed after %v under ReadTimeout 300ms", time.Since(start))
 	assert.Nil(t, r)
 }
 

@@ -343,11 +343,13 @@ func TestAConnRefusedAtMaxClientsIsNotKept(t *testing.T) {
 func TestXReadGroupConsumerNamedStreamsBlocks(t *testing.T) {
 	srv := redistest.Start(t)
 	srv.Do(t, "XGROUP", "CREATE", "probe:s", "g", "$", "MKSTREAM")
-	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: 100 * time.Millisecond}
+	// 250 ms of slack over the BLOCK, for a loaded machine: a BLOCK missed
+	// fails at 250 ms.
+	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: 250 * time.Millisecond}
 	defer p.Close()
 	c := p.Get()
 	defer c.Close()
-	r, err := c.Do("XREADGROUP", "GROUP", "g", "STREAMS", "BLOCK", 300, "STREAMS", "probe:s", ">")
-	require.NoError(t, err, "XREADGROUP ... BLOCK 300 timed out under ReadTimeout 100ms")
+	r, err := c.Do("XREADGROUP", "GROUP", "g", "STREAMS", "BLOCK", 600, "STREAMS", "probe:s", ">")
+	require.NoError(t, err, "XREADGROUP ... BLOCK 600 timed out under ReadTimeout 250ms")
 	assert.Nil(t, r)
 }
