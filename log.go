@@ -2,6 +2,7 @@ package redispool
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"runtime"
 	"strconv"
@@ -78,7 +79,7 @@ func (p *Pool) logDiscarded(reason DiscardReason, err error) {
 	}
 	attrs := []slog.Attr{slog.String("reason", reason.String())}
 	if err != nil {
-		attrs = append(attrs, slog.String("error", err.Error()))
+		attrs = append(attrs, slog.String("error", errText(err)))
 	}
 	p.log(logDiscard+logKind(reason), level, "redispool: connection discarded", attrs...)
 }
@@ -124,4 +125,12 @@ func formatStack(pcs []uintptr) string {
 		}
 	}
 	return b.String()
+}
+
+// errText is err's message for a log record. An error from user code may
+// panic in its Error method, a typed nil pointer for one; fmt recovers and
+// prints a placeholder, where a call of Error on a pool goroutine would end
+// the program.
+func errText(err error) string {
+	return fmt.Sprint(err)
 }

@@ -167,3 +167,25 @@ func TestTheLogHandlerRunsOutsideThePoolLock(t *testing.T) {
 	assert.Less(t, time.Since(start), 250*time.Millisecond, "a fast fail waited for the log handler")
 	<-logging
 }
+
+// nilPointerError is an error whose Error method dereferences its receiver:
+// a typed nil of it is a non-nil error that panics when printed.
+type nilPointerError struct{ msg string }
+
+func (e *nilPointerError) Error() string { return e.msg }
+
+// TestATypedNilDialErrorDoesNotEndTheProgram: a Dial that returns a typed
+// nil error fails the Get, and the pool's log record of it, written on the
+// dial's own goroutine, does not call the panicking Error method directly,
+// which would end the program.
+func TestATypedNilDialErrorDoesNotEndTheProgram(t *testing.T) {
+	rec := &recorder{}
+	p := &redispool.Pool{Logger: slog.New(rec), Dial: func() (redis.Conn, error) {
+		var err *nilPointerError
+		return nil, err
+	}}
+	defer p.Close()
+	_, err := p.GetContext(context.Background())
+	require.True(t, err != nil, "the Get fails") // testify takes a typed nil for nil
+	require.Len(t, rec.find("redispool: dial failed"), 1)
+}

@@ -542,7 +542,7 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 // exhausted counts and logs a Get that gave up waiting, and returns its error.
 func (p *Pool) exhausted(err error) error {
 	p.waitTimeout.Add(1)
-	p.log(logExhausted, slog.LevelWarn, "redispool: pool exhausted", slog.String("error", err.Error()))
+	p.log(logExhausted, slog.LevelWarn, "redispool: pool exhausted", slog.String("error", errText(err)))
 	return err
 }
 
@@ -981,7 +981,7 @@ func (p *Pool) recordDial(err error) {
 	p.nextDial = p.clock() + d
 	fails := p.dialFails
 	p.mu.Unlock()
-	p.log(logDialError, slog.LevelWarn, "redispool: dial failed", slog.String("error", err.Error()),
+	p.log(logDialError, slog.LevelWarn, "redispool: dial failed", slog.String("error", errText(err)),
 		slog.Int("consecutive_failures", fails), slog.Duration("next_dial_in", d))
 }
 

@@ -440,7 +440,7 @@ func (s *Sentinel) subscribe(p *Pool, addr string) {
 		d -= rand.N(d/2 + 1)
 		if p.Logger != nil {
 			p.Logger.LogAttrs(ctx, slog.LevelDebug, "redispool: subscription to a sentinel failed",
-				slog.String("sentinel", addr), slog.String("error", err.Error()), slog.Duration("retry_in", d))
+				slog.String("sentinel", addr), slog.String("error", errText(err)), slog.Duration("retry_in", d))
 		}
 		t := time.NewTimer(d)
 		select {
