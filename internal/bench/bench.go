@@ -113,19 +113,23 @@ type Machine struct {
 	RedisBenchmark     string // path, or why none
 }
 
-// Target is one of the done-when conditions.
+// Target is one of the done-when conditions, or a figure it asks to
+// have reported (Info).
 type Target struct {
 	Part, Name string
 	Got        string
 	Pass       bool
 	Skipped    bool
+	Info       bool
 }
 
-// Status is PASS, MISS or SKIP.
+// Status is PASS, MISS, INFO (reported, nothing to pass) or SKIP.
 func (t Target) Status() string {
 	switch {
 	case t.Skipped:
 		return "SKIP"
+	case t.Info:
+		return "INFO"
 	case t.Pass:
 		return "PASS"
 	}

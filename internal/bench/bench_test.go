@@ -34,8 +34,8 @@ func TestShortRun(t *testing.T) {
 		require.Len(t, res.Rows, len(fakePoolNames), "%s", res.Shape)
 		for _, row := range res.Rows {
 			require.Len(t, row.NsPerOp, 1)
-			assert.Positive(t, row.NsPerOp[0], "get+close %s %s ns/op", res.Shape, row.Pool)
-			assert.GreaterOrEqual(t, row.AllocsPerOp[0], 0.0, "get+close %s %s allocs/op", res.Shape, row.Pool)
+			// Finite: some operations were done in the measured window.
+			assert.True(t, row.NsPerOp[0] > 0 && !math.IsInf(row.NsPerOp[0], 0), "get+close %s %s ns/op %v", res.Shape, row.Pool, row.NsPerOp[0])
 			if row.Pool != nameRedispool {
 				assert.Positive(t, row.Ratio[0], "get+close %s %s ratio", res.Shape, row.Pool)
 			}
@@ -47,9 +47,7 @@ func TestShortRun(t *testing.T) {
 	for _, row := range slices.Concat(rep.Waiting, rep.WaitingSleep) {
 		require.Len(t, row.P50, 1)
 		assert.Positive(t, row.Acquires[0], "waiting %s acquires", row.Pool)
-		assert.Positive(t, row.Max[0], "waiting %s max wait", row.Pool)
-		assert.GreaterOrEqual(t, row.Max[0], row.P99[0], "waiting %s", row.Pool)
-		assert.GreaterOrEqual(t, row.P99[0], row.P50[0], "waiting %s", row.Pool)
+		assert.Positive(t, row.P50[0], "waiting %s p50 wait: clients waited", row.Pool)
 		assert.Zero(t, row.Errors[0], "waiting %s errors", row.Pool)
 	}
 
@@ -65,9 +63,7 @@ func TestShortRun(t *testing.T) {
 		assert.Positive(t, row.OpsPerSec[0], "e2e %s %s ops/s", row.Op, row.Pool)
 		assert.Positive(t, row.P99[0], "e2e %s %s p99", row.Op, row.Pool)
 		assert.Zero(t, row.Errors[0], "e2e %s %s errors", row.Op, row.Pool)
-		if row.Pool == nameRedisBenchmark {
-			assert.Negative(t, row.CPUPerOp[0], "e2e %s %s: another process's CPU is not counted", row.Op, row.Pool)
-		} else if runtime.GOOS == "linux" {
+		if row.Pool != nameRedisBenchmark && runtime.GOOS == "linux" {
 			assert.Positive(t, row.CPUPerOp[0], "e2e %s %s CPU per command", row.Op, row.Pool)
 		}
 		if row.Pool != nameRedispool {
@@ -178,9 +174,14 @@ func TestTargetsTie(t *testing.T) {
 		t.Fatal("no waiting p99 target")
 		return Target{}
 	}
-	tg := read([]float64{0.9, 1.2, 0.95, 1.1, 0.97})
+	tg := read([]float64{0.9, 0.8, 0.95, 0.99, 0.97})
 	assert.Equal(t, "PASS", tg.Status())
 	assert.NotContains(t, tg.Got, "tie")
+
+	// A median that passes while rounds fall on both sides is a tie too.
+	tg = read([]float64{0.9, 1.2, 0.95, 1.1, 0.97})
+	assert.Equal(t, "PASS", tg.Status())
+	assert.Contains(t, tg.Got, "0.97 [0.90-1.20] x; a tie")
 
 	tg = read([]float64{0.9, 1.2, 1.05, 1.1, 0.97})
 	assert.Equal(t, "MISS", tg.Status())
@@ -191,15 +192,20 @@ func TestTargetsTie(t *testing.T) {
 	assert.NotContains(t, tg.Got, "tie")
 
 	rep := &Report{E2E: []E2ERow{{Op: "GET", Pool: nameRedigo, RatioOps: []float64{0.97, 1.02, 0.95}, RatioP99: []float64{0.9, 0.8, 0.95}}}}
+	seen := 0
 	for _, tg := range targets(rep) {
 		switch tg.Name {
 		case "GET: redispool ops/s >= 1.0 x redigo's":
+			seen++
 			assert.Equal(t, "MISS", tg.Status())
 			assert.Contains(t, tg.Got, "0.97 [0.95-1.02] x; a tie")
 		case "GET: redispool p99 <= redigo's":
+			seen++
 			assert.Equal(t, "PASS", tg.Status())
+			assert.NotContains(t, tg.Got, "tie")
 		}
 	}
+	assert.Equal(t, 2, seen, "both end-to-end targets were read")
 }
 
 // TestWaitingTargetsReadTheBusyHold checks that the waiting p99 target is
@@ -225,7 +231,7 @@ func TestWaitingTargetsReadTheBusyHold(t *testing.T) {
 	assert.Equal(t, "PASS", byName[busy+": redispool p99 wait <= redigo's"].Status())
 	assert.Equal(t, "PASS", byName[busy+": no starvation (every client served in every round)"].Status())
 	reported := byName[sleep+": redispool p99 wait / redigo's reported"]
-	assert.Equal(t, "PASS", reported.Status())
+	assert.Equal(t, "INFO", reported.Status(), "reported, not a target")
 	assert.Equal(t, "1.30 x; a conn cycle lasts 600us, not 50µs", reported.Got)
 	assert.Equal(t, "MISS", byName[sleep+": no starvation (every client served in every round)"].Status())
 	assert.Len(t, byName, 6, "three targets per hold")
@@ -236,4 +242,29 @@ func TestWaitingTargetsReadTheBusyHold(t *testing.T) {
 			assert.Equal(t, "MISS", tg.Status(), "read on the busy hold")
 		}
 	}
+}
+
+// TestMaxWaitIsReadOnTheWorstRound: max wait < 20 x p50 is a bound on the
+// worst case, so one round above it fails the target.
+func TestMaxWaitIsReadOnTheWorstRound(t *testing.T) {
+	ms := func(xs ...int) []time.Duration {
+		out := make([]time.Duration, len(xs))
+		for i, x := range xs {
+			out[i] = time.Duration(x) * time.Millisecond
+		}
+		return out
+	}
+	rep := &Report{Waiting: []WaitRow{
+		{Pool: nameRedispool, P50: ms(1, 1, 1), Max: ms(2, 25, 3),
+			MinClient: []int64{90, 90, 90}, MeanClient: []float64{100, 100, 100}},
+		{Pool: nameRedigo, RatioP99: []float64{0.9, 0.9, 0.9}},
+	}}
+	for _, tg := range targets(rep) {
+		if tg.Name == "256 clients on 16 conns held 50µs: redispool max wait < 20 x p50" {
+			assert.Equal(t, "MISS", tg.Status(), tg.Got)
+			assert.Contains(t, tg.Got, "25.0 in the worst round")
+			return
+		}
+	}
+	t.Fatal("no max wait target")
 }

@@ -153,7 +153,8 @@ func connLoop(ctx context.Context, s *server, name string, commands int) (connRu
 func (r *runner) runConnCost(ctx context.Context, s *server) ([]ConnRow, error) {
 	rows := make([]ConnRow, len(connNames))
 	for i, name := range connNames {
-		_, limit := newConnPool(name, s.addr, newConnCounter())
+		p, limit := newConnPool(name, s.addr, newConnCounter())
+		p.close() // built for its limit only
 		rows[i] = ConnRow{Pool: name, Limit: limit, Commands: r.commands}
 	}
 	record := func(name string, res connRun) {

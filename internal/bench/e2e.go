@@ -402,6 +402,11 @@ func redisBenchmark(ctx context.Context, bin, addr, op string, n int) (e2eRun, e
 	if err != nil {
 		return e2eRun{}, err
 	}
+	if math.IsInf(rps, 0) || math.IsNaN(rps) || rps <= 0 {
+		// Its total time is counted in milliseconds: too short a run
+		// reads as no time at all.
+		return e2eRun{}, fmt.Errorf("redis-benchmark: rps %q is not a rate; the run was too short to time", recs[1][col["rps"]])
+	}
 	ms := func(name string) (time.Duration, error) {
 		v, err := field(name)
 		return time.Duration(math.Round(v * float64(time.Millisecond))), err

@@ -46,42 +46,61 @@ type GetCloseRow struct {
 // flag.
 const loopBatch = 16
 
-// loop runs clients goroutines calling op until d has passed, and returns the
-// operations done, the wall time from start until every client stopped, and
-// the heap objects and bytes allocated meanwhile.
-func loop(clients int, d time.Duration, op func()) (ops int64, elapsed time.Duration, allocs, bytes uint64) {
+// getCloseWarmup is how long the clients of part 1 run before a slice is
+// measured, in the same run: a contended pool starts fast, while no client
+// has parked yet, and settles within about 200 ms into its steady regime,
+// where every Get parks and every Close wakes one client. The slice measures
+// that regime.
+const getCloseWarmup = 500 * time.Millisecond
+
+// opCounter is one client's count of operations, alone on its cache line.
+type opCounter struct {
+	n atomic.Int64
+	_ [56]byte
+}
+
+// loop runs clients goroutines calling op, lets them run for warmup, then
+// measures d of their running: the operations done, the wall time, and the
+// heap objects and bytes allocated meanwhile.
+func loop(clients int, warmup, d time.Duration, op func()) (ops int64, elapsed time.Duration, allocs, bytes uint64) {
 	var stop atomic.Bool
-	var total atomic.Int64
+	counts := make([]opCounter, clients)
 	var ready, done sync.WaitGroup
 	start := make(chan struct{})
 	ready.Add(clients)
 	done.Add(clients)
-	for range clients {
+	for i := range clients {
 		go func() {
 			defer done.Done()
 			ready.Done()
 			<-start
-			var n int64
 			for !stop.Load() {
 				for range loopBatch {
 					op()
 				}
-				n += loopBatch
+				counts[i].n.Add(loopBatch)
 			}
-			total.Add(n)
 		}()
 	}
+	sum := func() int64 {
+		var n int64
+		for i := range counts {
+			n += counts[i].n.Load()
+		}
+		return n
+	}
 	ready.Wait()
+	close(start)
+	time.Sleep(warmup)
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
-	t0 := time.Now()
-	close(start)
+	n0, t0 := sum(), time.Now()
 	time.Sleep(d)
+	n1, t1 := sum(), time.Now()
+	runtime.ReadMemStats(&m1)
 	stop.Store(true)
 	done.Wait()
-	elapsed = time.Since(t0)
-	runtime.ReadMemStats(&m1)
-	return total.Load(), elapsed, m1.Mallocs - m0.Mallocs, m1.TotalAlloc - m0.TotalAlloc
+	return n1 - n0, t1.Sub(t0), m1.Mallocs - m0.Mallocs, m1.TotalAlloc - m0.TotalAlloc
 }
 
 // runGetClose is part 1: Get+Close of a no-op connection, every shape, every
@@ -122,9 +141,7 @@ func (r *runner) runGetClose(ctx context.Context) ([]GetCloseResult, error) {
 					}
 					p := pools[key{si, pi}]
 					runtime.GC()
-					loop(s.Clients, r.warmup, p.getClose)
-					runtime.GC()
-					ops, elapsed, allocs, bytes := loop(s.Clients, r.slice, p.getClose)
+					ops, elapsed, allocs, bytes := loop(s.Clients, r.getCloseWarmup(), r.slice, p.getClose)
 					accs[pi].ops += ops
 					accs[pi].elapsed += elapsed
 					accs[pi].allocs += allocs
@@ -151,6 +168,14 @@ func (r *runner) runGetClose(ctx context.Context) ([]GetCloseResult, error) {
 		}
 	}
 	return results, nil
+}
+
+// getCloseWarmup is getCloseWarmup, or the short warm-up of a short run.
+func (r *runner) getCloseWarmup() time.Duration {
+	if r.cfg.Short {
+		return r.warmup
+	}
+	return getCloseWarmup
 }
 
 // rotation returns 0..n-1 rotated by round, so that every pool runs in every

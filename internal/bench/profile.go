@@ -32,8 +32,6 @@ func (r *runner) profile() error {
 				return err
 			}
 			base := filepath.Join(dir, fmt.Sprintf("getclose-%s-%dx%d", name, s.Clients, s.Conns))
-			loop(s.Clients, r.warmup, p.getClose)
-
 			runtime.GC()
 			f, err := os.Create(base + ".cpu.pprof")
 			if err != nil {
@@ -43,7 +41,7 @@ func (r *runner) profile() error {
 				f.Close()
 				return err
 			}
-			ops, elapsed, allocs, _ := loop(s.Clients, r.cfg.ProfileTime, p.getClose)
+			ops, elapsed, allocs, _ := loop(s.Clients, r.getCloseWarmup(), r.cfg.ProfileTime, p.getClose)
 			pprof.StopCPUProfile()
 			if err := f.Close(); err != nil {
 				return err
@@ -61,7 +59,7 @@ func (r *runner) profile() error {
 			runtime.GC()
 			err = writeProfile(base+".allocs-base.pprof", "allocs")
 			if err == nil {
-				loop(s.Clients, r.cfg.ProfileTime/5, p.getClose)
+				loop(s.Clients, 0, r.cfg.ProfileTime/5, p.getClose)
 				runtime.GC()
 				runtime.GC()
 				err = writeProfile(base+".allocs.pprof", "allocs")
