@@ -330,10 +330,14 @@ func TestPendingBlockingCommandIsFlushedAndTheConnDiscarded(t *testing.T) {
 }
 
 func TestDoContextCancelledMidCallReturnsCtxErrAndDiscards(t *testing.T) {
-	block := make(chan struct{})
+	entered := make(chan struct{})
 	d := &fakeDialer{setup: func(fc *fakeConn) {
 		fc.reply = func(string, []any) (any, error) {
-			<-block
+			close(entered)
+			// The read ends once its socket is closed, as a real one does.
+			for deadline := time.Now().Add(3 * time.Second); !fc.IsClosed() && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
 			return nil, errors.New("use of closed network connection")
 		}
 	}}
@@ -341,12 +345,13 @@ func TestDoContextCancelledMidCallReturnsCtxErrAndDiscards(t *testing.T) {
 	c := p.Get()
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
-		time.Sleep(10 * time.Millisecond)
+		<-entered
 		cancel()
-		close(block) // the fake's read ends once its socket is closed
 	}()
+	start := time.Now()
 	_, err := redis.DoContext(c, ctx, "GET", "k")
 	assert.Equal(t, context.Canceled, err)
+	assert.Less(t, time.Since(start), 2*time.Second, "the cancellation closed the conn, which ended the read")
 	c.Close()
 	assert.True(t, d.last(t).IsClosed())
 	assert.EqualValues(t, 1, p.Stats().Discards.Broken)

@@ -140,9 +140,10 @@ func TestLeakThresholdReportsAHeldConnWithTheBorrowersStack(t *testing.T) {
 	assert.Contains(t, got["borrowed_at"], "log_test.go")
 	assert.NotContains(t, got["borrowed_at"], "redispool.(*Pool)", "the pool's own frames are left out")
 	assert.EqualValues(t, 1, p.Stats().LeakCount)
-	held.Close()
-	time.Sleep(40 * time.Millisecond)
+	time.Sleep(3 * 20 * time.Millisecond) // still held: three thresholds more
 	assert.EqualValues(t, 1, p.Stats().LeakCount, "reported once")
+	assert.Len(t, rec.find("held longer than LeakThreshold"), 1, "reported once")
+	held.Close()
 }
 
 // slowHandler takes its time, as a handler writing to a slow sink does.

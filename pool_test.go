@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -747,7 +748,10 @@ func TestHugeTimeoutsDoNotOverflow(t *testing.T) {
 	held := p.Get()
 	require.NoError(t, held.Err())
 	go func() {
-		time.Sleep(20 * time.Millisecond)
+		// Given back once the Get below waits for it.
+		for end := time.Now().Add(5 * time.Second); p.Stats().WaitCount == 0 && time.Now().Before(end); {
+			time.Sleep(time.Millisecond)
+		}
 		held.Close()
 	}()
 	c, err := p.GetContext(context.Background())
@@ -769,7 +773,9 @@ func TestHugeTimeoutsDoNotOverflow(t *testing.T) {
 		held := p.Get()
 		require.NoError(t, held.Err())
 		go func() {
-			time.Sleep(20 * time.Millisecond)
+			for end := time.Now().Add(5 * time.Second); p.Stats().WaitCount == 0 && time.Now().Before(end); {
+				time.Sleep(time.Millisecond)
+			}
 			held.Close()
 		}()
 		c, err := p.GetContext(context.Background())
@@ -825,9 +831,14 @@ func TestNilPoolDoesNotPanic(t *testing.T) {
 }
 
 func TestStatsBeginWithRedigosFourFields(t *testing.T) {
-	// Same names and order as redis.PoolStats, so a conversion compiles.
+	// Same names, types and order as redis.PoolStats.
+	ours, theirs := reflect.TypeFor[redispool.PoolStats](), reflect.TypeFor[redis.PoolStats]()
+	require.GreaterOrEqual(t, ours.NumField(), theirs.NumField())
+	for i := range theirs.NumField() {
+		assert.Equal(t, theirs.Field(i).Name, ours.Field(i).Name, "field %d", i)
+		assert.Equal(t, theirs.Field(i).Type, ours.Field(i).Type, "field %d", i)
+	}
 	var s redispool.PoolStats
-	_ = redis.PoolStats{ActiveCount: s.ActiveCount, IdleCount: s.IdleCount, WaitCount: s.WaitCount, WaitDuration: s.WaitDuration}
 	d := &fakeDialer{}
 	p := &redispool.Pool{Dial: d.Dial}
 	defer p.Close()

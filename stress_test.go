@@ -735,7 +735,9 @@ func TestStressWaitTimeoutBound(t *testing.T) {
 			exhausted++
 			assert.GreaterOrEqual(t, r.elapsed, wait, "gave up before WaitTimeout")
 			assert.Less(t, r.elapsed, wait+slack, "gave up long after WaitTimeout")
-			if r.leave > 0 && r.leave < wait-20*time.Millisecond {
+			// Well before: after a stall, the context's timer and the
+			// pool's may both fire late, in either order.
+			if r.leave > 0 && r.leave < wait/2 {
 				t.Errorf("a caller whose context ended %v into its wait (late: %v) was reported exhausted after %v", r.leave, r.late, r.elapsed)
 			}
 		case r.err == context.DeadlineExceeded:
