@@ -544,6 +544,19 @@ func TestBackoffGrowsFromBaseToCap(t *testing.T) {
 	clk.Advance(redispool.BackoffBase/2 + time.Millisecond)
 	p.Get()
 	assert.EqualValues(t, 2, d.dials.Load(), "a retry by the base backoff")
+
+	// After the k-th failure in a row the backoff is base<<(k-1), less up to
+	// half of it in jitter, up to the cap: no retry before half of it, one
+	// by all of it.
+	for k := 3; k <= 10; k++ {
+		b := min(redispool.BackoffBase<<(k-2), redispool.BackoffCap) // after failure k-1
+		clk.Advance(b/2 - time.Millisecond)
+		p.Get()
+		require.EqualValues(t, k-1, d.dials.Load(), "no retry before half of %v", b)
+		clk.Advance(b/2 + time.Millisecond)
+		p.Get()
+		require.EqualValues(t, k, d.dials.Load(), "a retry by %v", b)
+	}
 }
 
 func TestOnlyOneProbeDialsWhileTheServerIsDown(t *testing.T) {
@@ -1030,6 +1043,7 @@ func TestAGetWaitingForAHungDialGivesUpAfterWaitTimeoutAndOnClose(t *testing.T) 
 		<-release
 		return d.Dial()
 	}}
+	defer p.Close() // the conn of the dial given up on is closed when it arrives
 	start := time.Now()
 	_, err := p.GetContext(context.Background())
 	assert.ErrorIs(t, err, redis.ErrPoolExhausted)

@@ -1131,7 +1131,7 @@ func TestNoDialBeginsAfterCloseForADialSlotWaiter(t *testing.T) {
 // (TestWaitTimeoutBoundsAGetAsAWhole covers the wait for a Dial, this one
 // the wait for a dial slot).
 func TestWaitsForAConnAndADialSlotShareWaitTimeout(t *testing.T) {
-	const wait = 500 * time.Millisecond
+	const wait = 2 * time.Second
 	release := make(chan struct{})
 	tr := &stressTracker{}
 	var dials atomic.Int64
@@ -1152,13 +1152,24 @@ func TestWaitsForAConnAndADialSlotShareWaitTimeout(t *testing.T) {
 	_, err = p.GetContext(context.Background())
 	require.ErrorIs(t, err, ErrPoolExhausted)
 
-	go func() { time.Sleep(wait * 9 / 10); held.Do("BREAK"); held.Close() }()
+	// Halfway through the Get's WaitTimeout, once it queued, the conn
+	// breaks and its permit goes to the Get, which waits for the dial slot:
+	// with one budget it gives up at WaitTimeout, with two at 1.5 x.
+	queued := p.waitCount.Load() + 1
+	go func() {
+		for end := time.Now().Add(5 * time.Second); p.waitCount.Load() < queued && time.Now().Before(end); {
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(wait / 2)
+		held.Do("BREAK")
+		held.Close()
+	}()
 	start := time.Now()
 	_, err = p.GetContext(context.Background())
 	elapsed := time.Since(start)
 	assert.ErrorIs(t, err, ErrPoolExhausted)
 	assert.Contains(t, err.Error(), "dials stayed in progress", "it got the permit and waited for a slot")
-	assert.Less(t, elapsed, wait+wait/2, "Get returned after %v with WaitTimeout %v", elapsed, wait)
+	assert.Less(t, elapsed, wait+wait/4, "Get returned after %v with WaitTimeout %v", elapsed, wait)
 }
 
 // TestStressAbandonedDialsGiveTheirPermitBack: callers give up on
