@@ -144,9 +144,9 @@ func TestNextBorrowerInheritsNothing(t *testing.T) {
 			require.Error(t, err)
 		}}, discard},
 		{"DoContext deadline during BLPOP", []borrowStep{func(t *testing.T, c redis.Conn) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 			defer cancel()
-			_, err := redis.DoContext(c, ctx, "BLPOP", "probe:none", 1)
+			_, err := redis.DoContext(c, ctx, "BLPOP", "probe:none", 2)
 			require.Equal(t, context.DeadlineExceeded, err)
 		}}, discard},
 	}
