@@ -97,6 +97,12 @@ func loop(clients int, warmup, d time.Duration, op func()) (ops int64, elapsed t
 	n0, t0 := sum(), time.Now()
 	time.Sleep(d)
 	n1, t1 := sum(), time.Now()
+	// Clients count whole batches: on a loaded machine a short window may
+	// see none end. Measure on until one has, for at most a second more.
+	for n1 == n0 && t1.Sub(t0) < d+time.Second {
+		time.Sleep(time.Millisecond)
+		n1, t1 = sum(), time.Now()
+	}
 	runtime.ReadMemStats(&m1)
 	stop.Store(true)
 	done.Wait()
