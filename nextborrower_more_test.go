@@ -238,13 +238,14 @@ func TestAskingIsNotInherited(t *testing.T) {
 	require.Eventually(t, func() bool {
 		r := a.Do(t, "CLUSTER", "SETSLOT", slot, "IMPORTING", bID)
 		return r == "OK"
-	}, 5*time.Second, 50*time.Millisecond)
+	}, 30*time.Second, 50*time.Millisecond)
 	// A answers MOVED once it knows B serves the slot and its cluster state
-	// is ok (a new master waits 2 s for that).
+	// is ok (a new master waits 2 s for that; gossip is slower on a loaded
+	// machine).
 	require.Eventually(t, func() bool {
 		e, _ := a.Do(t, "GET", key).(redis.Error)
 		return strings.HasPrefix(string(e), "MOVED")
-	}, 8*time.Second, 50*time.Millisecond)
+	}, 30*time.Second, 50*time.Millisecond)
 
 	p := &redispool.Pool{Addr: a.Addr(), MaxActive: 1, ReadTimeout: time.Second}
 	defer p.Close()
