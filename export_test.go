@@ -2,6 +2,7 @@ package redispool
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -11,6 +12,32 @@ import (
 func SetNowFunc(f func() time.Time) (restore func()) {
 	old := nowFunc.Swap(&f)
 	return func() { nowFunc.Store(old) }
+}
+
+// TestClock is a settable clock for SetNowFunc, shared by the package's
+// internal and external tests.
+type TestClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+// NewTestClock returns a TestClock set to a fixed date.
+func NewTestClock() *TestClock {
+	return &TestClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+}
+
+// Now returns the clock's time.
+func (c *TestClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// Advance moves the clock on by d.
+func (c *TestClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
 }
 
 // Backoff bounds, for tests that move the clock past a dial backoff.

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/gomodule/redigo/redis"
+
+	"github.com/redispool/redispool"
 )
 
 // fakeConn is a redis.ConnWithTimeout that records what it is asked and
@@ -197,21 +199,6 @@ func (d *fakeDialer) last(t testing.TB) *fakeConn {
 }
 
 // clock is a settable clock for redispool.SetNowFunc.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
+type clock = redispool.TestClock
 
-func newClock() *clock { return &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
+func newClock() *clock { return redispool.NewTestClock() }

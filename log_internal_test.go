@@ -48,7 +48,7 @@ func (r *recordingHandler) count(sub string) int {
 // of a failed dial, an exhausted wait or a leak report. Discard kinds were
 // numbered from 0 and overlapped the other three.
 func TestEachLogKindHasItsOwnRateLimit(t *testing.T) {
-	clk := newSettableClock()
+	clk := NewTestClock()
 	defer SetNowFunc(clk.Now)() // time stands still: all within one logInterval
 
 	t.Run("a state discard swallows the first failed dial", func(t *testing.T) {
@@ -111,26 +111,4 @@ func TestEachLogKindHasItsOwnRateLimit(t *testing.T) {
 		require.Eventually(t, func() bool { return p.Stats().LeakCount == 1 }, 5*time.Second, time.Millisecond)
 		assert.Equal(t, 1, rec.count("held longer than LeakThreshold"), "the first leak was counted but not reported")
 	})
-}
-
-// settableClock is a settable clock for SetNowFunc.
-type settableClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newSettableClock() *settableClock {
-	return &settableClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-}
-
-func (c *settableClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *settableClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
 }

@@ -755,6 +755,18 @@ func TestLargestPoolSizeIsAccepted(t *testing.T) {
 	c.Close()
 }
 
+// closeOnceAGetWaits closes c, borrowed from p, once a Get waits on p (or
+// after 5 s), so that the Get is handed c rather than finding it idle.
+func closeOnceAGetWaits(p *redispool.Pool, c redis.Conn) {
+	waits := p.Stats().WaitCount
+	go func() {
+		for end := time.Now().Add(5 * time.Second); p.Stats().WaitCount == waits && time.Now().Before(end); {
+			time.Sleep(time.Millisecond)
+		}
+		c.Close()
+	}()
+}
+
 // TestHugeTimeoutsDoNotOverflow checks that durations near the largest a
 // time.Duration holds count as very long: before, ReadTimeout math.MaxInt64
 // made the default WaitTimeout (ReadTimeout + 1s) negative, so Get did not
@@ -765,13 +777,7 @@ func TestHugeTimeoutsDoNotOverflow(t *testing.T) {
 	defer p.Close()
 	held := p.Get()
 	require.NoError(t, held.Err())
-	go func() {
-		// Given back once the Get below waits for it.
-		for end := time.Now().Add(5 * time.Second); p.Stats().WaitCount == 0 && time.Now().Before(end); {
-			time.Sleep(time.Millisecond)
-		}
-		held.Close()
-	}()
+	closeOnceAGetWaits(p, held) // given back to the Get below
 	c, err := p.GetContext(context.Background())
 	require.NoError(t, err, "the default WaitTimeout, ReadTimeout + 1s, waits for the conn given back")
 	_, err = c.Do("BLPOP", "k", 1)
@@ -790,12 +796,7 @@ func TestHugeTimeoutsDoNotOverflow(t *testing.T) {
 		p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: w, IdleTimeout: math.MaxInt64, MaxConnLifetime: math.MaxInt64}
 		held := p.Get()
 		require.NoError(t, held.Err())
-		go func() {
-			for end := time.Now().Add(5 * time.Second); p.Stats().WaitCount == 0 && time.Now().Before(end); {
-				time.Sleep(time.Millisecond)
-			}
-			held.Close()
-		}()
+		closeOnceAGetWaits(p, held)
 		c, err := p.GetContext(context.Background())
 		require.NoError(t, err, "WaitTimeout %v", w)
 		c.Close()
