@@ -213,7 +213,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		duration: cfg.Duration,
 		slices:   cfg.Slices,
 		slice:    cfg.Duration / time.Duration(cfg.Slices),
-		warmup:   max(cfg.Duration/time.Duration(cfg.Slices)/10, time.Millisecond),
+		warmup:   cfg.warmup(),
 		commands: cfg.Commands,
 		rep:      rep,
 	}

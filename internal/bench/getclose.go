@@ -147,7 +147,7 @@ func (r *runner) runGetClose(ctx context.Context) ([]GetCloseResult, error) {
 					}
 					p := pools[key{si, pi}]
 					runtime.GC()
-					ops, elapsed, allocs, bytes := loop(s.Clients, r.getCloseWarmup(), r.slice, p.getClose)
+					ops, elapsed, allocs, bytes := loop(s.Clients, r.cfg.getCloseWarmup(), r.slice, p.getClose)
 					accs[pi].ops += ops
 					accs[pi].elapsed += elapsed
 					accs[pi].allocs += allocs
@@ -176,10 +176,17 @@ func (r *runner) runGetClose(ctx context.Context) ([]GetCloseResult, error) {
 	return results, nil
 }
 
-// getCloseWarmup is getCloseWarmup, or the short warm-up of a short run.
-func (r *runner) getCloseWarmup() time.Duration {
-	if r.cfg.Short {
-		return r.warmup
+// warmup is the warm-up before each slice of parts 2 and 3: a tenth of
+// the slice, at least a millisecond. The defaults must be applied.
+func (c Config) warmup() time.Duration {
+	return max(c.Duration/time.Duration(c.Slices)/10, time.Millisecond)
+}
+
+// getCloseWarmup is how long part 1's clients run before each slice:
+// getCloseWarmup, or the short warm-up of a short run.
+func (c Config) getCloseWarmup() time.Duration {
+	if c.Short {
+		return c.warmup()
 	}
 	return getCloseWarmup
 }

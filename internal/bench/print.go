@@ -35,11 +35,11 @@ func (rep *Report) Print(w io.Writer) {
 	}
 	slice := cfg.Duration / time.Duration(cfg.Slices)
 	fmt.Fprintf(w, "rounds: %d; in each, every pool runs %v per measurement, as %d interleaved slices of %v (A B C A B C ..., order rotated), each after a %v warm-up; %d commands per connection-cost run%s\n",
-		cfg.Rounds, cfg.Duration, cfg.Slices, slice, max(slice/10, time.Millisecond), cfg.Commands, mode)
+		cfg.Rounds, cfg.Duration, cfg.Slices, slice, cfg.warmup(), cfg.Commands, mode)
 	fmt.Fprintf(w, "ratios are redispool / peer per round, median [min-max] over rounds: below 1 is better for ns/op, wait and latency, above 1 for ops/s\n")
 
 	if len(rep.GetClose) > 0 {
-		fmt.Fprintf(w, "\n1. Get+Close of a no-op conn (pool overhead only); each slice measured once its clients have run %v; median over rounds\n", rep.getCloseWarmup())
+		fmt.Fprintf(w, "\n1. Get+Close of a no-op conn (pool overhead only); each slice measured once its clients have run %v; median over rounds\n", cfg.getCloseWarmup())
 		tw := newTable(w, "shape", "pool", "ns/op", "allocs/op", "B/op", "redispool/peer ns/op")
 		for _, res := range rep.GetClose {
 			for i, row := range res.Rows {
@@ -217,10 +217,4 @@ func printWaiting(w io.Writer, cfg Config, rows []WaitRow) {
 			fmtRatioCell(row.RatioP99), fmtRatioCell(row.RatioCycle))
 	}
 	tw.flush()
-}
-
-// getCloseWarmup is how long part 1's clients ran before each slice.
-func (rep *Report) getCloseWarmup() time.Duration {
-	r := runner{cfg: rep.Config, warmup: max(rep.Config.Duration/time.Duration(max(rep.Config.Slices, 1))/10, time.Millisecond)}
-	return r.getCloseWarmup()
 }

@@ -41,7 +41,7 @@ func (r *runner) profile() error {
 				f.Close()
 				return err
 			}
-			ops, elapsed, allocs, _ := loop(s.Clients, r.getCloseWarmup(), r.cfg.ProfileTime, p.getClose)
+			ops, elapsed, allocs, _ := loop(s.Clients, r.cfg.getCloseWarmup(), r.cfg.ProfileTime, p.getClose)
 			pprof.StopCPUProfile()
 			if err := f.Close(); err != nil {
 				return err
