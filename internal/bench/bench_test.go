@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,6 +37,7 @@ func TestShortRun(t *testing.T) {
 			require.Len(t, row.NsPerOp, 1)
 			// Finite: some operations were done in the measured window.
 			assert.True(t, row.NsPerOp[0] > 0 && !math.IsInf(row.NsPerOp[0], 0), "get+close %s %s ns/op %v", res.Shape, row.Pool, row.NsPerOp[0])
+			assert.Zero(t, row.Errors[0], "get+close %s %s failed Gets", res.Shape, row.Pool)
 			if row.Pool != nameRedispool {
 				assert.Positive(t, row.Ratio[0], "get+close %s %s ratio", res.Shape, row.Pool)
 			}
@@ -47,6 +49,7 @@ func TestShortRun(t *testing.T) {
 	for _, row := range slices.Concat(rep.Waiting, rep.WaitingSleep) {
 		require.Len(t, row.P50, 1)
 		assert.Positive(t, row.Acquires[0], "waiting %s acquires", row.Pool)
+		assert.Positive(t, row.Elapsed[0], "waiting %s time measured", row.Pool)
 		assert.Positive(t, row.P50[0], "waiting %s p50 wait: clients waited", row.Pool)
 		assert.Zero(t, row.Errors[0], "waiting %s errors", row.Pool)
 	}
@@ -122,9 +125,53 @@ func TestMedianRatios(t *testing.T) {
 	assert.Equal(t, 2.0, median([]float64{math.NaN(), 2}))
 	assert.True(t, math.IsNaN(median(nil)))
 	assert.Equal(t, []float64{0.5, 2}, ratios([]float64{1, 4}, []float64{2, 2}))
-	assert.Equal(t, []int{2, 0, 1}, rotation(3, 2))
 	assert.Equal(t, "1,234,568", fmtCount(1234567.8))
 	assert.Equal(t, "999", fmtCount(999))
+}
+
+// TestRotationIsBalanced checks that over its period the order of the
+// pools puts every pool in every position equally often, and right after
+// every other pool equally often, counting the pair that spans two rows.
+func TestRotationIsBalanced(t *testing.T) {
+	for n := 1; n <= 6; n++ {
+		period := n
+		if n%2 == 1 {
+			period = 2 * n
+		}
+		pos := make(map[[2]int]int)  // {pool, position}
+		next := make(map[[2]int]int) // {pool, the pool right after it}
+		var seq []int
+		for k := range period {
+			row := rotation(n, k)
+			require.ElementsMatch(t, seqTo(n), row, "n=%d k=%d is not a permutation", n, k)
+			for j, p := range row {
+				pos[[2]int{p, j}]++
+			}
+			for j := 1; j < n; j++ {
+				next[[2]int{row[j-1], row[j]}]++
+			}
+			seq = append(seq, row...)
+		}
+		for p := range n {
+			for j := range n {
+				assert.Equal(t, period/n, pos[[2]int{p, j}], "n=%d: pool %d in position %d", n, p, j)
+			}
+			for q := range n {
+				if p != q {
+					assert.Equal(t, period/n, next[[2]int{p, q}], "n=%d: pool %d right after pool %d", n, q, p)
+				}
+			}
+		}
+		assert.Equal(t, rotation(n, 0), rotation(n, period), "n=%d: the period", n)
+	}
+}
+
+func seqTo(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = i
+	}
+	return out
 }
 
 // TestHolds checks that each kind of hold lasts at least waitHold, and that
@@ -206,6 +253,60 @@ func TestTargetsTie(t *testing.T) {
 		}
 	}
 	assert.Equal(t, 2, seen, "both end-to-end targets were read")
+}
+
+// TestFailedGetsAreNotOperations checks that part 1 counts a failed Get
+// apart from the operations, and that one fails the shape's targets however
+// fast its pool was.
+func TestFailedGetsAreNotOperations(t *testing.T) {
+	var calls atomic.Int64
+	res := loop(4, 5*time.Millisecond, 20*time.Millisecond, func() bool {
+		return calls.Add(1)%4 != 0 // every fourth fails
+	})
+	require.Positive(t, res.ops)
+	assert.InDelta(t, 3.0, float64(res.ops)/float64(res.failed), 0.2, "%d ops, %d failed", res.ops, res.failed)
+
+	rep := &Report{GetClose: []GetCloseResult{{Shape: getCloseShapes[1], Rows: []GetCloseRow{
+		{Pool: nameRedispool, Errors: []int64{0, 3, 0}},
+		{Pool: nameRedigo, Ratio: []float64{0.5, 0.5, 0.5}, Errors: []int64{0, 0, 0}},
+		{Pool: namePuddle, Ratio: []float64{0.5, 0.5, 0.5}, Errors: []int64{0, 0, 0}},
+	}}}}
+	seen := 0
+	for _, tg := range targets(rep) {
+		if strings.HasPrefix(tg.Name, getCloseShapes[1].String()+": ") {
+			seen++
+			assert.Equal(t, "MISS", tg.Status(), tg.Name)
+			assert.Contains(t, tg.Got, "0.50 [0.50-0.50] x; 3 Gets failed", tg.Name)
+		}
+	}
+	assert.Equal(t, 2, seen, "both targets of the shape were read")
+
+	rep.GetClose[0].Rows[0].Errors = []int64{0, 0, 0}
+	for _, tg := range targets(rep) {
+		if strings.HasPrefix(tg.Name, getCloseShapes[1].String()+": ") {
+			assert.Equal(t, "PASS", tg.Status(), tg.Name)
+		}
+	}
+}
+
+// TestAcquiresPerSecondUseTheMeasuredTime checks that the waiting table's
+// rate divides by the time measured, which a loaded machine stretches past
+// the nominal one.
+func TestAcquiresPerSecondUseTheMeasuredTime(t *testing.T) {
+	row := WaitRow{Pool: nameRedispool,
+		P50: []time.Duration{time.Millisecond}, P99: []time.Duration{time.Millisecond}, Max: []time.Duration{time.Millisecond},
+		Acquires: []int64{3000, 1000}, Elapsed: []time.Duration{3 * time.Second, 2 * time.Second},
+		MinClient: []int64{1, 1}, MeanClient: []float64{1, 1}, Cycle: []time.Duration{time.Millisecond, time.Millisecond},
+		Errors: []int64{0, 0}, RatioP99: nanSlice(2), RatioCycle: nanSlice(2)}
+	assert.Equal(t, []float64{1000, 500}, row.AcquiresPerSec())
+	var out bytes.Buffer
+	printWaiting(&out, []WaitRow{row})
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	require.Len(t, lines, 2, "a header and a row:\n%s", out.String())
+	header, fields := strings.Fields(lines[0]), strings.Fields(lines[1])
+	col := slices.Index(header, "acquires/s")
+	require.GreaterOrEqual(t, col, 0, "%s", lines[0])
+	assert.Equal(t, "750", fields[col], "the median of 1,000/s and 500/s")
 }
 
 // TestWaitingTargetsReadTheBusyHold checks that the waiting p99 target is

@@ -22,8 +22,9 @@ const (
 // fakePool is a pool of connections that do nothing, so that a loop of Get
 // and Close measures the pool alone.
 type fakePool interface {
-	// getClose takes a connection and gives it back at once.
-	getClose()
+	// getClose takes a connection and gives it back at once; it reports
+	// whether Get succeeded.
+	getClose() bool
 	// getHoldClose takes a connection, reports how long that took, holds it
 	// while hold runs and gives it back. ok is false when Get failed.
 	getHoldClose(hold func()) (wait time.Duration, ok bool)
@@ -59,7 +60,12 @@ func newFakePool(name string, size int) (fakePool, error) {
 
 type redispoolFake struct{ p *redispool.Pool }
 
-func (f redispoolFake) getClose() { f.p.Get().Close() }
+func (f redispoolFake) getClose() bool {
+	c := f.p.Get()
+	ok := c.Err() == nil
+	c.Close()
+	return ok
+}
 
 func (f redispoolFake) getHoldClose(hold func()) (time.Duration, bool) {
 	start := time.Now()
@@ -77,7 +83,12 @@ func (f redispoolFake) close() { f.p.Close() }
 
 type redigoFake struct{ p *redis.Pool }
 
-func (f redigoFake) getClose() { f.p.Get().Close() }
+func (f redigoFake) getClose() bool {
+	c := f.p.Get()
+	ok := c.Err() == nil
+	c.Close()
+	return ok
+}
 
 func (f redigoFake) getHoldClose(hold func()) (time.Duration, bool) {
 	start := time.Now()
@@ -95,11 +106,13 @@ func (f redigoFake) close() { f.p.Close() }
 
 type puddleFake struct{ p *puddle.Pool[nopConn] }
 
-func (f puddleFake) getClose() {
+func (f puddleFake) getClose() bool {
 	r, err := f.p.Acquire(context.Background())
-	if err == nil {
-		r.Release()
+	if err != nil {
+		return false
 	}
+	r.Release()
+	return true
 }
 
 func (f puddleFake) getHoldClose(hold func()) (time.Duration, bool) {

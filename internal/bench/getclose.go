@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,9 @@ type GetCloseRow struct {
 	// all clients (as testing.B.RunParallel reports it), and heap objects
 	// allocated per Get+Close.
 	NsPerOp, AllocsPerOp, BytesPerOp []float64
+	// Errors counts, per round, the Gets that failed. They are not counted
+	// as operations, and a target is not met on a round that had any.
+	Errors []int64
 	// Ratio holds, per round, redispool's ns/op over this pool's; NaN for
 	// redispool itself.
 	Ratio []float64
@@ -53,16 +57,25 @@ const loopBatch = 16
 // that regime.
 const getCloseWarmup = 500 * time.Millisecond
 
-// opCounter is one client's count of operations, alone on its cache line.
+// opCounter is one client's count of operations, and of those that failed,
+// alone on its cache line.
 type opCounter struct {
-	n atomic.Int64
-	_ [56]byte
+	n, failed atomic.Int64
+	_         [48]byte
+}
+
+// loopResult is what loop measured.
+type loopResult struct {
+	ops, failed   int64 // operations that succeeded, and that failed
+	elapsed       time.Duration
+	allocs, bytes uint64
 }
 
 // loop runs clients goroutines calling op, lets them run for warmup, then
-// measures d of their running: the operations done, the wall time, and the
-// heap objects and bytes allocated meanwhile.
-func loop(clients int, warmup, d time.Duration, op func()) (ops int64, elapsed time.Duration, allocs, bytes uint64) {
+// measures d of their running: the operations that succeeded and those that
+// failed (op returns false), the wall time, and the heap objects and bytes
+// allocated meanwhile.
+func loop(clients int, warmup, d time.Duration, op func() bool) loopResult {
 	var stop atomic.Bool
 	counts := make([]opCounter, clients)
 	var ready, done sync.WaitGroup
@@ -75,38 +88,48 @@ func loop(clients int, warmup, d time.Duration, op func()) (ops int64, elapsed t
 			ready.Done()
 			<-start
 			for !stop.Load() {
+				failed := 0
 				for range loopBatch {
-					op()
+					if !op() {
+						failed++
+					}
 				}
-				counts[i].n.Add(loopBatch)
+				if failed > 0 {
+					counts[i].failed.Add(int64(failed))
+				}
+				counts[i].n.Add(int64(loopBatch - failed))
 			}
 		}()
 	}
-	sum := func() int64 {
-		var n int64
+	sum := func() (n, failed int64) {
 		for i := range counts {
 			n += counts[i].n.Load()
+			failed += counts[i].failed.Load()
 		}
-		return n
+		return n, failed
 	}
 	ready.Wait()
 	close(start)
 	time.Sleep(warmup)
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
-	n0, t0 := sum(), time.Now()
+	n0, f0 := sum()
+	t0 := time.Now()
 	time.Sleep(d)
-	n1, t1 := sum(), time.Now()
+	n1, f1 := sum()
+	t1 := time.Now()
 	// Clients count whole batches: on a loaded machine a short window may
 	// see none end. Measure on until one has, for at most a second more.
-	for n1 == n0 && t1.Sub(t0) < d+time.Second {
+	for n1+f1 == n0+f0 && t1.Sub(t0) < d+time.Second {
 		time.Sleep(time.Millisecond)
-		n1, t1 = sum(), time.Now()
+		n1, f1 = sum()
+		t1 = time.Now()
 	}
 	runtime.ReadMemStats(&m1)
 	stop.Store(true)
 	done.Wait()
-	return n1 - n0, t1.Sub(t0), m1.Mallocs - m0.Mallocs, m1.TotalAlloc - m0.TotalAlloc
+	return loopResult{ops: n1 - n0, failed: f1 - f0, elapsed: t1.Sub(t0),
+		allocs: m1.Mallocs - m0.Mallocs, bytes: m1.TotalAlloc - m0.TotalAlloc}
 }
 
 // runGetClose is part 1: Get+Close of a no-op connection, every shape, every
@@ -132,10 +155,10 @@ func (r *runner) runGetClose(ctx context.Context) ([]GetCloseResult, error) {
 		}
 	}
 	type acc struct {
-		ops     int64
-		elapsed time.Duration
-		allocs  uint64
-		bytes   uint64
+		ops, failed int64
+		elapsed     time.Duration
+		allocs      uint64
+		bytes       uint64
 	}
 	for round := range r.rounds {
 		for si, s := range getCloseShapes {
@@ -147,11 +170,12 @@ func (r *runner) runGetClose(ctx context.Context) ([]GetCloseResult, error) {
 					}
 					p := pools[key{si, pi}]
 					runtime.GC()
-					ops, elapsed, allocs, bytes := loop(s.Clients, r.cfg.getCloseWarmup(), r.slice, p.getClose)
-					accs[pi].ops += ops
-					accs[pi].elapsed += elapsed
-					accs[pi].allocs += allocs
-					accs[pi].bytes += bytes
+					res := loop(s.Clients, r.cfg.getCloseWarmup(), r.slice, p.getClose)
+					accs[pi].ops += res.ops
+					accs[pi].failed += res.failed
+					accs[pi].elapsed += res.elapsed
+					accs[pi].allocs += res.allocs
+					accs[pi].bytes += res.bytes
 				}
 			}
 			for pi, a := range accs {
@@ -159,6 +183,7 @@ func (r *runner) runGetClose(ctx context.Context) ([]GetCloseResult, error) {
 				row.NsPerOp = append(row.NsPerOp, float64(a.elapsed.Nanoseconds())/float64(a.ops))
 				row.AllocsPerOp = append(row.AllocsPerOp, float64(a.allocs)/float64(a.ops))
 				row.BytesPerOp = append(row.BytesPerOp, float64(a.bytes)/float64(a.ops))
+				row.Errors = append(row.Errors, a.failed)
 				r.progress("getclose round %d/%d %s %s: %.1f ns/op", round+1, r.rounds, s, fakePoolNames[pi], row.NsPerOp[round])
 			}
 		}
@@ -191,12 +216,38 @@ func (c Config) getCloseWarmup() time.Duration {
 	return getCloseWarmup
 }
 
-// rotation returns 0..n-1 rotated by round, so that every pool runs in every
-// round and none always runs first.
-func rotation(n, round int) []int {
+// rotation returns the order in which n pools run in the k-th slice: row k
+// of a Williams design, a Latin square in which, over its period (n rows
+// for an even n, 2n for an odd one), every pool runs in every position
+// equally often and follows every other pool equally often. A plain cyclic
+// shift has the first property only: with it, each pool always runs right
+// after the same other one, whose after-effects (its garbage, its parked
+// goroutines, the caches it evicted) it alone would inherit.
+func rotation(n, k int) []int {
 	out := make([]int, n)
-	for i := range out {
-		out[i] = (i + round) % n
+	if n == 0 {
+		return out
+	}
+	// The first row is 0, 1, n-1, 2, n-2, ...; row r adds r to each.
+	first := make([]int, n)
+	for j := 1; j < n; j++ {
+		if j%2 == 1 {
+			first[j] = (j + 1) / 2
+		} else {
+			first[j] = n - j/2
+		}
+	}
+	period := n
+	if n%2 == 1 {
+		period = 2 * n // the mirror image of each row completes the balance
+	}
+	k %= period
+	r := k % n
+	for j := range out {
+		out[j] = (first[j] + r) % n
+	}
+	if k >= n {
+		slices.Reverse(out)
 	}
 	return out
 }

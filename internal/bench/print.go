@@ -34,13 +34,13 @@ func (rep *Report) Print(w io.Writer) {
 		mode = " (short mode: checks that everything runs; the figures mean nothing)"
 	}
 	slice := cfg.Duration / time.Duration(cfg.Slices)
-	fmt.Fprintf(w, "rounds: %d; in each, every pool runs %v per measurement, as %d interleaved slices of %v (A B C A B C ..., order rotated), each after a %v warm-up; %d commands per connection-cost run%s\n",
+	fmt.Fprintf(w, "rounds: %d; in each, every pool runs %v per measurement, as %d interleaved slices of %v (each slice in the next order of a balanced Latin square: every pool runs in every position, and right after every other pool, equally often), each after a %v warm-up; %d commands per connection-cost run%s\n",
 		cfg.Rounds, cfg.Duration, cfg.Slices, slice, cfg.warmup(), cfg.Commands, mode)
 	fmt.Fprintf(w, "ratios are redispool / peer per round, median [min-max] over rounds: below 1 is better for ns/op, wait and latency, above 1 for ops/s\n")
 
 	if len(rep.GetClose) > 0 {
 		fmt.Fprintf(w, "\n1. Get+Close of a no-op conn (pool overhead only); each slice measured once its clients have run %v; median over rounds\n", cfg.getCloseWarmup())
-		tw := newTable(w, "shape", "pool", "ns/op", "allocs/op", "B/op", "redispool/peer ns/op")
+		tw := newTable(w, "shape", "pool", "ns/op", "allocs/op", "B/op", "failed Gets", "redispool/peer ns/op")
 		for _, res := range rep.GetClose {
 			for i, row := range res.Rows {
 				shape := ""
@@ -48,7 +48,8 @@ func (rep *Report) Print(w io.Writer) {
 					shape = res.Shape.String()
 				}
 				tw.row(shape, row.Pool, fmt.Sprintf("%.1f", median(row.NsPerOp)),
-					fmt.Sprintf("%.2f", median(row.AllocsPerOp)), fmt.Sprintf("%.0f", median(row.BytesPerOp)), fmtRatioCell(row.Ratio))
+					fmt.Sprintf("%.2f", median(row.AllocsPerOp)), fmt.Sprintf("%.0f", median(row.BytesPerOp)),
+					fmt.Sprintf("%.0f", sumInt(row.Errors)), fmtRatioCell(row.Ratio))
 			}
 		}
 		tw.flush()
@@ -57,11 +58,11 @@ func (rep *Report) Print(w io.Writer) {
 	if len(rep.Waiting) > 0 {
 		fmt.Fprintf(w, "\n2. Waiting: %d clients on %d conns, each conn held busy for %v (a loop of runtime.Gosched until it has passed); wait in Get, median over rounds\n",
 			waitClients, waitConns, waitHold)
-		printWaiting(w, cfg, rep.Waiting)
+		printWaiting(w, rep.Waiting)
 	}
 	if len(rep.WaitingSleep) > 0 {
 		fmt.Fprintf(w, "\n2b. Waiting as in 2, each conn held by time.Sleep(%v), which lasts until the runtime notices the timer (see conn cycle)\n", waitHold)
-		printWaiting(w, cfg, rep.WaitingSleep)
+		printWaiting(w, rep.WaitingSleep)
 	}
 
 	if len(rep.E2E) > 0 {
@@ -196,20 +197,16 @@ func sumInt(xs []int64) float64 {
 }
 
 // printWaiting prints one table of the waiting part.
-func printWaiting(w io.Writer, cfg Config, rows []WaitRow) {
+func printWaiting(w io.Writer, rows []WaitRow) {
 	tw := newTable(w, "pool", "p50", "p99", "max", "max/p50", "acquires/s", "conn cycle", "p99 in cycles", "least-served client", "errors", "redispool/peer p99", "redispool/peer cycle")
 	for _, row := range rows {
-		var perSec []float64
-		for i := range row.Acquires {
-			perSec = append(perSec, float64(row.Acquires[i]))
-		}
 		minShare := math.Inf(1)
 		for i := range row.MinClient {
 			minShare = min(minShare, float64(row.MinClient[i])/row.MeanClient[i])
 		}
 		tw.row(row.Pool, fmtDur(medianDur(row.P50)), fmtDur(medianDur(row.P99)), fmtDur(medianDur(row.Max)),
 			fmt.Sprintf("%.1f", median(row.MaxOverP50())),
-			fmtCount(median(perSec)/cfg.Duration.Seconds()),
+			fmtCount(median(row.AcquiresPerSec())),
 			fmtDur(medianDur(row.Cycle)),
 			fmt.Sprintf("%.1f", median(ratios(durs(row.P99), durs(row.Cycle)))),
 			fmt.Sprintf("%.0f%% of mean", 100*minShare),

@@ -41,13 +41,13 @@ func (r *runner) profile() error {
 				f.Close()
 				return err
 			}
-			ops, elapsed, allocs, _ := loop(s.Clients, r.cfg.getCloseWarmup(), r.cfg.ProfileTime, p.getClose)
+			res := loop(s.Clients, r.cfg.getCloseWarmup(), r.cfg.ProfileTime, p.getClose)
 			pprof.StopCPUProfile()
 			if err := f.Close(); err != nil {
 				return err
 			}
-			r.progress("profile %s %s: %.1f ns/op, %.2f allocs/op under the CPU profiler -> %s.cpu.pprof",
-				name, s, float64(elapsed.Nanoseconds())/float64(ops), float64(allocs)/float64(ops), base)
+			r.progress("profile %s %s: %.1f ns/op, %.2f allocs/op, %d failed Gets under the CPU profiler -> %s.cpu.pprof",
+				name, s, float64(res.elapsed.Nanoseconds())/float64(res.ops), float64(res.allocs)/float64(res.ops), res.failed, base)
 
 			// The allocation profile is cumulative since the program
 			// started: a base is written before the loop, to subtract with

@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"math"
+	"slices"
 	"time"
 )
 
@@ -44,23 +45,21 @@ func targets(rep *Report) []Target {
 		}
 		return nil
 	}
-	// ratioTarget reads a target on the median of per-round ratios: at most
-	// bound, or at least bound when atLeast. A target whose rounds fall on
-	// both sides of the bound is marked a tie, whether its median passes or
-	// misses: over n rounds, [min-max] holds the true median with
-	// probability 1-2^(1-n) (94% for 5 rounds), so the run cannot tell the
-	// two apart.
+	// ratioTarget reads a target on the median of per-round ratios (see
+	// ratioOK and ratioGot).
 	ratioTarget := func(part, name string, xs []float64, bound float64, atLeast bool) {
-		m := median(xs)
-		ok := m <= bound
-		if atLeast {
-			ok = m >= bound
+		add(part, name, xs == nil || math.IsNaN(median(xs)), ratioOK(xs, bound, atLeast), ratioGot(xs, bound))
+	}
+	// getCloseTarget is ratioTarget for part 1, where a failed Get, which
+	// is not counted as an operation, fails the target: its pool did not do
+	// what the others did.
+	getCloseTarget := func(name string, res *GetCloseResult, peer string, xs []float64, bound float64) {
+		got, ok := ratioGot(xs, bound), ratioOK(xs, bound, false)
+		if n := failedGets(res, nameRedispool, peer); n > 0 {
+			got += fmt.Sprintf("; %d Gets failed", n)
+			ok = false
 		}
-		got := fmtRatios(xs) + " x"
-		if lo, hi := rangeOf(xs); lo <= bound && bound <= hi {
-			got += fmt.Sprintf("; a tie: the range holds %.1f", bound)
-		}
-		add(part, name, xs == nil || math.IsNaN(m), ok, got)
+		add("get+close", name, xs == nil || math.IsNaN(median(xs)), ok, got)
 	}
 	solo := shape(getCloseShapes[0])
 	var soloRatio, soloAllocs []float64
@@ -70,7 +69,7 @@ func targets(rep *Report) []Target {
 	if r := row(solo, nameRedispool); r != nil {
 		soloAllocs = r.AllocsPerOp
 	}
-	ratioTarget("get+close", "1 client: redispool ns/op <= 0.8 x redigo's", soloRatio, targetSoloRatio, false)
+	getCloseTarget("1 client: redispool ns/op <= 0.8 x redigo's", solo, nameRedigo, soloRatio, targetSoloRatio)
 	a := median(soloAllocs)
 	add("get+close", "1 client: redispool <= 1 alloc per Get+Close", soloAllocs == nil, a <= targetSoloAllocs+allocsSlack,
 		fmt.Sprintf("%.2f allocs/op", a))
@@ -81,7 +80,7 @@ func targets(rep *Report) []Target {
 			if r := row(res, peer); r != nil {
 				xs = r.Ratio
 			}
-			ratioTarget("get+close", fmt.Sprintf("%s: redispool ns/op <= 1.0 x %s's", s, peer), xs, targetContendedRatio, false)
+			getCloseTarget(fmt.Sprintf("%s: redispool ns/op <= 1.0 x %s's", s, peer), res, peer, xs, targetContendedRatio)
 		}
 	}
 
@@ -232,4 +231,43 @@ func medianInt(xs []int64) float64 {
 		f[i] = float64(x)
 	}
 	return median(f)
+}
+
+// ratioOK reads a target on the median of per-round ratios: at most bound,
+// or at least bound when atLeast.
+func ratioOK(xs []float64, bound float64, atLeast bool) bool {
+	m := median(xs)
+	if atLeast {
+		return m >= bound
+	}
+	return m <= bound
+}
+
+// ratioGot prints per-round ratios, and marks a tie: a target whose rounds
+// fall on both sides of the bound, whether its median passes or misses.
+// Over n rounds, [min-max] holds the true median with probability
+// 1-2^(1-n) (94% for 5 rounds), so the run cannot tell the two apart.
+func ratioGot(xs []float64, bound float64) string {
+	got := fmtRatios(xs) + " x"
+	if lo, hi := rangeOf(xs); lo <= bound && bound <= hi {
+		got += fmt.Sprintf("; a tie: the range holds %.1f", bound)
+	}
+	return got
+}
+
+// failedGets sums the failed Gets of the named pools over every round of a
+// part 1 shape.
+func failedGets(res *GetCloseResult, pools ...string) int64 {
+	if res == nil {
+		return 0
+	}
+	var n int64
+	for _, row := range res.Rows {
+		if slices.Contains(pools, row.Pool) {
+			for _, e := range row.Errors {
+				n += e
+			}
+		}
+	}
+	return n
 }

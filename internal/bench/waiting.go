@@ -55,6 +55,8 @@ type WaitRow struct {
 	Acquires   []int64
 	MinClient  []int64
 	MeanClient []float64
+	// Elapsed is the time measured, the slices' wall times summed.
+	Elapsed []time.Duration
 	// Cycle is how long a connection was out per acquire, on average:
 	// conns x elapsed / acquires, the hold plus the pool's and the
 	// scheduler's overhead.
@@ -64,6 +66,16 @@ type WaitRow struct {
 	// RatioP99 and RatioCycle hold, per round, redispool's p99 wait and
 	// conn cycle over this pool's.
 	RatioP99, RatioCycle []float64
+}
+
+// AcquiresPerSec is, per round, the connections handed out per second of
+// measured time.
+func (w *WaitRow) AcquiresPerSec() []float64 {
+	out := make([]float64, len(w.Acquires))
+	for i := range out {
+		out[i] = float64(w.Acquires[i]) / w.Elapsed[i].Seconds()
+	}
+	return out
 }
 
 // MaxOverP50 is, per round, the longest wait over the median wait.
@@ -181,6 +193,7 @@ func (r *runner) runWaiting(ctx context.Context, kind string) ([]WaitRow, error)
 			row.P99 = append(row.P99, a.h.quantile(0.99))
 			row.Max = append(row.Max, time.Duration(a.h.max))
 			row.Acquires = append(row.Acquires, acquires)
+			row.Elapsed = append(row.Elapsed, a.elapsed)
 			row.MinClient = append(row.MinClient, minClient)
 			row.MeanClient = append(row.MeanClient, float64(acquires)/waitClients)
 			row.Cycle = append(row.Cycle, cycle)
