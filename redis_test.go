@@ -257,18 +257,23 @@ func TestTwoHundredCallersOpenAtMostMaxActiveConnections(t *testing.T) {
 		}()
 	}
 	// Sample the server's own count while the load runs.
-	sampled := make(chan struct{})
+	sampled := make(chan error, 1)
 	go func() {
-		defer close(sampled)
 		for time.Now().Before(deadline.Add(-50 * time.Millisecond)) {
-			if c := int64(srv.ConnectedClients(t)); c > peakClients.Load() {
-				peakClients.Store(c)
+			c, err := srv.ConnectedClientsErr()
+			if err != nil {
+				sampled <- err
+				return
+			}
+			if int64(c) > peakClients.Load() {
+				peakClients.Store(int64(c))
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
+		sampled <- nil
 	}()
 	wg.Wait()
-	<-sampled
+	require.NoError(t, <-sampled, "sampling the server's client count")
 
 	limit := int64(10 * runtime.GOMAXPROCS(0))
 	opened := int64(srv.TotalConnectionsReceived(t) - before)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -150,13 +151,15 @@ func refusedAddr(t *testing.T) string {
 	return addr
 }
 
-// goroutinesIn counts the goroutines whose stack mentions fn.
-func goroutinesIn(fn string) int {
+// goroutinesIn counts the goroutines whose stack mentions fn and each of
+// also (for example " [select", a goroutine's state while it is parked in a
+// select).
+func goroutinesIn(fn string, also ...string) int {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
 	n := 0
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, fn) {
+		if strings.Contains(g, fn) && !slices.ContainsFunc(also, func(a string) bool { return !strings.Contains(g, a) }) {
 			n++
 		}
 	}

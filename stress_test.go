@@ -1113,8 +1113,8 @@ func TestNoDialBeginsAfterCloseForADialSlotWaiter(t *testing.T) {
 		}
 		result <- err
 	}()
-	require.Eventually(t, func() bool { return len(p.permits) == 1 }, 5*time.Second, time.Millisecond)
-	time.Sleep(10 * time.Millisecond) // it parks waiting for the slot
+	require.Eventually(t, func() bool { return goroutinesIn("(*Pool).waitDialSlot(", " [select") == 1 }, 5*time.Second, time.Millisecond,
+		"the Get parks waiting for the slot")
 	p.dials <- struct{}{}             // the dial ends: its slot goes to the waiter
 	p.Close()
 	closed.Store(true)

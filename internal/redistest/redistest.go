@@ -548,8 +548,27 @@ func infoField(c redis.Conn, section, field string) (int, error) {
 // deadline rather than checking it once.
 func (s *Server) ConnectedClients(t testing.TB) int {
 	t.Helper()
-	n, _ := s.info(t, "clients", "connected_clients")
-	return n - 1
+	n, err := s.ConnectedClientsErr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// ConnectedClientsErr is ConnectedClients for a goroutine other than the
+// test's, where t.Fatal must not be called: it returns the error instead.
+func (s *Server) ConnectedClientsErr() (int, error) {
+	p := s.current()
+	c, err := p.dial(s.Addr())
+	if err != nil {
+		return 0, fmt.Errorf("redistest: dialing %s: %v%s", s.Addr(), err, p.tail())
+	}
+	defer c.Close()
+	n, err := infoField(c, "clients", "connected_clients")
+	if err != nil {
+		return 0, fmt.Errorf("redistest: %s: %v%s", s.Addr(), err, p.tail())
+	}
+	return n - 1, nil
 }
 
 // TotalConnectionsReceived returns total_connections_received from INFO
