@@ -1115,7 +1115,7 @@ func TestNoDialBeginsAfterCloseForADialSlotWaiter(t *testing.T) {
 	}()
 	require.Eventually(t, func() bool { return goroutinesIn("(*Pool).waitDialSlot(", " [select") == 1 }, 5*time.Second, time.Millisecond,
 		"the Get parks waiting for the slot")
-	p.dials <- struct{}{}             // the dial ends: its slot goes to the waiter
+	p.dials <- struct{}{} // the dial ends: its slot goes to the waiter
 	p.Close()
 	closed.Store(true)
 	assert.Equal(t, ErrPoolClosed, <-result)
