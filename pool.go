@@ -224,9 +224,11 @@ type Pool struct {
 	// others), failed dials and exhausted waits, each kind (each discard
 	// reason is one) at most once per second with the count of records left
 	// out; and, with Sentinel and not rate-limited, about a new master
-	// announced (Info) and a failed subscription to a sentinel (Debug, at
-	// most one per retry of that subscription). When nil, none of these is logged (leak reports still are:
-	// see LeakThreshold).
+	// announced or named by the sentinels after an announcement that did not
+	// fit, an announcement not followed (all Info), and a failed subscription
+	// to a sentinel (Debug, at most one per retry of that subscription). When
+	// nil, none of these is logged (leak reports still are: see
+	// LeakThreshold).
 	Logger *slog.Logger
 
 	// LeakThreshold, when positive, counts a connection held longer than this

@@ -72,7 +72,10 @@ func watchPingInterval() time.Duration {
 // SENTINEL FAILOVER the old master stays a writable master for several
 // seconds before the sentinels turn it into a replica: on an announcement
 // the pool takes the new master's address from it and retires every
-// connection to the old one at once.
+// connection to the old one at once. An announcement whose old master is not
+// the one in use, such as a late duplicate from a slow sentinel, is not
+// followed: the pool asks the sentinels on its next dial instead, and retires
+// its connections only if they name another master.
 //
 // A Sentinel must not be copied after first use, nor shared between pools.
 type Sentinel struct {
@@ -104,6 +107,7 @@ type Sentinel struct {
 	failedAt  time.Time  // when a query last failed, for lack of an answer
 	failErr   error      // that query's error; nil after an answer
 	epoch     uint64     // raised by each announcement of a new master
+	recheck   bool       // an announcement did not fit: the next query's answer decides (see announced)
 	order     []string   // Addrs, the one to ask first first
 	pool      *Pool      // the pool to retire on an announcement; set by watch
 	watching  bool       // the subscriptions run
@@ -116,7 +120,8 @@ type Sentinel struct {
 func (s *Sentinel) Queries() int64 { return s.queries.Load() }
 
 // Master returns the master address in use, or "" before the first dial and
-// after a failure made the pool forget it.
+// after a failure, or an announcement the pool could not place, made it
+// forget it until its next dial.
 func (s *Sentinel) Master() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -168,8 +173,9 @@ func masterHostPort(host, port string) (string, error) {
 // masterAddr returns the cached master address, asking the sentinels when
 // there is none, with p's generation read together with it: the sentinels'
 // news of a new master raise the generation under s.mu (see announced and
-// forget), so a connection stamped with it is retired by any later news, and
-// by none that came before. Concurrent callers share one query. timeout is
+// forget, and below, the answer to a query an announcement asked for), so a
+// connection stamped with it is retired by any later news, and by none that
+// came before. Concurrent callers share one query. timeout is
 // the pool's dial timeout (0 when disabled), shared among the sentinels asked.
 func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duration) (string, uint64, error) {
 	s.mu.Lock()
@@ -234,17 +240,33 @@ func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duratio
 			continue
 		}
 		s.mu.Lock()
+		previous, retire := s.last, false
 		if s.epoch != epoch && s.master != "" {
 			// A new master was announced while we asked: the answer may
 			// come from a sentinel that has not heard of it yet.
 			master = s.master
 		} else {
+			// Asked because an announcement did not fit: connections
+			// dialed before reach the master in use until then, which
+			// the sentinels may no longer name.
+			retire = s.recheck && previous != "" && master != previous
 			s.master, s.last, s.lastQuery = master, master, time.Now()
 			s.order = moveToFront(s.order, addr)
+			if retire {
+				p.gen.Add(1) // under s.mu: see above
+			}
 		}
+		s.recheck = false
 		s.failErr = nil
 		gen := p.gen.Load()
 		s.mu.Unlock()
+		if retire {
+			p.drainIdle(DiscardRetired)
+			if p.Logger != nil {
+				p.Logger.LogAttrs(context.Background(), slog.LevelInfo, "redispool: the sentinels named a new master",
+					slog.String("master", master), slog.String("previous", previous), slog.String("sentinel", addr))
+			}
+		}
 		return master, gen, nil
 	}
 	// ctx is the dial's own (no caller's cancellation reaches a dial): its
@@ -510,7 +532,21 @@ func (s *Sentinel) listen(ctx context.Context, p *Pool, addr string) (err error)
 
 // announced handles a +switch-master message from the sentinel at from:
 // "<name> <old ip> <old port> <new ip> <new port>", where the name may hold
-// spaces. One that names no host and port is ignored.
+// spaces. One that names no new host and port is ignored.
+//
+// Every sentinel publishes each announcement, and those of two failovers in
+// quick succession (X to Y, then Y to Z) may arrive late and out of order.
+// So the new master is followed at once only when nothing is known yet or
+// the announcement starts from the master in use; a duplicate of the master
+// in use changes nothing. Any other announcement is a late duplicate ("X to
+// Y" on Z) or follows one the pool missed ("Y to Z" on X), and cannot tell
+// which: the pool forgets the master, so that its next dial asks the
+// sentinels, whatever the rate limit on queries, and keeps its connections
+// until their answer (see masterAddr). Retiring them at once would close
+// every connection to the right master on each late duplicate, the common
+// case; after a missed announcement, the answer names another master and
+// retires them then, before any new connection is dialed, and until then
+// ROLE, READONLY and the other failures guard them as ever.
 func (s *Sentinel) announced(p *Pool, from, msg string) {
 	rest, ok := strings.CutPrefix(msg, s.MasterName+" ")
 	if !ok {
@@ -524,10 +560,39 @@ func (s *Sentinel) announced(p *Pool, from, msg string) {
 	if err != nil {
 		return
 	}
+	old, err := masterHostPort(f[0], f[1])
+	if err != nil {
+		old = "" // fits no master in use
+	}
 	s.mu.Lock()
 	current := s.master
 	if current == "" {
 		current = s.last
+	}
+	if s.recheck || (current != "" && master != current && old != current) {
+		// While the pool waits for the sentinels' answer after one that did
+		// not fit (current is then s.last), no announcement can be placed
+		// either; but one that starts from current tells that it was
+		// replaced, so the connections to it are retired at once.
+		retire := s.recheck && old == current
+		s.master = ""
+		s.lastQuery = time.Time{} // the next dial asks, within minQueryInterval too
+		s.failErr = nil           // a sentinel just spoke: do not reuse a failed query's error
+		s.recheck = true
+		if retire {
+			p.gen.Add(1) // under s.mu: see masterAddr
+		}
+		s.mu.Unlock()
+		if retire {
+			p.drainIdle(DiscardRetired)
+		}
+		if p.Logger != nil {
+			p.Logger.LogAttrs(context.Background(), slog.LevelInfo,
+				"redispool: ignored an announcement of a new master that may be stale; asking the sentinels",
+				slog.String("master", master), slog.String("previous", old), slog.String("current", current),
+				slog.String("sentinel", from))
+		}
+		return
 	}
 	s.master, s.last, s.lastQuery = master, master, time.Now()
 	s.failErr = nil

@@ -1,0 +1,334 @@
+package redispool
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// ---------------------------------------------------------------------------
+// Helpers: fake servers that count their connections, a fake sentinel whose
+// answer a test changes, a log recorder.
+
+// roleServer is a fake Redis server that answers ROLE with its role and +OK
+// to everything else, and counts the connections it accepts.
+type roleServer struct {
+	addr  string
+	conns atomic.Int64
+}
+
+func startRoleServer(t *testing.T, role string) *roleServer {
+	s := &roleServer{}
+	s.addr = serveLoopback(t, func(c net.Conn) {
+		s.conns.Add(1)
+		r := bufio.NewReader(c)
+		for {
+			args, err := readCommand(r)
+			if err != nil {
+				return
+			}
+			reply := "+OK\r\n"
+			switch strings.ToUpper(args[0]) {
+			case "ROLE":
+				reply = fmt.Sprintf("*3\r\n$%d\r\n%s\r\n:0\r\n*0\r\n", len(role), role)
+			case "PING":
+				reply = "+PONG\r\n"
+			}
+			if _, err := c.Write([]byte(reply)); err != nil {
+				return
+			}
+		}
+	})
+	return s
+}
+
+// answeringSentinel is a fake sentinel that names the master it is told to,
+// confirms SUBSCRIBE and answers PING.
+type answeringSentinel struct {
+	addr    string
+	mu      sync.Mutex
+	master  string
+	queries atomic.Int64
+}
+
+func startAnsweringSentinel(t *testing.T, master string) *answeringSentinel {
+	s := &answeringSentinel{master: master}
+	s.addr = serveLoopback(t, func(c net.Conn) {
+		r := bufio.NewReader(c)
+		for {
+			args, err := readCommand(r)
+			if err != nil {
+				return
+			}
+			var reply string
+			switch strings.ToUpper(args[0]) {
+			case "SENTINEL":
+				s.queries.Add(1)
+				host, port, _ := net.SplitHostPort(s.answer())
+				reply = addrReply(host, port)
+			case "SUBSCRIBE":
+				reply = fmt.Sprintf("*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:1\r\n", len(args[1]), args[1])
+			case "PING":
+				reply = "*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+			default:
+				reply = "+OK\r\n"
+			}
+			if _, err := c.Write([]byte(reply)); err != nil {
+				return
+			}
+		}
+	})
+	return s
+}
+
+func (s *answeringSentinel) answer() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.master
+}
+
+// setAnswer makes the sentinel name master from now on.
+func (s *answeringSentinel) setAnswer(master string) {
+	s.mu.Lock()
+	s.master = master
+	s.mu.Unlock()
+}
+
+// attrRecorder is a slog.Handler that keeps each record's message and
+// attributes.
+type attrRecorder struct {
+	mu      sync.Mutex
+	records []map[string]string // "msg" and "level", then the attributes
+}
+
+func (r *attrRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r *attrRecorder) WithAttrs([]slog.Attr) slog.Handler       { return r }
+func (r *attrRecorder) WithGroup(string) slog.Handler            { return r }
+func (r *attrRecorder) Handle(_ context.Context, rec slog.Record) error {
+	m := map[string]string{"msg": rec.Message, "level": rec.Level.String()}
+	rec.Attrs(func(a slog.Attr) bool {
+		m[a.Key] = a.Value.String()
+		return true
+	})
+	r.mu.Lock()
+	r.records = append(r.records, m)
+	r.mu.Unlock()
+	return nil
+}
+
+// find returns the first record whose message holds part.
+func (r *attrRecorder) find(part string) map[string]string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, m := range r.records {
+		if strings.Contains(m["msg"], part) {
+			return m
+		}
+	}
+	return nil
+}
+
+// stalePool is a pool whose Sentinel asks s.
+func stalePool(t *testing.T, s *answeringSentinel, logger *slog.Logger) *Pool {
+	p := &Pool{
+		Sentinel:    &Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster"},
+		DialTimeout: 5 * time.Second,
+		Logger:      logger,
+	}
+	require.NoError(t, p.init())
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// ---------------------------------------------------------------------------
+// Tests.
+
+// After two failovers X->Y and Y->Z, a late duplicate of "X->Y" from a slow
+// sentinel must not send the pool back to Y, a demoted master, nor retire
+// its connections to Z.
+func TestSentinelLateDuplicateAnnouncementIsNotFollowed(t *testing.T) {
+	x := startRoleServer(t, "master")
+	y := startRoleServer(t, "slave") // demoted by the second failover
+	z := startRoleServer(t, "master")
+	s := startAnsweringSentinel(t, z.addr) // the sentinels' truth
+	rec := &attrRecorder{}
+	p := stalePool(t, s, slog.New(rec))
+
+	announceSwitch(p, x.addr, y.addr)
+	announceSwitch(p, y.addr, z.addr)
+	require.Equal(t, z.addr, p.Sentinel.Master())
+	idle := p.Get()
+	require.NoError(t, idle.Err())
+	idle.Close() // kept idle
+	require.EqualValues(t, 1, z.conns.Load())
+	gen, retired := p.gen.Load(), p.Stats().Discards.Retired
+
+	announceSwitch(p, x.addr, y.addr) // the late duplicate
+
+	assert.Equal(t, gen, p.gen.Load(), "a stale announcement retired the connections to the master in use")
+	assert.Equal(t, retired, p.Stats().Discards.Retired, "a stale announcement closed idle connections")
+	assert.NotEqual(t, y.addr, p.Sentinel.Master(), "a stale announcement was followed back to a demoted master")
+
+	c1 := p.Get() // the idle conn to Z, still usable
+	defer c1.Close()
+	require.NoError(t, c1.Err())
+	_, err := c1.Do("SET", "k", "v")
+	require.NoError(t, err, "the idle conn to the master in use must survive a stale announcement")
+	c2 := p.Get() // a new dial
+	defer c2.Close()
+	require.NoError(t, c2.Err())
+	assert.EqualValues(t, 2, z.conns.Load(), "the new dial went to Z")
+	assert.Zero(t, y.conns.Load(), "nothing dialed the demoted master")
+	assert.Equal(t, z.addr, p.Sentinel.Master())
+	assert.Equal(t, gen, p.gen.Load(), "the sentinels named Z again: nothing to retire")
+
+	m := rec.find("ignored")
+	require.NotNil(t, m, "the ignored announcement is logged")
+	assert.Equal(t, "INFO", m["level"])
+	assert.Equal(t, y.addr, m["master"])
+	assert.Equal(t, x.addr, m["previous"])
+	assert.Equal(t, z.addr, m["current"])
+	assert.Equal(t, "test", m["sentinel"])
+}
+
+// An announcement whose old master is not the one in use (one was missed:
+// the pool is on X and hears "Y->Z") is not followed blindly: the next dial
+// asks the sentinels, even moments after the last query or a failed one, and
+// the pool follows their answer and retires its connections to X.
+func TestSentinelAnnouncementFromAnotherMasterMakesThePoolAsk(t *testing.T) {
+	t.Run("after a query", func(t *testing.T) {
+		x := startRoleServer(t, "master")
+		y := startRoleServer(t, "slave")
+		z := startRoleServer(t, "master")
+		w := startRoleServer(t, "master")
+		s := startAnsweringSentinel(t, x.addr)
+		p := stalePool(t, s, nil)
+
+		held := p.Get()
+		defer held.Close()
+		require.NoError(t, held.Err())
+		require.Equal(t, x.addr, p.Sentinel.Master())
+		queries := p.Sentinel.Queries()
+
+		// The sentinels have moved on past Z, to W: the pool must take
+		// their answer, not the announcement's.
+		s.setAnswer(w.addr)
+		p.Sentinel.mu.Lock()
+		p.Sentinel.lastQuery = time.Now() // within minQueryInterval, whatever the machine's speed
+		p.Sentinel.mu.Unlock()
+		announceSwitch(p, y.addr, z.addr)
+		assert.NotEqual(t, z.addr, p.Sentinel.Master(), "an announcement from another master was followed blindly")
+
+		c := p.Get()
+		defer c.Close()
+		require.NoError(t, c.Err())
+		assert.Greater(t, p.Sentinel.Queries(), queries, "the next dial did not ask the sentinels")
+		assert.Equal(t, w.addr, p.Sentinel.Master(), "the pool follows the sentinels' answer")
+		assert.EqualValues(t, 1, w.conns.Load(), "the new dial went to the master the sentinels named")
+		assert.Zero(t, z.conns.Load())
+		assert.Zero(t, y.conns.Load())
+		assert.ErrorIs(t, held.Err(), ErrConnRetired, "the conn to X, which the sentinels no longer name, is retired")
+	})
+
+	t.Run("after a failed query", func(t *testing.T) {
+		x := startRoleServer(t, "master")
+		y := startRoleServer(t, "slave")
+		z := startRoleServer(t, "master")
+		s := startAnsweringSentinel(t, z.addr)
+		p := stalePool(t, s, nil)
+
+		// The state after a failure on X and a query that failed moments
+		// ago: the address forgotten, the last answer X, the error kept.
+		p.Sentinel.mu.Lock()
+		p.Sentinel.last, p.Sentinel.lastQuery = x.addr, time.Now()
+		p.Sentinel.failErr, p.Sentinel.failedAt = errors.New("sentinels down"), time.Now()
+		p.Sentinel.mu.Unlock()
+
+		announceSwitch(p, y.addr, z.addr)
+		c := p.Get()
+		defer c.Close()
+		require.NoError(t, c.Err(), "the next dial reused the failed query's error")
+		assert.EqualValues(t, 1, p.Sentinel.Queries(), "the next dial did not ask the sentinels")
+		assert.Equal(t, z.addr, p.Sentinel.Master())
+		assert.EqualValues(t, 1, z.conns.Load())
+		assert.Zero(t, x.conns.Load())
+	})
+}
+
+// While the pool waits to ask the sentinels after an announcement that did
+// not fit, the late announcement it missed ("X->Y" after "Y->Z", on X)
+// retires the connections to X, which it says was replaced, but does not
+// send the pool to Y: the sentinels' answer decides.
+func TestSentinelMissedAnnouncementArrivingLateRetiresWithoutFollowing(t *testing.T) {
+	x := startRoleServer(t, "master")
+	y := startRoleServer(t, "slave")
+	z := startRoleServer(t, "master")
+	s := startAnsweringSentinel(t, x.addr)
+	p := stalePool(t, s, nil)
+
+	held := p.Get()
+	defer held.Close()
+	require.NoError(t, held.Err())
+	require.Equal(t, x.addr, p.Sentinel.Master())
+	queries := p.Sentinel.Queries()
+	s.setAnswer(z.addr)
+
+	announceSwitch(p, y.addr, z.addr) // does not fit: ask
+	require.NoError(t, held.Err(), "not yet known to be replaced")
+	announceSwitch(p, x.addr, y.addr) // the one missed, late
+	assert.ErrorIs(t, held.Err(), ErrConnRetired, "the announcement says X was replaced")
+	assert.NotEqual(t, y.addr, p.Sentinel.Master(), "the late announcement sent the pool to Y")
+
+	c := p.Get()
+	defer c.Close()
+	require.NoError(t, c.Err())
+	assert.Greater(t, p.Sentinel.Queries(), queries, "the next dial did not ask the sentinels")
+	assert.Equal(t, z.addr, p.Sentinel.Master())
+	assert.EqualValues(t, 1, z.conns.Load())
+	assert.Zero(t, y.conns.Load())
+}
+
+// The announcements that follow the master in use are followed at once, as
+// is the first one when no master is known yet; a duplicate of the one
+// followed changes nothing. None makes the pool ask the sentinels.
+func TestSentinelAnnouncementsThatFollowTheMasterAreFollowed(t *testing.T) {
+	x := startRoleServer(t, "master")
+	z := startRoleServer(t, "master")
+	s := startAnsweringSentinel(t, x.addr)
+	p := stalePool(t, s, nil)
+
+	announceSwitch(p, "127.0.0.1:1", x.addr) // nothing known yet
+	assert.Equal(t, x.addr, p.Sentinel.Master(), "the first announcement is followed")
+	held := p.Get()
+	defer held.Close()
+	require.NoError(t, held.Err())
+	assert.EqualValues(t, 1, x.conns.Load())
+
+	gen := p.gen.Load()
+	announceSwitch(p, x.addr, z.addr) // the normal case
+	assert.Equal(t, z.addr, p.Sentinel.Master(), "an announcement from the master in use is followed at once")
+	assert.Equal(t, gen+1, p.gen.Load())
+	assert.ErrorIs(t, held.Err(), ErrConnRetired, "the conn to the old master is retired")
+
+	c := p.Get()
+	defer c.Close()
+	require.NoError(t, c.Err())
+	assert.EqualValues(t, 1, z.conns.Load())
+
+	announceSwitch(p, x.addr, z.addr) // the same, from another sentinel
+	assert.Equal(t, z.addr, p.Sentinel.Master())
+	assert.Equal(t, gen+1, p.gen.Load(), "a duplicate of the announcement followed retired the conns")
+	require.NoError(t, c.Err())
+	assert.Zero(t, p.Sentinel.Queries(), "the sentinels were asked")
+}
