@@ -41,25 +41,7 @@ func addrReply(host, port string) string { return respBulks(host, port) }
 // startFakeMaster starts a fake master that answers ROLE as a master, and +OK
 // to everything else.
 func startFakeMaster(t *testing.T) string {
-	return serveLoopback(t, func(c net.Conn) {
-		r := bufio.NewReader(c)
-		for {
-			args, err := readCommand(r)
-			if err != nil {
-				return
-			}
-			reply := "+OK\r\n"
-			switch strings.ToUpper(args[0]) {
-			case "ROLE":
-				reply = "*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"
-			case "PING":
-				reply = "+PONG\r\n"
-			}
-			if _, err := c.Write([]byte(reply)); err != nil {
-				return
-			}
-		}
-	})
+	return startRoleServer(t, "master").addr
 }
 
 // scriptedSentinel is a scriptable fake sentinel.

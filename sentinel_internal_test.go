@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,30 +22,7 @@ import (
 // sentinel that has not heard of a failover yet would. It returns its
 // address.
 func startStaleSentinel(t *testing.T, master string) string {
-	return serveLoopback(t, func(c net.Conn) {
-		r := bufio.NewReader(c)
-		for {
-			args, err := readCommand(r)
-			if err != nil {
-				return
-			}
-			var reply string
-			switch strings.ToUpper(args[0]) {
-			case "SENTINEL":
-				host, port, _ := net.SplitHostPort(master)
-				reply = fmt.Sprintf("*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", len(host), host, len(port), port)
-			case "SUBSCRIBE":
-				reply = fmt.Sprintf("*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:1\r\n", len(args[1]), args[1])
-			case "PING":
-				reply = "*2\r\n$4\r\npong\r\n$0\r\n\r\n"
-			default:
-				reply = "+OK\r\n"
-			}
-			if _, err := c.Write([]byte(reply)); err != nil {
-				return
-			}
-		}
-	})
+	return startAnsweringSentinel(t, master).addr
 }
 
 // gatedDial is a dial option whose first dial waits for proceed to be
