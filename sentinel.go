@@ -387,14 +387,20 @@ func (s *Sentinel) ask(ctx context.Context, addr string, timeout time.Duration) 
 	return master, nil
 }
 
-// forget drops the cached master address if it is still addr, so that a
+// forget drops the cached master address if it is still addr (or, while
+// the pool waits for the sentinels' answer after an announcement that did
+// not fit, the master still in use is addr), so that a
 // late failure on an old master does not discard a newer answer, and then
 // retires p's connections dialed before: it reports whether it did, for the
 // caller to close p's idle ones.
 func (s *Sentinel) forget(p *Pool, addr string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.master == "" || s.master != addr {
+	current := s.master
+	if current == "" && s.recheck {
+		current = s.last // still in use until the sentinels' answer (see announced)
+	}
+	if current == "" || current != addr {
 		return false
 	}
 	s.master = ""
@@ -536,17 +542,21 @@ func (s *Sentinel) listen(ctx context.Context, p *Pool, addr string) (err error)
 //
 // Every sentinel publishes each announcement, and those of two failovers in
 // quick succession (X to Y, then Y to Z) may arrive late and out of order.
-// So the new master is followed at once only when nothing is known yet or
-// the announcement starts from the master in use; a duplicate of the master
-// in use changes nothing. Any other announcement is a late duplicate ("X to
-// Y" on Z) or follows one the pool missed ("Y to Z" on X), and cannot tell
-// which: the pool forgets the master, so that its next dial asks the
-// sentinels, whatever the rate limit on queries, and keeps its connections
-// until their answer (see masterAddr). Retiring them at once would close
-// every connection to the right master on each late duplicate, the common
-// case; after a missed announcement, the answer names another master and
-// retires them then, before any new connection is dialed, and until then
-// ROLE, READONLY and the other failures guard them as ever.
+// So an announcement is followed at once when nothing is known yet or when
+// it starts from the master in use (the one the pool still uses while it
+// waits for the sentinels' answer, below); a duplicate of the master in use
+// changes nothing. Any other announcement is a late duplicate ("X to Y" on
+// Z) or follows one the pool missed ("Y to Z" on X), and cannot tell which:
+// the pool forgets the master, so that its next dial asks the sentinels,
+// whatever the rate limit on queries, and keeps its connections until their
+// answer (see masterAddr). Retiring them at once would close every
+// connection to the right master on each late duplicate, the common case;
+// after a missed announcement, the answer names another master and retires
+// them then, before any new connection is dialed, and until then ROLE,
+// READONLY and the other failures guard them as ever (see forget). Should
+// the missed announcement itself arrive late, it starts from the master in
+// use and is followed, to a master that has been replaced since: its ROLE
+// check fails, and the next dial asks the sentinels.
 func (s *Sentinel) announced(p *Pool, from, msg string) {
 	rest, ok := strings.CutPrefix(msg, s.MasterName+" ")
 	if !ok {
@@ -569,23 +579,17 @@ func (s *Sentinel) announced(p *Pool, from, msg string) {
 	if current == "" {
 		current = s.last
 	}
-	if s.recheck || (current != "" && master != current && old != current) {
-		// While the pool waits for the sentinels' answer after one that did
-		// not fit (current is then s.last), no announcement can be placed
-		// either; but one that starts from current tells that it was
-		// replaced, so the connections to it are retired at once.
-		retire := s.recheck && old == current
+	switch {
+	case current != "" && master == current && s.recheck:
+		// It tells nothing the sentinels' answer will not.
+		s.mu.Unlock()
+		return
+	case current != "" && master != current && old != current:
 		s.master = ""
 		s.lastQuery = time.Time{} // the next dial asks, within minQueryInterval too
 		s.failErr = nil           // a sentinel just spoke: do not reuse a failed query's error
 		s.recheck = true
-		if retire {
-			p.gen.Add(1) // under s.mu: see masterAddr
-		}
 		s.mu.Unlock()
-		if retire {
-			p.drainIdle(DiscardRetired)
-		}
 		if p.Logger != nil {
 			p.Logger.LogAttrs(context.Background(), slog.LevelInfo,
 				"redispool: ignored an announcement of a new master that may be stale; asking the sentinels",
@@ -594,8 +598,12 @@ func (s *Sentinel) announced(p *Pool, from, msg string) {
 		}
 		return
 	}
-	s.master, s.last, s.lastQuery = master, master, time.Now()
+	// lastQuery is left alone: it is when the sentinels were last asked, so
+	// that a dial failing on the master announced asks them at once, rather
+	// than reusing what may be a late announcement for minQueryInterval.
+	s.master, s.last = master, master
 	s.failErr = nil
+	s.recheck = false
 	s.epoch++
 	if s.order == nil {
 		s.order = append([]string(nil), s.Addrs...)

@@ -22,10 +22,13 @@ import (
 // answer a test changes, a log recorder.
 
 // roleServer is a fake Redis server that answers ROLE with its role and +OK
-// to everything else, and counts the connections it accepts.
+// to everything else, and counts the connections it accepts. When readOnly
+// is set, it refuses SET with READONLY, as a master demoted after a dial's
+// ROLE check would.
 type roleServer struct {
-	addr  string
-	conns atomic.Int64
+	addr     string
+	conns    atomic.Int64
+	readOnly atomic.Bool
 }
 
 func startRoleServer(t *testing.T, role string) *roleServer {
@@ -44,6 +47,10 @@ func startRoleServer(t *testing.T, role string) *roleServer {
 				reply = fmt.Sprintf("*3\r\n$%d\r\n%s\r\n:0\r\n*0\r\n", len(role), role)
 			case "PING":
 				reply = "+PONG\r\n"
+			case "SET":
+				if s.readOnly.Load() {
+					reply = "-READONLY You can't write against a read only replica.\r\n"
+				}
 			}
 			if _, err := c.Write([]byte(reply)); err != nil {
 				return
@@ -54,16 +61,27 @@ func startRoleServer(t *testing.T, role string) *roleServer {
 }
 
 // answeringSentinel is a fake sentinel that names the master it is told to,
-// confirms SUBSCRIBE and answers PING.
+// confirms SUBSCRIBE and answers PING. When gateAt is positive, its reply to
+// query number gateAt (from 1) waits until release is closed, after closing
+// asked (for at most 5 s).
 type answeringSentinel struct {
 	addr    string
 	mu      sync.Mutex
 	master  string
 	queries atomic.Int64
+
+	gateAt         int64
+	asked, release chan struct{}
 }
 
 func startAnsweringSentinel(t *testing.T, master string) *answeringSentinel {
-	s := &answeringSentinel{master: master}
+	return startGatedSentinel(t, master, 0)
+}
+
+// startGatedSentinel starts an answeringSentinel whose reply to query
+// number gateAt waits for release.
+func startGatedSentinel(t *testing.T, master string, gateAt int64) *answeringSentinel {
+	s := &answeringSentinel{master: master, gateAt: gateAt, asked: make(chan struct{}), release: make(chan struct{})}
 	s.addr = serveLoopback(t, func(c net.Conn) {
 		r := bufio.NewReader(c)
 		for {
@@ -74,7 +92,13 @@ func startAnsweringSentinel(t *testing.T, master string) *answeringSentinel {
 			var reply string
 			switch strings.ToUpper(args[0]) {
 			case "SENTINEL":
-				s.queries.Add(1)
+				if s.queries.Add(1) == s.gateAt {
+					close(s.asked)
+					select {
+					case <-s.release:
+					case <-time.After(5 * time.Second):
+					}
+				}
 				host, port, _ := net.SplitHostPort(s.answer())
 				reply = addrReply(host, port)
 			case "SUBSCRIBE":
@@ -268,9 +292,10 @@ func TestSentinelAnnouncementFromAnotherMasterMakesThePoolAsk(t *testing.T) {
 
 // While the pool waits to ask the sentinels after an announcement that did
 // not fit, the late announcement it missed ("X->Y" after "Y->Z", on X)
-// retires the connections to X, which it says was replaced, but does not
-// send the pool to Y: the sentinels' answer decides.
-func TestSentinelMissedAnnouncementArrivingLateRetiresWithoutFollowing(t *testing.T) {
+// starts from the master in use: it is followed, and retires the
+// connections to X at once. Y has been replaced since: its ROLE check fails
+// the next dial, and the one after asks the sentinels and reaches Z.
+func TestSentinelMissedAnnouncementArrivingLateIsFollowedUntilRoleFails(t *testing.T) {
 	x := startRoleServer(t, "master")
 	y := startRoleServer(t, "slave")
 	z := startRoleServer(t, "master")
@@ -288,15 +313,25 @@ func TestSentinelMissedAnnouncementArrivingLateRetiresWithoutFollowing(t *testin
 	require.NoError(t, held.Err(), "not yet known to be replaced")
 	announceSwitch(p, x.addr, y.addr) // the one missed, late
 	assert.ErrorIs(t, held.Err(), ErrConnRetired, "the announcement says X was replaced")
-	assert.NotEqual(t, y.addr, p.Sentinel.Master(), "the late announcement sent the pool to Y")
+	assert.Equal(t, y.addr, p.Sentinel.Master(), "an announcement from the master in use is followed")
 
-	c := p.Get()
-	defer c.Close()
+	_, err := p.GetContext(context.Background())
+	require.ErrorIs(t, err, ErrNotMaster, "Y's ROLE check")
+	assert.Empty(t, p.Sentinel.Master(), "a failed ROLE check forgets Y")
+	var c interface{ Err() error }
+	require.Eventually(t, func() bool { // past the pool's dial backoff
+		got, err := p.GetContext(context.Background())
+		if err == nil {
+			c = got
+			t.Cleanup(func() { got.Close() })
+		}
+		return err == nil
+	}, 5*time.Second, 10*time.Millisecond)
 	require.NoError(t, c.Err())
-	assert.Greater(t, p.Sentinel.Queries(), queries, "the next dial did not ask the sentinels")
+	assert.Greater(t, p.Sentinel.Queries(), queries, "the dial asked the sentinels")
 	assert.Equal(t, z.addr, p.Sentinel.Master())
 	assert.EqualValues(t, 1, z.conns.Load())
-	assert.Zero(t, y.conns.Load())
+	assert.EqualValues(t, 1, y.conns.Load(), "Y was dialed once, for its ROLE check")
 }
 
 // The announcements that follow the master in use are followed at once, as
