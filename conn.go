@@ -98,6 +98,9 @@ type call struct {
 	// database selectDB once its reply says it did.
 	selects  bool
 	selectDB int
+	// undoes is the MULTI and WATCH state a Do of EXEC, DISCARD or UNWATCH
+	// undoes once its reply says the server ran it (see settle).
+	undoes connState
 }
 
 // start records that a command (or, with cmd "", a flush and read of the
@@ -117,7 +120,8 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 		return call{}, err
 	}
 	c := call{pc: pc, timeout: pc.p.cfg.readTimeout}
-	if pc.apply(info, send) {
+	var selects bool
+	if selects, c.undoes = pc.apply(info, send); selects {
 		c.selects, c.selectDB = true, info.DB
 	}
 	block, forever := pc.pendingBlock, pc.pendingEver
@@ -174,11 +178,15 @@ func (pc *poolConn) usableLocked() error {
 //
 // A SELECT takes effect only if the server runs it: the database is unknown
 // until its reply says so. apply reports whether the caller, a Do, is to set
-// it from the reply (see end).
-func (pc *poolConn) apply(info command.Info, send bool) (selects bool) {
+// it from the reply (see end). So does an EXEC, DISCARD or UNWATCH, which a
+// server can refuse (an ACL without it) and then undoes nothing: for a Do,
+// apply returns the state it undoes, to clear once its reply says it ran
+// (see settle). Sent with Send, it is taken to run: the pool does not read
+// the replies of a pipeline.
+func (pc *poolConn) apply(info command.Info, send bool) (selects bool, undoes connState) {
 	e := info.Effects
 	if e == 0 {
-		return false
+		return false, 0
 	}
 	inMulti := pc.state&stateMulti != 0
 	switch {
@@ -188,11 +196,11 @@ func (pc *poolConn) apply(info command.Info, send bool) (selects bool) {
 		pc.state |= stateMulti
 	case e&command.EndMulti != 0:
 		if inMulti {
-			pc.state &^= stateMulti | stateWatch
+			undoes = stateMulti | stateWatch
 		}
 	case e&command.Unwatch != 0:
 		if !inMulti {
-			pc.state &^= stateWatch
+			undoes = stateWatch
 		}
 	case e&command.Subscribe != 0:
 		pc.state |= stateSubscribe | subscribed[info.PubSub]
@@ -214,10 +222,34 @@ func (pc *poolConn) apply(info command.Info, send bool) (selects bool) {
 			pc.db = -1
 		default:
 			pc.db = -1 // until its reply says the server ran it
-			return info.DB >= 0
+			return info.DB >= 0, 0
 		}
 	}
-	return false
+	if send {
+		pc.state &^= undoes
+		undoes = 0
+	}
+	return false, undoes
+}
+
+// settle clears the state a Do of EXEC, DISCARD or UNWATCH undid, unless its
+// own reply is an error other than EXECABORT (EXEC ran and discarded the
+// transaction): a refused one leaves the transaction open or the keys
+// watched. reply is the Do's own reply, which redigo returns along with the
+// first error among the pending replies read before it.
+func (c call) settle(reply any, err error) {
+	if c.undoes == 0 {
+		return
+	}
+	if _, replied := err.(redis.Error); err != nil && !replied {
+		return // no reply: the conn is broken, and not kept
+	}
+	if e, ok := reply.(redis.Error); ok && !strings.HasPrefix(string(e), "EXECABORT ") {
+		return
+	}
+	c.pc.mu.Lock()
+	c.pc.state &^= c.undoes
+	c.pc.mu.Unlock()
 }
 
 // begin is start for Flush and Receive. The timeout is for reading one
@@ -332,6 +364,7 @@ func (ac *activeConn) Do(cmd string, args ...any) (any, error) {
 	} else {
 		reply, err = c.pc.c.Do(cmd, args...)
 	}
+	c.settle(reply, err)
 	ac.end(c, arrayError(cmd, reply, err), false)
 	return reply, err
 }
@@ -346,6 +379,7 @@ func (ac *activeConn) DoWithTimeout(timeout time.Duration, cmd string, args ...a
 		return nil, err
 	}
 	reply, err := c.pc.cwt.DoWithTimeout(timeout, cmd, args...)
+	c.settle(reply, err)
 	ac.end(c, arrayError(cmd, reply, err), false)
 	return reply, err
 }
@@ -396,6 +430,7 @@ func (ac *activeConn) DoContext(ctx context.Context, cmd string, args ...any) (a
 		}
 		return c.pc.c.Do(cmd, args...)
 	})
+	c.settle(reply, err)
 	ac.end(c, arrayError(cmd, reply, err), false)
 	return reply, err
 }
@@ -604,9 +639,15 @@ func (p *Pool) release(pc *poolConn, st *borrowState) error {
 		return err
 	}
 	if st.state != 0 || st.pending > 0 {
-		if err := p.drain(pc, st); err != nil {
+		refused, err := p.drain(pc, st)
+		if err != nil {
 			p.discardErr(pc, DiscardBroken, err)
 			return err
+		}
+		if refused != nil {
+			// The transaction may still be open, the keys still watched.
+			p.discardErr(pc, DiscardState, refused)
+			return nil
 		}
 	}
 	p.put(pc)
@@ -614,20 +655,31 @@ func (p *Pool) release(pc *poolConn, st *borrowState) error {
 }
 
 // drain undoes MULTI and WATCH and reads every pending reply within the
-// drain timeout.
-func (p *Pool) drain(pc *poolConn, st *borrowState) error {
-	var err error
+// drain timeout. refused is the error reply to its DISCARD or UNWATCH, which
+// the server may refuse (an ACL without them) and then has undone nothing.
+func (p *Pool) drain(pc *poolConn, st *borrowState) (refused, err error) {
+	undo := true
 	switch {
 	case st.state&stateMulti != 0:
 		err = pc.c.Send("DISCARD")
 	case st.state&stateWatch != 0:
 		err = pc.c.Send("UNWATCH")
+	default:
+		undo = false
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
-	_, err = pc.cwt.DoWithTimeout(p.cfg.drainTimeout, "")
-	return err
+	reply, err := pc.cwt.DoWithTimeout(p.cfg.drainTimeout, "")
+	if err != nil || !undo {
+		return nil, err
+	}
+	if rs, _ := reply.([]any); len(rs) > 0 {
+		if e, ok := rs[len(rs)-1].(redis.Error); ok {
+			return e, nil
+		}
+	}
+	return nil, nil
 }
 
 // errorConn is the conn Get returns on failure: every method returns err.

@@ -162,6 +162,10 @@ func Classify(name string, args []any) Info {
 		}
 		return Info{Effects: Unwatch}
 	case kindMulti:
+		if len(args) > 0 {
+			// Rejected: no transaction opens, and a WATCH after it runs.
+			return Info{}
+		}
 		return Info{Effects: Multi}
 	case kindExecDiscard:
 		if len(args) > 0 {
@@ -329,31 +333,50 @@ func lookup(name string) (kind, bool) {
 	return k, ok
 }
 
-// isWord reports whether arg, a string or byte slice, equals the upper case
-// ASCII word w without regard to case.
+// isWord reports whether arg equals the upper case ASCII word w without
+// regard to case, read as redigo writes it: a string, a byte slice, the value
+// of a redis.Argument, or another type as fmt prints it (a named string type).
 func isWord(arg any, w string) bool {
 	var s string
 	switch v := arg.(type) {
 	case string:
 		s = v
 	case []byte:
-		if len(v) != len(w) {
-			return false
-		}
-		for i := range v {
-			if upper(v[i]) != w[i] {
-				return false
-			}
-		}
-		return true
+		return isWordBytes(v, w)
+	case nil, bool, int, int64, int32, int16, int8, uint, uint64, uint32, uint16, uint8, float64, float32:
+		return false // never a word
 	default:
-		return false
+		if a, ok := v.(redisArg); ok {
+			// redigo writes the value, and prints a nested redis.Argument.
+			switch v := a.RedisArg().(type) {
+			case string:
+				s = v
+			case []byte:
+				return isWordBytes(v, w)
+			default:
+				s = fmt.Sprint(v)
+			}
+		} else {
+			s = fmt.Sprint(v)
+		}
 	}
 	if len(s) != len(w) {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
 		if upper(s[i]) != w[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func isWordBytes(b []byte, w string) bool {
+	if len(b) != len(w) {
+		return false
+	}
+	for i := range b {
+		if upper(b[i]) != w[i] {
 			return false
 		}
 	}
