@@ -216,7 +216,8 @@ type Pool struct {
 	// MaxConcurrentDials is the most dials in progress at once. When zero, 8
 	// (at most MaxActive). While the server refuses connections the pool dials
 	// one at a time, backing off up to half a second, and fails other callers
-	// at once with the last dial error.
+	// at once with the last dial error. A caller waiting for a dial slot
+	// takes a connection given back meanwhile instead.
 	MaxConcurrentDials int
 
 	// Logger, when set, is told about discarded connections and their reason
@@ -273,11 +274,16 @@ type Pool struct {
 	limiter    logLimiter
 
 	// Atomic, read without mu.
-	gen      atomic.Uint64 // raised by Retire: older connections are not reused
-	active   atomic.Int64
-	waiters  atomic.Int64 // callers in waitq
-	idleLow  atomic.Int64 // fewest idle connections a Get left since shrinkAt was set
-	shrinkAt atomic.Int64 // a time.Duration (see clock): when shrink next runs
+	gen     atomic.Uint64 // raised by Retire: older connections are not reused
+	active  atomic.Int64
+	waiters atomic.Int64 // callers in waitq
+	// slotWaiters counts callers holding a permit that wait for a dial
+	// slot: they take a connection given back meanwhile, and put wakes one
+	// through slotWake (see waitDialSlot).
+	slotWaiters atomic.Int64
+	slotWake    chan struct{}
+	idleLow     atomic.Int64 // fewest idle connections a Get left since shrinkAt was set
+	shrinkAt    atomic.Int64 // a time.Duration (see clock): when shrink next runs
 
 	waitCount   atomic.Int64
 	waitNanos   atomic.Int64
@@ -410,6 +416,7 @@ func (p *Pool) init() error {
 		}
 		// MaxIdle idle connections: one in the hot slot, the rest here.
 		p.idle = make(chan *poolConn, max(min(p.cfg.maxIdle, n)-1, 0))
+		p.slotWake = make(chan struct{}, 1)
 		p.idleLow.Store(math.MaxInt64)
 		p.shrinkAt.Store(int64(p.cfg.idleTimeout))
 		p.dials = make(chan struct{}, p.cfg.maxDials)
@@ -483,33 +490,43 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 		return nil, err
 	}
 	var waitEnd time.Duration // see waitLeft
+	redial := false           // this caller holds a permit and dials
 	for {
-		if p.closed.Load() {
-			return nil, ErrPoolClosed
-		}
+		var pc *poolConn
 		waited := false
-		pc := p.takeHot()
-		if pc != nil {
-			p.noteIdleLeft(int64(len(p.idle)))
-		} else {
-			select {
-			case pc = <-p.idle:
+		if !redial {
+			if p.closed.Load() {
+				return nil, ErrPoolClosed
+			}
+			if pc = p.takeHot(); pc != nil {
 				p.noteIdleLeft(int64(len(p.idle)))
-			default:
-				p.noteIdleLeft(0)
+			} else {
 				select {
-				case <-p.permits:
+				case pc = <-p.idle:
+					p.noteIdleLeft(int64(len(p.idle)))
 				default:
-					var err error
-					if pc, err = p.wait(ctx, &waitEnd); err != nil {
-						return nil, err
+					p.noteIdleLeft(0)
+					select {
+					case <-p.permits:
+					default:
+						var err error
+						if pc, err = p.wait(ctx, &waitEnd); err != nil {
+							return nil, err
+						}
+						waited = true
 					}
-					waited = true
 				}
 			}
 		}
+		redial = false
 		if pc == nil {
-			return p.dial(ctx, &waitEnd)
+			var idle bool
+			var err error
+			if pc, idle, err = p.dial(ctx, &waitEnd); !idle {
+				return pc, err
+			}
+			// Given back while this caller waited for a dial slot, which
+			// gave its permit back: checked as any idle connection.
 		}
 		reason := p.unusable(ctx, pc)
 		if reason < 0 {
@@ -532,7 +549,8 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 				p.releasePermit()
 				return nil, err
 			}
-			return p.dial(ctx, &waitEnd)
+			redial = true
+			continue
 		}
 		p.discard(pc, reason)
 		if err := ctx.Err(); err != nil {
@@ -571,7 +589,7 @@ func (p *Pool) unusable(ctx context.Context, pc *poolConn) DiscardReason {
 	}
 	pc.t = now
 	if now >= time.Duration(p.shrinkAt.Load()) {
-		p.shrink(now)
+		p.shrink(pc, now)
 	}
 	return -1
 }
@@ -587,12 +605,20 @@ func (p *Pool) noteIdleLeft(n int64) {
 // shrink closes, once per IdleTimeout, as many idle connections as stayed
 // unused through the whole period. Idle connections are reused in turn, so a
 // trickle of Gets would otherwise keep every one of them from ever reaching
-// IdleTimeout, and the pool would never shrink after a burst.
-func (p *Pool) shrink(now time.Duration) {
+// IdleTimeout, and the pool would never shrink after a burst. out is the
+// connection the calling Get hands out: should an idle connection's Close
+// panic, out goes back to the pool before the panic reaches the caller.
+func (p *Pool) shrink(out *poolConn, now time.Duration) {
 	at := p.shrinkAt.Load()
 	if !p.shrinkAt.CompareAndSwap(at, int64(now+p.cfg.idleTimeout)) {
 		return // another Get is doing it
 	}
+	defer func() {
+		if r := recover(); r != nil {
+			p.put(out)
+			panic(r)
+		}
+	}()
 	surplus := p.idleLow.Swap(math.MaxInt64)
 	for ; surplus > 0; surplus-- {
 		select {
@@ -636,8 +662,11 @@ type dialCall struct {
 
 // dial makes a new connection for a caller holding a permit, which it gives
 // back on failure. A dial the caller gives up on goes on, and gives the
-// pool its connection or the permit back when it ends.
-func (p *Pool) dial(ctx context.Context, waitEnd *time.Duration) (_ *poolConn, err error) {
+// pool its connection or the permit back when it ends. idle is set when,
+// instead, the caller took a connection given back while it waited for a
+// dial slot: its permit is given back then, and the connection is still to
+// be checked.
+func (p *Pool) dial(ctx context.Context, waitEnd *time.Duration) (_ *poolConn, idle bool, err error) {
 	handedOff := false
 	defer func() {
 		if err != nil && !handedOff {
@@ -647,20 +676,28 @@ func (p *Pool) dial(ctx context.Context, waitEnd *time.Duration) (_ *poolConn, e
 	if p.closed.Load() {
 		// Granted a permit as the pool closed: no dial may begin after
 		// Close has returned.
-		return nil, ErrPoolClosed
+		return nil, false, ErrPoolClosed
 	}
 	probe, err := p.dialAllowed()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	select {
 	case <-p.dials:
 	default:
-		if err := p.waitDialSlot(ctx, waitEnd); err != nil {
+		pc, err := p.waitDialSlot(ctx, waitEnd)
+		if pc != nil {
 			if probe {
 				p.endProbe()
 			}
-			return nil, err
+			p.releasePermit() // the connection has its own
+			return pc, true, nil
+		}
+		if err != nil {
+			if probe {
+				p.endProbe()
+			}
+			return nil, false, err
 		}
 		if p.closed.Load() {
 			// The pool closed while this caller waited for the slot.
@@ -668,14 +705,14 @@ func (p *Pool) dial(ctx context.Context, waitEnd *time.Duration) (_ *poolConn, e
 			if probe {
 				p.endProbe()
 			}
-			return nil, ErrPoolClosed
+			return nil, false, ErrPoolClosed
 		}
 		// The dials this caller waited for may have failed meanwhile: then
 		// it fails fast too, instead of adding to a burst of failing dials.
 		if !probe {
 			if _, err = p.dialAllowed(); err != nil {
 				p.dials <- struct{}{}
-				return nil, err
+				return nil, false, err
 			}
 		}
 	}
@@ -712,12 +749,12 @@ func (p *Pool) dial(ctx context.Context, waitEnd *time.Duration) (_ *poolConn, e
 		if !call.finished {
 			call.abandoned = true
 			call.mu.Unlock()
-			return nil, gaveUp
+			return nil, false, gaveUp
 		}
 		call.mu.Unlock()
 		// The dial finished as the caller gave up: pass its result on.
 		p.handOff(call)
-		return nil, gaveUp
+		return nil, false, gaveUp
 	}
 	if call.panicked != nil {
 		p.active.Add(-1)
@@ -727,7 +764,7 @@ func (p *Pool) dial(ctx context.Context, waitEnd *time.Duration) (_ *poolConn, e
 	}
 	if call.err != nil {
 		p.active.Add(-1)
-		return nil, call.err
+		return nil, false, call.err
 	}
 	if err := ctx.Err(); err != nil {
 		// ctx ended as the dial finished: as with a waiter's grant (see
@@ -735,9 +772,9 @@ func (p *Pool) dial(ctx context.Context, waitEnd *time.Duration) (_ *poolConn, e
 		// serves the next one.
 		handedOff = true
 		p.put(call.pc)
-		return nil, err
+		return nil, false, err
 	}
-	return call.pc, nil
+	return call.pc, false, nil
 }
 
 // dialAllowed fails fast while the server refuses connections, letting one
@@ -778,26 +815,52 @@ func (p *Pool) waitLeft(end *time.Duration) time.Duration {
 }
 
 // waitDialSlot waits for one of the MaxConcurrentDials slots, within what is
-// left of the Get's WaitTimeout.
-func (p *Pool) waitDialSlot(ctx context.Context, waitEnd *time.Duration) error {
+// left of the Get's WaitTimeout. A connection given back meanwhile ends the
+// wait too: the caller takes it rather than dial (see idled).
+func (p *Pool) waitDialSlot(ctx context.Context, waitEnd *time.Duration) (*poolConn, error) {
 	if p.cfg.waitTimeout < 0 {
-		return p.exhausted(fmt.Errorf("%w: %d dials are in progress and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxDials))
+		return nil, p.exhausted(fmt.Errorf("%w: %d dials are in progress and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxDials))
+	}
+	// Counted before the idle set is looked at, as put fills it before it
+	// reads the count: either this caller finds the connection, or put
+	// wakes it.
+	p.slotWaiters.Add(1)
+	defer p.slotWaiters.Add(-1)
+	took := func(pc *poolConn) (*poolConn, error) {
+		if p.closed.Load() {
+			p.discard(pc, DiscardPoolClosed)
+			return nil, ErrPoolClosed
+		}
+		if err := ctx.Err(); err != nil {
+			p.put(pc)
+			return nil, err
+		}
+		return pc, nil
 	}
 	timer := time.NewTimer(p.waitLeft(waitEnd))
 	defer timer.Stop()
-	select {
-	case <-p.dials:
-		if err := ctx.Err(); err != nil {
-			p.dials <- struct{}{}
-			return err
+	for {
+		if pc := p.takeHot(); pc != nil {
+			return took(pc)
 		}
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-p.done:
-		return ErrPoolClosed
-	case <-timer.C:
-		return p.exhausted(fmt.Errorf("%w: %d dials stayed in progress until this Get's WaitTimeout (%v) passed", ErrPoolExhausted, p.cfg.maxDials, p.cfg.waitTimeout))
+		select {
+		case <-p.dials:
+			if err := ctx.Err(); err != nil {
+				p.dials <- struct{}{}
+				return nil, err
+			}
+			return nil, nil
+		case pc := <-p.idle:
+			return took(pc)
+		case <-p.slotWake:
+			// A connection came back: look again.
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-p.done:
+			return nil, ErrPoolClosed
+		case <-timer.C:
+			return nil, p.exhausted(fmt.Errorf("%w: %d dials stayed in progress until this Get's WaitTimeout (%v) passed", ErrPoolExhausted, p.cfg.maxDials, p.cfg.waitTimeout))
+		}
 	}
 }
 
@@ -1014,6 +1077,12 @@ func (p *Pool) idled() {
 	if p.waiters.Load() > 0 {
 		p.serve() // a caller queued as this one came back
 	}
+	if p.slotWaiters.Load() > 0 {
+		select {
+		case p.slotWake <- struct{}{}: // see waitDialSlot
+		default:
+		}
+	}
 	// Close may have emptied the idle set before this one joined it: then
 	// nobody else will, so empty it again.
 	if p.closed.Load() {
@@ -1066,14 +1135,15 @@ func (p *Pool) discardErr(pc *poolConn, reason DiscardReason, err error) {
 // conn's Close panics: the caller then cannot use the permit.
 func (p *Pool) closeConn(pc *poolConn, reason DiscardReason, err error, release bool) {
 	// The accounting holds even if the conn's Close panics, which then
-	// reaches the caller.
+	// reaches the caller. The discard is counted before the conn leaves
+	// ActiveCount, so that whoever sees ActiveCount drop finds it counted.
 	closed := false
 	defer func() {
+		p.discards[reason].Add(1)
 		p.active.Add(-1)
 		if release || !closed {
 			p.releasePermit()
 		}
-		p.discards[reason].Add(1)
 		p.logDiscarded(reason, err)
 	}()
 	pc.c.Close()

@@ -1,0 +1,191 @@
+package redispool
+
+// Review of the wait queue and the Get / put / Close / Stats paths.
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestShrinkWhoseCloseOfAnIdleConnPanicsKeepsTheGetsConn checks the
+// conn a Get is about to hand out when that Get, reusing it, shrinks the
+// pool (once per IdleTimeout) and the Close of a surplus idle conn panics:
+// the panic reaches the caller, as everywhere else, but the conn the Get
+// had taken must go back to the pool, not vanish with its permit (with
+// MaxActive 2, the pool could then never again hand out 2 conns).
+func TestShrinkWhoseCloseOfAnIdleConnPanicsKeepsTheGetsConn(t *testing.T) {
+	clk := NewTestClock()
+	defer SetNowFunc(clk.Now)()
+	tr := &stressTracker{}
+	var dials atomic.Int32
+	p := &Pool{MaxActive: 2, IdleTimeout: time.Minute, WaitTimeout: -1,
+		Dial: func() (redis.Conn, error) {
+			c, err := tr.Dial()
+			if dials.Add(1) == 2 {
+				return panickyCloseConn{c.(*stressConn)}, err
+			}
+			return c, err
+		}}
+	defer func() {
+		defer func() { recover() }() // the panicky conn may still be idle
+		p.Close()
+	}()
+	ctx := context.Background()
+	a, err := p.GetContext(ctx)
+	require.NoError(t, err)
+	b, err := p.GetContext(ctx) // its Close panics
+	require.NoError(t, err)
+	a.Close() // the hot slot
+	b.Close() // the idle channel
+
+	// t=30s: both handed out again, so that neither reaches IdleTimeout.
+	clk.Advance(30 * time.Second)
+	a, err = p.GetContext(ctx)
+	require.NoError(t, err)
+	b, err = p.GetContext(ctx)
+	require.NoError(t, err)
+	a.Close()
+	b.Close()
+	// t=61s: the first shrink; the Gets so far left idleLow at 0, so it
+	// closes nothing and starts a new period.
+	clk.Advance(31 * time.Second)
+	c, err := p.GetContext(ctx) // a, from the hot slot
+	require.NoError(t, err)
+	c.Close()
+	// t=100s: a Get leaves b idle: one idle conn no Get needed this period.
+	clk.Advance(39 * time.Second)
+	c, err = p.GetContext(ctx)
+	require.NoError(t, err)
+	c.Close()
+	// t=122s: the next Get shrinks the pool, closing b, whose Close panics.
+	clk.Advance(22 * time.Second)
+	assert.PanicsWithValue(t, "Close panics", func() { p.GetContext(ctx) })
+
+	assert.Equal(t, 1, p.IdleCount(), "the conn the panicking Get had taken went back to the pool")
+	held := make([]redis.Conn, 0, 2)
+	for range 2 {
+		c, err := p.GetContext(ctx)
+		require.NoError(t, err, "MaxActive 2, nothing held: a permit was lost")
+		held = append(held, c)
+	}
+	closeAll(held)
+	checkAtRest(t, p, 0)
+}
+
+// TestADialSlotWaiterTakesAConnGivenBack: a Get that holds a permit
+// and waits for a dial slot (every slot taken by a slow dial) never looks
+// at the idle set again: a conn given back meanwhile goes to the hot slot,
+// since the Get is not in the wait queue, and sits there while the Get
+// fails with ErrPoolExhausted at its WaitTimeout. During a slow-accept
+// episode (dials each taking seconds, MaxConcurrentDials of them at once),
+// every Get beyond the dial slots fails this way although conns come back.
+func TestADialSlotWaiterTakesAConnGivenBack(t *testing.T) {
+	// MaxIdle 1 leaves the idle set no room but the hot slot.
+	for _, maxIdle := range []int{0, 1} {
+		t.Run(fmt.Sprintf("MaxIdle %d", maxIdle), func(t *testing.T) {
+			release := make(chan struct{})
+			tr := &stressTracker{}
+			var dials atomic.Int64
+			p := &Pool{MaxActive: 3, MaxIdle: maxIdle, MaxConcurrentDials: 1, WaitTimeout: time.Second, Dial: func() (redis.Conn, error) {
+				if dials.Add(1) == 2 {
+					<-release // the second dial is slow, and holds the only slot
+				}
+				return tr.Dial()
+			}}
+			defer func() {
+				close(release)
+				require.Eventually(t, func() bool { return tr.inDial.Load() == 0 }, 5*time.Second, time.Millisecond)
+				p.Close()
+			}()
+			ctx := context.Background()
+			held, err := p.GetContext(ctx)
+			require.NoError(t, err)
+			slow := make(chan error, 1)
+			go func() { // dials, slowly: holds the slot
+				c, err := p.GetContext(ctx)
+				if err == nil {
+					c.Close()
+				}
+				slow <- err
+			}()
+			require.Eventually(t, func() bool { return dials.Load() == 2 }, 5*time.Second, time.Millisecond)
+
+			got := make(chan error, 1)
+			go func() {
+				c, err := p.GetContext(ctx)
+				if err == nil {
+					c.Close()
+				}
+				got <- err
+			}()
+			require.Eventually(t, func() bool { return goroutinesIn("(*Pool).waitDialSlot(", " [select") == 1 }, 5*time.Second, time.Millisecond,
+				"the third Get takes the last permit and waits for the dial slot")
+			held.Close() // idle now: the Get waiting for a slot could use it
+			select {
+			case err := <-got:
+				assert.NoError(t, err, "a conn was idle for the whole wait, yet the Get failed")
+			case <-time.After(5 * time.Second):
+				t.Fatal("the Get never returned")
+			}
+		})
+	}
+}
+
+// TestAConnGoneFromActiveCountIsCountedAsDiscarded: closeConn took
+// the conn out of ActiveCount and gave its permit back (to a waiter, which
+// may take the pool's lock) before it counted the discard, so Stats could
+// show the conn neither active nor discarded: a test or monitor that waits
+// for ActiveCount to drop and then reads Discards sees dialed != discarded +
+// active. TestStressCloseWakesEveryoneAndLeavesNothingOpen and runStress
+// check exactly this after waiting for ActiveCount, and flaked on it under
+// -race ("every conn dialed was discarded once": expected 2, actual 1).
+// Holding p.wmu parks the closer in releasePermit, between the two.
+func TestAConnGoneFromActiveCountIsCountedAsDiscarded(t *testing.T) {
+	tr := &stressTracker{}
+	p := &Pool{Dial: tr.Dial, MaxActive: 1, WaitTimeout: 5 * time.Second}
+	defer p.Close()
+	held, err := p.GetContext(context.Background())
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	startQueued(t, p, context.Background(), func(c redis.Conn, err error) {
+		if err == nil {
+			c.Close()
+		}
+		served <- err
+	})
+	held.Do("BREAK") // Close discards it, and its permit goes to the waiter
+
+	p.wmu.Lock()
+	closed := make(chan struct{})
+	go func() { held.Close(); close(closed) }()
+	parked := assert.Eventually(t, func() bool {
+		return goroutinesIn("(*Pool).handToWaiter(", " [sync.Mutex.Lock") == 1
+	}, 5*time.Second, time.Millisecond, "the closer parks handing its permit to the waiter")
+	s := p.Stats()
+	p.wmu.Unlock()
+	require.True(t, parked)
+	assert.Zero(t, tr.open.Load(), "the conn is closed")
+	assert.Equal(t, tr.dialed.Load(), s.Discards.Total()+int64(s.ActiveCount),
+		"dialed %d != discarded %d + active %d", tr.dialed.Load(), s.Discards.Total(), s.ActiveCount)
+
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close never returned")
+	}
+	select {
+	case err := <-served:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiter was never served")
+	}
+	require.Eventually(t, func() bool { return p.IdleCount() == 1 }, 5*time.Second, time.Millisecond)
+	checkAtRest(t, p, 0)
+}
