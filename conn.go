@@ -593,6 +593,19 @@ func (ac *activeConn) Close() error {
 		pc.leak = nil // no pointer write (and GC barrier) when LeakThreshold is off
 	}
 	p := pc.p
+	// From here the pool owns pc: should the conn's own Err, Flush, Send
+	// or DoWithTimeout panic before pc is put back or discarded, it is
+	// discarded, so that its permit is not lost, and the panic goes on up
+	// to the caller.
+	owned := true
+	defer func() {
+		if owned {
+			if r := recover(); r != nil {
+				p.discard(pc, DiscardBroken)
+				panic(r)
+			}
+		}
+	}()
 	if pc.borrowState == (borrowState{db: p.cfg.db}) {
 		// Nothing to undo: the common case, without copying the state.
 		pc.mu.Unlock()
@@ -600,9 +613,11 @@ func (ac *activeConn) Close() error {
 			leak.timer.Stop()
 		}
 		if err := pc.c.Err(); err != nil {
+			owned = false
 			p.discardErr(pc, DiscardBroken, err)
 			return nil
 		}
+		owned = false
 		p.put(pc)
 		return nil
 	}
@@ -612,18 +627,20 @@ func (ac *activeConn) Close() error {
 	if leak != nil {
 		leak.timer.Stop()
 	}
-	return p.release(pc, &st)
+	return p.release(pc, &st, &owned)
 }
 
 // release decides the fate of a connection given back by a borrower whose
-// final bookkeeping is st.
-func (p *Pool) release(pc *poolConn, st *borrowState) error {
+// final bookkeeping is st. It clears *owned as it hands pc to put or
+// discard (see Close).
+func (p *Pool) release(pc *poolConn, st *borrowState, owned *bool) error {
 	switch {
 	case st.err != nil, st.inFlight > 0, pc.c.Err() != nil:
 		err := st.err
 		if err == nil {
 			err = pc.c.Err()
 		}
+		*owned = false
 		p.discardErr(pc, DiscardBroken, err)
 		return nil
 	case st.state&(stateSubscribe|stateListen|stateTaint) != 0, st.db != p.cfg.db,
@@ -635,21 +652,25 @@ func (p *Pool) release(pc *poolConn, st *borrowState) error {
 		if st.pending > 0 {
 			err = pc.c.Flush()
 		}
+		*owned = false
 		p.discard(pc, DiscardState)
 		return err
 	}
 	if st.state != 0 || st.pending > 0 {
 		refused, err := p.drain(pc, st)
 		if err != nil {
+			*owned = false
 			p.discardErr(pc, DiscardBroken, err)
 			return err
 		}
 		if refused != nil {
 			// The transaction may still be open, the keys still watched.
+			*owned = false
 			p.discardErr(pc, DiscardState, refused)
 			return nil
 		}
 	}
+	*owned = false
 	p.put(pc)
 	return nil
 }

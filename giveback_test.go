@@ -134,3 +134,68 @@ func TestAGetContextWhoseContextEndsDuringTheHealthCheckGetsNoConn(t *testing.T)
 	}
 	assert.Equal(t, context.Canceled, err, "a caller whose context ended during the health check got a conn")
 }
+
+// panickyConn is a stressConn whose Err, Flush or DoWithTimeout panics once
+// the method named in panicIn is set.
+type panickyConn struct {
+	*stressConn
+	panicIn *atomic.Value // string: "Err", "Flush" or "DoWithTimeout"
+}
+
+func (c panickyConn) panics(method string) {
+	if c.panicIn.Load() == method {
+		panic(method + " panics")
+	}
+}
+
+func (c panickyConn) Err() error { c.panics("Err"); return c.stressConn.Err() }
+func (c panickyConn) Flush() error {
+	c.panics("Flush")
+	return c.stressConn.Flush()
+}
+func (c panickyConn) DoWithTimeout(d time.Duration, cmd string, args ...any) (any, error) {
+	c.panics("DoWithTimeout")
+	return c.stressConn.DoWithTimeout(d, cmd, args...)
+}
+
+// TestAConnWhoseMethodPanicsInCloseGivesItsPermitBack: Close calls the
+// conn's own Err, Flush (to write what a borrower sent before discarding the
+// conn) and DoWithTimeout (to read pending replies): should one panic, the
+// conn is discarded and its permit given back before the panic reaches the
+// caller. With MaxActive 1, every later Get failed with ErrPoolExhausted.
+func TestAConnWhoseMethodPanicsInCloseGivesItsPermitBack(t *testing.T) {
+	for _, tt := range []struct {
+		method string
+		borrow func(c redis.Conn) // what the borrower does before Close
+	}{
+		{"Err", func(redis.Conn) {}},
+		{"Flush", func(c redis.Conn) { c.Send("SUBSCRIBE", "ch") }},
+		{"DoWithTimeout", func(c redis.Conn) { c.Send("GET", "k") }},
+	} {
+		t.Run(tt.method, func(t *testing.T) {
+			tr := &stressTracker{}
+			var panicIn atomic.Value
+			panicIn.Store("")
+			p := &Pool{MaxActive: 1, WaitTimeout: 200 * time.Millisecond, Dial: func() (redis.Conn, error) {
+				c, err := tr.Dial()
+				if err != nil {
+					return nil, err
+				}
+				return panickyConn{c.(*stressConn), &panicIn}, nil
+			}}
+			defer p.Close()
+			c, err := p.GetContext(context.Background())
+			require.NoError(t, err)
+			tt.borrow(c)
+			panicIn.Store(tt.method)
+			assert.PanicsWithValue(t, tt.method+" panics", func() { c.Close() })
+			panicIn.Store("")
+
+			assert.Zero(t, p.ActiveCount(), "the conn is discarded")
+			assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+			c, err = p.GetContext(context.Background())
+			require.NoError(t, err, "the permit came back")
+			c.Close()
+		})
+	}
+}
