@@ -28,15 +28,7 @@ func TestARejectedMultiDoesNotHideAWatch(t *testing.T) {
 	_, err = c.Do("EXEC")
 	require.ErrorContains(t, err, "EXEC without MULTI")
 	c.Close()
-	srv.Do(t, "SET", "nb:w", "changed")
-
-	c = p.Get()
-	defer c.Close()
-	require.NoError(t, c.Send("MULTI"))
-	require.NoError(t, c.Send("INCR", "nb:n"))
-	r, err := c.Do("EXEC")
-	require.NoError(t, err)
-	assert.NotNil(t, r, "the next borrower's EXEC was aborted by a WATCH it never made")
+	nextTransactionRuns(t, srv, p, "nb:w")
 }
 
 // TestARejectedMultiDoesNotStopBlockingCommandsFromBlocking: after a
@@ -89,15 +81,7 @@ func TestAnUndoTheServerRefusesIsNotTakenForDone(t *testing.T) {
 		_, err := c.Do("WATCH", "nb:w2")
 		require.NoError(t, err)
 		c.Close()
-		srv.Do(t, "SET", "nb:w2", "changed")
-
-		c = p.Get()
-		defer c.Close()
-		require.NoError(t, c.Send("MULTI"))
-		require.NoError(t, c.Send("INCR", "nb:n"))
-		r, err := c.Do("EXEC")
-		require.NoError(t, err)
-		assert.NotNil(t, r, "the next borrower's EXEC was aborted by a WATCH it never made")
+		nextTransactionRuns(t, srv, p, "nb:w2")
 	})
 
 	t.Run("the borrower's own DISCARD, refused", func(t *testing.T) {
@@ -205,15 +189,8 @@ func TestSequencesKeepOrDiscardAsTheyShould(t *testing.T) {
 				s(t, c)
 			}
 			c.Close()
-			srv.Do(t, "SET", "nb:w", time.Now().String())
 			nextBorrowerIsClean(t, p)
-			c = p.Get()
-			require.NoError(t, c.Send("MULTI"))
-			require.NoError(t, c.Send("INCR", "nb:n"))
-			r, err := c.Do("EXEC")
-			c.Close()
-			require.NoError(t, err)
-			assert.NotNil(t, r, "the next borrower's EXEC was aborted by a WATCH it never made")
+			nextTransactionRuns(t, srv, p, "nb:w")
 			s := p.Stats()
 			switch tt.want {
 			case keep:

@@ -309,6 +309,21 @@ func borrowerSeesOnlyItsOwn(t *testing.T, p *redispool.Pool) {
 	require.Positive(t, n)
 }
 
+// nextTransactionRuns changes key behind the pool's back, then runs a
+// transaction as p's next borrower: a WATCH on key that an earlier
+// borrower left on the connection would abort it.
+func nextTransactionRuns(t *testing.T, srv *redistest.Server, p *redispool.Pool, key string) {
+	t.Helper()
+	srv.Do(t, "SET", key, time.Now().String())
+	c := p.Get()
+	defer c.Close()
+	require.NoError(t, c.Send("MULTI"))
+	require.NoError(t, c.Send("INCR", "nb:n"))
+	r, err := c.Do("EXEC")
+	require.NoError(t, err)
+	assert.NotNil(t, r, "the next borrower's EXEC was aborted by a WATCH it never made")
+}
+
 func TestADirtyConnLeavesNothingForTheNextBorrower(t *testing.T) {
 	srv := redistest.Start(t)
 	srv.Do(t, "SET", "db0:marker", "db0")
@@ -644,15 +659,8 @@ func TestStateThatIsOnlyQueuedOrRejectedIsNotTakenForUndone(t *testing.T) {
 			c := p.Get()
 			tt.dirty(c)
 			c.Close()
-			srv.Do(t, "SET", "w", time.Now().String())
 			borrowerSeesOnlyItsOwn(t, p)
-			c = p.Get()
-			defer c.Close()
-			c.Send("MULTI")
-			c.Send("INCR", "n")
-			r, err := c.Do("EXEC")
-			require.NoError(t, err)
-			assert.NotNil(t, r, "the next borrower's EXEC was aborted by a WATCH it never made")
+			nextTransactionRuns(t, srv, p, "w")
 		})
 	}
 }
