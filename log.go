@@ -48,7 +48,17 @@ func (l *logLimiter) allow(k logKind, now time.Duration) (bool, int) {
 }
 
 // log writes a rate-limited record to the pool's Logger, if it has one.
+//
+// A panic in the Logger's handler is recovered and the record lost. The pool
+// logs on goroutines of its own (a dial's, a leak timer's), where a panic
+// would end the program, and in the middle of its accounting (a waiter
+// discarding its grant keeps the permit to dial; a Get that gives up holds
+// a permit or an abandoned dial), where it would lose a permit or a
+// connection for good.
 func (p *Pool) log(k logKind, level slog.Level, msg string, attrs ...slog.Attr) {
+	defer func() {
+		_ = recover() // see above: the record is lost, nothing else
+	}()
 	logger := p.Logger
 	if k == logLeak && logger == nil {
 		logger = slog.Default()

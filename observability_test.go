@@ -1,0 +1,521 @@
+package redispool
+
+// The observability paths and the pool's edges: the Logger (and one whose
+// handler panics), leak detection, Stats, RedigoPool, Retire and Close.
+
+import (
+	"bufio"
+	"context"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redispool/redispool/internal/redistest"
+)
+
+// obsPanicHandler is a slog.Handler that panics on the first record whose
+// message contains msg once it is armed, as a buggy handler or a handler
+// writing to a closed sink does. Every record is kept.
+type obsPanicHandler struct {
+	msg      string
+	armed    atomic.Bool
+	panicked chan struct{} // closed when it panicked
+
+	mu   sync.Mutex
+	msgs []string
+}
+
+func newObsPanicHandler(msg string) *obsPanicHandler {
+	return &obsPanicHandler{msg: msg, panicked: make(chan struct{})}
+}
+
+func (h *obsPanicHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *obsPanicHandler) Handle(_ context.Context, rec slog.Record) error {
+	h.mu.Lock()
+	h.msgs = append(h.msgs, rec.Message)
+	h.mu.Unlock()
+	if strings.Contains(rec.Message, h.msg) && h.armed.CompareAndSwap(true, false) {
+		close(h.panicked)
+		panic("log handler panicked")
+	}
+	return nil
+}
+func (h *obsPanicHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *obsPanicHandler) WithGroup(string) slog.Handler      { return h }
+
+func (h *obsPanicHandler) count(sub string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, m := range h.msgs {
+		if strings.Contains(m, sub) {
+			n++
+		}
+	}
+	return n
+}
+
+// obsOutcome is what a Get run on its own goroutine ended with.
+type obsOutcome struct {
+	c         redis.Conn
+	err       error
+	recovered any
+}
+
+// obsGet runs GetContext on its own goroutine, recovering a panic.
+func obsGet(p *Pool, ctx context.Context) <-chan obsOutcome {
+	out := make(chan obsOutcome, 1)
+	go func() {
+		var o obsOutcome
+		defer func() {
+			o.recovered = recover()
+			out <- o
+		}()
+		o.c, o.err = p.GetContext(ctx)
+	}()
+	return out
+}
+
+func obsWait(t *testing.T, ch <-chan obsOutcome) obsOutcome {
+	t.Helper()
+	select {
+	case o := <-ch:
+		if o.c != nil && o.err == nil {
+			t.Cleanup(func() { o.c.Close() })
+		}
+		return o
+	case <-time.After(5 * time.Second):
+		t.Fatal("the Get did not return within 5s")
+		return obsOutcome{}
+	}
+}
+
+// TestALogHandlerPanicWhileAWaiterDiscardsItsGrantLosesNoPermit: a waiter
+// granted an idle conn that turns out too old closes it and keeps its permit
+// to dial (closeConn with release false); the discard is logged from
+// closeConn's deferred function. A handler that panics there must not take
+// the permit with it: with MaxActive 1 the pool could never hand out a conn
+// again.
+func TestALogHandlerPanicWhileAWaiterDiscardsItsGrantLosesNoPermit(t *testing.T) {
+	clk := NewTestClock()
+	defer SetNowFunc(clk.Now)()
+	tr := &stressTracker{}
+	h := newObsPanicHandler("connection discarded")
+	p := &Pool{MaxActive: 1, IdleTimeout: time.Minute, WaitTimeout: 5 * time.Second, Dial: tr.Dial, Logger: slog.New(h)}
+	defer p.Close()
+	ctx := context.Background()
+
+	held, err := p.GetContext(ctx)
+	require.NoError(t, err)
+	before := p.waitCount.Load()
+	waiter := obsGet(p, ctx)
+	require.Eventually(t, func() bool { return p.waitCount.Load() == before+1 }, 5*time.Second, 50*time.Microsecond)
+
+	clk.Advance(2 * time.Minute) // the conn held is past IdleTimeout when the waiter gets it
+	h.armed.Store(true)
+	held.Close() // handed to the waiter, which discards it (idle timeout)
+	o := obsWait(t, waiter)
+	select {
+	case <-h.panicked:
+	default:
+		t.Fatal("the handler was not called for the discard")
+	}
+	if o.recovered == nil {
+		require.NoError(t, o.err, "the waiter dials a new conn")
+		o.c.Close()
+	}
+
+	checkAtRest(t, p, 0)
+	ctx2, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	c, err := p.GetContext(ctx2)
+	require.NoError(t, err, "MaxActive 1, nothing held: a permit was lost to the log handler's panic")
+	c.Close()
+}
+
+// obsSilentServer is a TCP server that accepts connections and answers
+// their first command with +OK only once release is closed.
+type obsSilentServer struct {
+	ln       net.Listener
+	accepted chan struct{} // one value per connection accepted
+	release  chan struct{}
+	wg       sync.WaitGroup
+}
+
+func startObsSilentServer(t *testing.T) *obsSilentServer {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	s := &obsSilentServer{ln: ln, accepted: make(chan struct{}, 16), release: make(chan struct{})}
+	var conns []net.Conn
+	var mu sync.Mutex
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			s.accepted <- struct{}{}
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				r := bufio.NewReader(c)
+				// CLIENT SETNAME x: *3, then three $len/value pairs.
+				for range 7 {
+					if _, err := r.ReadString('\n'); err != nil {
+						return
+					}
+				}
+				<-s.release
+				c.Write([]byte("+OK\r\n"))
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-s.release:
+		default:
+			close(s.release)
+		}
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		s.wg.Wait()
+	})
+	return s
+}
+
+// TestALogHandlerPanicOnAnExhaustedWaitForADialSlotLosesNoPermit: a Get
+// that holds a permit and waits for a dial slot logs "pool exhausted" when
+// its WaitTimeout passes. A handler that panics there must not take the
+// permit with it.
+func TestALogHandlerPanicOnAnExhaustedWaitForADialSlotLosesNoPermit(t *testing.T) {
+	srv := startObsSilentServer(t)
+	h := newObsPanicHandler("pool exhausted")
+	p := &Pool{Addr: srv.ln.Addr().String(), MaxActive: 2, MaxConcurrentDials: 1, WaitTimeout: 100 * time.Millisecond,
+		DialOptions: []redis.DialOption{redis.DialClientName("x")}, Logger: slog.New(h)}
+	defer p.Close()
+	ctx := context.Background()
+
+	// The first Get dials and waits for the server: the pool's own dials are
+	// bounded by DialTimeout, not WaitTimeout.
+	first := obsGet(p, ctx)
+	select {
+	case <-srv.accepted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first dial did not reach the server")
+	}
+	h.armed.Store(true)
+	second := obsGet(p, ctx) // a permit, no dial slot: waits, then exhausted
+	o := obsWait(t, second)
+	select {
+	case <-h.panicked:
+	default:
+		t.Fatalf("the handler was not called for the exhausted wait (Get returned %v)", o.err)
+	}
+	if o.recovered == nil {
+		require.ErrorIs(t, o.err, ErrPoolExhausted)
+	}
+
+	close(srv.release)
+	o = obsWait(t, first)
+	require.Nil(t, o.recovered)
+	require.NoError(t, o.err)
+	checkAtRest(t, p, 1)
+	o.c.Close()
+	checkAtRest(t, p, 0)
+}
+
+// TestALogHandlerPanicOnAnExhaustedWaitForAUserDialLosesNoConn: a Get
+// whose Dial outlasts WaitTimeout gives up, logging "pool exhausted"; the
+// dial goes on and must hand its conn to the pool. A handler that panics
+// as the Get gives up must not leave the dial's conn, and its permit,
+// waiting for a caller that is gone.
+func TestALogHandlerPanicOnAnExhaustedWaitForAUserDialLosesNoConn(t *testing.T) {
+	tr := &stressTracker{}
+	release := make(chan struct{})
+	inDial := make(chan struct{}, 1)
+	h := newObsPanicHandler("pool exhausted")
+	p := &Pool{MaxActive: 1, WaitTimeout: 50 * time.Millisecond, Logger: slog.New(h), Dial: func() (redis.Conn, error) {
+		inDial <- struct{}{}
+		<-release
+		return tr.Dial()
+	}}
+	defer p.Close()
+	h.armed.Store(true)
+	o := obsWait(t, obsGet(p, context.Background()))
+	<-inDial
+	select {
+	case <-h.panicked:
+	default:
+		t.Fatalf("the handler was not called for the exhausted wait (Get returned %v)", o.err)
+	}
+	close(release)
+	require.Eventually(t, func() bool { return p.IdleCount() == 1 }, 5*time.Second, time.Millisecond,
+		"the dial's conn never reached the idle set")
+	checkAtRest(t, p, 0)
+}
+
+// TestALogHandlerPanicInALeakReportDoesNotEndTheProgram: leak reports are
+// written on a timer's goroutine, where a panic cannot reach any caller
+// and would end the program.
+func TestALogHandlerPanicInALeakReportDoesNotEndTheProgram(t *testing.T) {
+	tr := &stressTracker{}
+	h := newObsPanicHandler("LeakThreshold")
+	h.armed.Store(true)
+	p := &Pool{Dial: tr.Dial, LeakThreshold: 10 * time.Millisecond, Logger: slog.New(h)}
+	defer p.Close()
+	c, err := p.GetContext(context.Background())
+	require.NoError(t, err)
+	select {
+	case <-h.panicked:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no leak report")
+	}
+	c.Close()
+	p.Close()
+	assert.EqualValues(t, 1, p.Stats().LeakCount)
+}
+
+// TestLeakThresholdOffCostsNoTimer: with LeakThreshold zero, a Get sets
+// up no leak watch.
+func TestLeakThresholdOffCostsNoTimer(t *testing.T) {
+	tr := &stressTracker{}
+	p := &Pool{Dial: tr.Dial}
+	defer p.Close()
+	c, err := p.GetContext(context.Background())
+	require.NoError(t, err)
+	assert.Nil(t, c.(*activeConn).pc.leak, "no leak watch when LeakThreshold is zero")
+	c.Close()
+	assert.Zero(t, p.Stats().LeakCount)
+}
+
+// TestStatsFieldsMatchWhatHappened checks each counter of PoolStats
+// against a scripted sequence of events.
+func TestStatsFieldsMatchWhatHappened(t *testing.T) {
+	clk := NewTestClock()
+	defer SetNowFunc(clk.Now)()
+	tr := &stressTracker{}
+	var refuse atomic.Bool
+	p := &Pool{MaxActive: 2, MaxIdle: 1, IdleTimeout: time.Minute, WaitTimeout: 20 * time.Millisecond,
+		Dial: func() (redis.Conn, error) {
+			if refuse.Load() {
+				return nil, errStressDial
+			}
+			return tr.Dial()
+		}}
+	defer p.Close()
+	ctx := context.Background()
+	assert.Equal(t, PoolStats{}, p.Stats(), "a new pool")
+
+	a, err := p.GetContext(ctx)
+	require.NoError(t, err)
+	b, err := p.GetContext(ctx)
+	require.NoError(t, err)
+	s := p.Stats()
+	assert.Equal(t, 2, s.ActiveCount)
+	assert.Equal(t, 0, s.IdleCount)
+	assert.EqualValues(t, 2, s.DialCount)
+
+	_, err = p.GetContext(ctx) // waits, then exhausted
+	require.ErrorIs(t, err, ErrPoolExhausted)
+	s = p.Stats()
+	assert.EqualValues(t, 1, s.WaitCount)
+	assert.GreaterOrEqual(t, s.WaitDuration, 20*time.Millisecond)
+	assert.EqualValues(t, 1, s.WaitTimeoutCount)
+
+	a.Close() // the hot slot: counted as idle
+	b.Close() // MaxIdle 1: discarded
+	s = p.Stats()
+	assert.Equal(t, 1, s.ActiveCount)
+	assert.Equal(t, 1, s.IdleCount, "the hot slot counts as idle")
+	assert.EqualValues(t, 1, s.Discards.MaxIdle)
+
+	clk.Advance(2 * time.Minute)
+	refuse.Store(true)
+	_, err = p.GetContext(ctx) // the idle one times out; the dial fails
+	require.ErrorIs(t, err, errStressDial)
+	_, err = p.GetContext(ctx) // fails fast
+	require.ErrorIs(t, err, ErrDialBackoff)
+	s = p.Stats()
+	assert.Equal(t, 0, s.ActiveCount)
+	assert.Equal(t, 0, s.IdleCount)
+	assert.EqualValues(t, 3, s.DialCount)
+	assert.EqualValues(t, 1, s.DialErrorCount)
+	assert.EqualValues(t, 1, s.FastFailCount)
+	assert.EqualValues(t, 1, s.Discards.IdleTimeout)
+	assert.EqualValues(t, 2, s.Discards.Total())
+	checkAtRest(t, p, 0)
+}
+
+// TestRedigoPoolKeepsTheBoundAndTheDiscardRules: the *redis.Pool from
+// RedigoPool waits within p's bound, and a conn broken through it is
+// discarded by p; closing it does not close p.
+func TestRedigoPoolKeepsTheBoundAndTheDiscardRules(t *testing.T) {
+	tr := &stressTracker{}
+	p := &Pool{MaxActive: 1, WaitTimeout: 20 * time.Millisecond, Dial: tr.Dial}
+	defer p.Close()
+	rp := p.RedigoPool()
+	require.Same(t, rp, p.RedigoPool())
+
+	c := rp.Get()
+	require.NoError(t, c.Err())
+	c2 := rp.Get()
+	assert.ErrorIs(t, c2.Err(), redis.ErrPoolExhausted, "the adapter stays within MaxActive")
+	c2.Close()
+	_, err := c.Do("BREAK")
+	require.Error(t, err)
+	c.Close()
+	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+	assert.Equal(t, 0, p.ActiveCount())
+
+	// Not SUBSCRIBE: redigo's own Close then reads until the reply to an
+	// ECHO it sends, which the fake conn never gives.
+	c = rp.Get()
+	_, err = c.Do("SELECT", 1)
+	require.NoError(t, err)
+	c.Close()
+	assert.EqualValues(t, 1, p.Stats().Discards.State, "a conn left in another database through the adapter is discarded")
+
+	require.NoError(t, rp.Close())
+	c, err = p.GetContext(context.Background())
+	require.NoError(t, err, "closing the adapter leaves p open")
+	c.Close()
+	checkAtRest(t, p, 0)
+}
+
+// TestCloseWakesEveryKindOfWaiterAndIsIdempotent: Close, called from many
+// goroutines at once, wakes callers waiting for a conn and for a dial
+// slot with ErrPoolClosed, closes the conn of a dial in progress when it
+// finishes and those still out when they are given back.
+func TestCloseWakesEveryKindOfWaiterAndIsIdempotent(t *testing.T) {
+	tr := &stressTracker{}
+	release := make(chan struct{})
+	var inDial atomic.Int32
+	p := &Pool{MaxActive: 3, MaxConcurrentDials: 1, WaitTimeout: 5 * time.Second, Dial: func() (redis.Conn, error) {
+		if inDial.Add(1) == 2 {
+			<-release
+		}
+		return tr.Dial()
+	}}
+	ctx := context.Background()
+	out, err := p.GetContext(ctx)
+	require.NoError(t, err)
+	dialing := obsGet(p, ctx)
+	require.Eventually(t, func() bool { return inDial.Load() == 2 }, 5*time.Second, 50*time.Microsecond)
+	slotWaiter := obsGet(p, ctx)
+	require.Eventually(t, func() bool { return p.slotWaiters.Load() == 1 }, 5*time.Second, 50*time.Microsecond)
+	queued := obsGet(p, ctx)
+	require.Eventually(t, func() bool { return p.waitCount.Load() == 1 }, 5*time.Second, 50*time.Microsecond)
+
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() { defer wg.Done(); assert.NoError(t, p.Close()) }()
+	}
+	wg.Wait()
+	for _, ch := range []<-chan obsOutcome{dialing, slotWaiter, queued} {
+		o := obsWait(t, ch)
+		assert.Nil(t, o.recovered)
+		assert.ErrorIs(t, o.err, ErrPoolClosed)
+	}
+	close(release)
+	require.Eventually(t, func() bool { return p.ActiveCount() == 1 }, 5*time.Second, time.Millisecond,
+		"the dial in progress closes its conn when it finishes")
+	out.Close()
+	assert.Equal(t, 0, p.ActiveCount())
+	assert.Zero(t, tr.open.Load())
+	_, err = p.GetContext(ctx)
+	assert.ErrorIs(t, err, ErrPoolClosed)
+	assert.ErrorIs(t, p.Get().Err(), ErrPoolClosed)
+	p.Retire() // after Close: nothing to do, no panic
+	assert.NoError(t, p.Close())
+	assert.Equal(t, p.Stats().Discards.PoolClosed, int64(2))
+}
+
+// TestZeroValueInitFromManyGoroutines: the first uses of a zero Pool race
+// to initialise it.
+func TestZeroValueInitFromManyGoroutines(t *testing.T) {
+	tr := &stressTracker{}
+	p := &Pool{Dial: tr.Dial}
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			switch i % 4 {
+			case 0:
+				c := p.Get()
+				assert.NoError(t, c.Err())
+				c.Close()
+			case 1:
+				p.Stats()
+			case 2:
+				p.IdleCount()
+			case 3:
+				p.RedigoPool()
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	require.NoError(t, p.Close())
+	assert.Zero(t, tr.open.Load())
+	assert.Equal(t, 0, p.ActiveCount())
+}
+
+// TestRedigoPoolAgainstARealServer: through the adapter, redigo's own
+// Close of a subscribed conn (UNSUBSCRIBE, PUNSUBSCRIBE, then reading up
+// to an ECHO) returns, and p discards the conn; the adapter's own counters
+// see only its conns out; after p.Close the adapter's Get fails with
+// ErrPoolClosed.
+func TestRedigoPoolAgainstARealServer(t *testing.T) {
+	srv := redistest.Start(t)
+	p := &Pool{Addr: srv.Addr(), MaxActive: 2}
+	defer p.Close()
+	rp := p.RedigoPool()
+
+	c := rp.Get()
+	_, err := c.Do("SUBSCRIBE", "ch")
+	require.NoError(t, err)
+	assert.Equal(t, 1, rp.ActiveCount())
+	assert.Equal(t, 0, rp.IdleCount())
+	closed := make(chan struct{})
+	go func() { defer close(closed); c.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the adapter's Close of a subscribed conn did not return")
+	}
+	assert.Equal(t, 0, rp.ActiveCount())
+	assert.EqualValues(t, 1, p.Stats().Discards.State)
+
+	c = rp.Get()
+	_, err = redis.String(c.Do("SET", "k", "v"))
+	require.NoError(t, err)
+	c.Close()
+	assert.Equal(t, 1, p.IdleCount(), "a clean conn given back through the adapter is kept by p")
+	assert.Equal(t, 0, rp.IdleCount(), "and not by the adapter")
+
+	require.NoError(t, p.Close())
+	c = rp.Get()
+	assert.ErrorIs(t, c.Err(), ErrPoolClosed)
+	c.Close()
+}
