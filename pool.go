@@ -229,7 +229,9 @@ type Pool struct {
 	// fit, an announcement not followed (all Info), and a failed subscription
 	// to a sentinel (Debug, at most one per retry of that subscription). When
 	// nil, none of these is logged (leak reports still are: see
-	// LeakThreshold).
+	// LeakThreshold). Should the handler panic on a record of a discard, a
+	// failed dial, an exhausted wait or a leak, the record is lost and the
+	// panic goes no further, so that the pool loses no permit or connection.
 	Logger *slog.Logger
 
 	// LeakThreshold, when positive, counts a connection held longer than this
@@ -526,7 +528,10 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 				return pc, err
 			}
 			// Given back while this caller waited for a dial slot, which
-			// gave its permit back: checked as any idle connection.
+			// gave its permit back: checked as any idle connection. Its
+			// turn came: should the connection be unusable, it keeps that
+			// permit and dials, rather than queueing again.
+			waited = true
 		}
 		reason := p.unusable(ctx, pc)
 		if reason < 0 {
@@ -668,9 +673,28 @@ type dialCall struct {
 // be checked.
 func (p *Pool) dial(ctx context.Context, waitEnd *time.Duration) (_ *poolConn, idle bool, err error) {
 	handedOff := false
+	probe := false
+	slotWait := false // in waitDialSlot, which may panic
 	defer func() {
-		if err != nil && !handedOff {
+		if handedOff {
+			return
+		}
+		if err != nil {
 			p.releasePermit()
+			return
+		}
+		if !slotWait {
+			return
+		}
+		// The Close of a connection waitDialSlot took and gave back (its
+		// caller gave up, or the pool closed) panicked: the permit and the
+		// probe are still this caller's.
+		if r := recover(); r != nil {
+			if probe {
+				p.endProbe()
+			}
+			p.releasePermit()
+			panic(r)
 		}
 	}()
 	if p.closed.Load() {
@@ -678,14 +702,16 @@ func (p *Pool) dial(ctx context.Context, waitEnd *time.Duration) (_ *poolConn, i
 		// Close has returned.
 		return nil, false, ErrPoolClosed
 	}
-	probe, err := p.dialAllowed()
+	probe, err = p.dialAllowed()
 	if err != nil {
 		return nil, false, err
 	}
 	select {
 	case <-p.dials:
 	default:
+		slotWait = true
 		pc, err := p.waitDialSlot(ctx, waitEnd)
+		slotWait = false
 		if pc != nil {
 			if probe {
 				p.endProbe()
