@@ -25,23 +25,18 @@ import (
 // message contains msg once it is armed, as a buggy handler or a handler
 // writing to a closed sink does. Every record is kept.
 type obsPanicHandler struct {
+	recordingHandler
 	msg      string
 	armed    atomic.Bool
 	panicked chan struct{} // closed when it panicked
-
-	mu   sync.Mutex
-	msgs []string
 }
 
 func newObsPanicHandler(msg string) *obsPanicHandler {
 	return &obsPanicHandler{msg: msg, panicked: make(chan struct{})}
 }
 
-func (h *obsPanicHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h *obsPanicHandler) Handle(_ context.Context, rec slog.Record) error {
-	h.mu.Lock()
-	h.msgs = append(h.msgs, rec.Message)
-	h.mu.Unlock()
+func (h *obsPanicHandler) Handle(ctx context.Context, rec slog.Record) error {
+	h.recordingHandler.Handle(ctx, rec)
 	if strings.Contains(rec.Message, h.msg) && h.armed.CompareAndSwap(true, false) {
 		close(h.panicked)
 		panic("log handler panicked")
@@ -50,18 +45,6 @@ func (h *obsPanicHandler) Handle(_ context.Context, rec slog.Record) error {
 }
 func (h *obsPanicHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h *obsPanicHandler) WithGroup(string) slog.Handler      { return h }
-
-func (h *obsPanicHandler) count(sub string) int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	n := 0
-	for _, m := range h.msgs {
-		if strings.Contains(m, sub) {
-			n++
-		}
-	}
-	return n
-}
 
 // obsOutcome is what a Get run on its own goroutine ended with.
 type obsOutcome struct {
