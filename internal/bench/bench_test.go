@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"math"
+	"net"
 	"os/exec"
 	"runtime"
 	"slices"
@@ -368,4 +369,21 @@ func TestMaxWaitIsReadOnTheWorstRound(t *testing.T) {
 		}
 	}
 	t.Fatal("no max wait target")
+}
+
+// TestChannelPoolReportsADialError checks that the bare channel of the end
+// to end part fails its commands, rather than blocking on an empty channel,
+// when its conns cannot be dialed, and that close then returns.
+func TestChannelPoolReportsADialError(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close()) // nothing listens there now
+
+	c := newChannelE2E(addr)
+	for range 2 {
+		err := c.do(context.Background(), false, "key")
+		require.ErrorContains(t, err, "channel: dialing")
+	}
+	c.close()
 }

@@ -39,10 +39,18 @@ const (
 	ioTimeout   = 3 * time.Second
 )
 
-const nameRedisBenchmark = "redis-benchmark"
+const (
+	nameRedisBenchmark = "redis-benchmark"
+	// nameChannel is the least a bounded pool can cost: e2eConns redigo
+	// conns in a buffered channel, with no checks, no bound on the wait and
+	// no accounting. It is no target's peer; its row shows how much any
+	// pool could gain on this machine by costing less.
+	nameChannel = "channel"
+)
 
-// e2eNames are the participants of the end-to-end part, redispool first.
-var e2eNames = []string{nameRedispool, nameRedigo, nameGoRedis, nameRedisBenchmark}
+// e2eNames are the participants of the end-to-end part, redispool first and
+// redis-benchmark, which is not a Go client, last.
+var e2eNames = []string{nameRedispool, nameRedigo, nameGoRedis, nameChannel, nameRedisBenchmark}
 
 // e2eOps are the commands measured.
 var e2eOps = []string{"GET", "SET"}
@@ -99,8 +107,80 @@ func newE2EPool(name, addr string) e2ePool {
 			}}}
 	case nameGoRedis:
 		return goRedisE2E{goredis.NewClient(&goredis.Options{Addr: addr, PoolSize: e2eConns, MinIdleConns: 0})}
+	case nameChannel:
+		return newChannelE2E(addr)
 	}
 	panic("unknown pool " + name)
+}
+
+// channelE2E is the bare channel of nameChannel. Its conns are dialed on
+// first use; one that fails is replaced by a fresh one.
+type channelE2E struct {
+	addr  string
+	conns chan redis.Conn
+	once  sync.Once
+	err   error // the first dial's error, if it failed
+}
+
+func newChannelE2E(addr string) *channelE2E {
+	return &channelE2E{addr: addr, conns: make(chan redis.Conn, e2eConns)}
+}
+
+func (c *channelE2E) dial() (redis.Conn, error) {
+	return redis.Dial("tcp", c.addr, redis.DialConnectTimeout(dialTimeout),
+		redis.DialReadTimeout(ioTimeout), redis.DialWriteTimeout(ioTimeout))
+}
+
+func (c *channelE2E) fill() {
+	for range e2eConns {
+		conn, err := c.dial()
+		if err != nil {
+			c.err = fmt.Errorf("channel: dialing: %w", err)
+			return
+		}
+		c.conns <- conn
+	}
+}
+
+func (c *channelE2E) do(_ context.Context, set bool, key string) error {
+	if c.once.Do(c.fill); c.err != nil {
+		return c.err
+	}
+	conn := <-c.conns
+	var err error
+	if set {
+		_, err = conn.Do("SET", key, value)
+	} else {
+		_, err = conn.Do("GET", key)
+	}
+	if err != nil {
+		if _, reply := err.(redis.Error); !reply {
+			conn.Close()
+			fresh, derr := c.dial()
+			if derr != nil {
+				// Keep the broken conn's place, so that the channel
+				// stays full; its next Do fails too.
+				c.conns <- conn
+				return err
+			}
+			conn = fresh
+		}
+	}
+	c.conns <- conn
+	return err
+}
+
+// close closes the conns in the channel: all of them once every do has
+// returned.
+func (c *channelE2E) close() {
+	for {
+		select {
+		case conn := <-c.conns:
+			conn.Close()
+		default:
+			return
+		}
+	}
 }
 
 // redigoE2E is either redigo pool: both satisfy redispool.ConnPool.
@@ -275,8 +355,10 @@ func (r *runner) runE2E(ctx context.Context, s *server) ([]E2ERow, error) {
 			p.close()
 		}
 	}()
-	for _, name := range e2eNames[:3] {
-		pools[name] = newE2EPool(name, s.addr)
+	for _, name := range e2eNames {
+		if name != nameRedisBenchmark {
+			pools[name] = newE2EPool(name, s.addr)
+		}
 	}
 	rows := make([]E2ERow, 0, len(e2eOps)*len(e2eNames))
 	idx := map[[2]string]int{}

@@ -83,6 +83,8 @@ func (rep *Report) Print(w io.Writer) {
 				name = fmt.Sprintf("go-redis (PoolSize %d)", e2eConns)
 			case nameRedisBenchmark:
 				name = fmt.Sprintf("redis-benchmark -c %d", e2eConns)
+			case nameChannel:
+				name = fmt.Sprintf("channel of %d conns", e2eConns)
 			}
 			if row.Skipped != "" {
 				tw.row(op, name, "skipped: "+row.Skipped, "", "", "", "", "", "", "", "")
@@ -101,6 +103,7 @@ func (rep *Report) Print(w io.Writer) {
 		}
 		tw.flush()
 		fmt.Fprintf(w, "redis-benchmark runs %d connections with no pool in between (its p99 is per request, no wait for a conn): it is the server's ceiling here, not a peer.\n", e2eConns)
+		fmt.Fprintf(w, "The channel of %d conns is the least a bounded pool can cost: redigo conns in a buffered channel, with no checks, no bound on the wait and no accounting. It is not a peer either: its row shows what any pool could gain on this machine by costing less.\n", e2eConns)
 	}
 
 	if len(rep.ConnCost) > 0 {

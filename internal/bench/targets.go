@@ -151,6 +151,10 @@ func targets(rep *Report) []Target {
 			ratioTarget("end to end", fmt.Sprintf("%s: redispool ops/s >= 1.0 x %s's", op, peer), ops, 1.0, true)
 			ratioTarget("end to end", fmt.Sprintf("%s: redispool p99 <= %s's", op, peer), p99, 1.0, false)
 		}
+		if r := e2e(op, nameChannel); r != nil && r.Skipped == "" {
+			report("end to end", op+": ratio to a bare channel of conns reported",
+				fmt.Sprintf("redispool at %s x the least a pool can cost", fmtRatios(r.RatioOps)))
+		}
 		r := e2e(op, nameRedisBenchmark)
 		switch {
 		case r == nil:
