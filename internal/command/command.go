@@ -307,10 +307,23 @@ func blocking(arg any, unit time.Duration) Info {
 	return Info{Effects: Blocking, Timeout: time.Duration(math.Ceil(d))}
 }
 
+// initials holds, for each name length, a bit for the first letter of each
+// name in kinds of that length: bit c-'A' for the letter c. Most commands,
+// GET and SET among them, are turned away by it before the map is hashed.
+var initials = func() (m [maxNameLen + 1]uint32) {
+	for name := range kinds {
+		m[len(name)] |= 1 << (name[0] - 'A')
+	}
+	return m
+}()
+
 // lookup finds a command name's kind without allocating: the name is upper
 // cased into a stack buffer only when it is not upper case already.
 func lookup(name string) (kind, bool) {
 	if len(name) == 0 || len(name) > maxNameLen {
+		return kindNone, false
+	}
+	if c := upper(name[0]); c < 'A' || c > 'Z' || initials[len(name)]&(1<<(c-'A')) == 0 {
 		return kindNone, false
 	}
 	if k, ok := kinds[name]; ok {

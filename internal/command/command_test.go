@@ -2,6 +2,7 @@ package command
 
 import (
 	"math"
+	"strings"
 	"testing"
 	"time"
 )
@@ -167,3 +168,36 @@ type seconds int
 type argument struct{ v any }
 
 func (a argument) RedisArg() any { return a.v }
+
+// TestLookupFindsEveryName checks that the initials filter in front of the
+// map turns no known name away, in any case, and that it lets no unknown
+// name through.
+func TestLookupFindsEveryName(t *testing.T) {
+	for name, want := range kinds {
+		lower := strings.ToLower(name)
+		mixed := strings.ToLower(name[:1]) + name[1:]
+		for _, n := range []string{name, lower, mixed} {
+			if got, ok := lookup(n); !ok || got != want {
+				t.Errorf("lookup(%q) = %v, %v; want %v, true", n, got, ok, want)
+			}
+		}
+	}
+	for _, n := range []string{"GET", "set", "EXPIRE", "Sadd", "WATCHX", "XWATCH", "@ATCH", "[ATCH", "", "\xffATCH"} {
+		if got, ok := lookup(n); ok {
+			t.Errorf("lookup(%q) = %v, true; want no kind", n, got)
+		}
+	}
+}
+
+// BenchmarkClassify measures Classify for a command it knows nothing of and
+// for one it knows.
+func BenchmarkClassify(b *testing.B) {
+	args := []any{"key", 1}
+	for _, name := range []string{"GET", "get", "HGETALL", "BLPOP", "blpop"} {
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				Classify(name, args)
+			}
+		})
+	}
+}
