@@ -76,6 +76,21 @@ func (p *Pool) log(k logKind, level slog.Level, msg string, attrs ...slog.Attr) 
 	logger.LogAttrs(context.Background(), level, msg, attrs...)
 }
 
+// logSentinel logs a record about the sentinels, when Logger is set. These
+// are not rate-limited: each follows an announcement, a query or a failed
+// subscription, whose retries back off. As with log, a panic in the handler
+// loses the record and goes no further: some are logged on the pool's own
+// goroutines, where it would end the program.
+func (p *Pool) logSentinel(ctx context.Context, level slog.Level, msg string, attrs ...slog.Attr) {
+	if p.Logger == nil {
+		return
+	}
+	defer func() {
+		_ = recover()
+	}()
+	p.Logger.LogAttrs(ctx, level, msg, attrs...)
+}
+
 // logDiscarded logs a discarded connection. Routine discards (idle timeout,
 // lifetime, MaxIdle, pool closed) are Debug; the others are Warn.
 func (p *Pool) logDiscarded(reason DiscardReason, err error) {

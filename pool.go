@@ -229,9 +229,9 @@ type Pool struct {
 	// fit, an announcement not followed (all Info), and a failed subscription
 	// to a sentinel (Debug, at most one per retry of that subscription). When
 	// nil, none of these is logged (leak reports still are: see
-	// LeakThreshold). Should the handler panic on a record of a discard, a
-	// failed dial, an exhausted wait or a leak, the record is lost and the
-	// panic goes no further, so that the pool loses no permit or connection.
+	// LeakThreshold). Should the handler panic on any of these records, the
+	// record is lost and the panic goes no further, so that the pool loses
+	// no permit or connection and its own goroutines keep running.
 	Logger *slog.Logger
 
 	// LeakThreshold, when positive, counts a connection held longer than this

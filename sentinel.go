@@ -262,10 +262,8 @@ func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duratio
 		s.mu.Unlock()
 		if retire {
 			p.drainIdle(DiscardRetired)
-			if p.Logger != nil {
-				p.Logger.LogAttrs(context.Background(), slog.LevelInfo, "redispool: the sentinels named a new master",
-					slog.String("master", master), slog.String("previous", previous), slog.String("sentinel", addr))
-			}
+			p.logSentinel(context.Background(), slog.LevelInfo, "redispool: the sentinels named a new master",
+				slog.String("master", master), slog.String("previous", previous), slog.String("sentinel", addr))
 		}
 		return master, gen, nil
 	}
@@ -466,10 +464,8 @@ func (s *Sentinel) subscribe(p *Pool, addr string) {
 			d = min(watchBackoffCap, watchBackoffBase<<(fails-1))
 		}
 		d -= rand.N(d/2 + 1)
-		if p.Logger != nil {
-			p.Logger.LogAttrs(ctx, slog.LevelDebug, "redispool: subscription to a sentinel failed",
-				slog.String("sentinel", addr), slog.String("error", errText(err)), slog.Duration("retry_in", d))
-		}
+		p.logSentinel(ctx, slog.LevelDebug, "redispool: subscription to a sentinel failed",
+			slog.String("sentinel", addr), slog.String("error", errText(err)), slog.Duration("retry_in", d))
 		t := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
@@ -590,12 +586,10 @@ func (s *Sentinel) announced(p *Pool, from, msg string) {
 		s.failErr = nil           // a sentinel just spoke: do not reuse a failed query's error
 		s.recheck = true
 		s.mu.Unlock()
-		if p.Logger != nil {
-			p.Logger.LogAttrs(context.Background(), slog.LevelInfo,
-				"redispool: ignored an announcement of a new master that may be stale; asking the sentinels",
-				slog.String("master", master), slog.String("previous", old), slog.String("current", current),
-				slog.String("sentinel", from))
-		}
+		p.logSentinel(context.Background(), slog.LevelInfo,
+			"redispool: ignored an announcement of a new master that may be stale; asking the sentinels",
+			slog.String("master", master), slog.String("previous", old), slog.String("current", current),
+			slog.String("sentinel", from))
 		return
 	}
 	// lastQuery is left alone: it is when the sentinels were last asked, so
@@ -616,10 +610,8 @@ func (s *Sentinel) announced(p *Pool, from, msg string) {
 	s.mu.Unlock()
 	if changed {
 		p.drainIdle(DiscardRetired)
-		if p.Logger != nil {
-			p.Logger.LogAttrs(context.Background(), slog.LevelInfo, "redispool: the sentinels announced a new master",
-				slog.String("master", master), slog.String("previous", current), slog.String("sentinel", from))
-		}
+		p.logSentinel(context.Background(), slog.LevelInfo, "redispool: the sentinels announced a new master",
+			slog.String("master", master), slog.String("previous", current), slog.String("sentinel", from))
 	}
 }
 

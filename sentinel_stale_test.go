@@ -61,7 +61,7 @@ func startRoleServer(t *testing.T, role string) *roleServer {
 }
 
 // answeringSentinel is a fake sentinel that names the master it is told to,
-// confirms SUBSCRIBE and answers PING. When gateAt is positive, its reply to
+// confirms SUBSCRIBE (unless refuseSubscribe is set) and answers PING. When gateAt is positive, its reply to
 // query number gateAt (from 1) waits until release is closed, after closing
 // asked (for at most 5 s).
 type answeringSentinel struct {
@@ -72,6 +72,9 @@ type answeringSentinel struct {
 
 	gateAt         int64
 	asked, release chan struct{}
+
+	// refuseSubscribe, when set, makes SUBSCRIBE fail with an error reply.
+	refuseSubscribe atomic.Bool
 }
 
 func startAnsweringSentinel(t *testing.T, master string) *answeringSentinel {
@@ -102,6 +105,10 @@ func startGatedSentinel(t *testing.T, master string, gateAt int64) *answeringSen
 				host, port, _ := net.SplitHostPort(s.answer())
 				reply = addrReply(host, port)
 			case "SUBSCRIBE":
+				if s.refuseSubscribe.Load() {
+					reply = "-ERR SUBSCRIBE refused\r\n"
+					break
+				}
 				reply = fmt.Sprintf("*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:1\r\n", len(args[1]), args[1])
 			case "PING":
 				reply = "*2\r\n$4\r\npong\r\n$0\r\n\r\n"
