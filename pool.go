@@ -245,8 +245,12 @@ type Pool struct {
 	initOnce  sync.Once
 	epoch     time.Time // the pool's clock reads the time since epoch
 	epochMono time.Time // the real clock's epoch, for waits (see monotonic)
-	cfg       config
-	cfgErr    error
+	// oneClock is set when epoch is epochMono, as it is unless a test moved
+	// the clock: clock and monotonic then read the same, and a Get that
+	// waited reuses the reading that ended its wait (see unusable).
+	oneClock bool
+	cfg      config
+	cfgErr   error
 	// The bound: every connection that may exist is a token in one of two
 	// channels, in the hot slot, on its way to a waiter, or checked out:
 	// MaxActive = permits + idle + hot + granted + checked out. A dial takes
@@ -403,8 +407,11 @@ func (d DiscardStats) Total() int64 {
 // init fixes the configuration on first use.
 func (p *Pool) init() error {
 	p.initOnce.Do(func() {
-		p.epoch = wallNow()
 		p.epochMono = time.Now()
+		p.epoch, p.oneClock = p.epochMono, true
+		if f := nowFunc.Load(); f != nil {
+			p.epoch, p.oneClock = (*f)(), false
+		}
 		p.waitTimer = time.AfterFunc(time.Hour, p.expireWaiters)
 		p.waitTimer.Stop()
 		p.cfg, p.cfgErr = p.buildConfig()
@@ -496,6 +503,7 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 	for {
 		var pc *poolConn
 		waited := false
+		now := time.Duration(-1) // the monotonic clock as a wait ended
 		if !redial {
 			if p.closed.Load() {
 				return nil, ErrPoolClosed
@@ -512,7 +520,7 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 					case <-p.permits:
 					default:
 						var err error
-						if pc, err = p.wait(ctx, &waitEnd); err != nil {
+						if pc, now, err = p.wait(ctx, &waitEnd); err != nil {
 							return nil, err
 						}
 						waited = true
@@ -533,7 +541,7 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 			// permit and dials, rather than queueing again.
 			waited = true
 		}
-		reason := p.unusable(ctx, pc)
+		reason := p.unusable(ctx, pc, now)
 		if reason < 0 {
 			if p.TestOnBorrow != nil || p.TestOnBorrowContext != nil {
 				// The check may take a round trip: a caller that gave up
@@ -572,9 +580,14 @@ func (p *Pool) exhausted(err error) error {
 }
 
 // unusable reports why an idle connection may not be handed out, or -1 when
-// it may, and then stamps it with the time it is handed out.
-func (p *Pool) unusable(ctx context.Context, pc *poolConn) DiscardReason {
-	now := p.clock()
+// it may, and then stamps it with the time it is handed out. mono is the
+// monotonic clock read as this Get's wait ended, or negative: when the
+// pool's clock is that clock, it is not read again.
+func (p *Pool) unusable(ctx context.Context, pc *poolConn, mono time.Duration) DiscardReason {
+	now := mono
+	if mono < 0 || !p.oneClock || nowFunc.Load() != nil {
+		now = p.clock()
+	}
 	reason := DiscardReason(-1)
 	switch {
 	case now-pc.t >= p.cfg.idleTimeout:

@@ -93,23 +93,27 @@ func (p *Pool) monotonic() time.Duration {
 
 // wait waits until ctx ends, WaitTimeout passes or the pool closes, for an
 // idle connection or, when it returns neither one nor an error, a permit.
-// It is a Get's first wait, and sets *waitEnd (see waitLeft).
-func (p *Pool) wait(ctx context.Context, waitEnd *time.Duration) (*poolConn, error) {
+// It is a Get's first wait, and sets *waitEnd (see waitLeft). end is the
+// monotonic clock as the wait ended, or -1 when it did not read it.
+func (p *Pool) wait(ctx context.Context, waitEnd *time.Duration) (_ *poolConn, end time.Duration, _ error) {
 	if p.cfg.waitTimeout < 0 {
-		return nil, p.exhausted(fmt.Errorf("%w: all %d connections are in use and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxActive))
+		return nil, -1, p.exhausted(fmt.Errorf("%w: all %d connections are in use and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxActive))
 	}
 	// A connection often comes back within a scheduling round: yield once
 	// before queueing, unless others wait already, who would get it first.
 	if p.waiters.Load() == 0 {
 		runtime.Gosched()
 		if pc := p.takeHot(); pc != nil {
-			return p.granted(ctx, grant{pc: pc})
+			pc, err := p.granted(ctx, grant{pc: pc})
+			return pc, -1, err
 		}
 		select {
 		case pc := <-p.idle:
-			return p.granted(ctx, grant{pc: pc})
+			pc, err := p.granted(ctx, grant{pc: pc})
+			return pc, -1, err
 		case <-p.permits:
-			return p.granted(ctx, grant{})
+			pc, err := p.granted(ctx, grant{})
+			return pc, -1, err
 		default:
 		}
 	}
@@ -119,7 +123,7 @@ func (p *Pool) wait(ctx context.Context, waitEnd *time.Duration) (*poolConn, err
 	if p.closed.Load() {
 		p.wmu.Unlock()
 		waiterPool.Put(w)
-		return nil, ErrPoolClosed
+		return nil, -1, ErrPoolClosed
 	}
 	// Read under wmu, so that deadlines grow along the queue, which the
 	// timer relies on.
@@ -158,14 +162,16 @@ func (p *Pool) wait(ctx context.Context, waitEnd *time.Duration) (*poolConn, err
 		}
 	}
 	waiterPool.Put(w)
-	p.waitNanos.Add(int64(p.monotonic() - start))
+	end = p.monotonic()
+	p.waitNanos.Add(int64(end - start))
 	if g.err == errWaitExpired {
 		if err := ctx.Err(); err != nil {
-			return nil, err // ctx ended first, as the caller gave up
+			return nil, -1, err // ctx ended first, as the caller gave up
 		}
-		return nil, p.exhausted(fmt.Errorf("%w: all %d connections stayed in use for %v (WaitTimeout)", ErrPoolExhausted, p.cfg.maxActive, p.cfg.waitTimeout))
+		return nil, -1, p.exhausted(fmt.Errorf("%w: all %d connections stayed in use for %v (WaitTimeout)", ErrPoolExhausted, p.cfg.maxActive, p.cfg.waitTimeout))
 	}
-	return p.granted(ctx, g)
+	pc, err := p.granted(ctx, g)
+	return pc, end, err
 }
 
 // granted returns what a wait ended with, giving a connection or permit back
