@@ -530,6 +530,7 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 		}
 		redial = false
 		if pc == nil {
+			now = -1 // a dial, or a wait for a dial slot, comes after
 			var idle bool
 			var err error
 			if pc, idle, err = p.dial(ctx, &waitEnd); !idle {
