@@ -101,10 +101,7 @@ func newE2EPool(name, addr string) e2ePool {
 		return redigoE2E{&redispool.Pool{Addr: addr, MaxActive: e2eConns}}
 	case nameRedigo:
 		return redigoE2E{&redis.Pool{MaxActive: e2eConns, MaxIdle: e2eConns, Wait: true,
-			Dial: func() (redis.Conn, error) {
-				return redis.Dial("tcp", addr, redis.DialConnectTimeout(dialTimeout),
-					redis.DialReadTimeout(ioTimeout), redis.DialWriteTimeout(ioTimeout))
-			}}}
+			Dial: func() (redis.Conn, error) { return dialE2E(addr) }}}
 	case nameGoRedis:
 		return goRedisE2E{goredis.NewClient(&goredis.Options{Addr: addr, PoolSize: e2eConns, MinIdleConns: 0})}
 	case nameChannel:
@@ -126,8 +123,12 @@ func newChannelE2E(addr string) *channelE2E {
 	return &channelE2E{addr: addr, conns: make(chan redis.Conn, e2eConns)}
 }
 
-func (c *channelE2E) dial() (redis.Conn, error) {
-	return redis.Dial("tcp", c.addr, redis.DialConnectTimeout(dialTimeout),
+func (c *channelE2E) dial() (redis.Conn, error) { return dialE2E(c.addr) }
+
+// dialE2E dials addr as redigo's bounded pool and the bare channel do, with
+// redispool's default timeouts, so that every client sets the same deadlines.
+func dialE2E(addr string) (redis.Conn, error) {
+	return redis.Dial("tcp", addr, redis.DialConnectTimeout(dialTimeout),
 		redis.DialReadTimeout(ioTimeout), redis.DialWriteTimeout(ioTimeout))
 }
 
