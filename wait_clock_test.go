@@ -1,7 +1,9 @@
 package redispool
 
 import (
+	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -58,4 +60,81 @@ func TestAGetThatWaitedStampsItsConnWhenTheWaitEnded(t *testing.T) {
 	assert.False(t, lastUsed[1].Before(back),
 		"the waiter's connection was stamped %v before it was given back", back.Sub(lastUsed[1]))
 	assert.False(t, lastUsed[1].After(time.Now()))
+}
+
+// TestAGetThatTakesAConnDuringItsSlotWaitStampsItWhenTaken: a Get granted a
+// permit at the end of its wait may then wait for a dial slot, and take a
+// connection given back meanwhile. Its stamp is the moment it took that
+// connection, not the end of its first wait, which came a whole slot wait
+// earlier.
+func TestAGetThatTakesAConnDuringItsSlotWaitStampsItWhenTaken(t *testing.T) {
+	release := make(chan struct{})
+	tr := &stressTracker{}
+	var dials atomic.Int64
+	var mu sync.Mutex
+	var lastUsed []time.Time
+	p := &Pool{MaxActive: 3, MaxConcurrentDials: 1, WaitTimeout: 5 * time.Second,
+		Dial: func() (redis.Conn, error) {
+			if dials.Add(1) == 3 {
+				<-release // slow: holds the only dial slot
+			}
+			return tr.Dial()
+		},
+		TestOnBorrow: func(_ redis.Conn, t time.Time) error {
+			mu.Lock()
+			lastUsed = append(lastUsed, t)
+			mu.Unlock()
+			return nil
+		}}
+	slowDone := make(chan error, 1)
+	defer func() {
+		close(release)
+		select {
+		case <-slowDone:
+		case <-time.After(5 * time.Second):
+			t.Error("the Get with the slow dial never returned")
+		}
+		p.Close()
+	}()
+
+	a := p.Get() // given back after Retire: closed, its permit goes to the waiter
+	require.NoError(t, a.Err())
+	p.Retire()
+	x := p.Get() // of the new generation: given back to the slot waiter
+	require.NoError(t, x.Err())
+	go func() {
+		c, err := p.GetContext(context.Background())
+		if err == nil {
+			c.Close()
+		}
+		slowDone <- err
+	}()
+	require.Eventually(t, func() bool { return dials.Load() == 3 }, 5*time.Second, time.Millisecond)
+
+	got := make(chan redis.Conn, 1)
+	go func() { got <- p.Get() }()
+	require.Eventually(t, func() bool { return p.waiters.Load() == 1 }, 5*time.Second, time.Millisecond,
+		"the fourth Get did not queue")
+	require.NoError(t, a.Close())
+	require.Eventually(t, func() bool { return goroutinesIn("(*Pool).waitDialSlot(", " [select") == 1 },
+		5*time.Second, time.Millisecond, "the Get granted a permit did not wait for the dial slot")
+	back := time.Now() // after the first wait ended
+	require.NoError(t, x.Close())
+	var w redis.Conn
+	select {
+	case w = <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the slot waiter did not take the connection given back")
+	}
+	require.NoError(t, w.Err())
+	require.NoError(t, w.Close())
+
+	c := p.Get() // takes it idle: TestOnBorrow sees the slot waiter's stamp
+	require.NoError(t, c.Err())
+	require.NoError(t, c.Close())
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, lastUsed, 2, "TestOnBorrow runs for the slot waiter's connection and the idle one")
+	assert.False(t, lastUsed[1].Before(back),
+		"the slot waiter's connection was stamped %v before it was given back", back.Sub(lastUsed[1]))
 }
