@@ -149,9 +149,9 @@ type Pool struct {
 	// when WaitTimeout is negative.
 	Wait bool
 
-	// MaxConnLifetime closes connections older than this: Get closes them
-	// instead of handing them out. When zero, connections are not closed for
-	// their age.
+	// MaxConnLifetime closes connections older than this: Close closes them
+	// instead of keeping them idle, and Get instead of handing them out. When
+	// zero, connections are not closed for their age.
 	MaxConnLifetime time.Duration
 
 	// Addr is the server's "host:port", or the path of a Unix socket when it
@@ -1091,14 +1091,17 @@ func (p *Pool) recordDial(err error) {
 }
 
 // put returns a clean connection to the idle set, unless the pool has enough
-// idle ones, or was closed or retired its connections. Age and idle time are
-// checked when a connection is handed out (see usable), which reads the clock.
+// idle ones, or was closed or retired its connections, or the connection
+// outlived MaxConnLifetime. Idle time, and age again, are checked when a
+// connection is handed out (see unusable).
 func (p *Pool) put(pc *poolConn) {
 	switch {
 	case p.closed.Load():
 		p.discard(pc, DiscardPoolClosed)
 	case pc.gen != p.gen.Load():
 		p.discard(pc, DiscardRetired)
+	case p.cfg.maxLifetime > 0 && p.clock()-pc.created >= p.cfg.maxLifetime:
+		p.discard(pc, DiscardLifetime)
 	case p.waiters.Load() > 0 && p.handToWaiter(grant{pc: pc}):
 	case p.hot.Load() == nil && p.hot.CompareAndSwap(nil, pc):
 		p.idled()

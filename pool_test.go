@@ -343,10 +343,12 @@ func TestMaxConnLifetimeClosesOldConns(t *testing.T) {
 	defer p.Close()
 	c := p.Get()
 	clk.Advance(61 * time.Second)
-	c.Close() // returned too old: closed instead of being handed out again
+	c.Close() // returned too old: closed, not kept idle
+	assert.True(t, d.Conns()[0].IsClosed(), "given back older than MaxConnLifetime: closed")
+	assert.Zero(t, p.IdleCount())
+	assert.EqualValues(t, 1, p.Stats().Discards.Lifetime)
 	c = p.Get()
 	require.NoError(t, c.Err())
-	assert.True(t, d.Conns()[0].IsClosed())
 	c.Close()
 
 	clk.Advance(30 * time.Second)
