@@ -16,13 +16,18 @@ var errUnexpectedRead = errors.New("redispool: unread data on an idle connection
 // server closed it (EOF or an error), or it holds bytes that no command asked
 // for. Either way it must not be handed out.
 func peek(c net.Conn) error {
-	sc, ok := c.(syscall.Conn)
+	socket := c
+	if dc, ok := c.(*deadlineConn); ok {
+		socket = dc.Conn
+	}
+	sc, ok := socket.(syscall.Conn)
 	if !ok {
 		return nil
 	}
 	// The last command's read deadline is still set, and once it has passed
-	// RawConn.Read fails before looking at the socket: clear it. The next
-	// command sets its own.
+	// RawConn.Read fails before looking at the socket: clear it, through
+	// the deadlineConn if there is one, which must know the deadline. The
+	// next command sets its own.
 	if err := c.SetReadDeadline(time.Time{}); err != nil {
 		return err
 	}

@@ -193,13 +193,16 @@ type Pool struct {
 	// BLPOP gets ReadTimeout plus its own timeout, and none when its own is
 	// zero; so does Receive on a subscribed connection. When zero,
 	// DefaultReadTimeout (3s); negative disables it. A command that times out
-	// costs its connection, which is closed, never reused.
+	// costs its connection, which is closed, never reused. On connections
+	// the pool dials, a read times out never early and at most 1/64 of the
+	// shorter of ReadTimeout and WriteTimeout, and 5ms, late: the socket's
+	// deadline moves only when it would move by more than that.
 	ReadTimeout time.Duration
 
 	// WriteTimeout bounds each write. When zero, it equals ReadTimeout;
-	// negative disables it. It applies to connections the pool dials and
-	// must be zero when Dial or DialContext is set: set your conn's own
-	// (redis.DialWriteTimeout).
+	// negative disables it. It applies to connections the pool dials, late
+	// by as much as ReadTimeout, and must be zero when Dial or DialContext
+	// is set: set your conn's own (redis.DialWriteTimeout).
 	WriteTimeout time.Duration
 
 	// WaitTimeout bounds a Get's waits, all together, counted from the first:
@@ -306,7 +309,7 @@ type poolConn struct {
 	p       *Pool
 	c       redis.Conn
 	cwt     redis.ConnWithTimeout // c, when it implements it
-	netConn net.Conn              // c's socket, when the pool dialed it
+	netConn net.Conn              // c's socket, when the pool dialed it: a deadlineConn when its timeouts are on
 	addr    string                // the address the pool dialed, if it did
 	gen     uint64                // the pool's generation when the dial began
 	created time.Duration         // see clock
@@ -994,7 +997,7 @@ func (p *Pool) dialConn(ctx context.Context, gen *uint64) (redis.Conn, net.Conn,
 	}
 	var netConn net.Conn
 	opts := []redis.DialOption{
-		dialSocket(p.cfg.dialTimeout, &netConn),
+		dialSocket(p.cfg.dialTimeout, deadlineSlack(p.cfg.readTimeout, p.cfg.writeTimeout), &netConn),
 		redis.DialReadTimeout(p.cfg.readTimeout),
 		redis.DialWriteTimeout(p.cfg.writeTimeout),
 		redis.DialUsername(p.Username),
@@ -1034,13 +1037,17 @@ func (p *Pool) dialConn(ctx context.Context, gen *uint64) (redis.Conn, net.Conn,
 // dialSocket is the option that dials the TCP or Unix socket of a dial
 // bounded by ctx, and records it in *sock. The TLS handshake does not watch
 // ctx (redigo gives it 10 s of its own), so the socket carries ctx's
-// deadline, which the caller clears once the dial is done.
-func dialSocket(timeout time.Duration, sock *net.Conn) redis.DialOption {
+// deadline, which the caller clears once the dial is done. With a slack, the
+// socket is a deadlineConn.
+func dialSocket(timeout, slack time.Duration, sock *net.Conn) redis.DialOption {
 	dialer := net.Dialer{Timeout: timeout, KeepAlive: tcpKeepAlive}
 	return redis.DialContextFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := dialer.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
+		}
+		if slack > 0 {
+			c = &deadlineConn{Conn: c, slack: slack}
 		}
 		if dl, ok := ctx.Deadline(); ok {
 			if err := c.SetDeadline(dl); err != nil {

@@ -297,7 +297,7 @@ func (s *Sentinel) dialSentinel(ctx context.Context, addr string, connectTimeout
 	defer cancel()
 	var netConn net.Conn
 	opts := []redis.DialOption{
-		dialSocket(connectTimeout, &netConn),
+		dialSocket(connectTimeout, 0, &netConn),
 		redis.DialTLSHandshakeTimeout(connectTimeout),
 		redis.DialReadTimeout(readTimeout),
 		redis.DialWriteTimeout(connectTimeout),
