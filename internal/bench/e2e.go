@@ -41,10 +41,10 @@ const (
 
 const (
 	nameRedisBenchmark = "redis-benchmark"
-	// nameChannel is the least a bounded pool can cost: e2eConns redigo
-	// conns in a buffered channel, with no checks, no bound on the wait and
-	// no accounting. It is no target's peer; its row shows how much any
-	// pool could gain on this machine by costing less.
+	// nameChannel is the least a bounded pool of plain redigo conns can
+	// cost: e2eConns redigo conns in a buffered channel, with no checks, no
+	// bound on the wait and no accounting. It is no target's peer; its row
+	// shows how much a pool could gain on this machine by costing less.
 	nameChannel = "channel"
 )
 

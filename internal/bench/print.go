@@ -103,7 +103,7 @@ func (rep *Report) Print(w io.Writer) {
 		}
 		tw.flush()
 		fmt.Fprintf(w, "redis-benchmark runs %d connections with no pool in between (its p99 is per request, no wait for a conn): it is the server's ceiling here, not a peer.\n", e2eConns)
-		fmt.Fprintf(w, "The channel of %d conns is the least a bounded pool can cost: redigo conns in a buffered channel, with no checks, no bound on the wait and no accounting. It is not a peer either: its row shows what any pool could gain on this machine by costing less.\n", e2eConns)
+		fmt.Fprintf(w, "The channel of %d conns is the least a bounded pool of plain redigo conns can cost: redigo conns in a buffered channel, with no checks, no bound on the wait and no accounting, moving their deadlines on every command as redigo does. It is not a peer either: its row shows what a pool could gain on this machine by costing less.\n", e2eConns)
 	}
 
 	if len(rep.ConnCost) > 0 {

@@ -153,7 +153,7 @@ func targets(rep *Report) []Target {
 		}
 		if r := e2e(op, nameChannel); r != nil && r.Skipped == "" {
 			report("end to end", op+": ratio to a bare channel of conns reported",
-				fmt.Sprintf("redispool at %s x the least a pool can cost", fmtRatios(r.RatioOps)))
+				fmt.Sprintf("redispool at %s x the least a pool of plain redigo conns can cost", fmtRatios(r.RatioOps)))
 		}
 		r := e2e(op, nameRedisBenchmark)
 		switch {
