@@ -194,15 +194,17 @@ type Pool struct {
 	// zero; so does Receive on a subscribed connection. When zero,
 	// DefaultReadTimeout (3s); negative disables it. A command that times out
 	// costs its connection, which is closed, never reused. On connections
-	// the pool dials, a read times out never early and at most 1/64 of the
-	// shorter of ReadTimeout and WriteTimeout, and 5ms, late: the socket's
-	// deadline moves only when it would move by more than that.
+	// the pool dials, a read times out never early and at most a slack
+	// late: 1/64 of the shorter of ReadTimeout and WriteTimeout, and at
+	// most 5ms. The socket keeps a deadline already set when it is no
+	// earlier than asked and at most the slack later; otherwise the new one
+	// is set the slack later than asked.
 	ReadTimeout time.Duration
 
 	// WriteTimeout bounds each write. When zero, it equals ReadTimeout;
-	// negative disables it. It applies to connections the pool dials, late
-	// by as much as ReadTimeout, and must be zero when Dial or DialContext
-	// is set: set your conn's own (redis.DialWriteTimeout).
+	// negative disables it. It applies to connections the pool dials, with
+	// the slack described under ReadTimeout, and must be zero when Dial or
+	// DialContext is set: set your conn's own (redis.DialWriteTimeout).
 	WriteTimeout time.Duration
 
 	// WaitTimeout bounds a Get's waits, all together, counted from the first:
@@ -1035,10 +1037,7 @@ func (p *Pool) dialConn(ctx context.Context, gen *uint64) (redis.Conn, net.Conn,
 }
 
 // dialSocket is the option that dials the TCP or Unix socket of a dial
-// bounded by ctx, and records it in *sock. The TLS handshake does not watch
-// ctx (redigo gives it 10 s of its own), so the socket carries ctx's
-// deadline, which the caller clears once the dial is done. With a slack, the
-// socket is a deadlineConn.
+// bounded by ctx, and records it in *sock (see dialedSocket).
 func dialSocket(timeout, slack time.Duration, sock *net.Conn) redis.DialOption {
 	dialer := net.Dialer{Timeout: timeout, KeepAlive: tcpKeepAlive}
 	return redis.DialContextFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -1046,18 +1045,30 @@ func dialSocket(timeout, slack time.Duration, sock *net.Conn) redis.DialOption {
 		if err != nil {
 			return nil, err
 		}
-		if slack > 0 {
-			c = &deadlineConn{Conn: c, slack: slack}
-		}
-		if dl, ok := ctx.Deadline(); ok {
-			if err := c.SetDeadline(dl); err != nil {
-				c.Close()
-				return nil, err
-			}
+		if c, err = dialedSocket(ctx, c, slack); err != nil {
+			return nil, err
 		}
 		*sock = c
 		return c, nil
 	})
+}
+
+// dialedSocket prepares a socket just connected for the rest of a dial
+// bounded by ctx. The TLS handshake does not watch ctx (redigo gives it 10 s
+// of its own), so the socket carries ctx's deadline, exactly, which the
+// caller clears once the dial is done. With a slack, the socket is then
+// wrapped in a deadlineConn, which takes its deadlines for unknown.
+func dialedSocket(ctx context.Context, c net.Conn, slack time.Duration) (net.Conn, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		if err := c.SetDeadline(dl); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	if slack > 0 {
+		c = &deadlineConn{Conn: c, slack: slack}
+	}
+	return c, nil
 }
 
 // failover reacts to a sign that the server at addr is no longer the
