@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -211,10 +212,19 @@ func TestThePoolsOwnSocketsMoveTheirDeadlinesLazily(t *testing.T) {
 // command for ever.
 func TestACommandAfterAPeekStillTimesOut(t *testing.T) {
 	srv := redistest.Start(t)
+	commandAfterAPeekTimesOut(t, srv, srv.Addr())
+}
+
+// commandAfterAPeekTimesOut runs a command on a connection to addr, has the
+// next Get peek at it with srv stopped, and checks that the peek cleared the
+// read deadline through the deadlineConn, kept the connection, and that a
+// command then times out, never before ReadTimeout.
+func commandAfterAPeekTimesOut(t *testing.T, srv *redistest.Server, addr string, opts ...redis.DialOption) {
+	t.Helper()
 	clk := NewTestClock()
 	defer SetNowFunc(clk.Now)()
-	const readTimeout = 500 * time.Millisecond
-	p := &Pool{Addr: srv.Addr(), ReadTimeout: readTimeout}
+	const readTimeout = 300 * time.Millisecond
+	p := &Pool{Addr: addr, ReadTimeout: readTimeout, DialOptions: opts}
 	defer p.Close()
 	c := p.Get()
 	_, err := c.Do("PING")
@@ -227,11 +237,13 @@ func TestACommandAfterAPeekStillTimesOut(t *testing.T) {
 	c = p.Get()
 	require.NoError(t, c.Err())
 	defer c.Close()
-	dc := c.(*activeConn).pc.netConn.(*deadlineConn)
+	dc, ok := c.(*activeConn).pc.netConn.(*deadlineConn)
+	require.True(t, ok, "the socket is %T", c.(*activeConn).pc.netConn)
 	dc.mu.Lock()
 	read := dc.read
 	dc.mu.Unlock()
 	assert.True(t, read.known && read.at.IsZero(), "the peek cleared the read deadline behind the deadlineConn's back")
+	assert.Zero(t, p.Stats().Discards.Broken, "the peek discarded a healthy connection")
 
 	done := make(chan error, 1)
 	start := time.Now()

@@ -60,46 +60,7 @@ func TestTheDialsDeadlineIsSetExactly(t *testing.T) {
 // server that stopped answering still times out, never before ReadTimeout.
 func TestATLSCommandAfterAPeekStillTimesOut(t *testing.T) {
 	srv, addr := startTLSRedis(t)
-	clk := NewTestClock()
-	defer SetNowFunc(clk.Now)()
-	const readTimeout = 300 * time.Millisecond
-	p := &Pool{Addr: addr, ReadTimeout: readTimeout,
-		DialOptions: []redis.DialOption{redis.DialUseTLS(true), redis.DialTLSSkipVerify(true)}}
-	defer p.Close()
-	c := p.Get()
-	_, err := c.Do("PING")
-	require.NoError(t, err)
-	require.NoError(t, c.Close())
-
-	clk.Advance(time.Minute) // idle long enough to be peeked at
-	srv.Stop(t)
-	defer srv.Cont(t)
-	c = p.Get()
-	require.NoError(t, c.Err())
-	defer c.Close()
-	dc, ok := c.(*activeConn).pc.netConn.(*deadlineConn)
-	require.True(t, ok, "the TLS conn's socket is %T", c.(*activeConn).pc.netConn)
-	dc.mu.Lock()
-	read := dc.read
-	dc.mu.Unlock()
-	assert.True(t, read.known && read.at.IsZero(), "the peek cleared the read deadline through the wrapper")
-	assert.Zero(t, p.Stats().Discards.Broken, "the TLS conn was peeked at and kept")
-
-	done := make(chan error, 1)
-	start := time.Now()
-	go func() {
-		_, err := c.Do("PING")
-		done <- err
-	}()
-	select {
-	case err = <-done:
-	case <-time.After(readTimeout + 5*time.Second):
-		t.Fatal("a command to a stopped server over TLS did not time out")
-	}
-	var ne net.Error
-	require.ErrorAs(t, err, &ne)
-	assert.True(t, ne.Timeout(), "%v", err)
-	assert.GreaterOrEqual(t, time.Since(start), readTimeout, "timed out before ReadTimeout")
+	commandAfterAPeekTimesOut(t, srv, addr, redis.DialUseTLS(true), redis.DialTLSSkipVerify(true))
 }
 
 // TestTLSContextCancellationRacingCommandsLeavesThePoolServing: contexts cancelled while
