@@ -261,3 +261,37 @@ func commandAfterAPeekTimesOut(t *testing.T, srv *redistest.Server, addr string,
 	assert.True(t, ne.Timeout(), "%v", err)
 	assert.GreaterOrEqual(t, time.Since(start), readTimeout, "timed out before ReadTimeout")
 }
+
+// BenchmarkDeadlineMove measures what moving a loopback socket's read
+// deadline to now plus 3s costs, as redigo does before every reply: on the
+// socket itself, and through a deadlineConn with the default slack.
+func BenchmarkDeadlineMove(b *testing.B) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(b, err)
+	defer l.Close()
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			defer c.Close()
+			var buf [1]byte
+			c.Read(buf[:]) // until the client closes
+		}
+	}()
+	sock, err := net.Dial("tcp", l.Addr().String())
+	require.NoError(b, err)
+	defer sock.Close()
+	for _, bc := range []struct {
+		name string
+		conn net.Conn
+	}{
+		{"socket", sock},
+		{"deadlineConn", &deadlineConn{Conn: sock, slack: deadlineSlack(DefaultReadTimeout, DefaultReadTimeout)}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				if err := bc.conn.SetReadDeadline(time.Now().Add(DefaultReadTimeout)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
