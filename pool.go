@@ -276,13 +276,12 @@ type Pool struct {
 	timerArmed bool        // waitTimer is set for the first waiter's deadline
 	waitTimer  *time.Timer // calls expireWaiters
 
-	mu         sync.Mutex    // protects the fields below; never held across network I/O
-	dialErr    error         // the last dial error, nil once a dial succeeds
-	dialFails  int           // consecutive dial failures
-	nextDial   time.Duration // no dial before this (see clock) while dialErr is set
-	probing    bool          // a dial is testing whether the server is back
-	redigoPool *redis.Pool   // made by RedigoPool
-	limiter    logLimiter
+	mu        sync.Mutex    // protects the fields below; never held across network I/O
+	dialErr   error         // the last dial error, nil once a dial succeeds
+	dialFails int           // consecutive dial failures
+	nextDial  time.Duration // no dial before this (see clock) while dialErr is set
+	probing   bool          // a dial is testing whether the server is back
+	limiter   logLimiter
 
 	// Atomic, read without mu.
 	gen     atomic.Uint64 // raised by Retire: older connections are not reused
@@ -1308,16 +1307,12 @@ func (p *Pool) Retire() {
 // that concrete type (boj/redistore, gin-contrib/sessions, gocraft/work). Its
 // own limits are off (MaxIdle and MaxActive zero): p alone bounds the
 // connections, bounds the waits and decides which connections to keep.
-// Closing the returned pool does not close p. Every call returns the same
-// *redis.Pool.
+// Each call returns a new *redis.Pool, so that each library can be given its
+// own: closing one makes only that one's Get fail, and closes neither p nor
+// the others.
 func (p *Pool) RedigoPool() *redis.Pool {
 	if p == nil {
 		return &redis.Pool{DialContext: func(context.Context) (redis.Conn, error) { return nil, errNilPool }}
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.redigoPool == nil {
-		p.redigoPool = &redis.Pool{DialContext: p.GetContext}
-	}
-	return p.redigoPool
+	return &redis.Pool{DialContext: p.GetContext}
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -492,7 +493,6 @@ func TestRedigoPoolIsBoundedByThePool(t *testing.T) {
 	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 2, WaitTimeout: 100 * time.Millisecond, ReadTimeout: 500 * time.Millisecond}
 	defer p.Close()
 	rp := p.RedigoPool()
-	assert.Same(t, rp, p.RedigoPool())
 	assert.Zero(t, rp.MaxActive)
 	assert.Zero(t, rp.MaxIdle)
 
@@ -529,6 +529,35 @@ func TestRedigoPoolIsBoundedByThePool(t *testing.T) {
 	assert.NoError(t, rp.Close())
 	c = p.Get()
 	assert.NoError(t, c.Err(), "closing the redigo pool leaves p open")
+	c.Close()
+}
+
+// TestClosingOneRedigoPoolLeavesTheOthersServing: each call to RedigoPool
+// returns its own *redis.Pool, so that a library closing the one it was
+// given (a session store's Close) breaks neither p nor the other libraries,
+// and new adapters can still be made.
+func TestClosingOneRedigoPoolLeavesTheOthersServing(t *testing.T) {
+	srv := redistest.Start(t)
+	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 2}
+	defer p.Close()
+	store1, store2 := p.RedigoPool(), p.RedigoPool()
+	require.NotSame(t, store1, store2)
+
+	require.NoError(t, store1.Close())
+	c := store1.Get()
+	assert.Error(t, c.Err(), "the closed adapter refuses")
+	c.Close()
+
+	for i, rp := range []*redis.Pool{store2, p.RedigoPool()} {
+		c := rp.Get()
+		v, err := redis.String(c.Do("ECHO", i))
+		require.NoError(t, err, "adapter %d", i)
+		assert.Equal(t, strconv.Itoa(i), v)
+		require.NoError(t, c.Close())
+	}
+	c = p.Get()
+	_, err := c.Do("PING")
+	assert.NoError(t, err, "p itself stays open")
 	c.Close()
 }
 
