@@ -115,7 +115,7 @@ type Pool struct {
 
 	// TestOnBorrow, when set, checks an idle connection before Get hands it
 	// out; lastUsed is when it was last handed out. On error the connection
-	// is closed and Get tries another.
+	// is closed and Get tries another, until WaitTimeout has passed.
 	TestOnBorrow func(c redis.Conn, lastUsed time.Time) error
 
 	// TestOnBorrowContext is TestOnBorrow with the context given to GetContext.
@@ -214,8 +214,11 @@ type Pool struct {
 	// When zero, ReadTimeout plus one second (4s when ReadTimeout is
 	// disabled). Negative means do not wait for a connection or a dial slot,
 	// fail at once; a Dial of the user's is still waited for, until it
-	// returns or ctx ends. A Get that gives up returns an error matching
-	// ErrPoolExhausted and redis.ErrPoolExhausted.
+	// returns or ctx ends. It also bounds TestOnBorrow: once it has passed,
+	// a Get whose health check failed tries no further idle connection, so
+	// a Get takes at most WaitTimeout plus one check (with WaitTimeout
+	// negative, the default WaitTimeout plus one check). A Get that gives up
+	// returns an error matching ErrPoolExhausted and redis.ErrPoolExhausted.
 	WaitTimeout time.Duration
 
 	// MaxConcurrentDials is the most dials in progress at once. When zero, 8
@@ -504,6 +507,7 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 	}
 	var waitEnd time.Duration // see waitLeft
 	redial := false           // this caller holds a permit and dials
+	checkEnd := p.checksEnd()
 	for {
 		var pc *poolConn
 		waited := false
@@ -574,7 +578,32 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		if reason == DiscardHealthCheck && p.monotonic() >= checkEnd {
+			return nil, p.exhausted(fmt.Errorf("%w: idle connections failed TestOnBorrow until this Get's WaitTimeout (%v) passed", ErrPoolExhausted, p.checksBudget()))
+		}
 	}
+}
+
+// checksEnd is when a Get whose health checks keep failing stops trying
+// more idle connections (see checksBudget), on the monotonic clock; zero
+// when there are no checks.
+func (p *Pool) checksEnd() time.Duration {
+	if p.TestOnBorrow == nil && p.TestOnBorrowContext == nil {
+		return 0
+	}
+	return p.monotonic() + p.checksBudget()
+}
+
+// checksBudget bounds a Get's failed health checks: WaitTimeout, or when
+// that is negative (no waiting for a connection), the default WaitTimeout.
+func (p *Pool) checksBudget() time.Duration {
+	switch {
+	case p.cfg.waitTimeout >= 0:
+		return p.cfg.waitTimeout
+	case p.cfg.readTimeout > 0:
+		return p.cfg.readTimeout + time.Second
+	}
+	return DefaultReadTimeout + time.Second
 }
 
 // exhausted counts and logs a Get that gave up waiting, and returns its error.
