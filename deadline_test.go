@@ -1,9 +1,12 @@
 package redispool
 
 import (
+	"bufio"
 	"errors"
 	"math/rand/v2"
 	"net"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -176,6 +179,7 @@ func TestThePoolsOwnSocketsMoveTheirDeadlinesLazily(t *testing.T) {
 				return
 			}
 			defer c.Close()
+			go answerOK(c)
 		}
 	}()
 	for _, tc := range []struct {
@@ -293,5 +297,29 @@ func BenchmarkDeadlineMove(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// answerOK answers every command read from c with +OK, as a server that
+// serves but is not looked at.
+func answerOK(c net.Conn) {
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "*")))
+		if err != nil || !strings.HasPrefix(line, "*") {
+			return
+		}
+		for range 2 * n { // $len, then the argument
+			if _, err := r.ReadString('\n'); err != nil {
+				return
+			}
+		}
+		if _, err := c.Write([]byte("+OK\r\n")); err != nil {
+			return
+		}
 	}
 }

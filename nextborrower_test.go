@@ -317,9 +317,10 @@ func TestDBWinsOverDialDatabaseInDialOptions(t *testing.T) {
 
 // TestAConnRefusedAtMaxClientsIsNotKept: a server at maxclients accepts the
 // connection, answers its first command with an error reply and closes it.
-// The reply is a redis.Error, but the connection is dead and must not reach
-// the next borrower (the peek on borrow would see it only after 100 ms, and
-// not at all for connections from a user's Dial).
+// A Dial of the user's sends nothing, so the borrower's command gets that
+// reply. It is a redis.Error, but the connection is dead and must not reach
+// the next borrower (the peek on borrow would not see it: the pool did not
+// dial the socket).
 func TestAConnRefusedAtMaxClientsIsNotKept(t *testing.T) {
 	srv := redistest.Start(t, "--maxclients", "2")
 	var others []redis.Conn
@@ -330,7 +331,9 @@ func TestAConnRefusedAtMaxClientsIsNotKept(t *testing.T) {
 		require.NoError(t, err)
 		others = append(others, other)
 	}
-	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
+	p := &redispool.Pool{MaxActive: 1, Dial: func() (redis.Conn, error) {
+		return redis.Dial("tcp", srv.Addr(), redis.DialReadTimeout(time.Second))
+	}}
 	defer p.Close()
 	c := p.Get()
 	_, err := c.Do("PING")

@@ -163,6 +163,7 @@ func startObsSilentServer(t *testing.T) *obsSilentServer {
 				}
 				<-s.release
 				c.Write([]byte("+OK\r\n"))
+				answerOK(c)
 			}()
 		}
 	}()

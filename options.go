@@ -13,7 +13,7 @@ const (
 	// DefaultAddr is the address dialed when Addr, Dial and DialContext are unset.
 	DefaultAddr = "localhost:6379"
 	// DefaultDialTimeout bounds connecting, including the TLS handshake and the
-	// AUTH and SELECT commands sent while dialing.
+	// AUTH and SELECT commands (or PING) sent while dialing.
 	DefaultDialTimeout = 5 * time.Second
 	// DefaultReadTimeout bounds the wait for each reply.
 	DefaultReadTimeout = 3 * time.Second

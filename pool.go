@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -182,8 +183,9 @@ type Pool struct {
 	DialOptions []redis.DialOption
 
 	// DialTimeout bounds a dial of Addr as a whole: connecting, the TLS
-	// handshake, AUTH and SELECT, and with Sentinel the query to the
-	// sentinels and the master's ROLE check.
+	// handshake, AUTH and SELECT (or a PING when neither is sent: a dial
+	// succeeds only once the server has answered), and with Sentinel the
+	// query to the sentinels and the master's ROLE check.
 	// When zero, DefaultDialTimeout (5s); negative disables it (redigo's own
 	// 10s bound on a TLS handshake then applies). It must be zero when Dial
 	// or DialContext is set: bound your own dial.
@@ -222,10 +224,12 @@ type Pool struct {
 	WaitTimeout time.Duration
 
 	// MaxConcurrentDials is the most dials in progress at once. When zero, 8
-	// (at most MaxActive). While the server refuses connections the pool dials
-	// one at a time, backing off up to half a second, and fails other callers
-	// at once with the last dial error. A caller waiting for a dial slot
-	// takes a connection given back meanwhile instead.
+	// (at most MaxActive). While the server refuses connections (refused,
+	// reset, or an error reply such as maxclients') the pool dials one at a
+	// time, backing off up to half a second, and fails other callers at once
+	// with the last dial error. A dial that timed out does not back off. A
+	// caller waiting for a dial slot takes a connection given back meanwhile
+	// instead.
 	MaxConcurrentDials int
 
 	// Logger, when set, is told about discarded connections and their reason
@@ -1045,10 +1049,15 @@ func (p *Pool) dialConn(ctx context.Context, gen *uint64) (redis.Conn, net.Conn,
 		network = "unix"
 	}
 	c, err := redis.DialContext(ctx, network, addr, opts...)
-	if err == nil && p.Sentinel != nil {
-		if err = checkRole(ctx, c, addr); err != nil {
-			c.Close()
-		}
+	switch {
+	case err != nil:
+	case p.Sentinel != nil:
+		err = checkRole(ctx, c, addr)
+	case p.Password == "" && p.DB == 0:
+		err = checkAnswers(ctx, c, addr)
+	}
+	if err != nil && c != nil {
+		c.Close()
 	}
 	if err == nil && netConn != nil {
 		if err = netConn.SetDeadline(time.Time{}); err != nil {
@@ -1062,6 +1071,23 @@ func (p *Pool) dialConn(ctx context.Context, gen *uint64) (redis.Conn, net.Conn,
 		return nil, nil, "", err
 	}
 	return c, netConn, addr, nil
+}
+
+// checkAnswers sends PING on a connection to which the dial sent nothing
+// (no AUTH, SELECT or ROLE), so that a dial succeeds only once the server
+// has answered. A server at maxclients, or a port that speaks only TLS,
+// accepts the connection, then refuses or closes it: that is a failed dial,
+// which backs off, not a connection to hand out and discard.
+func checkAnswers(ctx context.Context, c redis.Conn, addr string) error {
+	_, err := redis.DoContext(c, ctx, "PING")
+	if err == nil {
+		return nil
+	}
+	if _, replied := err.(redis.Error); !replied && closedByServer(err) {
+		return fmt.Errorf("redispool: %s closed the connection before answering PING; "+
+			"if the server expects TLS, use a rediss:// Addr or redis.DialUseTLS(true): %w", addr, err)
+	}
+	return fmt.Errorf("redispool: PING on %s: %w", addr, err)
 }
 
 // dialSocket is the option that dials the TCP or Unix socket of a dial
@@ -1112,7 +1138,11 @@ func (p *Pool) failover(addr string) {
 	}
 }
 
-// recordDial updates the backoff state with a dial's outcome.
+// recordDial updates the backoff state with a dial's outcome. A dial that
+// timed out counts as failed but does not back off: it has waited already,
+// and MaxConcurrentDials bounds how many such dials run at once, so they
+// cannot storm the server; backing off would only delay the first dial
+// after a stalled server resumes.
 func (p *Pool) recordDial(err error) {
 	p.mu.Lock()
 	p.probing = false
@@ -1122,6 +1152,11 @@ func (p *Pool) recordDial(err error) {
 		return
 	}
 	p.dialErrors.Add(1)
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
+		p.mu.Unlock()
+		p.log(logDialError, slog.LevelWarn, "redispool: dial failed", slog.String("error", errText(err)))
+		return
+	}
 	p.dialFails++
 	d := backoffCap
 	if p.dialFails < 16 {

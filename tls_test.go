@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -84,4 +85,81 @@ func TestAHealthyTLSConnReturnedUnreadIsNotDiscardedAsBroken(t *testing.T) {
 	s := p.Stats()
 	assert.Zero(t, s.Discards.Broken, "a healthy TLS conn was discarded as broken")
 	assert.EqualValues(t, 1, s.DialCount, "the idle conn was not reused")
+}
+
+// hammer runs callers goroutines that Get, PING and Close in a loop for d,
+// and returns the last error a Get or its PING returned.
+func hammer(p *Pool, callers int, d time.Duration) error {
+	var mu sync.Mutex
+	var last error
+	var wg sync.WaitGroup
+	end := time.Now().Add(d)
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(end) {
+				c := p.Get()
+				_, err := c.Do("PING")
+				c.Close()
+				if err != nil {
+					mu.Lock()
+					last = err
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return last
+}
+
+// TestADialCountsOnlyOnceTheServerHasAnswered: a server at maxclients, or
+// a port that speaks only TLS, accepts the TCP connection and then refuses
+// or closes it. Such a dial is a failed dial, which backs off: 32 callers
+// for 1.5 s make at most 20 dials, and get an error that says what
+// happened.
+func TestADialCountsOnlyOnceTheServerHasAnswered(t *testing.T) {
+	const (
+		callers  = 32
+		period   = 1500 * time.Millisecond
+		maxDials = 20
+	)
+	t.Run("server at maxclients", func(t *testing.T) {
+		srv := redistest.Start(t, "--maxclients", "1")
+		other, err := redis.Dial("tcp", srv.Addr())
+		require.NoError(t, err)
+		defer other.Close()
+		_, err = other.Do("PING")
+		require.NoError(t, err)
+
+		p := &Pool{Addr: srv.Addr()}
+		defer p.Close()
+		err = hammer(p, callers, period)
+		s := p.Stats()
+		t.Logf("%d dials, %d failed, %d Gets failed fast, in %v; last error: %v", s.DialCount, s.DialErrorCount, s.FastFailCount, period, err)
+		assert.LessOrEqual(t, s.DialCount, int64(maxDials))
+		assert.Equal(t, s.DialCount, s.DialErrorCount, "every dial failed")
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "max number of clients reached")
+	})
+	t.Run("plain client to a TLS port", func(t *testing.T) {
+		certFile, keyFile := selfSignedCert(t, t.TempDir())
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		tlsPort := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		redistest.Start(t, "--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certFile,
+			"--tls-key-file", keyFile, "--tls-ca-cert-file", certFile, "--tls-auth-clients", "no")
+
+		p := &Pool{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(tlsPort))}
+		defer p.Close()
+		err = hammer(p, callers, period)
+		s := p.Stats()
+		t.Logf("%d dials, %d failed, %d Gets failed fast, in %v; last error: %v", s.DialCount, s.DialErrorCount, s.FastFailCount, period, err)
+		assert.LessOrEqual(t, s.DialCount, int64(maxDials))
+		assert.Equal(t, s.DialCount, s.DialErrorCount, "every dial failed")
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "TLS")
+	})
 }
