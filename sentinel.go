@@ -82,9 +82,11 @@ type Sentinel struct {
 	// Addrs are the sentinels' "host:port" addresses. They are asked in turn
 	// until one answers with a host and port; the one that answered, or last
 	// announced a new master, is asked first next time, and those that
-	// failed within their share of time last. Each sentinel gets an equal share of
-	// the pool's DialTimeout (of 5s when it is disabled), at least 100ms, so
-	// that one that hangs leaves time to ask the others.
+	// failed within their share of time last, as is the one whose master
+	// then failed: refused the dial or did not answer it, refused AUTH, was
+	// not a master. Each sentinel gets an equal share of the pool's
+	// DialTimeout (of 5s when it is disabled), at least 100ms, so that one
+	// that hangs leaves time to ask the others.
 	Addrs []string
 
 	// MasterName is the name under which the sentinels monitor the master.
@@ -109,6 +111,7 @@ type Sentinel struct {
 	epoch     uint64     // raised by each announcement of a new master
 	recheck   bool       // an announcement did not fit: the next query's answer decides (see announced)
 	order     []string   // Addrs, the one to ask first first
+	namedBy   string     // the sentinel that named last: asked last should that master fail (see forget)
 	pool      *Pool      // the pool to retire on an announcement; set by watch
 	watching  bool       // the subscriptions run
 
@@ -252,6 +255,7 @@ func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duratio
 			retire = s.recheck && previous != "" && master != previous
 			s.master, s.last, s.lastQuery = master, master, time.Now()
 			s.order = moveToFront(s.order, addr)
+			s.namedBy = addr
 			if retire {
 				p.gen.Add(1) // under s.mu: see above
 			}
@@ -388,7 +392,9 @@ func (s *Sentinel) ask(ctx context.Context, addr string, timeout time.Duration) 
 // forget drops the cached master address if it is still addr (or, while
 // the pool waits for the sentinels' answer after an announcement that did
 // not fit, the master still in use is addr), so that a
-// late failure on an old master does not discard a newer answer, and then
+// late failure on an old master does not discard a newer answer, moves the
+// sentinel that named it to the back, so that a sentinel naming a replica or
+// a dead server is not the first asked again, and then
 // retires p's connections dialed before: it reports whether it did, for the
 // caller to close p's idle ones.
 func (s *Sentinel) forget(p *Pool, addr string) bool {
@@ -402,6 +408,7 @@ func (s *Sentinel) forget(p *Pool, addr string) bool {
 		return false
 	}
 	s.master = ""
+	s.order = moveToBack(s.order, s.namedBy)
 	p.gen.Add(1)
 	return true
 }
@@ -603,6 +610,7 @@ func (s *Sentinel) announced(p *Pool, from, msg string) {
 		s.order = append([]string(nil), s.Addrs...)
 	}
 	s.order = moveToFront(s.order, from) // it knew first
+	s.namedBy = from
 	changed := current != master
 	if changed {
 		p.gen.Add(1) // under s.mu: see masterAddr
