@@ -420,6 +420,9 @@ func (p *Pool) init() error {
 		p.waitTimer = time.AfterFunc(time.Hour, p.expireWaiters)
 		p.waitTimer.Stop()
 		p.cfg, p.cfgErr = p.buildConfig()
+		if p.cfgErr == nil && p.Sentinel != nil {
+			p.cfgErr = p.Sentinel.watch(p) // the one Pool it serves
+		}
 		n := p.cfg.maxActive
 		if p.cfgErr != nil {
 			n = 0
@@ -438,9 +441,6 @@ func (p *Pool) init() error {
 			p.dials <- struct{}{}
 		}
 		p.done = make(chan struct{})
-		if p.cfgErr == nil && p.Sentinel != nil {
-			p.Sentinel.watch(p)
-		}
 	})
 	return p.cfgErr
 }

@@ -77,7 +77,11 @@ func watchPingInterval() time.Duration {
 // followed: the pool asks the sentinels on its next dial instead, and retires
 // its connections only if they name another master.
 //
-// A Sentinel must not be copied after first use, nor shared between pools.
+// A Sentinel serves one Pool, the first whose configuration is accepted
+// with it, for good: any other Pool given it, even once that one is closed,
+// fails its first use with ErrInvalidConfig. Give each Pool its own
+// *Sentinel. A Pool whose configuration was rejected leaves its Sentinel
+// free. A Sentinel must not be copied after first use.
 type Sentinel struct {
 	// Addrs are the sentinels' "host:port" addresses. They are asked in turn
 	// until one answers with a host and port; the one that answered, or last
@@ -112,7 +116,7 @@ type Sentinel struct {
 	recheck   bool       // an announcement did not fit: the next query's answer decides (see announced)
 	order     []string   // Addrs, the one to ask first first
 	namedBy   string     // the sentinel that named last: asked last should that master fail (see forget)
-	pool      *Pool      // the pool to retire on an announcement; set by watch
+	pool      *Pool      // the one pool served, retired on an announcement; set by watch
 	watching  bool       // the subscriptions run
 
 	queries atomic.Int64
@@ -417,11 +421,18 @@ func (s *Sentinel) forget(p *Pool, addr string) bool {
 // master for p: from the first dial until p is closed, it stays subscribed
 // to +switch-master on every sentinel, and on an announcement caches the new
 // master and retires p's connections. The pool calls it once, from init,
-// when its configuration is valid.
-func (s *Sentinel) watch(p *Pool) {
+// when the rest of its configuration is valid. It reports a configuration
+// error when the Sentinel serves another pool already: the master it
+// caches, its subscriptions and its announcements are for that one, whose
+// connections alone it would retire.
+func (s *Sentinel) watch(p *Pool) error {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pool != nil && s.pool != p {
+		return fmt.Errorf("%w: Sentinel is already used by another Pool; give each Pool its own *Sentinel", ErrInvalidConfig)
+	}
 	s.pool = p
-	s.mu.Unlock()
+	return nil
 }
 
 // startWatch starts the subscriptions, once, if watch was called.
