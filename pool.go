@@ -426,6 +426,9 @@ func (p *Pool) init() error {
 		p.waitTimer = time.AfterFunc(time.Hour, p.expireWaiters)
 		p.waitTimer.Stop()
 		p.cfg, p.cfgErr = p.buildConfig()
+		if p.cfgErr == nil && p.Sentinel != nil {
+			p.cfgErr = p.Sentinel.watch(p) // the one Pool it serves
+		}
 		n := p.cfg.maxActive
 		if p.cfgErr != nil {
 			n = 0
@@ -444,9 +447,6 @@ func (p *Pool) init() error {
 			p.dials <- struct{}{}
 		}
 		p.done = make(chan struct{})
-		if p.cfgErr == nil && p.Sentinel != nil {
-			p.Sentinel.watch(p)
-		}
 	})
 	return p.cfgErr
 }

@@ -77,14 +77,20 @@ func watchPingInterval() time.Duration {
 // followed: the pool asks the sentinels on its next dial instead, and retires
 // its connections only if they name another master.
 //
-// A Sentinel must not be copied after first use, nor shared between pools.
+// A Sentinel serves one Pool, the first whose configuration is accepted
+// with it, for good: any other Pool given it, even once that one is closed,
+// fails its first use with ErrInvalidConfig. Give each Pool its own
+// *Sentinel. A Pool whose configuration was rejected leaves its Sentinel
+// free. A Sentinel must not be copied after first use.
 type Sentinel struct {
 	// Addrs are the sentinels' "host:port" addresses. They are asked in turn
 	// until one answers with a host and port; the one that answered, or last
 	// announced a new master, is asked first next time, and those that
-	// failed within their share of time last. Each sentinel gets an equal share of
-	// the pool's DialTimeout (of 5s when it is disabled), at least 100ms, so
-	// that one that hangs leaves time to ask the others.
+	// failed within their share of time last, as is the one whose master
+	// then failed: refused the dial or did not answer it, refused AUTH, was
+	// not a master. Each sentinel gets an equal share of the pool's
+	// DialTimeout (of 5s when it is disabled), at least 100ms, so that one
+	// that hangs leaves time to ask the others.
 	Addrs []string
 
 	// MasterName is the name under which the sentinels monitor the master.
@@ -109,7 +115,8 @@ type Sentinel struct {
 	epoch     uint64     // raised by each announcement of a new master
 	recheck   bool       // an announcement did not fit: the next query's answer decides (see announced)
 	order     []string   // Addrs, the one to ask first first
-	pool      *Pool      // the pool to retire on an announcement; set by watch
+	namedBy   string     // the sentinel that named last: asked last should that master fail (see forget)
+	pool      *Pool      // the one pool served, retired on an announcement; set by watch
 	watching  bool       // the subscriptions run
 
 	queries atomic.Int64
@@ -252,6 +259,7 @@ func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duratio
 			retire = s.recheck && previous != "" && master != previous
 			s.master, s.last, s.lastQuery = master, master, time.Now()
 			s.order = moveToFront(s.order, addr)
+			s.namedBy = addr
 			if retire {
 				p.gen.Add(1) // under s.mu: see above
 			}
@@ -388,7 +396,9 @@ func (s *Sentinel) ask(ctx context.Context, addr string, timeout time.Duration) 
 // forget drops the cached master address if it is still addr (or, while
 // the pool waits for the sentinels' answer after an announcement that did
 // not fit, the master still in use is addr), so that a
-// late failure on an old master does not discard a newer answer, and then
+// late failure on an old master does not discard a newer answer, moves the
+// sentinel that named it to the back, so that a sentinel naming a replica or
+// a dead server is not the first asked again, and then
 // retires p's connections dialed before: it reports whether it did, for the
 // caller to close p's idle ones.
 func (s *Sentinel) forget(p *Pool, addr string) bool {
@@ -402,6 +412,7 @@ func (s *Sentinel) forget(p *Pool, addr string) bool {
 		return false
 	}
 	s.master = ""
+	s.order = moveToBack(s.order, s.namedBy)
 	p.gen.Add(1)
 	return true
 }
@@ -410,11 +421,18 @@ func (s *Sentinel) forget(p *Pool, addr string) bool {
 // master for p: from the first dial until p is closed, it stays subscribed
 // to +switch-master on every sentinel, and on an announcement caches the new
 // master and retires p's connections. The pool calls it once, from init,
-// when its configuration is valid.
-func (s *Sentinel) watch(p *Pool) {
+// when the rest of its configuration is valid. It reports a configuration
+// error when the Sentinel serves another pool already: the master it
+// caches, its subscriptions and its announcements are for that one, whose
+// connections alone it would retire.
+func (s *Sentinel) watch(p *Pool) error {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pool != nil && s.pool != p {
+		return fmt.Errorf("%w: Sentinel is already used by another Pool; give each Pool its own *Sentinel", ErrInvalidConfig)
+	}
 	s.pool = p
-	s.mu.Unlock()
+	return nil
 }
 
 // startWatch starts the subscriptions, once, if watch was called.
@@ -603,6 +621,7 @@ func (s *Sentinel) announced(p *Pool, from, msg string) {
 		s.order = append([]string(nil), s.Addrs...)
 	}
 	s.order = moveToFront(s.order, from) // it knew first
+	s.namedBy = from
 	changed := current != master
 	if changed {
 		p.gen.Add(1) // under s.mu: see masterAddr

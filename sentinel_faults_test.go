@@ -84,13 +84,10 @@ func startScriptedSentinel(t *testing.T, s *scriptedSentinel) *scriptedSentinel 
 			if err != nil {
 				return
 			}
-			if s.delay > 0 {
-				time.Sleep(s.delay)
-			}
 			var reply string
 			switch strings.ToUpper(args[0]) {
 			case "SENTINEL":
-				s.queries.Add(1)
+				s.queries.Add(1) // asked, even if it answers too late
 				reply = s.reply
 			case "SUBSCRIBE":
 				s.subscribes.Add(1)
@@ -111,6 +108,9 @@ func startScriptedSentinel(t *testing.T, s *scriptedSentinel) *scriptedSentinel 
 				reply = "*2\r\n$4\r\npong\r\n$0\r\n\r\n"
 			default:
 				reply = "+OK\r\n"
+			}
+			if s.delay > 0 {
+				time.Sleep(s.delay)
 			}
 			if err := write(reply); err != nil {
 				return
@@ -472,4 +472,79 @@ func TestSentinelSlowSentinelWithPasswordFitsDialTimeout(t *testing.T) {
 	c.Close()
 	took := time.Since(start)
 	assert.Less(t, took, 750*time.Millisecond, "Get with DialTimeout 500ms, one sentinel, took %v: %v", took, err)
+}
+
+// ---------------------------------------------------------------------------
+// Sentinels that name a server that is not the master.
+
+// wrongPasswordServer answers every command, AUTH first, with WRONGPASS.
+func wrongPasswordServer(t *testing.T) string {
+	return serveLoopback(t, func(c net.Conn) {
+		r := bufio.NewReader(c)
+		for {
+			if _, err := readCommand(r); err != nil {
+				return
+			}
+			if _, err := c.Write([]byte("-WRONGPASS invalid username-password pair or user is disabled.\r\n")); err != nil {
+				return
+			}
+		}
+	})
+}
+
+// A sentinel whose answer fails (the server it names refuses the dial,
+// does not answer, refuses AUTH or is a replica), or that does not answer
+// within its share of DialTimeout, is asked after the other sentinels next
+// time: writes resume within 2 s on the master that the next sentinel names.
+func TestSentinelWhoseAnswerFailedIsAskedAfterTheOthers(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		named func(t *testing.T) string // the address the first sentinel names
+		delay time.Duration             // how long the first sentinel takes to answer
+	}{
+		{"replica", func(t *testing.T) string { return startRoleServer(t, "slave").addr }, 0},
+		{"refused", refusedAddr, 0},
+		{"silent", silentServer, 0},
+		{"wrong password", wrongPasswordServer, 0},
+		{"slow sentinel", func(t *testing.T) string { return startFakeMaster(t) }, 400 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			master := startFakeMaster(t)
+			host, port, _ := net.SplitHostPort(master)
+			bHost, bPort, _ := net.SplitHostPort(tc.named(t))
+			sentinels := []*scriptedSentinel{
+				startScriptedSentinel(t, &scriptedSentinel{reply: addrReply(bHost, bPort), delay: tc.delay}),
+				startScriptedSentinel(t, &scriptedSentinel{reply: addrReply(host, port)}),
+				startScriptedSentinel(t, &scriptedSentinel{reply: addrReply(host, port)}),
+			}
+			p := &Pool{
+				Sentinel: &Sentinel{
+					Addrs:      []string{sentinels[0].addr, sentinels[1].addr, sentinels[2].addr},
+					MasterName: "mymaster",
+				},
+				Password:    "secret",
+				DialTimeout: 500 * time.Millisecond,
+			}
+			defer p.Close()
+
+			start := time.Now()
+			var err error
+			for i := 0; i < 1000 && time.Since(start) < 3*time.Second; i++ {
+				c := p.Get()
+				_, err = c.Do("SET", "k", "v")
+				c.Close()
+				if err == nil {
+					break
+				}
+				time.Sleep(5 * time.Millisecond) // paces the writer; Get fails fast during the dial backoff
+			}
+			took := time.Since(start)
+			asked := fmt.Sprintf("sentinels asked %d, %d, %d times", sentinels[0].queries.Load(), sentinels[1].queries.Load(), sentinels[2].queries.Load())
+			require.NoError(t, err, "no write succeeded in %v; %s", took, asked)
+			assert.Less(t, took, 2*time.Second, "writes resumed only after %v; %s", took, asked)
+			assert.Equal(t, master, p.Sentinel.Master())
+			assert.Positive(t, sentinels[1].queries.Load(), "the second sentinel, which names the master, was asked")
+			t.Logf("writes resumed after %v; %s", took.Round(time.Millisecond), asked)
+		})
+	}
 }

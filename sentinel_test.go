@@ -74,3 +74,42 @@ func TestASentinelThatHangsIsSubscribedToAgainOnceItRecovers(t *testing.T) {
 		"the pool did not subscribe again after the sentinel recovered")
 	t.Logf("a hung sentinel was noticed after %v", noticed.Round(time.Millisecond))
 }
+
+// A Sentinel serves the first Pool that uses it: another Pool given the same
+// Sentinel, even once the first is closed, fails its first use with
+// ErrInvalidConfig and writes nothing. A Pool whose configuration was
+// rejected does not hold its Sentinel.
+func TestASentinelServesOnePool(t *testing.T) {
+	master := redistest.Start(t)
+	s := redistest.StartSentinels(t, "mymaster", master, 1, 5*time.Second)[0]
+	sentinel := &redispool.Sentinel{Addrs: []string{s.Addr()}, MasterName: "mymaster"}
+	set := func(p *redispool.Pool, v string) error {
+		c := p.Get()
+		defer c.Close()
+		_, err := c.Do("SET", "k", v)
+		return err
+	}
+
+	rejected := &redispool.Pool{Sentinel: sentinel, Addr: master.Addr()}
+	defer rejected.Close()
+	require.ErrorIs(t, set(rejected, "rejected"), redispool.ErrInvalidConfig, "Sentinel together with Addr")
+
+	first := &redispool.Pool{Sentinel: sentinel}
+	defer first.Close()
+	require.NoError(t, set(first, "first"), "the Sentinel of a pool whose configuration was rejected is free")
+
+	second := &redispool.Pool{Sentinel: sentinel}
+	defer second.Close()
+	err := set(second, "second")
+	require.ErrorIs(t, err, redispool.ErrInvalidConfig)
+	assert.Contains(t, err.Error(), "Sentinel is already used by another Pool")
+
+	first.Close()
+	third := &redispool.Pool{Sentinel: sentinel}
+	defer third.Close()
+	require.ErrorIs(t, set(third, "third"), redispool.ErrInvalidConfig, "after the first pool is closed")
+
+	v, err := redis.String(master.Do(t, "GET", "k"), nil)
+	require.NoError(t, err)
+	assert.Equal(t, "first", v, "only the first pool wrote")
+}
