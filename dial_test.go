@@ -1,8 +1,13 @@
 package redispool
 
 import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net"
+	"os"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -10,6 +15,8 @@ import (
 	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/redispool/redispool/internal/redistest"
 )
 
 // serveLoopback accepts connections on a loopback port and runs serve on
@@ -102,4 +109,59 @@ func TestDialTimeoutBoundsEveryStep(t *testing.T) {
 			assert.Less(t, took, 2*time.Second, "Get with DialTimeout %v returned after %v: %v", p.DialTimeout, took, c.Err())
 		})
 	}
+}
+
+// TestAURLInAddrKeepsThePoolsTimeouts: a URL gives the address, not the
+// timeouts: DialTimeout bounds the dial (AUTH to a server that never
+// answers) and ReadTimeout each reply (from a server frozen after the dial).
+func TestAURLInAddrKeepsThePoolsTimeouts(t *testing.T) {
+	p := &Pool{Addr: "redis://:Hunter2pw@" + silentServer(t), DialTimeout: 300 * time.Millisecond}
+	defer p.Close()
+	err := getErrWithin(t, p, 2*time.Second)
+	var ne net.Error
+	require.ErrorAs(t, err, &ne)
+	assert.True(t, ne.Timeout(), "the dial failed other than by timing out: %v", err)
+
+	s := redistest.Start(t)
+	p = &Pool{Addr: "redis://" + s.Addr() + "/1", ReadTimeout: 200 * time.Millisecond}
+	defer p.Close()
+	c := p.Get()
+	defer c.Close()
+	_, err = c.Do("PING")
+	require.NoError(t, err)
+	s.Stop(t)
+	defer s.Cont(t)
+	start := time.Now()
+	_, err = c.Do("PING")
+	took := time.Since(start)
+	require.ErrorAs(t, err, &ne)
+	assert.True(t, ne.Timeout(), "PING to a frozen server failed other than by timing out: %v", err)
+	assert.Less(t, took, 2*time.Second, "ReadTimeout 200ms, PING returned after %v", took)
+}
+
+// TestARedissURLInAddrDialsWithTLS: rediss:// turns TLS on, with the URL's
+// host as the server name the certificate is checked against, and
+// DialOptions still apply (here, the CA to trust).
+func TestARedissURLInAddrDialsWithTLS(t *testing.T) {
+	certFile, keyFile := selfSignedCert(t, t.TempDir())
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	tlsPort := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	redistest.Start(t, "--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certFile,
+		"--tls-key-file", keyFile, "--tls-ca-cert-file", certFile, "--tls-auth-clients", "no")
+	pem, err := os.ReadFile(certFile)
+	require.NoError(t, err)
+	roots := x509.NewCertPool()
+	require.True(t, roots.AppendCertsFromPEM(pem))
+
+	p := &Pool{Addr: "rediss://127.0.0.1:" + strconv.Itoa(tlsPort) + "/2",
+		DialOptions: []redis.DialOption{redis.DialTLSConfig(&tls.Config{RootCAs: roots})}}
+	defer p.Close()
+	c, err := p.GetContext(context.Background())
+	require.NoError(t, err)
+	defer c.Close()
+	info, err := redis.String(c.Do("CLIENT", "INFO"))
+	require.NoError(t, err)
+	assert.Contains(t, info, " db=2 ")
 }

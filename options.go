@@ -4,7 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
+	"net/url"
 	"runtime"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -60,8 +64,11 @@ type config struct {
 	idleTimeout  time.Duration // 0: never
 	maxLifetime  time.Duration // 0: never
 	userDial     bool          // connections come from Dial or DialContext
-	addr         string
-	db           int
+	addr         string        // host:port or a socket path, never a URL
+	username     string        // Username, or the user of a URL in Addr
+	password     string        // Password, or the password of a URL in Addr
+	tls          bool          // Addr is a rediss:// URL
+	db           int           // DB, or the database of a URL in Addr
 }
 
 // buildConfig applies defaults to p's fields and checks them.
@@ -90,7 +97,7 @@ func (p *Pool) buildConfig() (config, error) {
 	case c.db < 0:
 		return bad("DB is %d; database numbers start at 0", c.db)
 	case c.userDial && c.addr != "":
-		return bad("both Addr (%q) and Dial or DialContext are set; set Addr to let the pool dial, or Dial to dial yourself", c.addr)
+		return bad("both Addr (%q) and Dial or DialContext are set; set Addr to let the pool dial, or Dial to dial yourself", redactAddr(c.addr))
 	case c.userDial && len(p.DialOptions) > 0:
 		return bad("DialOptions are set together with Dial or DialContext, which would ignore them; pass the options in your Dial")
 	case c.userDial && (p.Username != "" || p.Password != ""):
@@ -101,10 +108,9 @@ func (p *Pool) buildConfig() (config, error) {
 		return bad("WriteTimeout is set together with Dial or DialContext, which the pool cannot apply to your conns; set it in your Dial (redis.DialWriteTimeout)")
 	case p.Sentinel != nil && (c.userDial || c.addr != ""):
 		return bad("Sentinel is set together with Addr, Dial or DialContext; the sentinels name the address to dial")
-	case p.Sentinel != nil:
-		if err := p.Sentinel.check(); err != nil {
-			return bad("%v", err)
-		}
+	}
+	if err := c.setDial(p); err != nil {
+		return bad("%v", err)
 	}
 	for _, d := range []struct {
 		name string
@@ -188,4 +194,148 @@ func timeout(v, def time.Duration) time.Duration {
 		return def
 	}
 	return v
+}
+
+// setDial checks Sentinel, or reads Addr into c with the credentials and
+// database of a URL, and Username, Password and DB.
+func (c *config) setDial(p *Pool) error {
+	c.username, c.password = p.Username, p.Password
+	switch {
+	case p.Sentinel != nil:
+		return p.Sentinel.check()
+	case c.addr == "":
+		return nil
+	}
+	a, err := parseAddr(c.addr)
+	if err != nil {
+		return err
+	}
+	switch {
+	case a.hasUser && (p.Username != "" || p.Password != ""):
+		return errors.New("both Addr's URL and Username or Password give credentials; set them in one place")
+	case a.hasDB && p.DB != 0:
+		return fmt.Errorf("both Addr's URL (/%d) and DB (%d) name the database; set it in one place", a.db, p.DB)
+	}
+	c.addr, c.tls = a.addr, a.tls
+	if a.hasUser {
+		c.username, c.password = a.username, a.password
+	}
+	if a.hasDB {
+		c.db = a.db
+	}
+	return nil
+}
+
+// parsedAddr is Addr read: where to dial, and what a URL adds.
+type parsedAddr struct {
+	addr               string // host:port or a socket path
+	username, password string
+	hasUser            bool // a URL gave a user name or password
+	db                 int
+	hasDB              bool // a URL gave a database
+	tls                bool
+}
+
+// parseAddr reads Addr: a socket path, host:port, or a URL as redigo's
+// DialURL reads it. Its errors quote Addr only through redactAddr: the
+// text before an "@" may be a password, typed with or without a scheme.
+func parseAddr(addr string) (parsedAddr, error) {
+	switch {
+	case strings.HasPrefix(addr, "/"):
+		return parsedAddr{addr: addr}, nil
+	case strings.Contains(addr, "://"):
+		return parseURL(addr)
+	case strings.Contains(addr, "@"):
+		return parsedAddr{}, fmt.Errorf("Addr %q has user info (@) but is not a redis:// URL; write it as redis://user:password@host:port, or set Username and Password", redactAddr(addr))
+	}
+	return parsedAddr{addr: addr}, nil
+}
+
+// parseURL reads a redis:// or rediss:// URL (valkey:// and valkeys://
+// too, as redigo does): the host defaults to localhost, the port to 6379,
+// the path is the database, a user name alone is the password (as
+// redis-cli reads it). A query or fragment is an error rather than ignored.
+func parseURL(addr string) (parsedAddr, error) {
+	bad := func(problem string) (parsedAddr, error) {
+		return parsedAddr{}, fmt.Errorf("Addr %q %s", redactAddr(addr), problem)
+	}
+	u, err := url.Parse(addr)
+	if err != nil {
+		// Not err: url.Parse quotes the whole URL, password included.
+		return bad("is not a valid URL; percent-encode characters such as @ : / ? # % in the user name and password")
+	}
+	var a parsedAddr
+	switch u.Scheme {
+	case "redis", "valkey":
+	case "rediss", "valkeys":
+		a.tls = true
+	default:
+		return bad("has an unknown scheme; use redis://, or rediss:// for TLS")
+	}
+	switch {
+	case u.Opaque != "":
+		return bad("is not of the form redis://[user:password@]host[:port][/db]")
+	case u.RawQuery != "" || u.ForceQuery:
+		return bad("has a query (?); a URL gives only the user, password, host, port and database: set the rest with the Pool's fields and DialOptions")
+	case u.Fragment != "":
+		return bad("has a fragment (#); percent-encode # in a password as %23")
+	}
+	if a.addr, err = urlHostPort(u); err != nil {
+		return bad("has a port that is not a number from 1 to 65535")
+	}
+
+	if u.User != nil {
+		a.username = u.User.Username()
+		pw, ok := u.User.Password()
+		if !ok {
+			a.username, pw = "", a.username
+		}
+		a.password = pw
+		a.hasUser = a.username != "" || a.password != ""
+	}
+	if db := strings.TrimPrefix(u.Path, "/"); db != "" {
+		a.hasDB = true
+		if a.db, err = parseDB(db); err != nil {
+			return bad("has a path that is not a database number (/0, /1, ...)")
+		}
+	}
+	return a, nil
+}
+
+// urlHostPort is u's host and port, localhost and 6379 when left out.
+func urlHostPort(u *url.URL) (string, error) {
+	host, port := u.Hostname(), u.Port()
+	if host == "" {
+		host = "localhost"
+	}
+	if port == "" {
+		port = "6379"
+	}
+	return net.JoinHostPort(host, port), checkPort(port)
+}
+
+// parseDB reads a database number, digits only.
+func parseDB(s string) (int, error) {
+	if strings.Trim(s, "0123456789") != "" {
+		return 0, errors.New("not a number")
+	}
+	return strconv.Atoi(s)
+}
+
+// redactAddr is addr as an error may quote it: everything before its last
+// "@", where a URL keeps the user name and password, is replaced by xxxxx.
+// A known scheme in front is kept.
+func redactAddr(addr string) string {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 {
+		return addr
+	}
+	keep := ""
+	if scheme, _, ok := strings.Cut(addr[:at], "://"); ok {
+		switch strings.ToLower(scheme) {
+		case "redis", "rediss", "valkey", "valkeys":
+			keep = scheme + "://"
+		}
+	}
+	return keep + "xxxxx" + addr[at:]
 }

@@ -155,8 +155,17 @@ type Pool struct {
 	// zero, connections are not closed for their age.
 	MaxConnLifetime time.Duration
 
-	// Addr is the server's "host:port", or the path of a Unix socket when it
-	// starts with "/". When empty, the pool dials DefaultAddr. It must be empty
+	// Addr is the server's "host:port", the path of a Unix socket when it
+	// starts with "/", or a URL, redis://[user:password@]host[:port][/db]
+	// (rediss:// for TLS), read as redigo's DialURL reads it: the host
+	// defaults to localhost, the port to 6379, the database to 0, and a
+	// user name without a password is the password. A URL gives only the
+	// address, credentials, database and TLS: the pool's timeouts, dial
+	// limits and DialOptions still apply, and a query (?) is an error. A
+	// URL's user or password together with Username or Password, or its
+	// database together with a nonzero DB, is an error. Errors and log
+	// records never show what comes before an "@" in Addr, with or without
+	// a scheme. When empty, the pool dials DefaultAddr. It must be empty
 	// when Dial or DialContext is set.
 	Addr string
 
@@ -167,12 +176,13 @@ type Pool struct {
 	Sentinel *Sentinel
 
 	// Username and Password authenticate connections the pool dials (AUTH).
-	// When empty, no AUTH is sent.
+	// When empty, no AUTH is sent, unless Addr is a URL that has them.
 	Username, Password string
 
 	// DB is the database selected on connections the pool dials. When zero,
-	// database 0. With Dial or DialContext, set DB to the database your Dial
-	// selects, so that a borrower who SELECTs it again keeps the connection.
+	// database 0, or the database of a URL in Addr. With Dial or
+	// DialContext, set DB to the database your Dial selects, so that a
+	// borrower who SELECTs it again keeps the connection.
 	DB int
 
 	// DialOptions are passed to redis.DialContext when the pool dials Addr,
@@ -1034,16 +1044,19 @@ func (p *Pool) dialConn(ctx context.Context, gen *uint64) (redis.Conn, net.Conn,
 		dialSocket(p.cfg.dialTimeout, deadlineSlack(p.cfg.readTimeout, p.cfg.writeTimeout), &netConn),
 		redis.DialReadTimeout(p.cfg.readTimeout),
 		redis.DialWriteTimeout(p.cfg.writeTimeout),
-		redis.DialUsername(p.Username),
-		redis.DialPassword(p.Password),
+		redis.DialUsername(p.cfg.username),
+		redis.DialPassword(p.cfg.password),
 	}
 	if p.cfg.dialTimeout > 0 {
 		// redigo's own bound on a TLS handshake is 10s, whatever DialTimeout.
 		opts = append(opts, redis.DialTLSHandshakeTimeout(p.cfg.dialTimeout))
 	}
+	if p.cfg.tls {
+		opts = append(opts, redis.DialUseTLS(true))
+	}
 	// DB last: the pool must know the database its connections start in,
 	// to tell one a caller left in another.
-	opts = append(append(opts, p.DialOptions...), redis.DialDatabase(p.DB))
+	opts = append(append(opts, p.DialOptions...), redis.DialDatabase(p.cfg.db))
 	network := "tcp"
 	if strings.HasPrefix(addr, "/") {
 		network = "unix"

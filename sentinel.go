@@ -144,6 +144,9 @@ func (s *Sentinel) check() error {
 		return errors.New("Sentinel.MasterName is empty; set the name the sentinels monitor the master under")
 	}
 	for _, a := range s.Addrs {
+		if strings.Contains(a, "@") {
+			return fmt.Errorf("Sentinel.Addrs has %q, with user info (@); set the sentinels' credentials in Sentinel.Username and Sentinel.Password", redactAddr(a))
+		}
 		_, port, err := net.SplitHostPort(a)
 		if err == nil {
 			err = checkPort(port)
