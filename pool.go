@@ -1066,7 +1066,7 @@ func (p *Pool) dialConn(ctx context.Context, gen *uint64) (redis.Conn, net.Conn,
 	case err != nil:
 	case p.Sentinel != nil:
 		err = checkRole(ctx, c, addr)
-	case p.Password == "" && p.DB == 0:
+	case p.cfg.password == "" && p.cfg.db == 0:
 		err = checkAnswers(ctx, c, addr)
 	}
 	if err != nil && c != nil {
