@@ -601,7 +601,7 @@ func (ac *activeConn) Close() error {
 	defer func() {
 		if owned {
 			if r := recover(); r != nil {
-				p.discard(pc, DiscardBroken)
+				p.discard(pc, DiscardBroken, nil)
 				panic(r)
 			}
 		}
@@ -614,11 +614,11 @@ func (ac *activeConn) Close() error {
 		}
 		if err := pc.c.Err(); err != nil {
 			owned = false
-			p.discardErr(pc, DiscardBroken, err)
+			repanic(p.discard(pc, DiscardBroken, err))
 			return nil
 		}
 		owned = false
-		p.put(pc)
+		repanic(p.put(pc))
 		return nil
 	}
 	st := pc.borrowState
@@ -641,7 +641,7 @@ func (p *Pool) release(pc *poolConn, st *borrowState, owned *bool) error {
 			err = pc.c.Err()
 		}
 		*owned = false
-		p.discardErr(pc, DiscardBroken, err)
+		repanic(p.discard(pc, DiscardBroken, err))
 		return nil
 	case st.state&(stateSubscribe|stateListen|stateTaint) != 0, st.db != p.cfg.db,
 		st.pendingEver, st.pendingBlock > 0,
@@ -653,25 +653,25 @@ func (p *Pool) release(pc *poolConn, st *borrowState, owned *bool) error {
 			err = pc.c.Flush()
 		}
 		*owned = false
-		p.discard(pc, DiscardState)
+		repanic(p.discard(pc, DiscardState, nil))
 		return err
 	}
 	if st.state != 0 || st.pending > 0 {
 		refused, err := p.drain(pc, st)
 		if err != nil {
 			*owned = false
-			p.discardErr(pc, DiscardBroken, err)
+			repanic(p.discard(pc, DiscardBroken, err))
 			return err
 		}
 		if refused != nil {
 			// The transaction may still be open, the keys still watched.
 			*owned = false
-			p.discardErr(pc, DiscardState, refused)
+			repanic(p.discard(pc, DiscardState, refused))
 			return nil
 		}
 	}
 	*owned = false
-	p.put(pc)
+	repanic(p.put(pc))
 	return nil
 }
 

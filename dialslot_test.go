@@ -42,34 +42,17 @@ func (c *gatedErrContext) Err() error {
 	return nil
 }
 
-// slotWaiterThatTakesAnUnusableConn runs a Get that the test recognises in a
-// goroutine dump by this function's name.
-func slotWaiterThatTakesAnUnusableConn(p *Pool, done chan<- error) {
-	c, err := p.GetContext(context.Background())
-	if err == nil {
-		c.Close()
-	}
-	done <- err
-}
-
-// TestADialSlotWaiterWhoseTakenConnIsUnusableDoesNotQueueAgain: a Get that
-// holds a permit and waits for a dial slot takes a conn given back meanwhile
-// and gives its own permit back (9f0d21d). When that conn then fails its
-// check (health check here; idle timeout, Retire or a peek the same way),
-// the Get discarded it, giving its permit back too, and went round get's
-// loop from the top: with both permits gone to other callers, it queued in
-// wait() again, behind callers that came after it, with a fresh
-// WaitTimeout. WaitTimeout bounds a Get's waits all together, and a caller
-// whose turn came keeps the closed conn's permit and dials (the waited
-// path): it must do so here too.
-func TestADialSlotWaiterWhoseTakenConnIsUnusableDoesNotQueueAgain(t *testing.T) {
+// TestADialSlotWaiterWhoseTakenConnIsUnusableKeepsItsWaitTimeout: a Get
+// that waits for a dial slot and takes a conn given back meanwhile, which
+// then fails its check, waits again within the WaitTimeout it had, not a
+// fresh one: WaitTimeout bounds a Get's waits all together.
+func TestADialSlotWaiterWhoseTakenConnIsUnusableKeepsItsWaitTimeout(t *testing.T) {
+	const wait = time.Second
 	release := make(chan struct{})
 	tr := &stressTracker{}
 	var dials atomic.Int64
-	tobEntered := make(chan struct{})
-	tobRelease := make(chan struct{})
-	var tobGate atomic.Bool
-	p := &Pool{MaxActive: 3, MaxConcurrentDials: 1, WaitTimeout: 5 * time.Second,
+	var tobFail atomic.Bool
+	p := &Pool{MaxActive: 3, MaxConcurrentDials: 1, WaitTimeout: wait,
 		Dial: func() (redis.Conn, error) {
 			if dials.Add(1) == 2 {
 				<-release // the second dial is slow, and holds the only slot
@@ -77,84 +60,57 @@ func TestADialSlotWaiterWhoseTakenConnIsUnusableDoesNotQueueAgain(t *testing.T) 
 			return tr.Dial()
 		},
 		TestOnBorrow: func(redis.Conn, time.Time) error {
-			if tobGate.CompareAndSwap(true, false) {
-				close(tobEntered)
-				<-tobRelease
+			if tobFail.Load() {
 				return errStressTOB
 			}
 			return nil
 		}}
-	var others []chan error
+	slow := make(chan error, 1)
 	defer func() {
 		close(release)
-		for _, ch := range others {
-			select {
-			case <-ch:
-			case <-time.After(5 * time.Second):
-				t.Error("a Get never returned")
-			}
-		}
+		<-slow
 		p.Close()
 	}()
-	getAsync := func() chan error {
-		ch := make(chan error, 1)
-		go func() {
-			c, err := p.GetContext(context.Background())
-			if err == nil {
-				c.Close()
-			}
-			ch <- err
-		}()
-		others = append(others, ch)
-		return ch
-	}
-	slotWaiters := func() int { return goroutinesIn("(*Pool).waitDialSlot(", " [select") }
-
-	held, err := p.GetContext(context.Background()) // permit 1
+	held, err := p.GetContext(context.Background())
 	require.NoError(t, err)
-	getAsync() // permit 2: the slow dial, holding the slot
+	go func() {
+		c, err := p.GetContext(context.Background())
+		if err == nil {
+			c.Close()
+		}
+		slow <- err
+	}()
 	require.Eventually(t, func() bool { return dials.Load() == 2 }, 5*time.Second, time.Millisecond)
 
-	sDone := make(chan error, 1)
-	others = append(others, sDone)
-	go slotWaiterThatTakesAnUnusableConn(p, sDone) // permit 3, waits for the slot
-	require.Eventually(t, func() bool { return slotWaiters() == 1 }, 5*time.Second, time.Millisecond)
-
-	tobGate.Store(true)
-	held.Close() // the slot waiter takes it, gives permit 3 back, checks it
+	start := time.Now()
+	got := make(chan error, 1)
+	go func() {
+		c, err := p.GetContext(context.Background())
+		if err == nil {
+			c.Close()
+		}
+		got <- err
+	}()
+	require.Eventually(t, func() bool { return p.q.n.Load() == 1 }, 5*time.Second, time.Millisecond,
+		"the Get queues: a permit is free, the dial slot is not")
+	time.Sleep(wait / 2)
+	tobFail.Store(true)
+	held.Close() // the waiter takes it; it fails its check
 	select {
-	case <-tobEntered:
+	case err := <-got:
+		elapsed := time.Since(start)
+		require.ErrorIs(t, err, ErrPoolExhausted)
+		assert.Less(t, elapsed, wait+wait/4, "the Get waited %v with WaitTimeout %v", elapsed, wait)
 	case <-time.After(5 * time.Second):
-		t.Fatal("the slot waiter never checked the conn given back")
+		t.Fatal("the Get never returned")
 	}
-	// Meanwhile permit 3 goes to a new Get, which waits for the slot, and
-	// one more Get queues for a permit.
-	getAsync()
-	require.Eventually(t, func() bool { return slotWaiters() == 1 }, 5*time.Second, time.Millisecond)
-	before := p.Stats().WaitCount
-	getAsync()
-	require.Eventually(t, func() bool { return p.Stats().WaitCount == before+1 }, 5*time.Second, time.Millisecond)
-
-	close(tobRelease) // the conn fails its check
-	inSlotWait := func() bool {
-		return goroutinesIn("slotWaiterThatTakesAnUnusableConn", "(*Pool).waitDialSlot(", " [select") == 1
-	}
-	requeued := func() bool {
-		return goroutinesIn("slotWaiterThatTakesAnUnusableConn", "(*Pool).wait(") == 1
-	}
-	require.Eventually(t, func() bool { return inSlotWait() || requeued() }, 5*time.Second, time.Millisecond)
-	assert.False(t, requeued(), "the slot waiter gave the failed conn's permit away and queued again with a fresh WaitTimeout")
-	assert.True(t, inSlotWait(), "the slot waiter keeps the failed conn's permit and waits for the slot within its WaitTimeout")
 }
 
 // TestADialSlotWaiterWhoseGivenBackConnClosePanicsKeepsNoPermit: a Get
-// waiting for a dial slot holds a permit. When it takes a conn given back
-// but its caller gave up meanwhile, it puts the conn back (took); if the pool
-// discards the conn there (retired, MaxIdle) and the conn's Close panics, the
-// panic left dial before its deferred releasePermit could see an error: the
-// Get's own permit was lost (and a probe's flag left set), so the pool could
-// never again hold MaxActive conns. The same holds for the conn discarded
-// because the pool closed.
+// waiting for a dial slot that is handed a conn as its caller gives up puts
+// the conn back; should the pool discard it there (retired) and its Close
+// panic, the panic reaches the caller and no permit is lost: the pool can
+// hold MaxActive conns again.
 func TestADialSlotWaiterWhoseGivenBackConnClosePanicsKeepsNoPermit(t *testing.T) {
 	release := make(chan struct{})
 	tr := &stressTracker{}
@@ -209,7 +165,8 @@ func TestADialSlotWaiterWhoseGivenBackConnClosePanicsKeepsNoPermit(t *testing.T)
 			c.Close()
 		}
 	}()
-	require.Eventually(t, func() bool { return goroutinesIn("(*Pool).waitDialSlot(", " [select") == 1 }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return p.q.n.Load() == 1 }, 5*time.Second, time.Millisecond,
+		"the Get queues: a permit is free, the dial slot is not")
 
 	ctx.armed.Store(true)
 	held.Close() // the slot waiter takes it, and asks whether its caller gave up

@@ -59,7 +59,7 @@ func TestAWaiterThatDiscardsAConnWhoseClosePanicsKeepsNoPermit(t *testing.T) {
 			c.Close()
 		}
 	}()
-	require.Eventually(t, func() bool { return p.waitCount.Load() == 1 }, 5*time.Second, 50*time.Microsecond)
+	require.Eventually(t, func() bool { return p.stats.waits.Load() == 1 }, 5*time.Second, 50*time.Microsecond)
 	held.Close() // to the waiter, whose health check fails: it closes the conn, which panics
 	select {
 	case r := <-panicked:

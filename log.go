@@ -56,24 +56,26 @@ func (l *logLimiter) allow(k logKind, now time.Duration) (bool, int) {
 // a permit or an abandoned dial), where it would lose a permit or a
 // connection for good.
 func (p *Pool) log(k logKind, level slog.Level, msg string, attrs ...slog.Attr) {
-	defer func() {
-		_ = recover() // see above: the record is lost, nothing else
-	}()
 	logger := p.Logger
 	if k == logLeak && logger == nil {
 		logger = slog.Default()
 	}
-	if logger == nil || !logger.Enabled(context.Background(), level) {
+	if logger == nil {
 		return
 	}
-	ok, suppressed := p.limiter.allow(k, p.clock())
-	if !ok {
-		return
-	}
-	if suppressed > 0 {
-		attrs = append(attrs, slog.Int("suppressed", suppressed))
-	}
-	logger.LogAttrs(context.Background(), level, msg, attrs...)
+	_ = guard(func() { // see above: the record is lost, nothing else
+		if !logger.Enabled(context.Background(), level) {
+			return
+		}
+		ok, suppressed := p.limiter.allow(k, p.clock())
+		if !ok {
+			return
+		}
+		if suppressed > 0 {
+			attrs = append(attrs, slog.Int("suppressed", suppressed))
+		}
+		logger.LogAttrs(context.Background(), level, msg, attrs...)
+	})
 }
 
 // logSentinel logs a record about the sentinels, when Logger is set. These
@@ -85,10 +87,7 @@ func (p *Pool) logSentinel(ctx context.Context, level slog.Level, msg string, at
 	if p.Logger == nil {
 		return
 	}
-	defer func() {
-		_ = recover()
-	}()
-	p.Logger.LogAttrs(ctx, level, msg, attrs...)
+	_ = guard(func() { p.Logger.LogAttrs(ctx, level, msg, attrs...) })
 }
 
 // logDiscarded logs a discarded connection. Routine discards (idle timeout,
@@ -123,7 +122,7 @@ func (p *Pool) watchLeak() *leakWatch {
 	w.pcs = w.pcs[:n]
 	start := time.Now()
 	w.timer = time.AfterFunc(p.LeakThreshold, func() {
-		p.leaks.Add(1)
+		p.stats.leaks.Add(1)
 		p.log(logLeak, slog.LevelWarn, "redispool: connection held longer than LeakThreshold; was it closed?",
 			slog.Duration("held", time.Since(start)),
 			slog.String("borrowed_at", formatStack(w.pcs)))

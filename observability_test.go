@@ -98,9 +98,9 @@ func TestALogHandlerPanicWhileAWaiterDiscardsItsGrantLosesNoPermit(t *testing.T)
 
 	held, err := p.GetContext(ctx)
 	require.NoError(t, err)
-	before := p.waitCount.Load()
+	before := p.stats.waits.Load()
 	waiter := obsGet(p, ctx)
-	require.Eventually(t, func() bool { return p.waitCount.Load() == before+1 }, 5*time.Second, 50*time.Microsecond)
+	require.Eventually(t, func() bool { return p.stats.waits.Load() == before+1 }, 5*time.Second, 50*time.Microsecond)
 
 	clk.Advance(2 * time.Minute) // the conn held is past IdleTimeout when the waiter gets it
 	h.armed.Store(true)
@@ -402,9 +402,9 @@ func TestCloseWakesEveryKindOfWaiterAndIsIdempotent(t *testing.T) {
 	dialing := obsGet(p, ctx)
 	require.Eventually(t, func() bool { return inDial.Load() == 2 }, 5*time.Second, 50*time.Microsecond)
 	slotWaiter := obsGet(p, ctx)
-	require.Eventually(t, func() bool { return p.slotWaiters.Load() == 1 }, 5*time.Second, 50*time.Microsecond)
+	require.Eventually(t, func() bool { return p.stats.waits.Load() == 1 }, 5*time.Second, 50*time.Microsecond)
 	queued := obsGet(p, ctx)
-	require.Eventually(t, func() bool { return p.waitCount.Load() == 1 }, 5*time.Second, 50*time.Microsecond)
+	require.Eventually(t, func() bool { return p.stats.waits.Load() == 2 }, 5*time.Second, 50*time.Microsecond)
 
 	var wg sync.WaitGroup
 	for range 4 {

@@ -2,14 +2,9 @@ package redispool
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"math"
-	"math/rand/v2"
 	"net"
-	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,79 +12,16 @@ import (
 	"github.com/gomodule/redigo/redis"
 )
 
-// ErrPoolClosed is returned by Get, GetContext and every method of the conn Get
-// returns once the Pool has been closed, including to callers that were waiting
-// for a connection when Close was called.
-var ErrPoolClosed = errors.New("redispool: pool is closed")
-
-// ErrPoolExhausted is wrapped by the error returned by Get and GetContext when
-// WaitTimeout passed before a connection, a dial slot or a Dial of the user's
-// became available (at once when WaitTimeout is negative). It wraps redigo's
-// redis.ErrPoolExhausted, so code written for redis.Pool that checks
-// errors.Is(err, redis.ErrPoolExhausted) keeps working.
-var ErrPoolExhausted = fmt.Errorf("redispool: connection pool exhausted: %w", redis.ErrPoolExhausted)
-
-// ErrConnClosed is returned by every method but Close of a conn from Get after
-// that conn has been closed. The pooled connection behind it is not touched.
-var ErrConnClosed = errors.New("redispool: use of closed connection")
-
-// ErrConnRetired is returned by the methods of a conn from a Pool with
-// Sentinel set once the pool has moved to a new master: the conn reaches the
-// old one. Close it and get another.
-var ErrConnRetired = errors.New("redispool: connection retired after a failover; get a new one")
-
-// ErrDialBackoff is wrapped, together with the last dial error, by the error
-// Get and GetContext return at once, without dialing, while dials fail and the
-// pool backs off (see MaxConcurrentDials). errors.Is finds both.
-var ErrDialBackoff = errors.New("redispool: not dialing while dials fail")
-
-// errNilConn is the dial error for a Dial that returned neither a connection
-// nor an error.
-var errNilConn = errors.New("redispool: Dial returned a nil connection and no error")
-
-// errNilPool is returned by the methods of a nil *Pool.
-var errNilPool = errors.New("redispool: method called on a nil *Pool")
-
-// errNilContext is returned by GetContext, DoContext and ReceiveContext when
-// given a nil context.
-var errNilContext = errors.New("redispool: nil Context; pass context.Background() for none")
-
 // nowFunc, when set by tests, replaces the clock so that they move time
 // instead of sleeping. It is atomic because goroutines a test leaves behind
 // (a dial it gave up on) may still read it when the next test sets it.
 var nowFunc atomic.Pointer[func() time.Time]
-
-// Dial backoff while the server refuses connections: the first retry waits
-// about backoffBase, each failure doubles the wait up to backoffCap, and the
-// wait is jittered down by up to half so that pools do not retry in step.
-const (
-	backoffBase = 10 * time.Millisecond
-	backoffCap  = 500 * time.Millisecond
-)
 
 // peekAfterIdle is how long a connection the pool dialed must have been idle
 // before Get peeks at its socket for a close or unasked-for bytes. Busy
 // connections skip the system call; a stale one fails its first command and
 // is discarded anyway.
 const peekAfterIdle = 100 * time.Millisecond
-
-// tcpKeepAlive is the keep-alive period of connections the pool dials, as
-// redigo's dialer sets it.
-const tcpKeepAlive = 5 * time.Minute
-
-// ConnPool is what application code needs from a pool of Redis connections.
-// Both *Pool and redigo's *redis.Pool satisfy it, so code that accepts a
-// ConnPool works with either and can be tested with a fake.
-type ConnPool interface {
-	Get() redis.Conn
-	GetContext(ctx context.Context) (redis.Conn, error)
-	Close() error
-}
-
-var (
-	_ ConnPool = (*Pool)(nil)
-	_ ConnPool = (*redis.Pool)(nil)
-)
 
 // Pool is a bounded pool of Redis connections. It has the exported fields of
 // redigo's redis.Pool, with the same names and types, so that code written for
@@ -264,62 +196,28 @@ type Pool struct {
 	LeakThreshold time.Duration
 
 	// Set once by init, read-only after.
-	initOnce  sync.Once
-	epoch     time.Time // the pool's clock reads the time since epoch
-	epochMono time.Time // the real clock's epoch, for waits (see monotonic)
-	// oneClock is set when epoch is epochMono, as it is unless a test moved
-	// the clock: clock and monotonic then read the same, and a Get that
-	// waited reuses the reading that ended its wait (see unusable).
-	oneClock bool
+	initOnce sync.Once
+	epoch    time.Time // the pool's clock reads the time since epoch
 	cfg      config
 	cfgErr   error
-	// The bound: every connection that may exist is a token in one of two
-	// channels, in the hot slot, on its way to a waiter, or checked out:
-	// MaxActive = permits + idle + hot + granted + checked out. A dial takes
-	// a permit; a connection that is closed gives one back.
-	permits chan struct{}  // one per connection that may still be dialed
-	idle    chan *poolConn // idle connections but the hot one, longest idle first
-	// hot holds an idle connection that Get takes before those in idle. put
-	// fills it when it is empty, so a caller alone reuses one connection
-	// with an atomic swap each way instead of two channel operations.
-	hot    atomic.Pointer[poolConn]
-	dials  chan struct{} // one token per dial in progress
-	done   chan struct{} // closed by Close
-	closed atomic.Bool   // set once by Close, before done is closed
 
-	// Callers waiting for a token (see wait.go).
-	wmu        sync.Mutex  // protects waitq and timerArmed
-	waitq      waitList    // first come first served
-	timerArmed bool        // waitTimer is set for the first waiter's deadline
-	waitTimer  *time.Timer // calls expireWaiters
+	// The bound: every connection that may exist is a permit in its
+	// channel, an idle connection, on its way to a waiter, being dialed or
+	// checked out: MaxActive = permits + idle + granted + dialing + out. A
+	// dial takes a permit and one of MaxConcurrentDials slots, together a
+	// ticket; a connection that is closed gives its permit back.
+	permits chan struct{} // one per connection that may still be dialed
+	slots   chan struct{} // one per dial that may still begin
+	idle    idleSet
+	q       waitQueue     // callers waiting for a connection or a ticket (see wait.go)
+	backoff backoff       // paces dials while the server refuses them (see dial.go)
+	done    chan struct{} // closed by Close
+	closed  atomic.Bool   // set once by Close, before done is closed
 
-	mu        sync.Mutex    // protects the fields below; never held across network I/O
-	dialErr   error         // the last dial error, nil once a dial succeeds
-	dialFails int           // consecutive dial failures
-	nextDial  time.Duration // no dial before this (see clock) while dialErr is set
-	probing   bool          // a dial is testing whether the server is back
-	limiter   logLimiter
-
-	// Atomic, read without mu.
 	gen     atomic.Uint64 // raised by Retire: older connections are not reused
-	active  atomic.Int64
-	waiters atomic.Int64 // callers in waitq
-	// slotWaiters counts callers holding a permit that wait for a dial
-	// slot: they take a connection given back meanwhile, and put wakes one
-	// through slotWake (see waitDialSlot).
-	slotWaiters atomic.Int64
-	slotWake    chan struct{}
-	idleLow     atomic.Int64 // fewest idle connections a Get left since shrinkAt was set
-	shrinkAt    atomic.Int64 // a time.Duration (see clock): when shrink next runs
-
-	waitCount   atomic.Int64
-	waitNanos   atomic.Int64
-	dialCount   atomic.Int64
-	dialErrors  atomic.Int64
-	fastFails   atomic.Int64
-	waitTimeout atomic.Int64
-	leaks       atomic.Int64
-	discards    [numDiscardReasons]atomic.Int64
+	active  atomic.Int64  // connections open or being dialed
+	stats   counters
+	limiter logLimiter
 }
 
 // poolConn is a connection owned by the pool, idle or checked out.
@@ -331,7 +229,7 @@ type poolConn struct {
 	addr    string                // the address the pool dialed, if it did
 	gen     uint64                // the pool's generation when the dial began
 	created time.Duration         // see clock
-	t       time.Duration         // when last handed out, or dialed
+	used    time.Duration         // when last handed out, or dialed
 
 	// The borrower's bookkeeping, kept here so that the conn handed out is
 	// two words. Close raises seq, under mu: a conn handed out carries the
@@ -346,95 +244,12 @@ type poolConn struct {
 	borrowState
 }
 
-// DiscardReason says why the pool closed a connection.
-type DiscardReason int
-
-// The reasons a connection is discarded, counted in PoolStats.Discards.
-const (
-	// DiscardBroken: a call failed with an error other than a redis.Error
-	// (timeout, EOF, protocol error, cancelled context) or with a reply after
-	// which the server closes the connection ("max number of clients
-	// reached", "Protocol error"), the conn's Err was set, replies could not
-	// be read in time, or it was in use when closed.
-	DiscardBroken DiscardReason = iota
-	// DiscardState: it was left in a state the next caller must not inherit
-	// (subscribed, MONITOR, CLIENT REPLY OFF, another database, READONLY, ...).
-	DiscardState
-	// DiscardIdleTimeout: it stayed idle longer than IdleTimeout, or the pool
-	// shrank: once per IdleTimeout, a Get that reuses an idle connection
-	// closes as many idle ones as no Get needed in that time.
-	DiscardIdleTimeout
-	// DiscardLifetime: it was older than MaxConnLifetime.
-	DiscardLifetime
-	// DiscardMaxIdle: MaxIdle connections were already idle.
-	DiscardMaxIdle
-	// DiscardHealthCheck: TestOnBorrow or TestOnBorrowContext failed.
-	DiscardHealthCheck
-	// DiscardPoolClosed: the pool was closed.
-	DiscardPoolClosed
-	// DiscardRetired: it was dialed before a call to Retire, or before a
-	// READONLY reply showed that the server it reaches is now a replica.
-	DiscardRetired
-	numDiscardReasons
-)
-
-var discardNames = [numDiscardReasons]string{"broken", "state", "idle_timeout", "lifetime", "max_idle", "health_check", "pool_closed", "retired"}
-
-// String returns the reason in snake case, as used in metric labels.
-func (r DiscardReason) String() string {
-	if r < 0 || r >= numDiscardReasons {
-		return fmt.Sprintf("DiscardReason(%d)", int(r))
-	}
-	return discardNames[r]
-}
-
-// PoolStats are a pool's counters. The first four fields are those of
-// redigo's redis.PoolStats.
-type PoolStats struct {
-	// ActiveCount is the number of connections open, idle, in use or being dialed.
-	ActiveCount int
-	// IdleCount is the number of idle connections.
-	IdleCount int
-	// WaitCount is the number of Gets that had to wait for a connection.
-	WaitCount int64
-	// WaitDuration is the total time those Gets waited.
-	WaitDuration time.Duration
-
-	// DialCount is the number of dials started.
-	DialCount int64
-	// DialErrorCount is the number of dials that failed.
-	DialErrorCount int64
-	// FastFailCount is the number of Gets refused at once with the last dial
-	// error because the server was refusing connections.
-	FastFailCount int64
-	// WaitTimeoutCount is the number of Gets that failed with ErrPoolExhausted.
-	WaitTimeoutCount int64
-	// LeakCount is the number of connections held longer than LeakThreshold.
-	LeakCount int64
-	// Discards counts the connections closed by the pool, by reason.
-	Discards DiscardStats
-}
-
-// DiscardStats counts closed connections by DiscardReason.
-type DiscardStats struct {
-	Broken, State, IdleTimeout, Lifetime, MaxIdle, HealthCheck, PoolClosed, Retired int64
-}
-
-// Total is the number of connections discarded for any reason.
-func (d DiscardStats) Total() int64 {
-	return d.Broken + d.State + d.IdleTimeout + d.Lifetime + d.MaxIdle + d.HealthCheck + d.PoolClosed + d.Retired
-}
-
 // init fixes the configuration on first use.
 func (p *Pool) init() error {
 	p.initOnce.Do(func() {
-		p.epochMono = time.Now()
-		p.epoch, p.oneClock = p.epochMono, true
-		if f := nowFunc.Load(); f != nil {
-			p.epoch, p.oneClock = (*f)(), false
-		}
-		p.waitTimer = time.AfterFunc(time.Hour, p.expireWaiters)
-		p.waitTimer.Stop()
+		p.epoch = wallNow()
+		p.q.timer = time.AfterFunc(time.Hour, p.expireWaiters)
+		p.q.timer.Stop()
 		p.cfg, p.cfgErr = p.buildConfig()
 		if p.cfgErr == nil && p.Sentinel != nil {
 			p.cfgErr = p.Sentinel.watch(p) // the one Pool it serves
@@ -443,27 +258,27 @@ func (p *Pool) init() error {
 		if p.cfgErr != nil {
 			n = 0
 		}
-		p.permits = make(chan struct{}, n)
-		for range n {
-			p.permits <- struct{}{}
-		}
-		// MaxIdle idle connections: one in the hot slot, the rest here.
-		p.idle = make(chan *poolConn, max(min(p.cfg.maxIdle, n)-1, 0))
-		p.slotWake = make(chan struct{}, 1)
-		p.idleLow.Store(math.MaxInt64)
-		p.shrinkAt.Store(int64(p.cfg.idleTimeout))
-		p.dials = make(chan struct{}, p.cfg.maxDials)
-		for range p.cfg.maxDials {
-			p.dials <- struct{}{}
-		}
+		p.permits = tokens(n)
+		p.slots = tokens(p.cfg.maxDials)
+		// MaxIdle idle connections: one in the hot slot, the rest in a channel.
+		p.idle.init(min(p.cfg.maxIdle, n), p.cfg.idleTimeout)
 		p.done = make(chan struct{})
 	})
 	return p.cfgErr
 }
 
-// clock returns the time since the pool's epoch. It reads only the monotonic
-// clock, which costs about half of time.Now, and the pool reads it once per
-// Get and Close.
+// tokens returns a channel holding n tokens.
+func tokens(n int) chan struct{} {
+	ch := make(chan struct{}, n)
+	for range n {
+		ch <- struct{}{}
+	}
+	return ch
+}
+
+// clock returns the time since the pool's epoch, which ages connections.
+// It reads only the monotonic clock, which costs about half of time.Now.
+// Waits use the real clock, which tests do not move.
 func (p *Pool) clock() time.Duration {
 	if f := nowFunc.Load(); f != nil {
 		return (*f)().Sub(p.epoch)
@@ -500,6 +315,7 @@ func (p *Pool) GetContext(ctx context.Context) (redis.Conn, error) {
 	}
 	pc, err := p.get(ctx)
 	if err != nil {
+		repanic(err)
 		return errorConn{err}, err
 	}
 	// pc is ours alone: the last borrower's Close wrote pc.seq before the
@@ -511,101 +327,159 @@ func (p *Pool) GetContext(ctx context.Context) (redis.Conn, error) {
 	return ac, nil
 }
 
-// get takes an idle connection, or a permit and dials a new one.
+// get hands out an idle connection, or dials one with a ticket: idle
+// connections first, then a ticket, then a wait for either.
 func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 	if err := p.init(); err != nil {
 		return nil, err
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	var waitEnd time.Duration // see waitLeft
-	redial := false           // this caller holds a permit and dials
-	checkEnd := p.checksEnd()
+	var deadline time.Time // when the Get stops waiting; set by its first wait
+	checksEnd := p.checksEnd()
 	for {
-		var pc *poolConn
-		waited := false
-		now := time.Duration(-1) // the monotonic clock as a wait ended
-		if !redial {
-			if p.closed.Load() {
-				return nil, ErrPoolClosed
-			}
-			if pc = p.takeHot(); pc != nil {
-				p.noteIdleLeft(int64(len(p.idle)))
-			} else {
-				select {
-				case pc = <-p.idle:
-					p.noteIdleLeft(int64(len(p.idle)))
-				default:
-					p.noteIdleLeft(0)
-					select {
-					case <-p.permits:
-					default:
-						var err error
-						if pc, now, err = p.wait(ctx, &waitEnd); err != nil {
-							return nil, err
-						}
-						waited = true
-					}
-				}
-			}
-		}
-		redial = false
-		if pc == nil {
-			now = -1 // a dial, or a wait for a dial slot, comes after
-			var idle bool
-			var err error
-			if pc, idle, err = p.dial(ctx, &waitEnd); !idle {
-				return pc, err
-			}
-			// Given back while this caller waited for a dial slot, which
-			// gave its permit back: checked as any idle connection. Its
-			// turn came: should the connection be unusable, it keeps that
-			// permit and dials, rather than queueing again.
-			waited = true
-		}
-		reason := p.unusable(ctx, pc, now)
-		if reason < 0 {
-			if p.TestOnBorrow != nil || p.TestOnBorrowContext != nil {
-				// The check may take a round trip: a caller that gave up
-				// meanwhile must not get the connection.
-				if err := ctx.Err(); err != nil {
-					p.put(pc)
-					return nil, err
-				}
-			}
-			return pc, nil
-		}
-		if waited {
-			// This caller's turn came: it keeps the closed connection's
-			// permit and dials, rather than queueing again behind later
-			// callers.
-			p.closeConn(pc, reason, nil, false)
-			if err := ctx.Err(); err != nil {
-				p.releasePermit()
-				return nil, err
-			}
-			redial = true
-			continue
-		}
-		p.discard(pc, reason)
-		if err := ctx.Err(); err != nil {
+		pc, err := p.acquire(ctx, &deadline)
+		if err != nil {
 			return nil, err
 		}
-		if reason == DiscardHealthCheck && p.monotonic() >= checkEnd {
-			return nil, p.exhausted(fmt.Errorf("%w: idle connections failed TestOnBorrow until this Get's WaitTimeout (%v) passed", ErrPoolExhausted, p.checksBudget()))
+		if pc != nil {
+			if pc, err = p.vet(ctx, pc, checksEnd); pc != nil || err != nil {
+				return pc, err
+			}
+			// vet closed the idle connections it found and holds the
+			// permit of one: with a slot, a ticket. A Get granted a
+			// connection after a wait so keeps its turn.
+			if !p.takeSlot() {
+				p.releasePermit()
+				continue
+			}
 		}
+		return p.dial(ctx, &deadline)
 	}
 }
 
-// checksEnd is when a Get whose health checks keep failing stops trying
-// more idle connections (see checksBudget), on the monotonic clock; zero
-// when there are no checks.
-func (p *Pool) checksEnd() time.Duration {
-	if p.TestOnBorrow == nil && p.TestOnBorrowContext == nil {
-		return 0
+// acquire takes an idle connection, or a ticket (and returns nil), waiting
+// for either when there is none.
+func (p *Pool) acquire(ctx context.Context, deadline *time.Time) (*poolConn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
-	return p.monotonic() + p.checksBudget()
+	if p.closed.Load() {
+		return nil, ErrPoolClosed
+	}
+	if pc := p.idle.take(); pc != nil {
+		return pc, nil
+	}
+	if p.takeTicket() {
+		return nil, nil
+	}
+	return p.wait(ctx, deadline)
+}
+
+// vet returns pc, or the next idle connection, that may be reused, closing
+// those that may not. When it closed one and found no other, it returns
+// neither a connection nor an error, and the caller holds the permit of
+// the last one closed. Once checksEnd has passed, a failed health check
+// ends the Get.
+func (p *Pool) vet(ctx context.Context, pc *poolConn, checksEnd time.Time) (*poolConn, error) {
+	for {
+		reason, err := p.reuse(ctx, pc)
+		switch {
+		case reason < 0 && err != nil:
+			return nil, err
+		case reason < 0:
+			return pc, nil
+		case err != nil:
+			p.releasePermit()
+			return nil, err
+		case reason == DiscardHealthCheck && time.Now().After(checksEnd):
+			p.releasePermit()
+			return nil, p.exhausted(fmt.Errorf("%w: idle connections failed TestOnBorrow until this Get's WaitTimeout (%v) passed", ErrPoolExhausted, p.checksBudget()))
+		}
+		if pc = p.idle.take(); pc == nil {
+			return nil, nil
+		}
+		p.releasePermit()
+	}
+}
+
+// reuse readies an idle connection to be handed out, or closes it and
+// says why: the caller then holds its permit. An error is ctx's, or a
+// panic of the user's code.
+func (p *Pool) reuse(ctx context.Context, pc *poolConn) (DiscardReason, error) {
+	now := p.clock()
+	reason := p.stale(pc, now)
+	checks := p.TestOnBorrow != nil || p.TestOnBorrowContext != nil
+	if reason < 0 && checks {
+		if err := guard(func() { reason = p.healthy(ctx, pc) }); err != nil {
+			return DiscardHealthCheck, either(err, p.closeConn(pc, DiscardHealthCheck, nil))
+		}
+	}
+	if reason >= 0 {
+		return reason, p.closeConn(pc, reason, nil)
+	}
+	pc.used = now
+	if err := p.shrink(now); err != nil {
+		return reason, either(err, p.put(pc))
+	}
+	if checks {
+		// The check may take a round trip: a caller that gave up meanwhile
+		// must not get the connection.
+		if err := ctx.Err(); err != nil {
+			return reason, either(p.put(pc), err)
+		}
+	}
+	return reason, nil
+}
+
+// stale reports why an idle connection may not be handed out at now, or -1.
+func (p *Pool) stale(pc *poolConn, now time.Duration) DiscardReason {
+	switch {
+	case now-pc.used >= p.cfg.idleTimeout:
+		return DiscardIdleTimeout
+	case pc.gen != p.gen.Load():
+		return DiscardRetired
+	case p.cfg.maxLifetime > 0 && now-pc.created >= p.cfg.maxLifetime:
+		return DiscardLifetime
+	case pc.netConn != nil && now-pc.used >= peekAfterIdle && peek(pc.netConn) != nil:
+		// Closed by the server, or holding bytes nobody asked for.
+		return DiscardBroken
+	}
+	return -1
+}
+
+// healthy runs TestOnBorrow and TestOnBorrowContext.
+func (p *Pool) healthy(ctx context.Context, pc *poolConn) DiscardReason {
+	lastUsed := p.epoch.Add(pc.used)
+	if (p.TestOnBorrow == nil || p.TestOnBorrow(pc.c, lastUsed) == nil) &&
+		(p.TestOnBorrowContext == nil || p.TestOnBorrowContext(ctx, pc.c, lastUsed) == nil) {
+		return -1
+	}
+	return DiscardHealthCheck
+}
+
+// shrink closes, once per IdleTimeout, as many idle connections as stayed
+// unused through the whole period (see idleSet), longest idle first.
+func (p *Pool) shrink(now time.Duration) error {
+	n := p.idle.due(now)
+	var first error
+	for ; n > 0; n-- {
+		pc := p.idle.takeOldest()
+		if pc == nil {
+			break
+		}
+		if err := p.discard(pc, DiscardIdleTimeout, nil); first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// checksEnd is when a Get whose health checks keep failing stops trying
+// more idle connections (see checksBudget).
+func (p *Pool) checksEnd() time.Time {
+	if p.TestOnBorrow == nil && p.TestOnBorrowContext == nil {
+		return time.Time{}
+	}
+	return time.Now().Add(p.checksBudget())
 }
 
 // checksBudget bounds a Get's failed health checks: WaitTimeout, or when
@@ -622,727 +496,68 @@ func (p *Pool) checksBudget() time.Duration {
 
 // exhausted counts and logs a Get that gave up waiting, and returns its error.
 func (p *Pool) exhausted(err error) error {
-	p.waitTimeout.Add(1)
+	p.stats.exhausted.Add(1)
 	p.log(logExhausted, slog.LevelWarn, "redispool: pool exhausted", slog.String("error", errText(err)))
 	return err
-}
-
-// unusable reports why an idle connection may not be handed out, or -1 when
-// it may, and then stamps it with the time it is handed out. mono is the
-// monotonic clock read as this Get's wait ended, or negative: when the
-// pool's clock is that clock, it is not read again.
-func (p *Pool) unusable(ctx context.Context, pc *poolConn, mono time.Duration) DiscardReason {
-	now := mono
-	if mono < 0 || !p.oneClock || nowFunc.Load() != nil {
-		now = p.clock()
-	}
-	reason := DiscardReason(-1)
-	switch {
-	case now-pc.t >= p.cfg.idleTimeout:
-		reason = DiscardIdleTimeout
-	case pc.gen != p.gen.Load():
-		reason = DiscardRetired
-	case p.cfg.maxLifetime > 0 && now-pc.created >= p.cfg.maxLifetime:
-		reason = DiscardLifetime
-	case pc.netConn != nil && now-pc.t >= peekAfterIdle && peek(pc.netConn) != nil:
-		// Closed by the server, or holding bytes nobody asked for.
-		reason = DiscardBroken
-	case (p.TestOnBorrow != nil || p.TestOnBorrowContext != nil) && !p.healthy(ctx, pc):
-		reason = DiscardHealthCheck
-	}
-	if reason >= 0 {
-		return reason
-	}
-	pc.t = now
-	if now >= time.Duration(p.shrinkAt.Load()) {
-		p.shrink(pc, now)
-	}
-	return -1
-}
-
-// noteIdleLeft records how many idle connections a Get left: the fewest
-// over a period are connections nobody needed in it.
-func (p *Pool) noteIdleLeft(n int64) {
-	if n < p.idleLow.Load() {
-		p.idleLow.Store(n) // racy minimum: at worst one connection too many is closed
-	}
-}
-
-// shrink closes, once per IdleTimeout, as many idle connections as stayed
-// unused through the whole period. Idle connections are reused in turn, so a
-// trickle of Gets would otherwise keep every one of them from ever reaching
-// IdleTimeout, and the pool would never shrink after a burst. out is the
-// connection the calling Get hands out: should an idle connection's Close
-// panic, out goes back to the pool before the panic reaches the caller.
-func (p *Pool) shrink(out *poolConn, now time.Duration) {
-	at := p.shrinkAt.Load()
-	if !p.shrinkAt.CompareAndSwap(at, int64(now+p.cfg.idleTimeout)) {
-		return // another Get is doing it
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			p.put(out)
-			panic(r)
-		}
-	}()
-	surplus := p.idleLow.Swap(math.MaxInt64)
-	for ; surplus > 0; surplus-- {
-		select {
-		case pc := <-p.idle:
-			p.discard(pc, DiscardIdleTimeout)
-		default:
-			return
-		}
-	}
-}
-
-// healthy runs TestOnBorrow and TestOnBorrowContext. A panic in them closes
-// the connection, so that its permit is not lost, and goes on up to Get.
-func (p *Pool) healthy(ctx context.Context, pc *poolConn) (ok bool) {
-	done := false
-	defer func() {
-		if !done {
-			p.discard(pc, DiscardHealthCheck)
-		}
-	}()
-	lastUsed := p.epoch.Add(pc.t)
-	ok = (p.TestOnBorrow == nil || p.TestOnBorrow(pc.c, lastUsed) == nil) &&
-		(p.TestOnBorrowContext == nil || p.TestOnBorrowContext(ctx, pc.c, lastUsed) == nil)
-	done = true
-	return ok
-}
-
-// dialCall is a dial in progress. Its caller may give up on it; the dialing
-// goroutine then hands the result to the pool.
-type dialCall struct {
-	done chan struct{} // closed when pc, err are set and the caller still waits
-	gen  uint64        // the pool's generation when the dial began
-
-	mu        sync.Mutex // protects the fields below
-	finished  bool
-	abandoned bool
-	pc        *poolConn
-	err       error
-	panicked  any
-}
-
-// dial makes a new connection for a caller holding a permit, which it gives
-// back on failure. A dial the caller gives up on goes on, and gives the
-// pool its connection or the permit back when it ends. idle is set when,
-// instead, the caller took a connection given back while it waited for a
-// dial slot: its permit is given back then, and the connection is still to
-// be checked.
-func (p *Pool) dial(ctx context.Context, waitEnd *time.Duration) (_ *poolConn, idle bool, err error) {
-	handedOff := false
-	probe := false
-	slotWait := false // in waitDialSlot, which may panic
-	defer func() {
-		if handedOff {
-			return
-		}
-		if err != nil {
-			p.releasePermit()
-			return
-		}
-		if !slotWait {
-			return
-		}
-		// The Close of a connection waitDialSlot took and gave back (its
-		// caller gave up, or the pool closed) panicked: the permit and the
-		// probe are still this caller's.
-		if r := recover(); r != nil {
-			if probe {
-				p.endProbe()
-			}
-			p.releasePermit()
-			panic(r)
-		}
-	}()
-	if p.closed.Load() {
-		// Granted a permit as the pool closed: no dial may begin after
-		// Close has returned.
-		return nil, false, ErrPoolClosed
-	}
-	probe, err = p.dialAllowed()
-	if err != nil {
-		return nil, false, err
-	}
-	select {
-	case <-p.dials:
-	default:
-		slotWait = true
-		pc, err := p.waitDialSlot(ctx, waitEnd)
-		slotWait = false
-		if pc != nil {
-			if probe {
-				p.endProbe()
-			}
-			p.releasePermit() // the connection has its own
-			return pc, true, nil
-		}
-		if err != nil {
-			if probe {
-				p.endProbe()
-			}
-			return nil, false, err
-		}
-		if p.closed.Load() {
-			// The pool closed while this caller waited for the slot.
-			p.dials <- struct{}{}
-			if probe {
-				p.endProbe()
-			}
-			return nil, false, ErrPoolClosed
-		}
-		// The dials this caller waited for may have failed meanwhile: then
-		// it fails fast too, instead of adding to a burst of failing dials.
-		if !probe {
-			if _, err = p.dialAllowed(); err != nil {
-				p.dials <- struct{}{}
-				return nil, false, err
-			}
-		}
-	}
-	call := &dialCall{done: make(chan struct{}), gen: p.gen.Load()}
-	p.active.Add(1)
-	p.dialCount.Add(1)
-	go p.runDial(context.WithoutCancel(ctx), call)
-
-	// The caller waits for the dial until ctx ends or the pool closes, and
-	// for a dial that DialTimeout does not bound (a Dial of the user's, or
-	// DialTimeout disabled) until WaitTimeout passes. A dial given up on goes
-	// on, and serves a later Get.
-	var timeout <-chan time.Time
-	if p.cfg.waitTimeout >= 0 && (p.cfg.userDial || p.cfg.dialTimeout == 0) {
-		// Not a pooled timer: in a program whose go.mod says go 1.22 or
-		// older, a stopped timer's channel may still hold a tick.
-		timer := time.NewTimer(p.waitLeft(waitEnd))
-		defer timer.Stop()
-		timeout = timer.C
-	}
-	var gaveUp error
-	select {
-	case <-call.done:
-	case <-ctx.Done():
-		gaveUp = ctx.Err()
-	case <-p.done:
-		gaveUp = ErrPoolClosed
-	case <-timeout:
-		gaveUp = p.exhausted(fmt.Errorf("%w: a dial did not finish within this Get's WaitTimeout (%v)", ErrPoolExhausted, p.cfg.waitTimeout))
-	}
-	if gaveUp != nil {
-		handedOff = true
-		call.mu.Lock()
-		if !call.finished {
-			call.abandoned = true
-			call.mu.Unlock()
-			return nil, false, gaveUp
-		}
-		call.mu.Unlock()
-		// The dial finished as the caller gave up: pass its result on.
-		p.handOff(call)
-		return nil, false, gaveUp
-	}
-	if call.panicked != nil {
-		p.active.Add(-1)
-		p.releasePermit()
-		handedOff = true
-		panic(call.panicked)
-	}
-	if call.err != nil {
-		p.active.Add(-1)
-		return nil, false, call.err
-	}
-	if err := ctx.Err(); err != nil {
-		// ctx ended as the dial finished: as with a waiter's grant (see
-		// granted), a caller that gave up must not get a connection. It
-		// serves the next one.
-		handedOff = true
-		p.put(call.pc)
-		return nil, false, err
-	}
-	return call.pc, false, nil
-}
-
-// dialAllowed fails fast while the server refuses connections, letting one
-// caller probe it once the backoff has passed. It reports whether the caller
-// is that probe.
-func (p *Pool) dialAllowed() (bool, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.dialErr == nil {
-		return false, nil
-	}
-	if now := p.clock(); p.probing || now < p.nextDial {
-		p.fastFails.Add(1)
-		return false, fmt.Errorf("%w: next dial in %v, after %d failed dials: %w", ErrDialBackoff,
-			max(p.nextDial-now, 0).Round(time.Millisecond), p.dialFails, p.dialErr)
-	}
-	p.probing = true
-	return true, nil
-}
-
-// endProbe releases the probe of a caller that never dialed.
-func (p *Pool) endProbe() {
-	p.mu.Lock()
-	p.probing = false
-	p.mu.Unlock()
-}
-
-// waitLeft is how long a Get may still wait: WaitTimeout bounds all its
-// waits together (for a connection, a dial slot, a Dial of the user's),
-// counted from the first. *end is when that is, on the monotonic clock,
-// zero until the Get first waits.
-func (p *Pool) waitLeft(end *time.Duration) time.Duration {
-	now := p.monotonic()
-	if *end == 0 {
-		*end = now + p.cfg.waitTimeout
-	}
-	return *end - now
-}
-
-// waitDialSlot waits for one of the MaxConcurrentDials slots, within what is
-// left of the Get's WaitTimeout. A connection given back meanwhile ends the
-// wait too: the caller takes it rather than dial (see idled).
-func (p *Pool) waitDialSlot(ctx context.Context, waitEnd *time.Duration) (*poolConn, error) {
-	if p.cfg.waitTimeout < 0 {
-		return nil, p.exhausted(fmt.Errorf("%w: %d dials are in progress and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxDials))
-	}
-	// Counted before the idle set is looked at, as put fills it before it
-	// reads the count: either this caller finds the connection, or put
-	// wakes it.
-	p.slotWaiters.Add(1)
-	defer p.slotWaiters.Add(-1)
-	took := func(pc *poolConn) (*poolConn, error) {
-		if p.closed.Load() {
-			p.discard(pc, DiscardPoolClosed)
-			return nil, ErrPoolClosed
-		}
-		if err := ctx.Err(); err != nil {
-			p.put(pc)
-			return nil, err
-		}
-		return pc, nil
-	}
-	timer := time.NewTimer(p.waitLeft(waitEnd))
-	defer timer.Stop()
-	for {
-		if pc := p.takeHot(); pc != nil {
-			return took(pc)
-		}
-		select {
-		case <-p.dials:
-			if err := ctx.Err(); err != nil {
-				p.dials <- struct{}{}
-				return nil, err
-			}
-			return nil, nil
-		case pc := <-p.idle:
-			return took(pc)
-		case <-p.slotWake:
-			// A connection came back: look again.
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-p.done:
-			return nil, ErrPoolClosed
-		case <-timer.C:
-			return nil, p.exhausted(fmt.Errorf("%w: %d dials stayed in progress until this Get's WaitTimeout (%v) passed", ErrPoolExhausted, p.cfg.maxDials, p.cfg.waitTimeout))
-		}
-	}
-}
-
-// runDial dials on its own goroutine, so that a caller who gives up returns at
-// once and the finished connection still serves the pool.
-func (p *Pool) runDial(ctx context.Context, call *dialCall) {
-	var c redis.Conn
-	var netConn net.Conn
-	var addr string
-	var err error
-	var panicked any
-	gen := call.gen
-	if p.closed.Load() {
-		// Close ran since the dial was decided: no dial begins after it.
-		err = ErrPoolClosed
-		p.dialCount.Add(-1)
-		p.endProbe()
-	} else {
-		func() {
-			defer func() {
-				if r := recover(); r != nil {
-					panicked = r
-					err = fmt.Errorf("redispool: Dial panicked: %v", r)
-				}
-			}()
-			c, netConn, addr, err = p.dialConn(ctx, &gen)
-			if err == nil && c == nil {
-				err = errNilConn
-			}
-		}()
-		p.recordDial(err)
-	}
-	p.dials <- struct{}{}
-
-	var pc *poolConn
-	if err == nil {
-		cwt, _ := c.(redis.ConnWithTimeout)
-		now := p.clock()
-		pc = &poolConn{p: p, c: c, cwt: cwt, netConn: netConn, addr: addr, gen: gen, created: now, t: now}
-		pc.db = p.cfg.db
-	}
-	call.mu.Lock()
-	call.finished = true
-	call.pc, call.err, call.panicked = pc, err, panicked
-	abandoned := call.abandoned
-	call.mu.Unlock()
-	if abandoned {
-		p.handOff(call)
-		return
-	}
-	close(call.done)
-}
-
-// handOff gives the result of a dial whose caller gave up to the pool: the
-// connection goes to the idle set for the next caller, or, when the dial
-// failed, its permit goes back.
-func (p *Pool) handOff(call *dialCall) {
-	if call.err != nil {
-		p.active.Add(-1)
-		p.releasePermit()
-		return
-	}
-	p.put(call.pc)
-}
-
-// dialConn calls the user's dial function or dials Addr or the master the
-// sentinels name. When the pool dials, it also returns the address and the
-// socket, unless DialOptions replaced the pool's dialer. With Sentinel, it
-// sets *gen to the pool's generation when the master's address was read, so
-// that a connection to a master announced after the dial began is kept.
-func (p *Pool) dialConn(ctx context.Context, gen *uint64) (redis.Conn, net.Conn, string, error) {
-	switch {
-	case p.DialContext != nil:
-		c, err := p.DialContext(ctx)
-		return c, nil, "", err
-	case p.Dial != nil:
-		c, err := p.Dial()
-		return c, nil, "", err
-	}
-	if p.cfg.dialTimeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, p.cfg.dialTimeout)
-		defer cancel()
-	}
-	addr := p.cfg.addr
-	if p.Sentinel != nil {
-		var err error
-		if addr, *gen, err = p.Sentinel.masterAddr(ctx, p, p.cfg.dialTimeout); err != nil {
-			return nil, nil, "", err
-		}
-	}
-	var netConn net.Conn
-	opts := []redis.DialOption{
-		dialSocket(p.cfg.dialTimeout, deadlineSlack(p.cfg.readTimeout, p.cfg.writeTimeout), &netConn),
-		redis.DialReadTimeout(p.cfg.readTimeout),
-		redis.DialWriteTimeout(p.cfg.writeTimeout),
-		redis.DialUsername(p.cfg.username),
-		redis.DialPassword(p.cfg.password),
-	}
-	if p.cfg.dialTimeout > 0 {
-		// redigo's own bound on a TLS handshake is 10s, whatever DialTimeout.
-		opts = append(opts, redis.DialTLSHandshakeTimeout(p.cfg.dialTimeout))
-	}
-	if p.cfg.tls {
-		opts = append(opts, redis.DialUseTLS(true))
-	}
-	// DB last: the pool must know the database its connections start in,
-	// to tell one a caller left in another.
-	opts = append(append(opts, p.DialOptions...), redis.DialDatabase(p.cfg.db))
-	network := "tcp"
-	if strings.HasPrefix(addr, "/") {
-		network = "unix"
-	}
-	c, err := redis.DialContext(ctx, network, addr, opts...)
-	switch {
-	case err != nil:
-	case p.Sentinel != nil:
-		err = checkRole(ctx, c, addr)
-	case p.cfg.password == "" && p.cfg.db == 0:
-		err = checkAnswers(ctx, c, addr)
-	}
-	if err != nil && c != nil {
-		c.Close()
-	}
-	if err == nil && netConn != nil {
-		if err = netConn.SetDeadline(time.Time{}); err != nil {
-			c.Close()
-		}
-	}
-	if err != nil {
-		if p.Sentinel != nil {
-			p.failover(addr)
-		}
-		return nil, nil, "", err
-	}
-	return c, netConn, addr, nil
-}
-
-// checkAnswers sends PING on a connection to which the dial sent nothing
-// (no AUTH, SELECT or ROLE), so that a dial succeeds only once the server
-// has answered. A server at maxclients, or a port that speaks only TLS,
-// accepts the connection, then refuses or closes it: that is a failed dial,
-// which backs off, not a connection to hand out and discard.
-func checkAnswers(ctx context.Context, c redis.Conn, addr string) error {
-	_, err := redis.DoContext(c, ctx, "PING")
-	if err == nil {
-		return nil
-	}
-	if _, replied := err.(redis.Error); !replied && closedByServer(err) {
-		return fmt.Errorf("redispool: %s closed the connection before answering PING; "+
-			"if the server expects TLS, use a rediss:// Addr or redis.DialUseTLS(true): %w", addr, err)
-	}
-	return fmt.Errorf("redispool: PING on %s: %w", addr, err)
-}
-
-// dialSocket is the option that dials the TCP or Unix socket of a dial
-// bounded by ctx, and records it in *sock (see dialedSocket).
-func dialSocket(timeout, slack time.Duration, sock *net.Conn) redis.DialOption {
-	dialer := net.Dialer{Timeout: timeout, KeepAlive: tcpKeepAlive}
-	return redis.DialContextFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := dialer.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		if c, err = dialedSocket(ctx, c, slack); err != nil {
-			return nil, err
-		}
-		*sock = c
-		return c, nil
-	})
-}
-
-// dialedSocket prepares a socket just connected for the rest of a dial
-// bounded by ctx. The TLS handshake does not watch ctx (redigo gives it 10 s
-// of its own), so the socket carries ctx's deadline, exactly, which the
-// caller clears once the dial is done. With a slack, the socket is then
-// wrapped in a deadlineConn, which takes its deadlines for unknown.
-func dialedSocket(ctx context.Context, c net.Conn, slack time.Duration) (net.Conn, error) {
-	if dl, ok := ctx.Deadline(); ok {
-		if err := c.SetDeadline(dl); err != nil {
-			c.Close()
-			return nil, err
-		}
-	}
-	if slack > 0 {
-		c = &deadlineConn{Conn: c, slack: slack}
-	}
-	return c, nil
-}
-
-// failover reacts to a sign that the server at addr is no longer the
-// master: the sentinels will be asked again, and every connection dialed
-// before is retired.
-func (p *Pool) failover(addr string) {
-	if p.Sentinel == nil {
-		p.Retire()
-		return
-	}
-	if p.Sentinel.forget(p, addr) {
-		p.drainIdle(DiscardRetired)
-	}
-}
-
-// recordDial updates the backoff state with a dial's outcome. A dial that
-// timed out counts as failed but does not back off: it has waited already,
-// and MaxConcurrentDials bounds how many such dials run at once, so they
-// cannot storm the server; backing off would only delay the first dial
-// after a stalled server resumes.
-func (p *Pool) recordDial(err error) {
-	p.mu.Lock()
-	p.probing = false
-	if err == nil {
-		p.dialErr, p.dialFails = nil, 0
-		p.mu.Unlock()
-		return
-	}
-	p.dialErrors.Add(1)
-	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
-		p.mu.Unlock()
-		p.log(logDialError, slog.LevelWarn, "redispool: dial failed", slog.String("error", errText(err)))
-		return
-	}
-	p.dialFails++
-	d := backoffCap
-	if p.dialFails < 16 {
-		d = min(backoffCap, backoffBase<<(p.dialFails-1))
-	}
-	d -= rand.N(d/2 + 1)
-	p.dialErr = err
-	p.nextDial = p.clock() + d
-	fails := p.dialFails
-	p.mu.Unlock()
-	p.log(logDialError, slog.LevelWarn, "redispool: dial failed", slog.String("error", errText(err)),
-		slog.Int("consecutive_failures", fails), slog.Duration("next_dial_in", d))
 }
 
 // put returns a clean connection to the idle set, unless the pool has enough
 // idle ones, or was closed or retired its connections, or the connection
 // outlived MaxConnLifetime. Idle time, and age again, are checked when a
-// connection is handed out (see unusable).
-func (p *Pool) put(pc *poolConn) {
+// connection is handed out (see stale). Its error is a panic of the Close
+// of a connection discarded.
+func (p *Pool) put(pc *poolConn) error {
 	switch {
 	case p.closed.Load():
-		p.discard(pc, DiscardPoolClosed)
+		return p.discard(pc, DiscardPoolClosed, nil)
 	case pc.gen != p.gen.Load():
-		p.discard(pc, DiscardRetired)
+		return p.discard(pc, DiscardRetired, nil)
 	case p.cfg.maxLifetime > 0 && p.clock()-pc.created >= p.cfg.maxLifetime:
-		p.discard(pc, DiscardLifetime)
-	case p.waiters.Load() > 0 && p.handToWaiter(grant{pc: pc}):
-	case p.hot.Load() == nil && p.hot.CompareAndSwap(nil, pc):
-		p.idled()
-	default:
-		select {
-		case p.idle <- pc: // room for MaxIdle-1, with the hot slot
-			p.idled()
-		default:
-			p.discard(pc, DiscardMaxIdle)
-		}
+		return p.discard(pc, DiscardLifetime, nil)
+	case p.q.n.Load() > 0 && p.handToWaiter(pc):
+		return nil
+	case !p.idle.put(pc):
+		return p.discard(pc, DiscardMaxIdle, nil)
 	}
-}
-
-// idled follows a connection made idle by put.
-func (p *Pool) idled() {
-	if p.waiters.Load() > 0 {
-		p.serve() // a caller queued as this one came back
-	}
-	if p.slotWaiters.Load() > 0 {
-		select {
-		case p.slotWake <- struct{}{}: // see waitDialSlot
-		default:
-		}
-	}
-	// Close may have emptied the idle set before this one joined it: then
-	// nobody else will, so empty it again.
+	p.serve() // a caller may have queued as this one came back
 	if p.closed.Load() {
-		p.drainIdle(DiscardPoolClosed)
+		// Close may have emptied the idle set before this one joined it:
+		// then nobody else will, so empty it again.
+		return p.drainIdle(DiscardPoolClosed)
 	}
+	return nil
 }
 
-// takeHot takes the connection in the hot slot, if there is one.
-func (p *Pool) takeHot() *poolConn {
-	if p.hot.Load() == nil {
-		return nil // no atomic write when there is nothing to take
-	}
-	return p.hot.Swap(nil)
-}
-
-// drainIdle discards every idle connection, also when one's Close panics:
-// the rest are closed before the panic goes on.
-func (p *Pool) drainIdle(reason DiscardReason) {
-	defer func() {
-		if r := recover(); r != nil {
-			p.drainIdle(reason)
-			panic(r)
-		}
-	}()
-	if pc := p.takeHot(); pc != nil {
-		p.discard(pc, reason)
-	}
-	for {
-		select {
-		case pc := <-p.idle:
-			p.discard(pc, reason)
-		default:
-			return
+// drainIdle discards every idle connection; the first panic of their Close
+// is returned once all are closed.
+func (p *Pool) drainIdle(reason DiscardReason) error {
+	var first error
+	for pc := p.idle.takeAny(); pc != nil; pc = p.idle.takeAny() {
+		if err := p.discard(pc, reason, nil); first == nil {
+			first = err
 		}
 	}
+	return first
 }
 
-// discard closes a connection the pool owns and counts why.
-func (p *Pool) discard(pc *poolConn, reason DiscardReason) {
-	p.discardErr(pc, reason, nil)
+// discard closes a connection the pool owns, counts why (cause, if any,
+// goes to the log) and gives its permit back. Its error is a panic of the
+// conn's Close.
+func (p *Pool) discard(pc *poolConn, reason DiscardReason, cause error) error {
+	err := p.closeConn(pc, reason, cause)
+	p.releasePermit()
+	return err
 }
 
-// discardErr is discard with the error that broke the connection, for the log.
-func (p *Pool) discardErr(pc *poolConn, reason DiscardReason, err error) {
-	p.closeConn(pc, reason, err, true)
-}
-
-// closeConn closes a connection the pool owns, counts why, and gives its
-// permit back when release is set; otherwise the caller keeps it, unless the
-// conn's Close panics: the caller then cannot use the permit.
-func (p *Pool) closeConn(pc *poolConn, reason DiscardReason, err error, release bool) {
-	// The accounting holds even if the conn's Close panics, which then
-	// reaches the caller. The discard is counted before the conn leaves
-	// ActiveCount, so that whoever sees ActiveCount drop finds it counted.
-	closed := false
-	defer func() {
-		p.discards[reason].Add(1)
-		p.active.Add(-1)
-		if release || !closed {
-			p.releasePermit()
-		}
-		p.logDiscarded(reason, err)
-	}()
-	pc.c.Close()
-	closed = true
-}
-
-// Stats returns the pool's counters.
-func (p *Pool) Stats() PoolStats {
-	if p == nil {
-		return PoolStats{}
-	}
-	d := &p.discards
-	return PoolStats{
-		ActiveCount:      int(p.active.Load()),
-		IdleCount:        p.idleLen(),
-		WaitCount:        p.waitCount.Load(),
-		WaitDuration:     time.Duration(p.waitNanos.Load()),
-		DialCount:        p.dialCount.Load(),
-		DialErrorCount:   p.dialErrors.Load(),
-		FastFailCount:    p.fastFails.Load(),
-		WaitTimeoutCount: p.waitTimeout.Load(),
-		LeakCount:        p.leaks.Load(),
-		Discards: DiscardStats{
-			Broken:      d[DiscardBroken].Load(),
-			State:       d[DiscardState].Load(),
-			IdleTimeout: d[DiscardIdleTimeout].Load(),
-			Lifetime:    d[DiscardLifetime].Load(),
-			MaxIdle:     d[DiscardMaxIdle].Load(),
-			HealthCheck: d[DiscardHealthCheck].Load(),
-			PoolClosed:  d[DiscardPoolClosed].Load(),
-			Retired:     d[DiscardRetired].Load(),
-		},
-	}
-}
-
-// ActiveCount returns the number of connections open, idle, in use or being dialed.
-func (p *Pool) ActiveCount() int {
-	if p == nil {
-		return 0
-	}
-	return int(p.active.Load())
-}
-
-// IdleCount returns the number of idle connections.
-func (p *Pool) IdleCount() int {
-	if p == nil {
-		return 0
-	}
-	return p.idleLen()
-}
-
-// idleLen is the number of idle connections. It counts as the pool's first
-// use, and is zero when the configuration is invalid.
-func (p *Pool) idleLen() int {
-	if p.init() != nil {
-		return 0
-	}
-	n := len(p.idle)
-	if p.hot.Load() != nil {
-		n++
-	}
-	return n
+// closeConn is discard but for the permit, which the caller then holds.
+// The discard is counted before the connection leaves ActiveCount, so that
+// whoever sees ActiveCount drop finds it counted.
+func (p *Pool) closeConn(pc *poolConn, reason DiscardReason, cause error) error {
+	err := guard(func() { pc.c.Close() })
+	p.stats.discards[reason].Add(1)
+	p.active.Add(-1)
+	p.logDiscarded(reason, cause)
+	return err
 }
 
 // Close closes the idle connections and makes every later Get fail with
@@ -1361,7 +576,7 @@ func (p *Pool) Close() error {
 	}
 	close(p.done)
 	p.wakeAll()
-	p.drainIdle(DiscardPoolClosed)
+	repanic(p.drainIdle(DiscardPoolClosed))
 	return nil
 }
 
@@ -1377,19 +592,5 @@ func (p *Pool) Retire() {
 		return
 	}
 	p.gen.Add(1)
-	p.drainIdle(DiscardRetired)
-}
-
-// RedigoPool returns a *redis.Pool backed by p, for libraries that require
-// that concrete type (boj/redistore, gin-contrib/sessions, gocraft/work). Its
-// own limits are off (MaxIdle and MaxActive zero): p alone bounds the
-// connections, bounds the waits and decides which connections to keep.
-// Each call returns a new *redis.Pool, so that each library can be given its
-// own: closing one makes only that one's Get fail, and closes neither p nor
-// the others.
-func (p *Pool) RedigoPool() *redis.Pool {
-	if p == nil {
-		return &redis.Pool{DialContext: func(context.Context) (redis.Conn, error) { return nil, errNilPool }}
-	}
-	return &redis.Pool{DialContext: p.GetContext}
+	repanic(p.drainIdle(DiscardRetired))
 }

@@ -79,13 +79,10 @@ func TestShrinkWhoseCloseOfAnIdleConnPanicsKeepsTheGetsConn(t *testing.T) {
 	checkAtRest(t, p, 0)
 }
 
-// TestADialSlotWaiterTakesAConnGivenBack: a Get that holds a permit
-// and waits for a dial slot (every slot taken by a slow dial) never looks
-// at the idle set again: a conn given back meanwhile goes to the hot slot,
-// since the Get is not in the wait queue, and sits there while the Get
-// fails with ErrPoolExhausted at its WaitTimeout. During a slow-accept
-// episode (dials each taking seconds, MaxConcurrentDials of them at once),
-// every Get beyond the dial slots fails this way although conns come back.
+// TestADialSlotWaiterTakesAConnGivenBack: a Get that finds a permit but
+// every dial slot taken (by a slow dial) waits, and takes a conn given back
+// meanwhile rather than fail at its WaitTimeout, as happens while dials are
+// slow to be accepted.
 func TestADialSlotWaiterTakesAConnGivenBack(t *testing.T) {
 	// MaxIdle 1 leaves the idle set no room but the hot slot.
 	for _, maxIdle := range []int{0, 1} {
@@ -125,8 +122,8 @@ func TestADialSlotWaiterTakesAConnGivenBack(t *testing.T) {
 				}
 				got <- err
 			}()
-			require.Eventually(t, func() bool { return goroutinesIn("(*Pool).waitDialSlot(", " [select") == 1 }, 5*time.Second, time.Millisecond,
-				"the third Get takes the last permit and waits for the dial slot")
+			require.Eventually(t, func() bool { return p.q.n.Load() == 1 }, 5*time.Second, time.Millisecond,
+				"the third Get queues: a permit is free, the dial slot is not")
 			held.Close() // idle now: the Get waiting for a slot could use it
 			select {
 			case err := <-got:
@@ -138,15 +135,10 @@ func TestADialSlotWaiterTakesAConnGivenBack(t *testing.T) {
 	}
 }
 
-// TestAConnGoneFromActiveCountIsCountedAsDiscarded: closeConn took
-// the conn out of ActiveCount and gave its permit back (to a waiter, which
-// may take the pool's lock) before it counted the discard, so Stats could
-// show the conn neither active nor discarded: a test or monitor that waits
-// for ActiveCount to drop and then reads Discards sees dialed != discarded +
-// active. TestStressCloseWakesEveryoneAndLeavesNothingOpen and runStress
-// check exactly this after waiting for ActiveCount, and flaked on it under
-// -race ("every conn dialed was discarded once": expected 2, actual 1).
-// Holding p.wmu parks the closer in releasePermit, between the two.
+// TestAConnGoneFromActiveCountIsCountedAsDiscarded: whoever sees
+// ActiveCount drop finds the discard counted, so that dialed = discarded +
+// active holds for a monitor, also while the permit is on its way to a
+// waiter (which the test holds back by holding the queue's lock).
 func TestAConnGoneFromActiveCountIsCountedAsDiscarded(t *testing.T) {
 	tr := &stressTracker{}
 	p := &Pool{Dial: tr.Dial, MaxActive: 1, WaitTimeout: 5 * time.Second}
@@ -162,16 +154,15 @@ func TestAConnGoneFromActiveCountIsCountedAsDiscarded(t *testing.T) {
 	})
 	held.Do("BREAK") // Close discards it, and its permit goes to the waiter
 
-	p.wmu.Lock()
+	p.q.mu.Lock()
 	closed := make(chan struct{})
 	go func() { held.Close(); close(closed) }()
-	parked := assert.Eventually(t, func() bool {
-		return goroutinesIn("(*Pool).handToWaiter(", " [sync.Mutex.Lock") == 1
-	}, 5*time.Second, time.Millisecond, "the closer parks handing its permit to the waiter")
+	dropped := assert.Eventually(t, func() bool { return p.ActiveCount() == 0 }, 5*time.Second, 50*time.Microsecond,
+		"the closed conn leaves ActiveCount")
 	// Read while the waiter cannot be served: once it is, it dials.
 	s, dialed, open := p.Stats(), tr.dialed.Load(), tr.open.Load()
-	p.wmu.Unlock()
-	require.True(t, parked)
+	p.q.mu.Unlock()
+	require.True(t, dropped)
 	assert.Zero(t, open, "the conn is closed")
 	assert.Equal(t, dialed, s.Discards.Total()+int64(s.ActiveCount),
 		"dialed %d != discarded %d + active %d", dialed, s.Discards.Total(), s.ActiveCount)

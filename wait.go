@@ -6,40 +6,51 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// Callers that find no idle connection and no permit wait in a queue, first
-// come first served. A connection or permit given back while anyone waits goes
-// straight to the first waiter, through that waiter's own channel, so a wait
-// costs one channel receive and no timer of its own: one pool-wide timer fires
-// at the first waiter's deadline, which is the earliest, since every waiter
-// waits WaitTimeout.
+// Callers that find no idle connection and no dial ticket (a permit and a
+// dial slot) wait in one queue, in the order of their deadlines, which is
+// the order they came in: every caller waits WaitTimeout from its first
+// wait. A waiter is granted whichever comes first: an idle connection, or
+// a ticket to dial. A connection given back while anyone waits goes
+// straight to the first waiter, through that waiter's own channel, so a
+// wait costs one channel receive and no timer of its own: one pool-wide
+// timer fires at the first waiter's deadline, which is the earliest.
 //
-// Giving back and queueing race: a token can be sent to a channel just as a
-// caller that found the channels empty queues. Both sides close the gap the
-// same way, in opposite orders: whoever gives back puts the token in its
-// channel (or the hot slot), then looks at waiters; a caller queues, counts
-// itself in waiters, then looks at the hot slot and the channels again
-// (serveLocked). One of them sees the other: the hot slot and waiters are
-// atomics; a channel send changes the channel's count under the channel's
-// lock, released with one of the runtime's sequentially consistent atomics,
-// and a non-blocking receive that finds the channel empty reads that count
-// atomically. This rests on how the runtime implements channels (true on
-// every port), not on a rule of the Go memory model;
-// TestStressGiveBackRaceOversubscribed fails when either side's second look
-// is left out.
+// Giving back and queueing race: a token (connection, permit or dial slot)
+// can be sent to its channel just as a caller that found the channels
+// empty queues. Both sides close the gap the same way, in opposite orders:
+// whoever gives back puts the token in its channel (or the hot slot), then
+// looks at waiters; a caller queues, counts itself in waiters, then looks
+// at the hot slot and the channels again (serveLocked). One of them sees the
+// other: the hot slot and waiters are atomics; a channel send changes the
+// channel's count under the channel's lock, released with one of the
+// runtime's sequentially consistent atomics, and a non-blocking receive
+// that finds the channel empty reads that count atomically. This rests on
+// how the runtime implements channels (true on every port), not on a rule
+// of the Go memory model; TestStressGiveBackRaceOversubscribed fails when
+// either side's second look is left out.
+
+// waitQueue is the callers waiting for a grant.
+type waitQueue struct {
+	mu    sync.Mutex  // protects list
+	list  waitList    // by deadline, first come first
+	timer *time.Timer // set for the first waiter's deadline or earlier; calls Pool.expireWaiters
+	n     atomic.Int64 // waiters in list, read without mu
+}
 
 // waiter is a caller parked in wait.
 type waiter struct {
 	next, prev *waiter
-	queued     bool          // in p.waitq; protected by p.wmu
-	deadline   time.Duration // see monotonic
-	ch         chan grant    // capacity 1: the one grant this wait ends with
+	queued     bool       // in the list; protected by waitQueue.mu
+	deadline   time.Time  // when WaitTimeout has passed
+	ch         chan grant // capacity 1: the one grant this wait ends with
 }
 
-// grant ends a wait: a connection, an error, or, when both are nil, a permit
-// to dial.
+// grant ends a wait: a connection, an error, or, when both are nil, a
+// ticket to dial: a permit and a dial slot.
 type grant struct {
 	pc  *poolConn
 	err error
@@ -50,17 +61,28 @@ var errWaitExpired = errors.New("redispool: wait expired")
 
 var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan grant, 1)} }}
 
-// waitList is a doubly linked FIFO of waiters.
+// waitList is a doubly linked list of waiters, earliest deadline first.
 type waitList struct{ head, tail *waiter }
 
-func (l *waitList) pushBack(w *waiter) {
-	w.prev, w.next, w.queued = l.tail, nil, true
-	if l.tail == nil {
-		l.head = w
-	} else {
-		l.tail.next = w
+// insert queues w after every waiter whose deadline is not later: a caller
+// that queues again, after the connection it was granted turned out
+// unusable, keeps its place by its first deadline.
+func (l *waitList) insert(w *waiter) {
+	after := l.tail
+	for after != nil && after.deadline.After(w.deadline) {
+		after = after.prev
 	}
-	l.tail = w
+	w.prev, w.queued = after, true
+	if after == nil {
+		w.next, l.head = l.head, w
+	} else {
+		w.next, after.next = after.next, w
+	}
+	if w.next == nil {
+		l.tail = w
+	} else {
+		w.next.prev = w
+	}
 }
 
 func (l *waitList) remove(w *waiter) {
@@ -85,164 +107,208 @@ func (l *waitList) popFront() *waiter {
 	return w
 }
 
-// monotonic is the time since the pool's epoch on the real clock, which
-// bounds waits even when a test moves the pool's clock.
-func (p *Pool) monotonic() time.Duration {
-	return time.Since(p.epochMono)
-}
-
-// wait waits until ctx ends, WaitTimeout passes or the pool closes, for an
-// idle connection or, when it returns neither one nor an error, a permit.
-// It is a Get's first wait, and sets *waitEnd (see waitLeft). end is the
-// monotonic clock as the wait ended, or -1 when it did not read it.
-func (p *Pool) wait(ctx context.Context, waitEnd *time.Duration) (_ *poolConn, end time.Duration, _ error) {
+// wait waits, until ctx ends, the pool closes or *deadline passes, for an
+// idle connection or, when it returns neither one nor an error, a dial
+// ticket. *deadline is zero at a Get's first wait, which sets it.
+func (p *Pool) wait(ctx context.Context, deadline *time.Time) (*poolConn, error) {
 	if p.cfg.waitTimeout < 0 {
-		return nil, -1, p.exhausted(fmt.Errorf("%w: all %d connections are in use and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxActive))
+		return nil, p.exhausted(fmt.Errorf("%w: all %d connections are in use and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxActive))
 	}
 	// A connection often comes back within a scheduling round: yield once
 	// before queueing, unless others wait already, who would get it first.
-	if p.waiters.Load() == 0 {
+	if p.q.n.Load() == 0 {
 		runtime.Gosched()
-		if pc := p.takeHot(); pc != nil {
-			pc, err := p.granted(ctx, grant{pc: pc})
-			return pc, -1, err
+		if pc := p.idle.takeAny(); pc != nil {
+			return p.granted(ctx, grant{pc: pc})
 		}
-		select {
-		case pc := <-p.idle:
-			pc, err := p.granted(ctx, grant{pc: pc})
-			return pc, -1, err
-		case <-p.permits:
-			pc, err := p.granted(ctx, grant{})
-			return pc, -1, err
-		default:
+		if p.takeTicket() {
+			return p.granted(ctx, grant{})
 		}
 	}
 
 	w := waiterPool.Get().(*waiter)
-	p.wmu.Lock()
-	if p.closed.Load() {
-		p.wmu.Unlock()
+	start := time.Now()
+	if !p.enqueue(w, deadline) {
 		waiterPool.Put(w)
-		return nil, -1, ErrPoolClosed
+		return nil, ErrPoolClosed
 	}
-	// Read under wmu, so that deadlines grow along the queue, which the
-	// timer relies on.
-	start := p.monotonic()
-	w.deadline = start + p.cfg.waitTimeout
-	*waitEnd = w.deadline
-	p.waitq.pushBack(w)
-	p.waiters.Add(1)
-	if !p.timerArmed {
-		p.timerArmed = true
-		p.waitTimer.Reset(p.cfg.waitTimeout)
-	}
-	p.serveLocked()
-	p.wmu.Unlock()
-	p.waitCount.Add(1)
-
-	var g grant
-	if done := ctx.Done(); done == nil {
-		g = <-w.ch
-	} else {
-		select {
-		case g = <-w.ch:
-		case <-done:
-			p.wmu.Lock()
-			queued := w.queued
-			if queued {
-				p.waitq.remove(w)
-				p.waiters.Add(-1)
-			}
-			p.wmu.Unlock()
-			if !queued {
-				g = <-w.ch // granted as ctx ended: given back by granted
-			} else {
-				g = grant{err: ctx.Err()}
-			}
-		}
-	}
+	p.stats.waits.Add(1)
+	g := p.await(ctx, w)
 	waiterPool.Put(w)
-	end = p.monotonic()
-	p.waitNanos.Add(int64(end - start))
+	p.stats.waitNanos.Add(int64(time.Since(start)))
 	if g.err == errWaitExpired {
 		if err := ctx.Err(); err != nil {
-			return nil, -1, err // ctx ended first, as the caller gave up
+			return nil, err // ctx ended first, as the caller gave up
 		}
-		return nil, -1, p.exhausted(fmt.Errorf("%w: all %d connections stayed in use for %v (WaitTimeout)", ErrPoolExhausted, p.cfg.maxActive, p.cfg.waitTimeout))
+		return nil, p.exhausted(fmt.Errorf("%w: all %d connections stayed in use for %v (WaitTimeout)", ErrPoolExhausted, p.cfg.maxActive, p.cfg.waitTimeout))
 	}
-	pc, err := p.granted(ctx, g)
-	return pc, end, err
+	return p.granted(ctx, g)
 }
 
-// granted returns what a wait ended with, giving a connection or permit back
-// if ctx ended meanwhile: a caller that gave up must not get a connection.
+// enqueue puts w in the queue and serves the queue, unless the pool is
+// closed. At a Get's first wait, *deadline is zero: it is set under the
+// queue's lock, so that deadlines grow in the order callers queue.
+func (p *Pool) enqueue(w *waiter, deadline *time.Time) bool {
+	q := &p.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if p.closed.Load() {
+		return false
+	}
+	if deadline.IsZero() {
+		*deadline = time.Now().Add(p.cfg.waitTimeout)
+	}
+	w.deadline = *deadline
+	q.list.insert(w)
+	q.n.Add(1)
+	if q.list.head == w {
+		q.timer.Reset(time.Until(w.deadline))
+	}
+	p.serveLocked()
+	return true
+}
+
+// await receives w's grant, or leaves the queue when ctx ends first.
+func (p *Pool) await(ctx context.Context, w *waiter) grant {
+	done := ctx.Done()
+	if done == nil {
+		return <-w.ch
+	}
+	select {
+	case g := <-w.ch:
+		return g
+	case <-done:
+	}
+	p.q.mu.Lock()
+	queued := w.queued
+	if queued {
+		p.q.list.remove(w)
+		p.q.n.Add(-1)
+	}
+	p.q.mu.Unlock()
+	if !queued {
+		return <-w.ch // granted as ctx ended: given back by granted
+	}
+	return grant{err: ctx.Err()}
+}
+
+// granted returns what a wait ended with, giving a connection or ticket
+// back if ctx ended meanwhile: a caller that gave up must not get a
+// connection.
 func (p *Pool) granted(ctx context.Context, g grant) (*poolConn, error) {
 	if g.err != nil {
 		return nil, g.err
 	}
 	if err := ctx.Err(); err != nil {
 		if g.pc != nil {
-			p.put(g.pc)
-		} else {
-			p.releasePermit()
+			if perr := p.put(g.pc); perr != nil {
+				return nil, perr // a panic of the conn's Close
+			}
+			return nil, err
 		}
+		p.releaseTicket()
 		return nil, err
 	}
 	return g.pc, nil
 }
 
-// handToWaiter gives g to the first waiter, if there is one.
-func (p *Pool) handToWaiter(g grant) bool {
-	p.wmu.Lock()
-	w := p.waitq.popFront()
-	if w == nil {
-		p.wmu.Unlock()
+// takeTicket takes a permit and a dial slot, or neither.
+func (p *Pool) takeTicket() bool {
+	select {
+	case <-p.permits:
+	default:
 		return false
 	}
-	p.waiters.Add(-1)
-	p.wmu.Unlock()
-	w.ch <- g // never blocks: w.ch is empty until this grant
+	select {
+	case <-p.slots:
+		return true
+	default:
+		p.releasePermit() // a waiter may have missed it meanwhile
+		return false
+	}
+}
+
+// takeSlot takes a dial slot, if one is free.
+func (p *Pool) takeSlot() bool {
+	select {
+	case <-p.slots:
+		return true
+	default:
+		return false
+	}
+}
+
+// takeTicketLocked is takeTicket for serveLocked, which serves the queue
+// itself.
+func (p *Pool) takeTicketLocked() bool {
+	select {
+	case <-p.permits:
+	default:
+		return false
+	}
+	select {
+	case <-p.slots:
+		return true
+	default:
+		p.permits <- struct{}{} // never blocks: there is room for every permit
+		return false
+	}
+}
+
+// handToWaiter gives pc to the first waiter, if there is one.
+func (p *Pool) handToWaiter(pc *poolConn) bool {
+	p.q.mu.Lock()
+	w := p.q.list.popFront()
+	if w == nil {
+		p.q.mu.Unlock()
+		return false
+	}
+	p.q.n.Add(-1)
+	p.q.mu.Unlock()
+	w.ch <- grant{pc: pc} // never blocks: w.ch is empty until this grant
 	return true
 }
 
-// serveLocked hands idle connections and permits to waiters, first come first
-// served, while there are both. p.wmu is held.
+// serveLocked hands idle connections and tickets to waiters, first come
+// first served, while there are any. p.q.mu is held.
 func (p *Pool) serveLocked() {
-	for p.waitq.head != nil {
-		g := grant{pc: p.takeHot()}
-		if g.pc == nil {
-			select {
-			case g.pc = <-p.idle:
-			default:
-				select {
-				case <-p.permits:
-				default:
-					return
-				}
-			}
+	for p.q.list.head != nil {
+		g := grant{pc: p.idle.takeAny()}
+		if g.pc == nil && !p.takeTicketLocked() {
+			return
 		}
-		p.waitq.popFront().ch <- g
-		p.waiters.Add(-1)
+		p.q.list.popFront().ch <- g
+		p.q.n.Add(-1)
 	}
 }
 
-// serve is serveLocked for callers not holding p.wmu: those that saw a waiter
-// after giving a token back to its channel or the hot slot.
+// serve is serveLocked for callers that gave a token back to its channel
+// or the hot slot, when they see a waiter.
 func (p *Pool) serve() {
-	p.wmu.Lock()
+	if p.q.n.Load() == 0 {
+		return
+	}
+	p.q.mu.Lock()
 	p.serveLocked()
-	p.wmu.Unlock()
+	p.q.mu.Unlock()
 }
 
 // releasePermit gives back the permit of a connection closed or never dialed.
 func (p *Pool) releasePermit() {
-	if p.waiters.Load() > 0 && p.handToWaiter(grant{}) {
-		return
-	}
 	p.permits <- struct{}{} // never blocks: there is room for every permit
-	if p.waiters.Load() > 0 {
-		p.serve()
-	}
+	p.serve()
+}
+
+// releaseSlot gives back the slot of a dial that ended.
+func (p *Pool) releaseSlot() {
+	p.slots <- struct{}{} // never blocks: there is room for every slot
+	p.serve()
+}
+
+// releaseTicket gives back a ticket not used to dial.
+func (p *Pool) releaseTicket() {
+	p.slots <- struct{}{}
+	p.releasePermit()
 }
 
 // expireWaiters runs on the wait timer: it fails the waiters whose
@@ -250,33 +316,32 @@ func (p *Pool) releasePermit() {
 // next one.
 func (p *Pool) expireWaiters() {
 	var expired *waiter // linked through next
-	p.wmu.Lock()
-	now := p.monotonic()
-	for w := p.waitq.head; w != nil && w.deadline <= now; w = p.waitq.head {
-		p.waitq.remove(w)
-		p.waiters.Add(-1)
+	q := &p.q
+	q.mu.Lock()
+	now := time.Now()
+	for w := q.list.head; w != nil && !w.deadline.After(now); w = q.list.head {
+		q.list.remove(w)
+		q.n.Add(-1)
 		w.next, expired = expired, w
 	}
-	if w := p.waitq.head; w != nil {
-		p.waitTimer.Reset(w.deadline - now)
-	} else {
-		p.timerArmed = false
+	if w := q.list.head; w != nil {
+		q.timer.Reset(w.deadline.Sub(now))
 	}
-	p.wmu.Unlock()
+	q.mu.Unlock()
 	sendAll(expired, grant{err: errWaitExpired})
 }
 
 // wakeAll fails every waiter with ErrPoolClosed.
 func (p *Pool) wakeAll() {
 	var all *waiter
-	p.wmu.Lock()
-	for w := p.waitq.popFront(); w != nil; w = p.waitq.popFront() {
-		p.waiters.Add(-1)
+	q := &p.q
+	q.mu.Lock()
+	for w := q.list.popFront(); w != nil; w = q.list.popFront() {
+		q.n.Add(-1)
 		w.next, all = all, w
 	}
-	p.waitTimer.Stop()
-	p.timerArmed = false
-	p.wmu.Unlock()
+	q.timer.Stop()
+	q.mu.Unlock()
 	sendAll(all, grant{err: ErrPoolClosed})
 }
 
