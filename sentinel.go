@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -133,38 +132,6 @@ func (s *Sentinel) Master() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.master
-}
-
-// check reports a configuration error.
-func (s *Sentinel) check() error {
-	switch {
-	case len(s.Addrs) == 0:
-		return errors.New("Sentinel.Addrs is empty; list the sentinels' host:port addresses")
-	case s.MasterName == "":
-		return errors.New("Sentinel.MasterName is empty; set the name the sentinels monitor the master under")
-	}
-	for _, a := range s.Addrs {
-		if strings.Contains(a, "@") {
-			return fmt.Errorf("Sentinel.Addrs has %q, with user info (@); set the sentinels' credentials in Sentinel.Username and Sentinel.Password", redactAddr(a))
-		}
-		_, port, err := net.SplitHostPort(a)
-		if err == nil {
-			err = checkPort(port)
-		}
-		if err != nil {
-			return fmt.Errorf("Sentinel.Addrs has %q, which is not host:port: %v", a, err)
-		}
-	}
-	return nil
-}
-
-// checkPort reports whether port is a TCP port number, 1 to 65535.
-func checkPort(port string) error {
-	n, err := strconv.Atoi(port)
-	if err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("port %q is not a number from 1 to 65535", port)
-	}
-	return nil
 }
 
 // masterHostPort is the address a sentinel named, "host:port", or an error
