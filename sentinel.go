@@ -149,10 +149,10 @@ func masterHostPort(host, port string) (string, error) {
 
 // masterAddr returns the cached master address, asking the sentinels when
 // there is none, with p's generation read together with it: the sentinels'
-// news of a new master raise the generation under s.mu (see announced and
-// forget, and below, the answer to a query an announcement asked for), so a
-// connection stamped with it is retired by any later news, and by none that
-// came before. Concurrent callers share one query. timeout is
+// news of a new master raise the generation under s.mu (see announced,
+// forget, and answered for the answer to a query an announcement asked
+// for), so a connection stamped with it is retired by any later news, and
+// by none that came before. Concurrent callers share one query. timeout is
 // the pool's dial timeout (0 when disabled), shared among the sentinels asked.
 func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duration) (string, uint64, error) {
 	s.mu.Lock()
@@ -166,23 +166,9 @@ func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duratio
 	s.queryMu.Lock()
 	defer s.queryMu.Unlock()
 	s.mu.Lock()
-	if s.master != "" {
-		m, gen := s.master, p.gen.Load() // another caller's query or an announcement found it
+	if m, gen, err := s.reuseAnswerLocked(p); m != "" || err != nil {
 		s.mu.Unlock()
-		return m, gen, nil
-	}
-	if s.last != "" && time.Since(s.lastQuery) < minQueryInterval {
-		// Asked moments ago: the sentinels would name the same master.
-		s.master = s.last
-		gen := p.gen.Load()
-		s.mu.Unlock()
-		return s.last, gen, nil
-	}
-	if s.failErr != nil && time.Since(s.failedAt) < minQueryInterval {
-		// The sentinels failed moments ago: at most two queries a second.
-		err := s.failErr
-		s.mu.Unlock()
-		return "", 0, err
+		return m, gen, err
 	}
 	if s.order == nil {
 		s.order = append([]string(nil), s.Addrs...)
@@ -190,60 +176,47 @@ func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duratio
 	order := append([]string(nil), s.order...)
 	epoch := s.epoch
 	s.mu.Unlock()
+	return s.query(ctx, p, order, epoch, sentinelTimeout(timeout, len(order)))
+}
 
-	share := sentinelTimeout(timeout, len(order))
+// reuseAnswerLocked is masterAddr's answer without asking the sentinels:
+// the master cached, the address they named less than minQueryInterval
+// ago, cached again, or their failure less than that ago. It returns ""
+// and a nil error when they are to be asked.
+func (s *Sentinel) reuseAnswerLocked(p *Pool) (string, uint64, error) {
+	switch {
+	case s.master != "":
+		return s.master, p.gen.Load(), nil // another caller's query or an announcement found it
+	case s.last != "" && time.Since(s.lastQuery) < minQueryInterval:
+		// Asked moments ago: the sentinels would name the same master.
+		s.master = s.last
+		return s.last, p.gen.Load(), nil
+	case s.failErr != nil && time.Since(s.failedAt) < minQueryInterval:
+		// The sentinels failed moments ago: at most two queries a second.
+		return "", 0, s.failErr
+	}
+	return "", 0, nil
+}
+
+// query asks the sentinels in order, each within share, until one names
+// the master, and returns it as masterAddr does. epoch is s.epoch when the
+// query began. When none answers, their failure is kept for
+// minQueryInterval (see reuseAnswerLocked).
+func (s *Sentinel) query(ctx context.Context, p *Pool, order []string, epoch uint64, share time.Duration) (string, uint64, error) {
 	var errs []error
 	for i, addr := range order {
-		// A sentinel that failed with less than its share of time left is
-		// not to blame: it keeps its place.
-		dl, ok := ctx.Deadline()
-		fullShare := !ok || time.Until(dl) >= share
-		master, err := s.ask(ctx, addr, share)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("sentinel %s: %w", addr, err))
-			// The deadline, not ctx.Err, which its timer sets a moment late.
-			timeUp := ctx.Err() != nil || (ok && !time.Now().Before(dl))
-			if fullShare || !timeUp {
-				s.mu.Lock()
-				s.order = moveToBack(s.order, addr) // ask the others first next time
-				s.mu.Unlock()
-			}
-			if timeUp {
-				if rest := order[i+1:]; len(rest) > 0 {
-					errs = append(errs, fmt.Errorf("the dial's time ran out before asking %s", strings.Join(rest, ", ")))
-				}
-				break
-			}
-			continue
+		master, timeUp, err := s.askInTurn(ctx, addr, share)
+		if err == nil {
+			m, gen := s.answered(p, addr, master, epoch)
+			return m, gen, nil
 		}
-		s.mu.Lock()
-		previous, retire := s.last, false
-		if s.epoch != epoch && s.master != "" {
-			// A new master was announced while we asked: the answer may
-			// come from a sentinel that has not heard of it yet.
-			master = s.master
-		} else {
-			// Asked because an announcement did not fit: connections
-			// dialed before reach the master in use until then, which
-			// the sentinels may no longer name.
-			retire = s.recheck && previous != "" && master != previous
-			s.master, s.last, s.lastQuery = master, master, time.Now()
-			s.order = moveToFront(s.order, addr)
-			s.namedBy = addr
-			if retire {
-				p.gen.Add(1) // under s.mu: see above
+		errs = append(errs, fmt.Errorf("sentinel %s: %w", addr, err))
+		if timeUp {
+			if rest := order[i+1:]; len(rest) > 0 {
+				errs = append(errs, fmt.Errorf("the dial's time ran out before asking %s", strings.Join(rest, ", ")))
 			}
+			break
 		}
-		s.recheck = false
-		s.failErr = nil
-		gen := p.gen.Load()
-		s.mu.Unlock()
-		if retire {
-			p.drainIdle(DiscardRetired)
-			p.logSentinel(context.Background(), slog.LevelInfo, "redispool: the sentinels named a new master",
-				slog.String("master", master), slog.String("previous", previous), slog.String("sentinel", addr))
-		}
-		return master, gen, nil
 	}
 	// ctx is the dial's own (no caller's cancellation reaches a dial): its
 	// time running out is the sentinels' failure too.
@@ -252,6 +225,64 @@ func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duratio
 	s.failErr, s.failedAt = err, time.Now()
 	s.mu.Unlock()
 	return "", 0, err
+}
+
+// askInTurn asks the sentinel at addr, within share, for the master's
+// address. When it fails, it reports whether ctx's time is up, and moves the
+// sentinel to the back of s.order, unless it had less than share left and
+// ran out of time.
+func (s *Sentinel) askInTurn(ctx context.Context, addr string, share time.Duration) (master string, timeUp bool, err error) {
+	// A sentinel that failed with less than its share of time left is
+	// not to blame: it keeps its place.
+	dl, ok := ctx.Deadline()
+	fullShare := !ok || time.Until(dl) >= share
+	master, err = s.ask(ctx, addr, share)
+	if err == nil {
+		return master, false, nil
+	}
+	// The deadline, not ctx.Err, which its timer sets a moment late.
+	timeUp = ctx.Err() != nil || (ok && !time.Now().Before(dl))
+	if fullShare || !timeUp {
+		s.mu.Lock()
+		s.order = moveToBack(s.order, addr) // ask the others first next time
+		s.mu.Unlock()
+	}
+	return "", timeUp, err
+}
+
+// answered takes the answer of the sentinel at addr, which named master
+// to a query begun at epoch, and returns the master to dial with p's
+// generation, as masterAddr does. A master announced since, and still
+// cached, wins over the answer.
+func (s *Sentinel) answered(p *Pool, addr, master string, epoch uint64) (string, uint64) {
+	s.mu.Lock()
+	previous, retire := s.last, false
+	if s.epoch != epoch && s.master != "" {
+		// A new master was announced while we asked: the answer may
+		// come from a sentinel that has not heard of it yet.
+		master = s.master
+	} else {
+		// Asked because an announcement did not fit: connections
+		// dialed before reach the master in use until then, which
+		// the sentinels may no longer name.
+		retire = s.recheck && previous != "" && master != previous
+		s.master, s.last, s.lastQuery = master, master, time.Now()
+		s.order = moveToFront(s.order, addr)
+		s.namedBy = addr
+		if retire {
+			p.gen.Add(1) // under s.mu: see masterAddr
+		}
+	}
+	s.recheck = false
+	s.failErr = nil
+	gen := p.gen.Load()
+	s.mu.Unlock()
+	if retire {
+		p.drainIdle(DiscardRetired)
+		p.logSentinel(context.Background(), slog.LevelInfo, "redispool: the sentinels named a new master",
+			slog.String("master", master), slog.String("previous", previous), slog.String("sentinel", addr))
+	}
+	return master, gen
 }
 
 // sentinelTimeout is the time given to each of n sentinels out of the dial
