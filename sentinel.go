@@ -523,24 +523,34 @@ func (s *Sentinel) listen(ctx context.Context, p *Pool, addr string) (err error)
 	interval := watchPingInterval()
 	pinging := make(chan struct{})
 	defer close(pinging)
-	go func() {
-		tick := time.NewTicker(interval)
-		defer tick.Stop()
-		for {
-			select {
-			case <-pinging:
-				return
-			case <-tick.C:
-				if psc.Ping("") != nil {
-					return // the Receive below fails too
-				}
+	go pingSentinel(psc, interval, pinging)
+	// Something, a pong at least, arrives every interval from a sentinel
+	// that works.
+	return s.receiveAnnouncements(p, addr, psc, interval+timeout)
+}
+
+// pingSentinel pings the sentinel on psc every interval until stop is
+// closed or a ping fails.
+func pingSentinel(psc redis.PubSubConn, interval time.Duration, stop <-chan struct{}) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+			if psc.Ping("") != nil {
+				return // receiveAnnouncements fails too
 			}
 		}
-	}()
+	}
+}
+
+// receiveAnnouncements follows the announcements that the sentinel at addr
+// sends on psc until a receive fails or gets nothing within wait.
+func (s *Sentinel) receiveAnnouncements(p *Pool, addr string, psc redis.PubSubConn, wait time.Duration) error {
 	for {
-		// Something, a pong at least, arrives every interval from a
-		// sentinel that works.
-		switch m := psc.ReceiveWithTimeout(interval + timeout).(type) {
+		switch m := psc.ReceiveWithTimeout(wait).(type) {
 		case error:
 			return m
 		case redis.Message:
