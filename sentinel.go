@@ -574,7 +574,7 @@ func (s *Sentinel) receiveAnnouncements(p *Pool, addr string, psc redis.PubSubCo
 // Z) or follows one the pool missed ("Y to Z" on X), and cannot tell which:
 // the pool forgets the master, so that its next dial asks the sentinels,
 // whatever the rate limit on queries, and keeps its connections until their
-// answer (see masterAddr). Retiring them at once would close every
+// answer (see answered). Retiring them at once would close every
 // connection to the right master on each late duplicate, the common case;
 // after a missed announcement, the answer names another master and retires
 // them then, before any new connection is dialed, and until then ROLE,
