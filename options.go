@@ -83,35 +83,77 @@ func (p *Pool) buildConfig() (config, error) {
 		addr:        p.Addr,
 		db:          p.DB,
 	}
-	bad := func(format string, args ...any) (config, error) {
-		return config{}, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...)
+	if err := c.check(p); err != nil {
+		return config{}, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
 	}
+	if err := c.setSizes(p); err != nil {
+		return config{}, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+	}
+	if c.addr == "" && !c.userDial && p.Sentinel == nil {
+		c.addr = DefaultAddr
+	}
+	c.setTimeouts(p)
+	return c, nil
+}
 
-	switch {
-	case c.maxActive < 0:
-		return bad("MaxActive is %d; it must be positive, or zero for the default (10 x GOMAXPROCS)", c.maxActive)
-	case c.maxIdle < 0:
-		return bad("MaxIdle is %d; it must be positive, or zero to keep up to MaxActive idle connections", c.maxIdle)
-	case c.maxDials < 0:
-		return bad("MaxConcurrentDials is %d; it must be positive, or zero for the default", c.maxDials)
-	case c.db < 0:
-		return bad("DB is %d; database numbers start at 0", c.db)
-	case c.userDial && c.addr != "":
-		return bad("both Addr (%q) and Dial or DialContext are set; set Addr to let the pool dial, or Dial to dial yourself", redactAddr(c.addr))
-	case c.userDial && len(p.DialOptions) > 0:
-		return bad("DialOptions are set together with Dial or DialContext, which would ignore them; pass the options in your Dial")
-	case c.userDial && (p.Username != "" || p.Password != ""):
-		return bad("Username or Password is set together with Dial or DialContext, which would ignore them; authenticate in your Dial")
-	case c.userDial && p.DialTimeout != 0:
-		return bad("DialTimeout is set together with Dial or DialContext; set the connect timeout in your Dial")
-	case c.userDial && p.WriteTimeout != 0:
-		return bad("WriteTimeout is set together with Dial or DialContext, which the pool cannot apply to your conns; set it in your Dial (redis.DialWriteTimeout)")
-	case p.Sentinel != nil && (c.userDial || c.addr != ""):
-		return bad("Sentinel is set together with Addr, Dial or DialContext; the sentinels name the address to dial")
+// check reports the first of p's fields that makes no sense, in this
+// order: counts, how connections are dialed, Addr or Sentinel (read into c
+// by setDial), durations.
+func (c *config) check(p *Pool) error {
+	if err := c.checkCounts(); err != nil {
+		return err
+	}
+	if err := c.checkDialer(p); err != nil {
+		return err
 	}
 	if err := c.setDial(p); err != nil {
-		return bad("%v", err)
+		return err
 	}
+	return c.checkDurations(p)
+}
+
+// checkCounts reports a negative MaxActive, MaxIdle, MaxConcurrentDials or DB.
+func (c *config) checkCounts() error {
+	switch {
+	case c.maxActive < 0:
+		return fmt.Errorf("MaxActive is %d; it must be positive, or zero for the default (10 x GOMAXPROCS)", c.maxActive)
+	case c.maxIdle < 0:
+		return fmt.Errorf("MaxIdle is %d; it must be positive, or zero to keep up to MaxActive idle connections", c.maxIdle)
+	case c.maxDials < 0:
+		return fmt.Errorf("MaxConcurrentDials is %d; it must be positive, or zero for the default", c.maxDials)
+	case c.db < 0:
+		return fmt.Errorf("DB is %d; database numbers start at 0", c.db)
+	}
+	return nil
+}
+
+// checkDialer reports fields that the way connections are dialed would
+// ignore or contradict: Dial or DialContext dials on its own, and the
+// sentinels name the address.
+func (c *config) checkDialer(p *Pool) error {
+	if c.userDial {
+		switch {
+		case c.addr != "":
+			return fmt.Errorf("both Addr (%q) and Dial or DialContext are set; set Addr to let the pool dial, or Dial to dial yourself", redactAddr(c.addr))
+		case len(p.DialOptions) > 0:
+			return errors.New("DialOptions are set together with Dial or DialContext, which would ignore them; pass the options in your Dial")
+		case p.Username != "" || p.Password != "":
+			return errors.New("Username or Password is set together with Dial or DialContext, which would ignore them; authenticate in your Dial")
+		case p.DialTimeout != 0:
+			return errors.New("DialTimeout is set together with Dial or DialContext; set the connect timeout in your Dial")
+		case p.WriteTimeout != 0:
+			return errors.New("WriteTimeout is set together with Dial or DialContext, which the pool cannot apply to your conns; set it in your Dial (redis.DialWriteTimeout)")
+		}
+	}
+	if p.Sentinel != nil && (c.userDial || c.addr != "") {
+		return errors.New("Sentinel is set together with Addr, Dial or DialContext; the sentinels name the address to dial")
+	}
+	return nil
+}
+
+// checkDurations reports a positive duration shorter than minDuration, then
+// a negative IdleTimeout, MaxConnLifetime or LeakThreshold.
+func (c *config) checkDurations(p *Pool) error {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
@@ -125,26 +167,32 @@ func (p *Pool) buildConfig() (config, error) {
 		{"LeakThreshold", p.LeakThreshold},
 	} {
 		if d.v > 0 && d.v < minDuration {
-			return bad("%s is %v, shorter than the 1ms minimum; a duration needs its unit (5 * time.Second, not 5)", d.name, d.v)
+			return fmt.Errorf("%s is %v, shorter than the 1ms minimum; a duration needs its unit (5 * time.Second, not 5)", d.name, d.v)
 		}
 	}
 	switch {
 	case c.idleTimeout < 0:
-		return bad("IdleTimeout is %v; it must be positive, or zero for the default (%v)", c.idleTimeout, DefaultIdleTimeout)
+		return fmt.Errorf("IdleTimeout is %v; it must be positive, or zero for the default (%v)", c.idleTimeout, DefaultIdleTimeout)
 	case c.maxLifetime < 0:
-		return bad("MaxConnLifetime is %v; it must be positive, or zero for no limit", c.maxLifetime)
+		return fmt.Errorf("MaxConnLifetime is %v; it must be positive, or zero for no limit", c.maxLifetime)
 	case p.LeakThreshold < 0:
-		return bad("LeakThreshold is %v; it must be positive, or zero for off", p.LeakThreshold)
+		return fmt.Errorf("LeakThreshold is %v; it must be positive, or zero for off", p.LeakThreshold)
 	}
+	return nil
+}
 
+// setSizes applies the defaults of MaxActive, MaxIdle and
+// MaxConcurrentDials, and reports a MaxActive, given or by default, above
+// maxPoolSize.
+func (c *config) setSizes(p *Pool) error {
 	if c.maxActive == 0 {
 		c.maxActive = max(defaultMaxActivePerProc*runtime.GOMAXPROCS(0), c.maxIdle)
 	}
 	switch {
 	case p.MaxActive > maxPoolSize:
-		return bad("MaxActive is %d, above the %d a pool supports (one host opens at most about 64k TCP connections to one address); set the most connections the server should see from this pool", p.MaxActive, maxPoolSize)
+		return fmt.Errorf("MaxActive is %d, above the %d a pool supports (one host opens at most about 64k TCP connections to one address); set the most connections the server should see from this pool", p.MaxActive, maxPoolSize)
 	case c.maxActive > maxPoolSize:
-		return bad("MaxIdle is %d, which raises the default MaxActive above the %d a pool supports; set MaxActive, or a smaller MaxIdle", p.MaxIdle, maxPoolSize)
+		return fmt.Errorf("MaxIdle is %d, which raises the default MaxActive above the %d a pool supports; set MaxActive, or a smaller MaxIdle", p.MaxIdle, maxPoolSize)
 	}
 	if c.maxIdle == 0 || c.maxIdle > c.maxActive {
 		c.maxIdle = c.maxActive
@@ -153,14 +201,17 @@ func (p *Pool) buildConfig() (config, error) {
 		c.maxDials = defaultMaxDials
 	}
 	c.maxDials = min(c.maxDials, c.maxActive)
+	return nil
+}
+
+// setTimeouts applies the defaults of the durations, and shortens them to
+// maxTimeout.
+func (c *config) setTimeouts(p *Pool) {
 	if c.idleTimeout == 0 {
 		c.idleTimeout = DefaultIdleTimeout
 	}
 	c.idleTimeout = min(c.idleTimeout, maxTimeout)
 	c.maxLifetime = min(c.maxLifetime, maxTimeout)
-	if c.addr == "" && !c.userDial && p.Sentinel == nil {
-		c.addr = DefaultAddr
-	}
 	c.dialTimeout = min(timeout(p.DialTimeout, DefaultDialTimeout), maxTimeout)
 	c.readTimeout = min(timeout(p.ReadTimeout, DefaultReadTimeout), maxTimeout)
 	c.writeTimeout = min(timeout(p.WriteTimeout, c.readTimeout), maxTimeout)
@@ -181,7 +232,6 @@ func (p *Pool) buildConfig() (config, error) {
 	if c.readTimeout > 0 {
 		c.drainTimeout = min(c.readTimeout, drainTimeoutCap)
 	}
-	return c, nil
 }
 
 // timeout applies the rule shared by the dial, read and write timeouts:
@@ -222,6 +272,38 @@ func (c *config) setDial(p *Pool) error {
 	}
 	if a.hasDB {
 		c.db = a.db
+	}
+	return nil
+}
+
+// check reports a configuration error.
+func (s *Sentinel) check() error {
+	switch {
+	case len(s.Addrs) == 0:
+		return errors.New("Sentinel.Addrs is empty; list the sentinels' host:port addresses")
+	case s.MasterName == "":
+		return errors.New("Sentinel.MasterName is empty; set the name the sentinels monitor the master under")
+	}
+	for _, a := range s.Addrs {
+		if strings.Contains(a, "@") {
+			return fmt.Errorf("Sentinel.Addrs has %q, with user info (@); set the sentinels' credentials in Sentinel.Username and Sentinel.Password", redactAddr(a))
+		}
+		_, port, err := net.SplitHostPort(a)
+		if err == nil {
+			err = checkPort(port)
+		}
+		if err != nil {
+			return fmt.Errorf("Sentinel.Addrs has %q, which is not host:port: %v", a, err)
+		}
+	}
+	return nil
+}
+
+// checkPort reports whether port is a TCP port number, 1 to 65535.
+func checkPort(port string) error {
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q is not a number from 1 to 65535", port)
 	}
 	return nil
 }

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -135,38 +134,6 @@ func (s *Sentinel) Master() string {
 	return s.master
 }
 
-// check reports a configuration error.
-func (s *Sentinel) check() error {
-	switch {
-	case len(s.Addrs) == 0:
-		return errors.New("Sentinel.Addrs is empty; list the sentinels' host:port addresses")
-	case s.MasterName == "":
-		return errors.New("Sentinel.MasterName is empty; set the name the sentinels monitor the master under")
-	}
-	for _, a := range s.Addrs {
-		if strings.Contains(a, "@") {
-			return fmt.Errorf("Sentinel.Addrs has %q, with user info (@); set the sentinels' credentials in Sentinel.Username and Sentinel.Password", redactAddr(a))
-		}
-		_, port, err := net.SplitHostPort(a)
-		if err == nil {
-			err = checkPort(port)
-		}
-		if err != nil {
-			return fmt.Errorf("Sentinel.Addrs has %q, which is not host:port: %v", a, err)
-		}
-	}
-	return nil
-}
-
-// checkPort reports whether port is a TCP port number, 1 to 65535.
-func checkPort(port string) error {
-	n, err := strconv.Atoi(port)
-	if err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("port %q is not a number from 1 to 65535", port)
-	}
-	return nil
-}
-
 // masterHostPort is the address a sentinel named, "host:port", or an error
 // when it is not one: a sentinel's answer or announcement is believed only
 // if it names a host and a port.
@@ -182,10 +149,10 @@ func masterHostPort(host, port string) (string, error) {
 
 // masterAddr returns the cached master address, asking the sentinels when
 // there is none, with p's generation read together with it: the sentinels'
-// news of a new master raise the generation under s.mu (see announced and
-// forget, and below, the answer to a query an announcement asked for), so a
-// connection stamped with it is retired by any later news, and by none that
-// came before. Concurrent callers share one query. timeout is
+// news of a new master raise the generation under s.mu (see announced,
+// forget, and answered for the answer to a query an announcement asked
+// for), so a connection stamped with it is retired by any later news, and
+// by none that came before. Concurrent callers share one query. timeout is
 // the pool's dial timeout (0 when disabled), shared among the sentinels asked.
 func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duration) (string, uint64, error) {
 	s.mu.Lock()
@@ -199,23 +166,9 @@ func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duratio
 	s.queryMu.Lock()
 	defer s.queryMu.Unlock()
 	s.mu.Lock()
-	if s.master != "" {
-		m, gen := s.master, p.gen.Load() // another caller's query or an announcement found it
+	if m, gen, err := s.reuseAnswerLocked(p); m != "" || err != nil {
 		s.mu.Unlock()
-		return m, gen, nil
-	}
-	if s.last != "" && time.Since(s.lastQuery) < minQueryInterval {
-		// Asked moments ago: the sentinels would name the same master.
-		s.master = s.last
-		gen := p.gen.Load()
-		s.mu.Unlock()
-		return s.last, gen, nil
-	}
-	if s.failErr != nil && time.Since(s.failedAt) < minQueryInterval {
-		// The sentinels failed moments ago: at most two queries a second.
-		err := s.failErr
-		s.mu.Unlock()
-		return "", 0, err
+		return m, gen, err
 	}
 	if s.order == nil {
 		s.order = append([]string(nil), s.Addrs...)
@@ -223,60 +176,47 @@ func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duratio
 	order := append([]string(nil), s.order...)
 	epoch := s.epoch
 	s.mu.Unlock()
+	return s.query(ctx, p, order, epoch, sentinelTimeout(timeout, len(order)))
+}
 
-	share := sentinelTimeout(timeout, len(order))
+// reuseAnswerLocked is masterAddr's answer without asking the sentinels:
+// the master cached, the address they named less than minQueryInterval
+// ago, cached again, or their failure less than that ago. It returns ""
+// and a nil error when they are to be asked.
+func (s *Sentinel) reuseAnswerLocked(p *Pool) (string, uint64, error) {
+	switch {
+	case s.master != "":
+		return s.master, p.gen.Load(), nil // another caller's query or an announcement found it
+	case s.last != "" && time.Since(s.lastQuery) < minQueryInterval:
+		// Asked moments ago: the sentinels would name the same master.
+		s.master = s.last
+		return s.last, p.gen.Load(), nil
+	case s.failErr != nil && time.Since(s.failedAt) < minQueryInterval:
+		// The sentinels failed moments ago: at most two queries a second.
+		return "", 0, s.failErr
+	}
+	return "", 0, nil
+}
+
+// query asks the sentinels in order, each within share, until one names
+// the master, and returns it as masterAddr does. epoch is s.epoch when the
+// query began. When none answers, their failure is kept for
+// minQueryInterval (see reuseAnswerLocked).
+func (s *Sentinel) query(ctx context.Context, p *Pool, order []string, epoch uint64, share time.Duration) (string, uint64, error) {
 	var errs []error
 	for i, addr := range order {
-		// A sentinel that failed with less than its share of time left is
-		// not to blame: it keeps its place.
-		dl, ok := ctx.Deadline()
-		fullShare := !ok || time.Until(dl) >= share
-		master, err := s.ask(ctx, addr, share)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("sentinel %s: %w", addr, err))
-			// The deadline, not ctx.Err, which its timer sets a moment late.
-			timeUp := ctx.Err() != nil || (ok && !time.Now().Before(dl))
-			if fullShare || !timeUp {
-				s.mu.Lock()
-				s.order = moveToBack(s.order, addr) // ask the others first next time
-				s.mu.Unlock()
-			}
-			if timeUp {
-				if rest := order[i+1:]; len(rest) > 0 {
-					errs = append(errs, fmt.Errorf("the dial's time ran out before asking %s", strings.Join(rest, ", ")))
-				}
-				break
-			}
-			continue
+		master, timeUp, err := s.askInTurn(ctx, addr, share)
+		if err == nil {
+			m, gen := s.answered(p, addr, master, epoch)
+			return m, gen, nil
 		}
-		s.mu.Lock()
-		previous, retire := s.last, false
-		if s.epoch != epoch && s.master != "" {
-			// A new master was announced while we asked: the answer may
-			// come from a sentinel that has not heard of it yet.
-			master = s.master
-		} else {
-			// Asked because an announcement did not fit: connections
-			// dialed before reach the master in use until then, which
-			// the sentinels may no longer name.
-			retire = s.recheck && previous != "" && master != previous
-			s.master, s.last, s.lastQuery = master, master, time.Now()
-			s.order = moveToFront(s.order, addr)
-			s.namedBy = addr
-			if retire {
-				p.gen.Add(1) // under s.mu: see above
+		errs = append(errs, fmt.Errorf("sentinel %s: %w", addr, err))
+		if timeUp {
+			if rest := order[i+1:]; len(rest) > 0 {
+				errs = append(errs, fmt.Errorf("the dial's time ran out before asking %s", strings.Join(rest, ", ")))
 			}
+			break
 		}
-		s.recheck = false
-		s.failErr = nil
-		gen := p.gen.Load()
-		s.mu.Unlock()
-		if retire {
-			p.drainIdle(DiscardRetired)
-			p.logSentinel(context.Background(), slog.LevelInfo, "redispool: the sentinels named a new master",
-				slog.String("master", master), slog.String("previous", previous), slog.String("sentinel", addr))
-		}
-		return master, gen, nil
 	}
 	// ctx is the dial's own (no caller's cancellation reaches a dial): its
 	// time running out is the sentinels' failure too.
@@ -285,6 +225,64 @@ func (s *Sentinel) masterAddr(ctx context.Context, p *Pool, timeout time.Duratio
 	s.failErr, s.failedAt = err, time.Now()
 	s.mu.Unlock()
 	return "", 0, err
+}
+
+// askInTurn asks the sentinel at addr, within share, for the master's
+// address. When it fails, it reports whether ctx's time is up, and moves the
+// sentinel to the back of s.order, unless it had less than share left and
+// ran out of time.
+func (s *Sentinel) askInTurn(ctx context.Context, addr string, share time.Duration) (master string, timeUp bool, err error) {
+	// A sentinel that failed with less than its share of time left is
+	// not to blame: it keeps its place.
+	dl, ok := ctx.Deadline()
+	fullShare := !ok || time.Until(dl) >= share
+	master, err = s.ask(ctx, addr, share)
+	if err == nil {
+		return master, false, nil
+	}
+	// The deadline, not ctx.Err, which its timer sets a moment late.
+	timeUp = ctx.Err() != nil || (ok && !time.Now().Before(dl))
+	if fullShare || !timeUp {
+		s.mu.Lock()
+		s.order = moveToBack(s.order, addr) // ask the others first next time
+		s.mu.Unlock()
+	}
+	return "", timeUp, err
+}
+
+// answered takes the answer of the sentinel at addr, which named master
+// to a query begun at epoch, and returns the master to dial with p's
+// generation, as masterAddr does. A master announced since, and still
+// cached, wins over the answer.
+func (s *Sentinel) answered(p *Pool, addr, master string, epoch uint64) (string, uint64) {
+	s.mu.Lock()
+	previous, retire := s.last, false
+	if s.epoch != epoch && s.master != "" {
+		// A new master was announced while we asked: the answer may
+		// come from a sentinel that has not heard of it yet.
+		master = s.master
+	} else {
+		// Asked because an announcement did not fit: connections
+		// dialed before reach the master in use until then, which
+		// the sentinels may no longer name.
+		retire = s.recheck && previous != "" && master != previous
+		s.master, s.last, s.lastQuery = master, master, time.Now()
+		s.order = moveToFront(s.order, addr)
+		s.namedBy = addr
+		if retire {
+			p.gen.Add(1) // under s.mu: see masterAddr
+		}
+	}
+	s.recheck = false
+	s.failErr = nil
+	gen := p.gen.Load()
+	s.mu.Unlock()
+	if retire {
+		p.drainIdle(DiscardRetired)
+		p.logSentinel(context.Background(), slog.LevelInfo, "redispool: the sentinels named a new master",
+			slog.String("master", master), slog.String("previous", previous), slog.String("sentinel", addr))
+	}
+	return master, gen
 }
 
 // sentinelTimeout is the time given to each of n sentinels out of the dial
@@ -525,24 +523,34 @@ func (s *Sentinel) listen(ctx context.Context, p *Pool, addr string) (err error)
 	interval := watchPingInterval()
 	pinging := make(chan struct{})
 	defer close(pinging)
-	go func() {
-		tick := time.NewTicker(interval)
-		defer tick.Stop()
-		for {
-			select {
-			case <-pinging:
-				return
-			case <-tick.C:
-				if psc.Ping("") != nil {
-					return // the Receive below fails too
-				}
+	go pingSentinel(psc, interval, pinging)
+	// Something, a pong at least, arrives every interval from a sentinel
+	// that works.
+	return s.receiveAnnouncements(p, addr, psc, interval+timeout)
+}
+
+// pingSentinel pings the sentinel on psc every interval until stop is
+// closed or a ping fails.
+func pingSentinel(psc redis.PubSubConn, interval time.Duration, stop <-chan struct{}) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+			if psc.Ping("") != nil {
+				return // receiveAnnouncements fails too
 			}
 		}
-	}()
+	}
+}
+
+// receiveAnnouncements follows the announcements that the sentinel at addr
+// sends on psc until a receive fails or gets nothing within wait.
+func (s *Sentinel) receiveAnnouncements(p *Pool, addr string, psc redis.PubSubConn, wait time.Duration) error {
 	for {
-		// Something, a pong at least, arrives every interval from a
-		// sentinel that works.
-		switch m := psc.ReceiveWithTimeout(interval + timeout).(type) {
+		switch m := psc.ReceiveWithTimeout(wait).(type) {
 		case error:
 			return m
 		case redis.Message:
@@ -566,7 +574,7 @@ func (s *Sentinel) listen(ctx context.Context, p *Pool, addr string) (err error)
 // Z) or follows one the pool missed ("Y to Z" on X), and cannot tell which:
 // the pool forgets the master, so that its next dial asks the sentinels,
 // whatever the rate limit on queries, and keeps its connections until their
-// answer (see masterAddr). Retiring them at once would close every
+// answer (see answered). Retiring them at once would close every
 // connection to the right master on each late duplicate, the common case;
 // after a missed announcement, the answer names another master and retires
 // them then, before any new connection is dialed, and until then ROLE,
