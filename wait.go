@@ -35,9 +35,9 @@ import (
 
 // waitQueue is the callers waiting for a grant.
 type waitQueue struct {
-	mu    sync.Mutex  // protects list
-	list  waitList    // by deadline, first come first
-	timer *time.Timer // set for the first waiter's deadline or earlier; calls Pool.expireWaiters
+	mu    sync.Mutex   // protects list
+	list  waitList     // by deadline, first come first
+	timer *time.Timer  // set for the first waiter's deadline or earlier; calls Pool.expireWaiters
 	n     atomic.Int64 // waiters in list, read without mu
 }
 
