@@ -144,7 +144,7 @@ func (p *Pool) dial(ctx context.Context, deadline *time.Time) (*poolConn, error)
 	case <-p.done:
 		return nil, p.abandon(call, ErrPoolClosed)
 	case <-timeout:
-		return nil, p.abandon(call, p.exhausted(fmt.Errorf("%w: a dial did not finish within this Get's WaitTimeout (%v)", ErrPoolExhausted, p.cfg.waitTimeout)))
+		return nil, p.abandon(call, p.exhausted(fmt.Sprintf("a dial did not finish within this Get's WaitTimeout (%v)", p.cfg.waitTimeout)))
 	}
 }
 

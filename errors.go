@@ -12,12 +12,13 @@ import (
 // for a connection when Close was called.
 var ErrPoolClosed = errors.New("redispool: pool is closed")
 
-// ErrPoolExhausted is wrapped by the error returned by Get and GetContext when
-// WaitTimeout passed before a connection, a dial slot or a Dial of the user's
-// became available (at once when WaitTimeout is negative). It wraps redigo's
-// redis.ErrPoolExhausted, so code written for redis.Pool that checks
-// errors.Is(err, redis.ErrPoolExhausted) keeps working.
-var ErrPoolExhausted = fmt.Errorf("redispool: connection pool exhausted: %w", redis.ErrPoolExhausted)
+// ErrPoolExhausted is returned by Get and GetContext when WaitTimeout passed
+// before a connection, a dial slot or a Dial of the user's became available
+// (at once when WaitTimeout is negative). It is redigo's
+// redis.ErrPoolExhausted itself, so that code written for redis.Pool that
+// compares with == or errors.Is keeps working; what the Get waited for goes
+// to the Logger's "pool exhausted" record.
+var ErrPoolExhausted = redis.ErrPoolExhausted
 
 // ErrConnClosed is returned by every method but Close of a conn from Get after
 // that conn has been closed. The pooled connection behind it is not touched.

@@ -103,7 +103,7 @@ func TestLogRecordsAreRateLimitedPerKind(t *testing.T) {
 	got := rec.find("pool exhausted")
 	require.Len(t, got, 2)
 	assert.Equal(t, "99", got[1]["suppressed"])
-	assert.Contains(t, got[1]["error"], "exhausted")
+	assert.Contains(t, got[1]["waited_for"], "WaitTimeout is negative", "the record says what the Get waited for")
 }
 
 func TestFailedDialsAreLogged(t *testing.T) {

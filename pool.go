@@ -392,7 +392,7 @@ func (p *Pool) vet(ctx context.Context, pc *poolConn, checksEnd time.Time) (*poo
 			return nil, err
 		case reason == DiscardHealthCheck && time.Now().After(checksEnd):
 			p.releasePermit()
-			return nil, p.exhausted(fmt.Errorf("%w: idle connections failed TestOnBorrow until this Get's WaitTimeout (%v) passed", ErrPoolExhausted, p.checksBudget()))
+			return nil, p.exhausted(fmt.Sprintf("idle connections failed TestOnBorrow until this Get's WaitTimeout (%v) passed", p.checksBudget()))
 		}
 		if pc = p.idle.take(); pc == nil {
 			return nil, nil
@@ -494,11 +494,12 @@ func (p *Pool) checksBudget() time.Duration {
 	return DefaultReadTimeout + time.Second
 }
 
-// exhausted counts and logs a Get that gave up waiting, and returns its error.
-func (p *Pool) exhausted(err error) error {
+// exhausted counts and logs a Get that gave up waiting, with what it waited
+// for, and returns ErrPoolExhausted.
+func (p *Pool) exhausted(why string) error {
 	p.stats.exhausted.Add(1)
-	p.log(logExhausted, slog.LevelWarn, "redispool: pool exhausted", slog.String("error", errText(err)))
-	return err
+	p.log(logExhausted, slog.LevelWarn, "redispool: pool exhausted", slog.String("waited_for", why))
+	return ErrPoolExhausted
 }
 
 // put returns a clean connection to the idle set, unless the pool has enough

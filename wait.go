@@ -112,7 +112,7 @@ func (l *waitList) popFront() *waiter {
 // ticket. *deadline is zero at a Get's first wait, which sets it.
 func (p *Pool) wait(ctx context.Context, deadline *time.Time) (*poolConn, error) {
 	if p.cfg.waitTimeout < 0 {
-		return nil, p.exhausted(fmt.Errorf("%w: all %d connections are in use and WaitTimeout is negative", ErrPoolExhausted, p.cfg.maxActive))
+		return nil, p.exhausted(fmt.Sprintf("all %d connections are in use and WaitTimeout is negative", p.cfg.maxActive))
 	}
 	// A connection often comes back within a scheduling round: yield once
 	// before queueing, unless others wait already, who would get it first.
@@ -140,7 +140,7 @@ func (p *Pool) wait(ctx context.Context, deadline *time.Time) (*poolConn, error)
 		if err := ctx.Err(); err != nil {
 			return nil, err // ctx ended first, as the caller gave up
 		}
-		return nil, p.exhausted(fmt.Errorf("%w: all %d connections stayed in use for %v (WaitTimeout)", ErrPoolExhausted, p.cfg.maxActive, p.cfg.waitTimeout))
+		return nil, p.exhausted(fmt.Sprintf("all %d connections stayed in use for %v (WaitTimeout)", p.cfg.maxActive, p.cfg.waitTimeout))
 	}
 	return p.granted(ctx, g)
 }

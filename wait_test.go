@@ -351,3 +351,20 @@ func TestWaitTimeoutBoundsAGetAsAWhole(t *testing.T) {
 	assert.Less(t, took, wait*14/10, "a Get that waited for a conn, then for its dial, with WaitTimeout %v", wait)
 	assert.EqualValues(t, 2, dials.Load())
 }
+
+// TestExhaustedIsRedigosErrorItself: code written for redis.Pool compares
+// the error with ==, which only the sentinel itself matches; what the Get
+// waited for is in the log record instead.
+func TestExhaustedIsRedigosErrorItself(t *testing.T) {
+	d := &fakeDialer{}
+	for _, wait := range []time.Duration{-1, 10 * time.Millisecond} {
+		p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: wait}
+		held := p.Get()
+		require.NoError(t, held.Err())
+		c, err := p.GetContext(context.Background())
+		assert.True(t, err == redis.ErrPoolExhausted, "WaitTimeout %v: got %v", wait, err)
+		assert.True(t, c.Err() == redis.ErrPoolExhausted, "WaitTimeout %v: the conn's error is %v", wait, c.Err())
+		held.Close()
+		p.Close()
+	}
+}
