@@ -21,8 +21,7 @@ import (
 	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/redispool/redispool/internal/leakcheck"
+	"go.uber.org/goleak"
 )
 
 var (
@@ -766,7 +765,7 @@ func TestStressWaitTimeoutBound(t *testing.T) {
 // no conn stays open once the holders are done, the counts go to zero, and
 // no goroutine is left.
 func TestStressCloseWakesEveryoneAndLeavesNothingOpen(t *testing.T) {
-	defer leakcheck.VerifyNone(t, leakcheck.IgnoreCurrent())
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4 * runtime.NumCPU()))
 	deadline := time.Now().Add(3 * time.Second)
 	rounds := 0

@@ -15,13 +15,13 @@ import (
 
 	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
-	"github.com/redispool/redispool/internal/leakcheck"
 	"github.com/redispool/redispool/internal/redistest"
 )
 
 func TestMain(m *testing.M) {
-	leakcheck.VerifyTestMain(m)
+	goleak.VerifyTestMain(m)
 }
 
 var errDeadline = os.ErrDeadlineExceeded
@@ -31,8 +31,8 @@ var errDeadline = os.ErrDeadlineExceeded
 // included. Tests in this package do not run in parallel.
 func checkLeaks(t *testing.T) {
 	t.Helper()
-	before := leakcheck.IgnoreCurrent()
-	t.Cleanup(func() { leakcheck.VerifyNone(t, before) })
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) })
 }
 
 // outcome is what became of one command.

@@ -13,13 +13,12 @@ import (
 	"time"
 
 	"github.com/gomodule/redigo/redis"
-
-	"github.com/redispool/redispool/internal/leakcheck"
+	"go.uber.org/goleak"
 )
 
 // TestMain also proves that servers are cleaned up without leaking the
 // goroutines that wait for them.
-func TestMain(m *testing.M) { leakcheck.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // dial opens a client connection to s with the given read timeout.
 func dial(t *testing.T, s *Server, readTimeout time.Duration) redis.Conn {
