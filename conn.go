@@ -26,6 +26,10 @@ var (
 // when the connection from Dial does not implement redis.ConnWithTimeout.
 var errTimeoutNotSupported = errors.New("redispool: connection from Dial does not support ConnWithTimeout")
 
+// errNoUndoReply stands for the reply to an EXEC, DISCARD or UNWATCH sent
+// with Send when it is not where the pool expects it: nothing says it ran.
+var errNoUndoReply = errors.New("redispool: no reply to an EXEC, DISCARD or UNWATCH sent with Send")
+
 // connState is what a borrower did to a connection that the next one must not
 // inherit.
 type connState uint8
@@ -83,6 +87,21 @@ type borrowState struct {
 	pendingEver  bool          // a pending command may block forever
 	inFlight     int           // calls in progress
 	err          error         // the first error that was not a redis.Error
+	// sent numbers the commands sent since no reply was last pending: the
+	// next reply to read is that of command number sent-pending.
+	sent int
+	// undos are the numbers (see sent) of the pending replies to EXEC,
+	// DISCARD and UNWATCH commands sent with Send. The state they undo was
+	// cleared when they were sent (see apply); each reply must say that the
+	// server ran its command, or the connection is not kept.
+	undos []int
+}
+
+// untouched reports whether the borrower left nothing to read or undo and
+// nothing that breaks the connection. With no reply pending, sent is 0,
+// undos is empty and no blocking command is pending.
+func (s *borrowState) untouched(db int) bool {
+	return s.state == 0 && s.db == db && s.pending == 0 && s.inFlight == 0 && s.err == nil
 }
 
 // maxPendingBlock bounds the sum of pending blocking commands' timeouts,
@@ -101,6 +120,10 @@ type call struct {
 	// undoes is the MULTI and WATCH state a Do of EXEC, DISCARD or UNWATCH
 	// undoes once its reply says the server ran it (see settle).
 	undoes connState
+	// For a Do, the pending replies it reads: the first's number and the
+	// undos among them (see borrowState).
+	first int
+	undos []int
 }
 
 // start records that a command (or, with cmd "", a flush and read of the
@@ -120,30 +143,27 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 		return call{}, err
 	}
 	c := call{pc: pc, timeout: pc.p.cfg.readTimeout}
-	var selects bool
-	if selects, c.undoes = pc.apply(info, send); selects {
+	selects, undoes := pc.apply(info, send)
+	if selects {
 		c.selects, c.selectDB = true, info.DB
 	}
-	block, forever := pc.pendingBlock, pc.pendingEver
-	if info.Has(command.Blocking) && pc.state&stateMulti == 0 {
-		// Inside MULTI a blocking command is only queued, and EXEC runs it
-		// without blocking.
-		if info.Timeout > maxPendingBlock-block {
-			forever = true // longer than any deadline: none
-		} else {
-			block += info.Timeout
-		}
-		forever = forever || info.Forever
-	}
+	block, forever := pc.blockWithLocked(info)
 	switch {
 	case send:
 		// Send("") too: redigo writes an empty command, which the server
 		// answers with an error.
+		if undoes != 0 {
+			pc.undos = append(pc.undos, pc.sent)
+		}
+		pc.sent++
 		pc.pending++
 		pc.pendingBlock, pc.pendingEver = block, forever
 	default:
-		// Do reads every pending reply and its own.
+		// Do reads every pending reply and its own, and settles what they
+		// say (see settle).
+		c.undoes, c.first, c.undos = undoes, pc.sent-pc.pending, pc.undos
 		pc.pending, pc.pendingBlock, pc.pendingEver = 0, 0, false
+		pc.sent, pc.undos = 0, nil
 	}
 	if c.timeout > 0 {
 		if forever {
@@ -154,6 +174,21 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 	}
 	pc.inFlight++
 	return c, nil
+}
+
+// blockWithLocked returns how long the pending commands and the one of info
+// may block at the server, or forever when nothing bounds that.
+func (pc *poolConn) blockWithLocked(info command.Info) (block time.Duration, forever bool) {
+	block, forever = pc.pendingBlock, pc.pendingEver
+	if !info.Has(command.Blocking) || pc.state&stateMulti != 0 {
+		// Inside MULTI a blocking command is only queued, and EXEC runs it
+		// without blocking.
+		return block, forever
+	}
+	if info.Timeout > maxPendingBlock-block {
+		return block, true // longer than any deadline: none
+	}
+	return block + info.Timeout, forever || info.Forever
 }
 
 // usableLocked reports why the connection cannot take a call: it is broken,
@@ -178,11 +213,13 @@ func (pc *poolConn) usableLocked() error {
 //
 // A SELECT takes effect only if the server runs it: the database is unknown
 // until its reply says so. apply reports whether the caller, a Do, is to set
-// it from the reply (see end). So does an EXEC, DISCARD or UNWATCH, which a
-// server can refuse (an ACL without it) and then undoes nothing: for a Do,
-// apply returns the state it undoes, to clear once its reply says it ran
-// (see settle). Sent with Send, it is taken to run: the pool does not read
-// the replies of a pipeline.
+// it from the reply (see end). An EXEC, DISCARD or UNWATCH can be refused
+// (an ACL without it) and then undoes nothing; apply returns the state it
+// undoes. For a Do, that state is cleared once its reply says it ran (see
+// settle). Sent with Send, it is cleared now, so that the commands sent
+// after it count as the server runs them if it ran; its reply, read later,
+// must say it did, or the connection is tainted (see borrowState.undos).
+// A SELECT sent with Send leaves the database unknown.
 func (pc *poolConn) apply(info command.Info, send bool) (selects bool, undoes connState) {
 	e := info.Effects
 	if e == 0 {
@@ -227,29 +264,63 @@ func (pc *poolConn) apply(info command.Info, send bool) (selects bool, undoes co
 	}
 	if send {
 		pc.state &^= undoes
-		undoes = 0
 	}
 	return false, undoes
 }
 
-// settle clears the state a Do of EXEC, DISCARD or UNWATCH undid, unless its
-// own reply is an error other than EXECABORT (EXEC ran and discarded the
-// transaction): a refused one leaves the transaction open or the keys
-// watched. reply is the Do's own reply, which redigo returns along with the
-// first error among the pending replies read before it.
-func (c call) settle(reply any, err error) {
-	if c.undoes == 0 {
+// settle looks at the replies a Do of cmd read for the EXEC, DISCARD and
+// UNWATCH among their commands. Its own (c.undoes) clears the state once its
+// reply, reply, says the server ran it: a refused one leaves the transaction
+// open or the keys watched. The state of those sent with Send before it
+// (c.undos) was cleared when they were sent: if a reply says one did not
+// run, or cannot say (redigo returns, along with the reply to a command, only
+// the first error among the replies read before it), the connection is
+// tainted.
+func (c call) settle(cmd string, reply any, err error) {
+	if c.undoes == 0 && len(c.undos) == 0 {
 		return
 	}
 	if _, replied := err.(redis.Error); err != nil && !replied {
 		return // no reply: the conn is broken, and not kept
 	}
-	if e, ok := reply.(redis.Error); ok && !strings.HasPrefix(string(e), "EXECABORT ") {
-		return
+	undone := c.undoes
+	if undoRefused(reply) != nil {
+		undone = 0
 	}
+	taint := len(c.undos) > 0 &&
+		(cmd != "" && err != nil || cmd == "" && refusedAt(reply, c.first, c.undos) != nil)
 	c.pc.mu.Lock()
-	c.pc.state &^= c.undoes
+	c.pc.state &^= undone
+	if taint {
+		c.pc.state |= stateTaint
+	}
 	c.pc.mu.Unlock()
+}
+
+// undoRefused returns the reply to an EXEC, DISCARD or UNWATCH if it says the
+// server did not run the command: an error reply other than EXECABORT (with
+// which EXEC discards the transaction).
+func undoRefused(reply any) error {
+	if e, ok := reply.(redis.Error); ok && !strings.HasPrefix(string(e), "EXECABORT ") {
+		return e
+	}
+	return nil
+}
+
+// refusedAt returns the first refusal (see undoRefused) in reply, the array
+// of the pending replies from number first on, at the numbers in undos.
+func refusedAt(reply any, first int, undos []int) error {
+	rs, _ := reply.([]any)
+	for _, n := range undos {
+		i := n - first
+		if i < 0 || i >= len(rs) {
+			return errNoUndoReply
+		}
+		if err := undoRefused(rs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // begin is start for Flush and Receive. The timeout is for reading one
@@ -299,10 +370,7 @@ func (ac *activeConn) end(c call, err error, received bool) {
 		pc.err = err // the server closes the connection after this reply
 	}
 	if received && pc.pending > 0 && (err == nil || replied) {
-		pc.pending--
-		if pc.pending == 0 {
-			pc.pendingBlock, pc.pendingEver = 0, false
-		}
+		pc.receivedLocked(err)
 	}
 	readOnly := replied && isReadOnly(rerr)
 	if readOnly {
@@ -311,6 +379,23 @@ func (ac *activeConn) end(c call, err error, received bool) {
 	pc.mu.Unlock()
 	if readOnly || (pc.p.Sentinel != nil && err != nil && !replied && closedByServer(err)) {
 		pc.p.failover(pc.addr)
+	}
+}
+
+// receivedLocked counts one pending reply as read; err is nil, or the error
+// reply Receive returned for it. A reply that says an EXEC, DISCARD or
+// UNWATCH sent with Send did not run taints the connection.
+func (pc *poolConn) receivedLocked(err error) {
+	if len(pc.undos) > 0 && pc.undos[0] == pc.sent-pc.pending {
+		pc.undos = pc.undos[1:]
+		if undoRefused(err) != nil {
+			pc.state |= stateTaint
+		}
+	}
+	pc.pending--
+	if pc.pending == 0 {
+		pc.pendingBlock, pc.pendingEver = 0, false
+		pc.sent, pc.undos = 0, nil
 	}
 }
 
@@ -364,7 +449,7 @@ func (ac *activeConn) Do(cmd string, args ...any) (any, error) {
 	} else {
 		reply, err = c.pc.c.Do(cmd, args...)
 	}
-	c.settle(reply, err)
+	c.settle(cmd, reply, err)
 	ac.end(c, arrayError(cmd, reply, err), false)
 	return reply, err
 }
@@ -379,7 +464,7 @@ func (ac *activeConn) DoWithTimeout(timeout time.Duration, cmd string, args ...a
 		return nil, err
 	}
 	reply, err := c.pc.cwt.DoWithTimeout(timeout, cmd, args...)
-	c.settle(reply, err)
+	c.settle(cmd, reply, err)
 	ac.end(c, arrayError(cmd, reply, err), false)
 	return reply, err
 }
@@ -430,7 +515,7 @@ func (ac *activeConn) DoContext(ctx context.Context, cmd string, args ...any) (a
 		}
 		return c.pc.c.Do(cmd, args...)
 	})
-	c.settle(reply, err)
+	c.settle(cmd, reply, err)
 	ac.end(c, arrayError(cmd, reply, err), false)
 	return reply, err
 }
@@ -606,7 +691,7 @@ func (ac *activeConn) Close() error {
 			}
 		}
 	}()
-	if pc.borrowState == (borrowState{db: p.cfg.db}) {
+	if pc.untouched(p.cfg.db) {
 		// Nothing to undo: the common case, without copying the state.
 		pc.mu.Unlock()
 		if leak != nil {
@@ -676,8 +761,10 @@ func (p *Pool) release(pc *poolConn, st *borrowState, owned *bool) error {
 }
 
 // drain undoes MULTI and WATCH and reads every pending reply within the
-// drain timeout. refused is the error reply to its DISCARD or UNWATCH, which
-// the server may refuse (an ACL without them) and then has undone nothing.
+// drain timeout. refused is the error reply to its DISCARD or UNWATCH, or to
+// an EXEC, DISCARD or UNWATCH the borrower sent with Send (see
+// borrowState.undos), which the server may refuse (an ACL without them) and
+// then has undone nothing.
 func (p *Pool) drain(pc *poolConn, st *borrowState) (refused, err error) {
 	undo := true
 	switch {
@@ -692,13 +779,14 @@ func (p *Pool) drain(pc *poolConn, st *borrowState) (refused, err error) {
 		return nil, err
 	}
 	reply, err := pc.cwt.DoWithTimeout(p.cfg.drainTimeout, "")
-	if err != nil || !undo {
+	if err != nil {
 		return nil, err
 	}
+	if refused := refusedAt(reply, st.sent-st.pending, st.undos); refused != nil || !undo {
+		return refused, nil
+	}
 	if rs, _ := reply.([]any); len(rs) > 0 {
-		if e, ok := rs[len(rs)-1].(redis.Error); ok {
-			return e, nil
-		}
+		return undoRefused(rs[len(rs)-1]), nil
 	}
 	return nil, nil
 }
