@@ -26,6 +26,15 @@ var (
 // when the connection from Dial does not implement redis.ConnWithTimeout.
 var errTimeoutNotSupported = errors.New("redispool: connection from Dial does not support ConnWithTimeout")
 
+// ErrConcurrentUse is returned by a call on a conn from Get that overlaps
+// another call on it, from another goroutine, in a way redigo does not
+// allow: two calls that write (Send, Flush, Do) or two that read (Receive,
+// Do) at once. One goroutine may write while another reads, as with
+// PubSubConn. The call returns without touching the connection, and the conn
+// is broken: every later call fails with ErrConcurrentUse, and Close
+// discards the connection.
+var ErrConcurrentUse = errors.New("redispool: conn used by two goroutines at once")
+
 // errNoUndoReply stands for the reply to an EXEC, DISCARD or UNWATCH sent
 // with Send when it is not where the pool expects it: nothing says it ran.
 var errNoUndoReply = errors.New("redispool: no reply to an EXEC, DISCARD or UNWATCH sent with Send")
@@ -48,6 +57,15 @@ const (
 	stateListen = stateChannels | stateShards | statePatterns | stateMonitor
 )
 
+// uses is what calls do on the connection: redigo allows one goroutine to
+// write while another reads, and nothing more.
+type uses uint8
+
+const (
+	writes uses = 1 << iota // Send, Flush, Do
+	reads                   // Receive, Do
+)
+
 // subscribed maps a kind of subscription to its state.
 var subscribed = [...]connState{
 	command.Channels: stateChannels,
@@ -61,7 +79,8 @@ var subscribed = [...]connState{
 // still pending and the first error that was not a redis.Error.
 //
 // As with redigo's connections, one goroutine may Send and Flush while another
-// Receives, so the bookkeeping is under pc.mu; no I/O happens under it.
+// Receives, so the bookkeeping is under pc.mu; no I/O happens under it. Calls
+// that overlap otherwise break the connection (see ErrConcurrentUse).
 type activeConn struct {
 	pc  *poolConn
 	seq uint64 // ours while pc.seq is this
@@ -85,7 +104,7 @@ type borrowState struct {
 	pending      int           // commands sent whose replies were not read
 	pendingBlock time.Duration // the longest pending blocking commands may wait at the server
 	pendingEver  bool          // a pending command may block forever
-	inFlight     int           // calls in progress
+	busy         uses          // what the calls in progress do
 	err          error         // the first error that was not a redis.Error
 	// sent numbers the commands sent since no reply was last pending: the
 	// next reply to read is that of command number sent-pending.
@@ -101,7 +120,7 @@ type borrowState struct {
 // nothing that breaks the connection. With no reply pending, sent is 0,
 // undos is empty and no blocking command is pending.
 func (s *borrowState) untouched(db int) bool {
-	return s.state == 0 && s.db == db && s.pending == 0 && s.inFlight == 0 && s.err == nil
+	return s.state == 0 && s.db == db && s.pending == 0 && s.busy == 0 && s.err == nil
 }
 
 // maxPendingBlock bounds the sum of pending blocking commands' timeouts,
@@ -112,6 +131,7 @@ const maxPendingBlock = time.Duration(math.MaxInt64 / 4)
 // call is one call in progress on the pooled connection.
 type call struct {
 	pc      *poolConn
+	uses    uses
 	timeout time.Duration // read deadline for the reply; 0 for none
 	// selects is set for a Do of SELECT, which moves the connection to
 	// database selectDB once its reply says it did.
@@ -139,10 +159,14 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 		return call{}, err
 	}
 	defer pc.mu.Unlock()
-	if err := pc.usableLocked(); err != nil {
+	u := reads | writes
+	if send {
+		u = writes
+	}
+	if err := pc.claimLocked(u); err != nil {
 		return call{}, err
 	}
-	c := call{pc: pc, timeout: pc.p.cfg.readTimeout}
+	c := call{pc: pc, uses: u, timeout: pc.p.cfg.readTimeout}
 	selects, undoes := pc.apply(info, send)
 	if selects {
 		c.selects, c.selectDB = true, info.DB
@@ -172,7 +196,6 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 			c.timeout += block
 		}
 	}
-	pc.inFlight++
 	return c, nil
 }
 
@@ -189,6 +212,22 @@ func (pc *poolConn) blockWithLocked(info command.Info) (block time.Duration, for
 		return block, true // longer than any deadline: none
 	}
 	return block + info.Timeout, forever || info.Forever
+}
+
+// claimLocked marks the connection busy with a call that does u, if it can
+// take one: it is usable, and no call in progress does what u does. A call
+// that overlaps another that way breaks the connection (see
+// ErrConcurrentUse); the call in progress goes on.
+func (pc *poolConn) claimLocked(u uses) error {
+	if err := pc.usableLocked(); err != nil {
+		return err
+	}
+	if pc.busy&u != 0 {
+		pc.err = ErrConcurrentUse
+		return ErrConcurrentUse
+	}
+	pc.busy |= u
+	return nil
 }
 
 // usableLocked reports why the connection cannot take a call: it is broken,
@@ -323,19 +362,19 @@ func refusedAt(reply any, first int, undos []int) error {
 	return nil
 }
 
-// begin is start for Flush and Receive. The timeout is for reading one
-// pending reply, or a pushed message on a listening connection, which has no
-// deadline.
-func (ac *activeConn) begin() (call, error) {
+// begin is start for Flush (u is writes) and Receive (reads). The timeout is
+// for reading one pending reply, or a pushed message on a listening
+// connection, which has no deadline.
+func (ac *activeConn) begin(u uses) (call, error) {
 	pc, err := ac.lock()
 	if err != nil {
 		return call{}, err
 	}
 	defer pc.mu.Unlock()
-	if err := pc.usableLocked(); err != nil {
+	if err := pc.claimLocked(u); err != nil {
 		return call{}, err
 	}
-	c := call{pc: pc, timeout: pc.p.cfg.readTimeout}
+	c := call{pc: pc, uses: u, timeout: pc.p.cfg.readTimeout}
 	if c.timeout > 0 {
 		switch {
 		case pc.state&stateListen != 0, pc.pendingEver:
@@ -344,7 +383,6 @@ func (ac *activeConn) begin() (call, error) {
 			c.timeout += pc.pendingBlock
 		}
 	}
-	pc.inFlight++
 	return c, nil
 }
 
@@ -358,7 +396,7 @@ func (ac *activeConn) begin() (call, error) {
 func (ac *activeConn) end(c call, err error, received bool) {
 	pc := c.pc
 	pc.mu.Lock()
-	pc.inFlight--
+	pc.busy &^= c.uses
 	if c.selects && err == nil {
 		pc.db = c.selectDB
 	}
@@ -587,7 +625,7 @@ func (ac *activeConn) Send(cmd string, args ...any) error {
 
 // Flush writes the queued commands.
 func (ac *activeConn) Flush() error {
-	c, err := ac.begin()
+	c, err := ac.begin(writes)
 	if err != nil {
 		return err
 	}
@@ -600,7 +638,7 @@ func (ac *activeConn) Flush() error {
 // pending blocking commands). On a subscribed connection it waits for the next
 // message without a deadline, as redigo's PubSubConn.Receive expects.
 func (ac *activeConn) Receive() (any, error) {
-	c, err := ac.begin()
+	c, err := ac.begin(reads)
 	if err != nil {
 		return nil, err
 	}
@@ -619,7 +657,7 @@ func (ac *activeConn) ReceiveWithTimeout(timeout time.Duration) (any, error) {
 	if err := ac.timeoutsSupported(); err != nil {
 		return nil, err
 	}
-	c, err := ac.begin()
+	c, err := ac.begin(reads)
 	if err != nil {
 		return nil, err
 	}
@@ -633,7 +671,7 @@ func (ac *activeConn) ReceiveContext(ctx context.Context) (any, error) {
 	if err := contextDone(ctx); err != nil {
 		return nil, err
 	}
-	c, err := ac.begin()
+	c, err := ac.begin(reads)
 	if err != nil {
 		return nil, err
 	}
@@ -720,7 +758,7 @@ func (ac *activeConn) Close() error {
 // discard (see Close).
 func (p *Pool) release(pc *poolConn, st *borrowState, owned *bool) error {
 	switch {
-	case st.err != nil, st.inFlight > 0, pc.c.Err() != nil:
+	case st.err != nil, st.busy != 0, pc.c.Err() != nil:
 		err := st.err
 		if err == nil {
 			err = pc.c.Err()
