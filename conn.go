@@ -704,7 +704,10 @@ func (ac *activeConn) Err() error {
 // Close returns the connection to the pool if it is provably clean, and
 // closes it otherwise. Replies still pending are read first, within
 // ReadTimeout and at most one second; an open MULTI is discarded and WATCH
-// undone. Close is idempotent; every other method fails after it.
+// undone. A connection the pool retired (see Pool.Retire) is closed without
+// writing anything more to it: commands sent and not yet written are
+// dropped, and Close returns ErrConnRetired when any reply was still
+// pending. Close is idempotent; every other method fails after it.
 func (ac *activeConn) Close() error {
 	pc, err := ac.lock()
 	if err != nil {
@@ -757,6 +760,7 @@ func (ac *activeConn) Close() error {
 // final bookkeeping is st. It clears *owned as it hands pc to put or
 // discard (see Close).
 func (p *Pool) release(pc *poolConn, st *borrowState, owned *bool) error {
+	retired := pc.gen != p.gen.Load()
 	switch {
 	case st.err != nil, st.busy != 0, pc.c.Err() != nil:
 		err := st.err
@@ -769,14 +773,15 @@ func (p *Pool) release(pc *poolConn, st *borrowState, owned *bool) error {
 	case st.state&(stateSubscribe|stateListen|stateTaint) != 0, st.db != p.cfg.db,
 		st.pendingEver, st.pendingBlock > 0,
 		pc.cwt == nil && (st.state != 0 || st.pending > 0): // no deadline to read with
-		// Write what the borrower sent, so nothing is lost, without waiting
-		// for replies that may not come in time or at all.
-		var err error
-		if st.pending > 0 {
-			err = pc.c.Flush()
-		}
+		// Do not wait for replies that may not come in time or at all.
+		err := flushLeft(pc, st, retired)
 		*owned = false
 		p.discard(pc, DiscardState)
+		return err
+	case retired:
+		err := flushLeft(pc, st, retired)
+		*owned = false
+		p.discard(pc, DiscardRetired)
 		return err
 	}
 	if st.state != 0 || st.pending > 0 {
@@ -796,6 +801,20 @@ func (p *Pool) release(pc *poolConn, st *borrowState, owned *bool) error {
 	*owned = false
 	p.put(pc)
 	return nil
+}
+
+// flushLeft writes the commands the borrower sent and read no reply to, so
+// that none is lost, unless the connection is retired: it may reach a master
+// that a failover is about to lose writes on, so nothing more is written,
+// and ErrConnRetired says the commands may not have reached the server.
+func flushLeft(pc *poolConn, st *borrowState, retired bool) error {
+	switch {
+	case st.pending == 0:
+		return nil
+	case retired:
+		return ErrConnRetired
+	}
+	return pc.c.Flush()
 }
 
 // drain undoes MULTI and WATCH and reads every pending reply within the

@@ -34,7 +34,8 @@ var ErrConnClosed = errors.New("redispool: use of closed connection")
 
 // ErrConnRetired is returned by the methods of a conn from a Pool with
 // Sentinel set once the pool has moved to a new master: the conn reaches the
-// old one. Close it and get another.
+// old one. Close it and get another. Close returns it when it closed a conn
+// retired while in use with replies left unread (see Pool.Retire).
 var ErrConnRetired = errors.New("redispool: connection retired after a failover; get a new one")
 
 // ErrDialBackoff is wrapped, together with the last dial error, by the error
@@ -1292,10 +1293,13 @@ func (p *Pool) Close() error {
 // Retire makes the pool stop reusing every connection open now: idle ones are
 // closed at once (one returned at the same moment is closed when Get comes to
 // it), those in use when they are returned. With Sentinel, a connection in
-// use also fails its next command with ErrConnRetired, as after a failover. New connections are
-// dialed as needed. Use it when the server behind the address changed, for
-// example after a failover or a credentials rotation. The pool retires its
-// connections by itself when one gets a READONLY reply.
+// use also fails its next command with ErrConnRetired, as after a failover.
+// The Close of a connection in use writes nothing more to it: commands sent
+// and not flushed are dropped, and Close returns ErrConnRetired when replies
+// were left unread. New connections are dialed as needed. Use it when the
+// server behind the address changed, for example after a failover or a
+// credentials rotation. The pool retires its connections by itself when one
+// gets a READONLY reply.
 func (p *Pool) Retire() {
 	if p == nil || p.init() != nil {
 		return

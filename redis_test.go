@@ -753,6 +753,41 @@ func TestQuitDoesNotLeaveADeadConnForTheNextBorrower(t *testing.T) {
 	assert.NoError(t, err)
 }
 
+// TestAConnRetiredWhileInUseWritesNothingMoreOnClose: a conn in use when the
+// pool retires its connections reaches a server the pool no longer trusts to
+// keep writes (after a failover the old master takes them and loses them).
+// Its Close writes nothing more, whatever it would otherwise have done first
+// (read the pending replies, undo a WATCH, or write what was sent before
+// discarding the conn for its state): a command sent with Send never reaches
+// the server, and Close returns ErrConnRetired to say so.
+func TestAConnRetiredWhileInUseWritesNothingMoreOnClose(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, tt := range []struct {
+		name   string
+		before []borrowStep
+		reason func(redispool.DiscardStats) int64
+	}{
+		{"replies pending", nil, func(d redispool.DiscardStats) int64 { return d.Retired }},
+		{"a WATCH to undo", []borrowStep{pDo("WATCH", "nb:rw")}, func(d redispool.DiscardStats) int64 { return d.Retired }},
+		{"state the conn is discarded for", []borrowStep{pDo("CLIENT", "SETNAME", "retired")}, func(d redispool.DiscardStats) int64 { return d.State }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
+			defer p.Close()
+			key := "nb:retired:" + tt.name
+			c := p.Get()
+			for _, s := range tt.before {
+				s(t, c)
+			}
+			require.NoError(t, c.Send("SET", key, "written"))
+			p.Retire()
+			assert.Equal(t, redispool.ErrConnRetired, c.Close())
+			assert.Nil(t, srv.Do(t, "GET", key), "a retired conn wrote to its server on Close")
+			assert.EqualValues(t, 1, tt.reason(p.Stats().Discards))
+		})
+	}
+}
+
 // TestAConnUsedByTwoGoroutinesAtOnceNeverReachesTheNextBorrower: redigo
 // allows one goroutine to write (Send, Flush) while one reads (Receive), and
 // no other concurrent use. A borrower whose two goroutines Send and Do("")
