@@ -26,6 +26,19 @@ var (
 // when the connection from Dial does not implement redis.ConnWithTimeout.
 var errTimeoutNotSupported = errors.New("redispool: connection from Dial does not support ConnWithTimeout")
 
+// ErrConcurrentUse is returned by a call on a conn from Get that overlaps
+// another call on it, from another goroutine, in a way redigo does not
+// allow: two calls that write (Send, Flush, Do) or two that read (Receive,
+// Do) at once. One goroutine may write while another reads, as with
+// PubSubConn. The call returns without touching the connection, and the conn
+// is broken: every later call fails with ErrConcurrentUse, and Close
+// discards the connection.
+var ErrConcurrentUse = errors.New("redispool: conn used by two goroutines at once")
+
+// errNoUndoReply stands for the reply to an EXEC, DISCARD or UNWATCH sent
+// with Send when it is not where the pool expects it: nothing says it ran.
+var errNoUndoReply = errors.New("redispool: no reply to an EXEC, DISCARD or UNWATCH sent with Send")
+
 // connState is what a borrower did to a connection that the next one must not
 // inherit.
 type connState uint8
@@ -44,6 +57,15 @@ const (
 	stateListen = stateChannels | stateShards | statePatterns | stateMonitor
 )
 
+// uses is what calls do on the connection: redigo allows one goroutine to
+// write while another reads, and nothing more.
+type uses uint8
+
+const (
+	writes uses = 1 << iota // Send, Flush, Do
+	reads                   // Receive, Do
+)
+
 // subscribed maps a kind of subscription to its state.
 var subscribed = [...]connState{
 	command.Channels: stateChannels,
@@ -57,7 +79,8 @@ var subscribed = [...]connState{
 // still pending and the first error that was not a redis.Error.
 //
 // As with redigo's connections, one goroutine may Send and Flush while another
-// Receives, so the bookkeeping is under pc.mu; no I/O happens under it.
+// Receives, so the bookkeeping is under pc.mu; no I/O happens under it. Calls
+// that overlap otherwise break the connection (see ErrConcurrentUse).
 type activeConn struct {
 	pc  *poolConn
 	seq uint64 // ours while pc.seq is this
@@ -81,8 +104,23 @@ type borrowState struct {
 	pending      int           // commands sent whose replies were not read
 	pendingBlock time.Duration // the longest pending blocking commands may wait at the server
 	pendingEver  bool          // a pending command may block forever
-	inFlight     int           // calls in progress
+	busy         uses          // what the calls in progress do
 	err          error         // the first error that was not a redis.Error
+	// sent numbers the commands sent since no reply was last pending: the
+	// next reply to read is that of command number sent-pending.
+	sent int
+	// undos are the numbers (see sent) of the pending replies to EXEC,
+	// DISCARD and UNWATCH commands sent with Send. The state they undo was
+	// cleared when they were sent (see apply); each reply must say that the
+	// server ran its command, or the connection is not kept.
+	undos []int
+}
+
+// untouched reports whether the borrower left nothing to read or undo and
+// nothing that breaks the connection. With no reply pending, sent is 0,
+// undos is empty and no blocking command is pending.
+func (s *borrowState) untouched(db int) bool {
+	return s.state == 0 && s.db == db && s.pending == 0 && s.busy == 0 && s.err == nil
 }
 
 // maxPendingBlock bounds the sum of pending blocking commands' timeouts,
@@ -93,6 +131,7 @@ const maxPendingBlock = time.Duration(math.MaxInt64 / 4)
 // call is one call in progress on the pooled connection.
 type call struct {
 	pc      *poolConn
+	uses    uses
 	timeout time.Duration // read deadline for the reply; 0 for none
 	// selects is set for a Do of SELECT, which moves the connection to
 	// database selectDB once its reply says it did.
@@ -101,6 +140,10 @@ type call struct {
 	// undoes is the MULTI and WATCH state a Do of EXEC, DISCARD or UNWATCH
 	// undoes once its reply says the server ran it (see settle).
 	undoes connState
+	// For a Do, the pending replies it reads: the first's number and the
+	// undos among them (see borrowState).
+	first int
+	undos []int
 }
 
 // start records that a command (or, with cmd "", a flush and read of the
@@ -116,34 +159,35 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 		return call{}, err
 	}
 	defer pc.mu.Unlock()
-	if err := pc.usableLocked(); err != nil {
+	u := reads | writes
+	if send {
+		u = writes
+	}
+	if err := pc.claimLocked(u); err != nil {
 		return call{}, err
 	}
-	c := call{pc: pc, timeout: pc.p.cfg.readTimeout}
-	var selects bool
-	if selects, c.undoes = pc.apply(info, send); selects {
+	c := call{pc: pc, uses: u, timeout: pc.p.cfg.readTimeout}
+	selects, undoes := pc.apply(info, send)
+	if selects {
 		c.selects, c.selectDB = true, info.DB
 	}
-	block, forever := pc.pendingBlock, pc.pendingEver
-	if info.Has(command.Blocking) && pc.state&stateMulti == 0 {
-		// Inside MULTI a blocking command is only queued, and EXEC runs it
-		// without blocking.
-		if info.Timeout > maxPendingBlock-block {
-			forever = true // longer than any deadline: none
-		} else {
-			block += info.Timeout
-		}
-		forever = forever || info.Forever
-	}
+	block, forever := pc.blockWithLocked(info)
 	switch {
 	case send:
 		// Send("") too: redigo writes an empty command, which the server
 		// answers with an error.
+		if undoes != 0 {
+			pc.undos = append(pc.undos, pc.sent)
+		}
+		pc.sent++
 		pc.pending++
 		pc.pendingBlock, pc.pendingEver = block, forever
 	default:
-		// Do reads every pending reply and its own.
+		// Do reads every pending reply and its own, and settles what they
+		// say (see settle).
+		c.undoes, c.first, c.undos = undoes, pc.sent-pc.pending, pc.undos
 		pc.pending, pc.pendingBlock, pc.pendingEver = 0, 0, false
+		pc.sent, pc.undos = 0, nil
 	}
 	if c.timeout > 0 {
 		if forever {
@@ -152,8 +196,38 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 			c.timeout += block
 		}
 	}
-	pc.inFlight++
 	return c, nil
+}
+
+// blockWithLocked returns how long the pending commands and the one of info
+// may block at the server, or forever when nothing bounds that.
+func (pc *poolConn) blockWithLocked(info command.Info) (block time.Duration, forever bool) {
+	block, forever = pc.pendingBlock, pc.pendingEver
+	if !info.Has(command.Blocking) || pc.state&stateMulti != 0 {
+		// Inside MULTI a blocking command is only queued, and EXEC runs it
+		// without blocking.
+		return block, forever
+	}
+	if info.Timeout > maxPendingBlock-block {
+		return block, true // longer than any deadline: none
+	}
+	return block + info.Timeout, forever || info.Forever
+}
+
+// claimLocked marks the connection busy with a call that does u, if it can
+// take one: it is usable, and no call in progress does what u does. A call
+// that overlaps another that way breaks the connection (see
+// ErrConcurrentUse); the call in progress goes on.
+func (pc *poolConn) claimLocked(u uses) error {
+	if err := pc.usableLocked(); err != nil {
+		return err
+	}
+	if pc.busy&u != 0 {
+		pc.err = ErrConcurrentUse
+		return ErrConcurrentUse
+	}
+	pc.busy |= u
+	return nil
 }
 
 // usableLocked reports why the connection cannot take a call: it is broken,
@@ -178,11 +252,13 @@ func (pc *poolConn) usableLocked() error {
 //
 // A SELECT takes effect only if the server runs it: the database is unknown
 // until its reply says so. apply reports whether the caller, a Do, is to set
-// it from the reply (see end). So does an EXEC, DISCARD or UNWATCH, which a
-// server can refuse (an ACL without it) and then undoes nothing: for a Do,
-// apply returns the state it undoes, to clear once its reply says it ran
-// (see settle). Sent with Send, it is taken to run: the pool does not read
-// the replies of a pipeline.
+// it from the reply (see end). An EXEC, DISCARD or UNWATCH can be refused
+// (an ACL without it) and then undoes nothing; apply returns the state it
+// undoes. For a Do, that state is cleared once its reply says it ran (see
+// settle). Sent with Send, it is cleared now, so that the commands sent
+// after it count as the server runs them if it ran; its reply, read later,
+// must say it did, or the connection is tainted (see borrowState.undos).
+// A SELECT sent with Send leaves the database unknown.
 func (pc *poolConn) apply(info command.Info, send bool) (selects bool, undoes connState) {
 	e := info.Effects
 	if e == 0 {
@@ -227,44 +303,78 @@ func (pc *poolConn) apply(info command.Info, send bool) (selects bool, undoes co
 	}
 	if send {
 		pc.state &^= undoes
-		undoes = 0
 	}
 	return false, undoes
 }
 
-// settle clears the state a Do of EXEC, DISCARD or UNWATCH undid, unless its
-// own reply is an error other than EXECABORT (EXEC ran and discarded the
-// transaction): a refused one leaves the transaction open or the keys
-// watched. reply is the Do's own reply, which redigo returns along with the
-// first error among the pending replies read before it.
-func (c call) settle(reply any, err error) {
-	if c.undoes == 0 {
+// settle looks at the replies a Do of cmd read for the EXEC, DISCARD and
+// UNWATCH among their commands. Its own (c.undoes) clears the state once its
+// reply, reply, says the server ran it: a refused one leaves the transaction
+// open or the keys watched. The state of those sent with Send before it
+// (c.undos) was cleared when they were sent: if a reply says one did not
+// run, or cannot say (redigo returns, along with the reply to a command, only
+// the first error among the replies read before it), the connection is
+// tainted.
+func (c call) settle(cmd string, reply any, err error) {
+	if c.undoes == 0 && len(c.undos) == 0 {
 		return
 	}
 	if _, replied := err.(redis.Error); err != nil && !replied {
 		return // no reply: the conn is broken, and not kept
 	}
-	if e, ok := reply.(redis.Error); ok && !strings.HasPrefix(string(e), "EXECABORT ") {
-		return
+	undone := c.undoes
+	if undoRefused(reply) != nil {
+		undone = 0
 	}
+	taint := len(c.undos) > 0 &&
+		(cmd != "" && err != nil || cmd == "" && refusedAt(reply, c.first, c.undos) != nil)
 	c.pc.mu.Lock()
-	c.pc.state &^= c.undoes
+	c.pc.state &^= undone
+	if taint {
+		c.pc.state |= stateTaint
+	}
 	c.pc.mu.Unlock()
 }
 
-// begin is start for Flush and Receive. The timeout is for reading one
-// pending reply, or a pushed message on a listening connection, which has no
-// deadline.
-func (ac *activeConn) begin() (call, error) {
+// undoRefused returns the reply to an EXEC, DISCARD or UNWATCH if it says the
+// server did not run the command: an error reply other than EXECABORT (with
+// which EXEC discards the transaction).
+func undoRefused(reply any) error {
+	if e, ok := reply.(redis.Error); ok && !strings.HasPrefix(string(e), "EXECABORT ") {
+		return e
+	}
+	return nil
+}
+
+// refusedAt returns the first refusal (see undoRefused) in reply, the array
+// of the pending replies from number first on, at the numbers in undos.
+func refusedAt(reply any, first int, undos []int) error {
+	rs, _ := reply.([]any)
+	for _, n := range undos {
+		i := n - first
+		if i < 0 || i >= len(rs) {
+			return errNoUndoReply
+		}
+		if err := undoRefused(rs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// begin is start for Flush (u is writes) and Receive (reads). The timeout is
+// for reading one pending reply, or a pushed message on a listening
+// connection, which has no deadline.
+func (ac *activeConn) begin(u uses) (call, error) {
 	pc, err := ac.lock()
 	if err != nil {
 		return call{}, err
 	}
 	defer pc.mu.Unlock()
-	if err := pc.usableLocked(); err != nil {
+	if err := pc.claimLocked(u); err != nil {
 		return call{}, err
 	}
-	c := call{pc: pc, timeout: pc.p.cfg.readTimeout}
+	c := call{pc: pc, uses: u, timeout: pc.p.cfg.readTimeout}
 	if c.timeout > 0 {
 		switch {
 		case pc.state&stateListen != 0, pc.pendingEver:
@@ -273,7 +383,6 @@ func (ac *activeConn) begin() (call, error) {
 			c.timeout += pc.pendingBlock
 		}
 	}
-	pc.inFlight++
 	return c, nil
 }
 
@@ -287,7 +396,7 @@ func (ac *activeConn) begin() (call, error) {
 func (ac *activeConn) end(c call, err error, received bool) {
 	pc := c.pc
 	pc.mu.Lock()
-	pc.inFlight--
+	pc.busy &^= c.uses
 	if c.selects && err == nil {
 		pc.db = c.selectDB
 	}
@@ -299,10 +408,7 @@ func (ac *activeConn) end(c call, err error, received bool) {
 		pc.err = err // the server closes the connection after this reply
 	}
 	if received && pc.pending > 0 && (err == nil || replied) {
-		pc.pending--
-		if pc.pending == 0 {
-			pc.pendingBlock, pc.pendingEver = 0, false
-		}
+		pc.receivedLocked(err)
 	}
 	readOnly := replied && isReadOnly(rerr)
 	if readOnly {
@@ -311,6 +417,23 @@ func (ac *activeConn) end(c call, err error, received bool) {
 	pc.mu.Unlock()
 	if readOnly || (pc.p.Sentinel != nil && err != nil && !replied && closedByServer(err)) {
 		pc.p.failover(pc.addr)
+	}
+}
+
+// receivedLocked counts one pending reply as read; err is nil, or the error
+// reply Receive returned for it. A reply that says an EXEC, DISCARD or
+// UNWATCH sent with Send did not run taints the connection.
+func (pc *poolConn) receivedLocked(err error) {
+	if len(pc.undos) > 0 && pc.undos[0] == pc.sent-pc.pending {
+		pc.undos = pc.undos[1:]
+		if undoRefused(err) != nil {
+			pc.state |= stateTaint
+		}
+	}
+	pc.pending--
+	if pc.pending == 0 {
+		pc.pendingBlock, pc.pendingEver = 0, false
+		pc.sent, pc.undos = 0, nil
 	}
 }
 
@@ -364,7 +487,7 @@ func (ac *activeConn) Do(cmd string, args ...any) (any, error) {
 	} else {
 		reply, err = c.pc.c.Do(cmd, args...)
 	}
-	c.settle(reply, err)
+	c.settle(cmd, reply, err)
 	ac.end(c, arrayError(cmd, reply, err), false)
 	return reply, err
 }
@@ -379,7 +502,7 @@ func (ac *activeConn) DoWithTimeout(timeout time.Duration, cmd string, args ...a
 		return nil, err
 	}
 	reply, err := c.pc.cwt.DoWithTimeout(timeout, cmd, args...)
-	c.settle(reply, err)
+	c.settle(cmd, reply, err)
 	ac.end(c, arrayError(cmd, reply, err), false)
 	return reply, err
 }
@@ -430,7 +553,7 @@ func (ac *activeConn) DoContext(ctx context.Context, cmd string, args ...any) (a
 		}
 		return c.pc.c.Do(cmd, args...)
 	})
-	c.settle(reply, err)
+	c.settle(cmd, reply, err)
 	ac.end(c, arrayError(cmd, reply, err), false)
 	return reply, err
 }
@@ -502,7 +625,7 @@ func (ac *activeConn) Send(cmd string, args ...any) error {
 
 // Flush writes the queued commands.
 func (ac *activeConn) Flush() error {
-	c, err := ac.begin()
+	c, err := ac.begin(writes)
 	if err != nil {
 		return err
 	}
@@ -515,7 +638,7 @@ func (ac *activeConn) Flush() error {
 // pending blocking commands). On a subscribed connection it waits for the next
 // message without a deadline, as redigo's PubSubConn.Receive expects.
 func (ac *activeConn) Receive() (any, error) {
-	c, err := ac.begin()
+	c, err := ac.begin(reads)
 	if err != nil {
 		return nil, err
 	}
@@ -534,7 +657,7 @@ func (ac *activeConn) ReceiveWithTimeout(timeout time.Duration) (any, error) {
 	if err := ac.timeoutsSupported(); err != nil {
 		return nil, err
 	}
-	c, err := ac.begin()
+	c, err := ac.begin(reads)
 	if err != nil {
 		return nil, err
 	}
@@ -548,7 +671,7 @@ func (ac *activeConn) ReceiveContext(ctx context.Context) (any, error) {
 	if err := contextDone(ctx); err != nil {
 		return nil, err
 	}
-	c, err := ac.begin()
+	c, err := ac.begin(reads)
 	if err != nil {
 		return nil, err
 	}
@@ -581,7 +704,10 @@ func (ac *activeConn) Err() error {
 // Close returns the connection to the pool if it is provably clean, and
 // closes it otherwise. Replies still pending are read first, within
 // ReadTimeout and at most one second; an open MULTI is discarded and WATCH
-// undone. Close is idempotent; every other method fails after it.
+// undone. A connection the pool retired (see Pool.Retire) is closed without
+// writing anything more to it: commands sent and not yet written are
+// dropped, and Close returns ErrConnRetired when any reply was still
+// pending. Close is idempotent; every other method fails after it.
 func (ac *activeConn) Close() error {
 	pc, err := ac.lock()
 	if err != nil {
@@ -606,7 +732,7 @@ func (ac *activeConn) Close() error {
 			}
 		}
 	}()
-	if pc.borrowState == (borrowState{db: p.cfg.db}) {
+	if pc.untouched(p.cfg.db) {
 		// Nothing to undo: the common case, without copying the state.
 		pc.mu.Unlock()
 		if leak != nil {
@@ -634,8 +760,9 @@ func (ac *activeConn) Close() error {
 // final bookkeeping is st. It clears *owned as it hands pc to put or
 // discard (see Close).
 func (p *Pool) release(pc *poolConn, st *borrowState, owned *bool) error {
+	retired := pc.gen != p.gen.Load()
 	switch {
-	case st.err != nil, st.inFlight > 0, pc.c.Err() != nil:
+	case st.err != nil, st.busy != 0, pc.c.Err() != nil:
 		err := st.err
 		if err == nil {
 			err = pc.c.Err()
@@ -646,14 +773,15 @@ func (p *Pool) release(pc *poolConn, st *borrowState, owned *bool) error {
 	case st.state&(stateSubscribe|stateListen|stateTaint) != 0, st.db != p.cfg.db,
 		st.pendingEver, st.pendingBlock > 0,
 		pc.cwt == nil && (st.state != 0 || st.pending > 0): // no deadline to read with
-		// Write what the borrower sent, so nothing is lost, without waiting
-		// for replies that may not come in time or at all.
-		var err error
-		if st.pending > 0 {
-			err = pc.c.Flush()
-		}
+		// Do not wait for replies that may not come in time or at all.
+		err := flushLeft(pc, st, retired)
 		*owned = false
 		repanic(p.discard(pc, DiscardState, nil))
+		return err
+	case retired:
+		err := flushLeft(pc, st, retired)
+		*owned = false
+		repanic(p.discard(pc, DiscardRetired, nil))
 		return err
 	}
 	if st.state != 0 || st.pending > 0 {
@@ -675,9 +803,25 @@ func (p *Pool) release(pc *poolConn, st *borrowState, owned *bool) error {
 	return nil
 }
 
+// flushLeft writes the commands the borrower sent and read no reply to, so
+// that none is lost, unless the connection is retired: it may reach a master
+// that a failover is about to lose writes on, so nothing more is written,
+// and ErrConnRetired says the commands may not have reached the server.
+func flushLeft(pc *poolConn, st *borrowState, retired bool) error {
+	switch {
+	case st.pending == 0:
+		return nil
+	case retired:
+		return ErrConnRetired
+	}
+	return pc.c.Flush()
+}
+
 // drain undoes MULTI and WATCH and reads every pending reply within the
-// drain timeout. refused is the error reply to its DISCARD or UNWATCH, which
-// the server may refuse (an ACL without them) and then has undone nothing.
+// drain timeout. refused is the error reply to its DISCARD or UNWATCH, or to
+// an EXEC, DISCARD or UNWATCH the borrower sent with Send (see
+// borrowState.undos), which the server may refuse (an ACL without them) and
+// then has undone nothing.
 func (p *Pool) drain(pc *poolConn, st *borrowState) (refused, err error) {
 	undo := true
 	switch {
@@ -692,13 +836,14 @@ func (p *Pool) drain(pc *poolConn, st *borrowState) (refused, err error) {
 		return nil, err
 	}
 	reply, err := pc.cwt.DoWithTimeout(p.cfg.drainTimeout, "")
-	if err != nil || !undo {
+	if err != nil {
 		return nil, err
 	}
+	if refused := refusedAt(reply, st.sent-st.pending, st.undos); refused != nil || !undo {
+		return refused, nil
+	}
 	if rs, _ := reply.([]any); len(rs) > 0 {
-		if e, ok := rs[len(rs)-1].(redis.Error); ok {
-			return e, nil
-		}
+		return undoRefused(rs[len(rs)-1]), nil
 	}
 	return nil, nil
 }

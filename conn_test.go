@@ -580,3 +580,68 @@ func TestBlockingTimeoutsThatOverflowMeanNoDeadline(t *testing.T) {
 	c.Do("BLPOP", "k", true)
 	assert.Equal(t, []time.Duration{0, 1200 * time.Millisecond}, fc.Timeouts())
 }
+
+// TestACallThatOverlapsADoBreaksTheConn: redigo allows one goroutine to
+// write (Send, Flush) while another reads (Receive), and no other overlap; Do
+// both writes and reads. A call that overlaps a Do in progress fails with
+// ErrConcurrentUse without reaching the conn, the Do goes on, every later
+// call fails with ErrConcurrentUse, and Close discards the conn.
+func TestACallThatOverlapsADoBreaksTheConn(t *testing.T) {
+	for _, second := range []struct {
+		name string
+		call func(c redis.Conn) error
+	}{
+		{"Send", func(c redis.Conn) error { return c.Send("SET", "k", "v") }},
+		{"Flush", func(c redis.Conn) error { return c.Flush() }},
+		{"Receive", func(c redis.Conn) error { _, err := c.Receive(); return err }},
+		{"Do", func(c redis.Conn) error { _, err := c.Do("GET", "k"); return err }},
+	} {
+		t.Run(second.name, func(t *testing.T) {
+			d := &fakeDialer{}
+			p := onePool(t, d)
+			c := p.Get()
+			fc := d.last(t)
+			inDo, release := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			fc.reply = func(string, []any) (any, error) {
+				once.Do(func() { close(inDo) })
+				<-release
+				return "first", nil
+			}
+			done := make(chan any, 1)
+			go func() {
+				r, _ := c.Do("GET", "k")
+				done <- r
+			}()
+			select {
+			case <-inDo:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the first Do never reached the conn")
+			}
+			calls := len(fc.Calls())
+			overlapping := make(chan error, 1)
+			go func() { overlapping <- second.call(c) }()
+			select {
+			case err := <-overlapping:
+				assert.Equal(t, redispool.ErrConcurrentUse, err)
+			case <-time.After(5 * time.Second):
+				close(release)
+				t.Fatal("the overlapping call reached the conn and waits behind the Do")
+			}
+			assert.Len(t, fc.Calls(), calls, "the overlapping call reached the conn")
+			close(release)
+			select {
+			case r := <-done:
+				assert.Equal(t, "first", r, "the call in progress did not go on")
+			case <-time.After(5 * time.Second):
+				t.Fatal("the first Do never returned")
+			}
+			_, err := c.Do("GET", "k")
+			assert.Equal(t, redispool.ErrConcurrentUse, err, "a later call")
+			assert.Equal(t, redispool.ErrConcurrentUse, c.Err())
+			require.NoError(t, c.Close())
+			assert.True(t, fc.IsClosed(), "the conn was kept")
+			assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+		})
+	}
+}

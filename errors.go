@@ -26,7 +26,8 @@ var ErrConnClosed = errors.New("redispool: use of closed connection")
 
 // ErrConnRetired is returned by the methods of a conn from a Pool with
 // Sentinel set once the pool has moved to a new master: the conn reaches the
-// old one. Close it and get another.
+// old one. Close it and get another. Close returns it when it closed a conn
+// retired while in use with replies left unread (see Pool.Retire).
 var ErrConnRetired = errors.New("redispool: connection retired after a failover; get a new one")
 
 // ErrDialBackoff is wrapped, together with the last dial error, by the error

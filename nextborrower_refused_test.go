@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -200,4 +201,167 @@ func TestSequencesKeepOrDiscardAsTheyShould(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAnUndoSentWithSendCountsOnlyOnceItsReplySaysItRan: an EXEC, DISCARD
+// or UNWATCH pipelined with Send undoes MULTI or WATCH only if the server
+// runs it, which an ACL without it refuses. However its reply is read (by
+// Do(""), by Receive, by a Do of another command, or by Close), a refusal
+// must keep the transaction and the watched keys from the next borrower.
+func TestAnUndoSentWithSendCountsOnlyOnceItsReplySaysItRan(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Do(t, "ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all", "-discard", "-unwatch")
+	srv.Do(t, "ACL", "SETUSER", "noexec", "on", ">pw", "~*", "&*", "+@all", "-exec")
+	srv.Do(t, "SET", "db0:marker", "db0")
+	multi := []borrowStep{pSend("MULTI"), pSend("SET", "nb:never", "1")}
+	watch := []borrowStep{pSend("WATCH", "nb:w3")}
+	// Each way reads the n replies pending.
+	ways := []struct {
+		name string
+		read func(n int) []borrowStep
+	}{
+		{"Do(\"\")", func(int) []borrowStep { return []borrowStep{pDo("")} }},
+		{"Flush and Receive", func(n int) []borrowStep {
+			steps := []borrowStep{pFlush}
+			for range n {
+				steps = append(steps, pRecv)
+			}
+			return steps
+		}},
+		{"Do of another command", func(int) []borrowStep { return []borrowStep{pDo("ECHO", "after")} }},
+		{"left for Close", func(int) []borrowStep { return nil }},
+	}
+	for _, w := range ways {
+		t.Run("DISCARD refused, "+w.name, func(t *testing.T) {
+			p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second, Username: "app", Password: "pw"}
+			defer p.Close()
+			borrow(t, p, multi, []borrowStep{pSend("DISCARD")}, w.read(3))
+			borrowerSeesOnlyItsOwn(t, p) // inside the MULTI, ECHO answers QUEUED
+			assert.EqualValues(t, 1, p.Stats().Discards.State)
+		})
+		t.Run("UNWATCH refused, "+w.name, func(t *testing.T) {
+			p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second, Username: "app", Password: "pw"}
+			defer p.Close()
+			borrow(t, p, watch, []borrowStep{pSend("UNWATCH")}, w.read(2))
+			nextTransactionRuns(t, srv, p, "nb:w3")
+			assert.EqualValues(t, 1, p.Stats().Discards.State)
+		})
+		t.Run("DISCARD run, "+w.name, func(t *testing.T) {
+			p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
+			defer p.Close()
+			borrow(t, p, multi, []borrowStep{pSend("DISCARD")}, w.read(3))
+			borrowerSeesOnlyItsOwn(t, p)
+			assert.Zero(t, p.Stats().Discards.Total(), "a conn whose DISCARD ran was not kept")
+		})
+		// EXECABORT ends the transaction: EXEC answers it after a command
+		// refused as it was queued (INCR without a key), and when it is
+		// refused itself, here by the ACL.
+		for _, user := range []string{"default", "noexec"} {
+			t.Run("EXECABORT, user "+user+", "+w.name, func(t *testing.T) {
+				p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
+				if user != "default" {
+					p.Username, p.Password = user, "pw"
+				}
+				defer p.Close()
+				borrow(t, p, []borrowStep{pSend("MULTI"), pSend("INCR")}, []borrowStep{pSend("EXEC")}, w.read(3))
+				borrowerSeesOnlyItsOwn(t, p)
+				if w.name != "Do of another command" { // which returns only the first error reply: the pool cannot tell whose
+					assert.Zero(t, p.Stats().Discards.Total(), "a conn whose EXEC ended the transaction was not kept")
+				}
+			})
+		}
+	}
+
+	t.Run("MULTI by Do, DISCARD refused by Send, Do(\"\")", func(t *testing.T) {
+		p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second, Username: "app", Password: "pw"}
+		defer p.Close()
+		borrow(t, p, []borrowStep{pDo("MULTI")}, []borrowStep{pSend("DISCARD")}, []borrowStep{pDo("")})
+		borrowerSeesOnlyItsOwn(t, p)
+	})
+	t.Run("two transactions pipelined, the second's DISCARD refused and left for Close", func(t *testing.T) {
+		p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second, Username: "app", Password: "pw"}
+		defer p.Close()
+		borrow(t, p, []borrowStep{pSend("MULTI"), pSend("INCR", "nb:n"), pSend("EXEC")}, multi,
+			[]borrowStep{pSend("DISCARD"), pFlush, pRecv, pRecv, pRecv, pRecv, pRecv})
+		borrowerSeesOnlyItsOwn(t, p)
+	})
+}
+
+// borrow runs the steps of each part in turn on a conn from p, then closes it.
+func borrow(t *testing.T, p *redispool.Pool, parts ...[]borrowStep) {
+	t.Helper()
+	c := p.Get()
+	for _, part := range parts {
+		for _, s := range part {
+			s(t, c)
+		}
+	}
+	c.Close()
+}
+
+// TestRedigoPoolConnsUndoOnlyWhatTheServerUndid: redigo's pooled conn, from
+// RedigoPool, ends an open MULTI or WATCH on Close with a DISCARD or UNWATCH
+// sent with Send and read by Do(""). When the server refuses it, the next
+// borrower, through the adapter or p, must not inherit the transaction or
+// the watched keys; when it runs, the conn is kept.
+func TestRedigoPoolConnsUndoOnlyWhatTheServerUndid(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Do(t, "ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all", "-discard", "-unwatch")
+	srv.Do(t, "SET", "db0:marker", "db0")
+	newPool := func(user string) *redispool.Pool {
+		p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
+		if user != "" {
+			p.Username, p.Password = user, "pw"
+		}
+		return p
+	}
+	openMulti := func(t *testing.T, c redis.Conn) {
+		_, err := c.Do("MULTI")
+		require.NoError(t, err)
+		r, err := c.Do("SET", "nb:never", "1")
+		require.NoError(t, err)
+		require.Equal(t, "QUEUED", r)
+	}
+
+	t.Run("open MULTI, DISCARD refused", func(t *testing.T) {
+		p := newPool("app")
+		defer p.Close()
+		c := p.RedigoPool().Get()
+		openMulti(t, c)
+		c.Close()
+		c = p.RedigoPool().Get()
+		v, err := redis.String(c.Do("ECHO", "mine"))
+		c.Close()
+		require.NoError(t, err)
+		require.Equal(t, "mine", v, "the next borrower's command was queued in an earlier MULTI")
+		borrowerSeesOnlyItsOwn(t, p)
+	})
+
+	t.Run("WATCH, UNWATCH refused", func(t *testing.T) {
+		p := newPool("app")
+		defer p.Close()
+		c := p.RedigoPool().Get()
+		_, err := c.Do("WATCH", "nb:w4")
+		require.NoError(t, err)
+		c.Close()
+		srv.Do(t, "SET", "nb:w4", time.Now().String())
+		c = p.RedigoPool().Get()
+		defer c.Close()
+		require.NoError(t, c.Send("MULTI"))
+		require.NoError(t, c.Send("INCR", "nb:n"))
+		r, err := c.Do("EXEC")
+		require.NoError(t, err)
+		assert.NotNil(t, r, "the next borrower's EXEC was aborted by a WATCH it never made")
+	})
+
+	t.Run("open MULTI, DISCARD run", func(t *testing.T) {
+		p := newPool("")
+		defer p.Close()
+		c := p.RedigoPool().Get()
+		openMulti(t, c)
+		c.Close()
+		borrowerSeesOnlyItsOwn(t, p)
+		s := p.Stats()
+		assert.EqualValues(t, 1, s.DialCount, "a conn whose DISCARD ran was not kept: %+v", s.Discards)
+	})
 }

@@ -584,10 +584,13 @@ func (p *Pool) Close() error {
 // Retire makes the pool stop reusing every connection open now: idle ones are
 // closed at once (one returned at the same moment is closed when Get comes to
 // it), those in use when they are returned. With Sentinel, a connection in
-// use also fails its next command with ErrConnRetired, as after a failover. New connections are
-// dialed as needed. Use it when the server behind the address changed, for
-// example after a failover or a credentials rotation. The pool retires its
-// connections by itself when one gets a READONLY reply.
+// use also fails its next command with ErrConnRetired, as after a failover.
+// The Close of a connection in use writes nothing more to it: commands sent
+// and not flushed are dropped, and Close returns ErrConnRetired when replies
+// were left unread. New connections are dialed as needed. Use it when the
+// server behind the address changed, for example after a failover or a
+// credentials rotation. The pool retires its connections by itself when one
+// gets a READONLY reply.
 func (p *Pool) Retire() {
 	if p == nil || p.init() != nil {
 		return

@@ -189,6 +189,61 @@ func TestRedigoDocumentedUsageWorksWithOnlyTheTypeNameChanged(t *testing.T) {
 
 }
 
+// TestPubSubConnReceivesWhileAnotherGoroutineSubscribesAndPings: redigo lets
+// one goroutine Receive while another writes, which is how PubSubConn is
+// used: a goroutine waits in Receive while the program subscribes, pings and
+// unsubscribes.
+func TestPubSubConnReceivesWhileAnotherGoroutineSubscribesAndPings(t *testing.T) {
+	srv := redistest.Start(t)
+	pool := &redispool.Pool{Addr: srv.Addr(), MaxActive: 2, ReadTimeout: time.Second}
+	defer pool.Close()
+	c := pool.Get()
+	defer c.Close()
+	psc := redis.PubSubConn{Conn: c}
+	require.NoError(t, psc.Subscribe("first"))
+	got := make(chan any, 16)
+	go func() {
+		defer close(got)
+		for {
+			m := psc.Receive()
+			got <- m
+			switch m := m.(type) {
+			case error:
+				return
+			case redis.Subscription:
+				if m.Count == 0 {
+					return
+				}
+			}
+		}
+	}()
+	next := func() any {
+		select {
+		case m := <-got:
+			return m
+		case <-time.After(5 * time.Second):
+			t.Fatal("no message within 5s")
+			return nil
+		}
+	}
+	require.Equal(t, redis.Subscription{Kind: "subscribe", Channel: "first", Count: 1}, next())
+	// The other goroutine waits in Receive, without a deadline, as this one writes.
+	require.NoError(t, psc.Subscribe("second"))
+	require.Equal(t, redis.Subscription{Kind: "subscribe", Channel: "second", Count: 2}, next())
+	pub := pool.Get()
+	_, err := pub.Do("PUBLISH", "second", "hello")
+	pub.Close()
+	require.NoError(t, err)
+	require.Equal(t, redis.Message{Channel: "second", Data: []byte("hello")}, next())
+	require.NoError(t, psc.Ping("p"))
+	require.Equal(t, redis.Pong{Data: "p"}, next())
+	require.NoError(t, psc.Unsubscribe("first"))
+	require.Equal(t, redis.Subscription{Kind: "unsubscribe", Channel: "first", Count: 1}, next())
+	require.NoError(t, psc.Unsubscribe("second"))
+	require.Equal(t, redis.Subscription{Kind: "unsubscribe", Channel: "second", Count: 0}, next())
+	require.NoError(t, c.Err())
+}
+
 // TestZeroValuePoolTalksToLocalhost6379 starts a redis-server on 6379 and uses
 // a Pool declared with var and nothing else.
 func TestZeroValuePoolTalksToLocalhost6379(t *testing.T) {
@@ -772,4 +827,90 @@ func TestQuitDoesNotLeaveADeadConnForTheNextBorrower(t *testing.T) {
 	defer c.Close()
 	_, err := c.Do("PING")
 	assert.NoError(t, err)
+}
+
+// TestAConnRetiredWhileInUseWritesNothingMoreOnClose: a conn in use when the
+// pool retires its connections reaches a server the pool no longer trusts to
+// keep writes (after a failover the old master takes them and loses them).
+// Its Close writes nothing more, whatever it would otherwise have done first
+// (read the pending replies, undo a WATCH, or write what was sent before
+// discarding the conn for its state): a command sent with Send never reaches
+// the server, and Close returns ErrConnRetired to say so.
+func TestAConnRetiredWhileInUseWritesNothingMoreOnClose(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, tt := range []struct {
+		name   string
+		before []borrowStep
+		reason func(redispool.DiscardStats) int64
+	}{
+		{"replies pending", nil, func(d redispool.DiscardStats) int64 { return d.Retired }},
+		{"a WATCH to undo", []borrowStep{pDo("WATCH", "nb:rw")}, func(d redispool.DiscardStats) int64 { return d.Retired }},
+		{"state the conn is discarded for", []borrowStep{pDo("CLIENT", "SETNAME", "retired")}, func(d redispool.DiscardStats) int64 { return d.State }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
+			defer p.Close()
+			key := "nb:retired:" + tt.name
+			c := p.Get()
+			for _, s := range tt.before {
+				s(t, c)
+			}
+			require.NoError(t, c.Send("SET", key, "written"))
+			p.Retire()
+			assert.Equal(t, redispool.ErrConnRetired, c.Close())
+			assert.Nil(t, srv.Do(t, "GET", key), "a retired conn wrote to its server on Close")
+			assert.EqualValues(t, 1, tt.reason(p.Stats().Discards))
+		})
+	}
+}
+
+// TestAConnUsedByTwoGoroutinesAtOnceNeverReachesTheNextBorrower: redigo
+// allows one goroutine to write (Send, Flush) while one reads (Receive), and
+// no other concurrent use. A borrower whose two goroutines Send and Do("")
+// on one conn at once breaks that rule; the conn must not be kept, so the
+// next borrower of the same pool reads its own replies only.
+func TestAConnUsedByTwoGoroutinesAtOnceNeverReachesTheNextBorrower(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Do(t, "SET", "nb:mine", "mine")
+	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: 200 * time.Millisecond}
+	defer p.Close()
+	const rounds = 5000
+	deadline := time.Now().Add(time.Minute)
+	var n, stale, failed, overlaps int
+	for ; n < rounds && time.Now().Before(deadline); n++ {
+		c := p.Get()
+		var wg sync.WaitGroup
+		var caught atomic.Bool
+		for g := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				key := fmt.Sprint("nb:g", g)
+				c.Send("SET", key, n)
+				c.Send("GET", key)
+				if _, err := c.Do(""); errors.Is(err, redispool.ErrConcurrentUse) {
+					caught.Store(true)
+				}
+			}()
+		}
+		wg.Wait()
+		if caught.Load() {
+			overlaps++
+		}
+		c.Close()
+		next := p.Get()
+		v, err := redis.String(next.Do("GET", "nb:mine"))
+		next.Close()
+		switch {
+		case err != nil:
+			failed++
+		case v != "mine":
+			stale++
+		}
+	}
+	t.Logf("%d rounds: the next borrower read %d stale replies and failed %d times; %d rounds saw ErrConcurrentUse from Do; discards %+v",
+		n, stale, failed, overlaps, p.Stats().Discards)
+	assert.Equal(t, rounds, n, "the rounds did not finish in time")
+	assert.Zero(t, stale, "the next borrower read a reply that was not its own")
+	assert.Zero(t, failed, "the next borrower's GET failed")
 }
