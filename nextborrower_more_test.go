@@ -216,14 +216,19 @@ func TestProtocolErrorBreaksTheConn(t *testing.T) {
 // command run on a slot being imported; the next borrower must not inherit
 // it.
 func TestAskingIsNotInherited(t *testing.T) {
-	args := []string{"--cluster-enabled", "yes", "--cluster-require-full-coverage", "no"}
-	a := redistest.Start(t, args...)
-	b := redistest.Start(t, args...)
+	args := []string{"--cluster-require-full-coverage", "no", "--cluster-node-timeout", "1000"}
+	a := redistest.StartClusterNode(t, args...)
+	b := redistest.StartClusterNode(t, args...)
 	key := "nb:asking"
 	slot, ok := a.Do(t, "CLUSTER", "KEYSLOT", key).(int64)
 	require.True(t, ok)
 	bID, err := redis.String(b.Do(t, "CLUSTER", "MYID"), nil)
 	require.NoError(t, err)
+	// Distinct config epochs, B's the newest, before the nodes meet: two new
+	// masters both start at epoch 0, and should A win their collision, it
+	// ignores B's claim to the slot made at the older epoch.
+	require.Equal(t, "OK", a.Do(t, "CLUSTER", "SET-CONFIG-EPOCH", 1))
+	require.Equal(t, "OK", b.Do(t, "CLUSTER", "SET-CONFIG-EPOCH", 2))
 	require.Equal(t, "OK", a.Do(t, "CLUSTER", "MEET", "127.0.0.1", fmt.Sprint(b.Port())))
 	require.Equal(t, "OK", b.Do(t, "CLUSTER", "ADDSLOTS", slot))
 	// A must know B before it can import from it.

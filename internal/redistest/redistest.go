@@ -19,6 +19,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -153,6 +154,41 @@ func StartOnPort(t testing.TB, port int, extraArgs ...string) (*Server, error) {
 	s.proc = p
 	s.registerCleanup(t)
 	return s, nil
+}
+
+// Cluster nodes listen on a port below the kernel's ephemeral range
+// (32768 and up on Linux), and on a bus port 10000 above it, which must be
+// free too: a port from the kernel's range leaves a bus port that may be
+// taken or above 65535.
+const (
+	clusterPortMin   = 12000
+	clusterPortMax   = 22000
+	clusterBusOffset = 10000
+	clusterAttempts  = 50
+)
+
+// StartClusterNode starts a redis-server with --cluster-enabled yes on a
+// port whose cluster bus port is free too, with extraArgs after.
+func StartClusterNode(t testing.TB, extraArgs ...string) *Server {
+	t.Helper()
+	args := append([]string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"}, extraArgs...)
+	var errs []error
+	for range clusterAttempts {
+		port := clusterPortMin + rand.IntN(clusterPortMax-clusterPortMin)
+		bus, err := net.Listen("tcp", hostPort(port+clusterBusOffset))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		bus.Close()
+		s, err := StartOnPort(t, port, args...)
+		if err == nil {
+			return s
+		}
+		errs = append(errs, err)
+	}
+	t.Fatalf("redistest: no cluster node started in %d attempts: %v", clusterAttempts, errors.Join(errs...))
+	return nil
 }
 
 // lookupBinary returns the path of redis-server, or skips or fails t.
