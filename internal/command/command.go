@@ -154,42 +154,10 @@ func Classify(name string, args []any) Info {
 		return Info{}
 	}
 	switch k {
-	case kindWatch:
-		return Info{Effects: Watch}
-	case kindUnwatch:
-		if len(args) > 0 {
-			return Info{} // takes no arguments: the server rejects it
-		}
-		return Info{Effects: Unwatch}
-	case kindMulti:
-		if len(args) > 0 {
-			// Rejected: no transaction opens, and a WATCH after it runs.
-			return Info{}
-		}
-		return Info{Effects: Multi}
-	case kindExecDiscard:
-		if len(args) > 0 {
-			// Rejected, and inside MULTI the transaction stays open.
-			return Info{}
-		}
-		return Info{Effects: EndMulti | Unwatch}
-	case kindSubscribe:
-		return Info{Effects: Subscribe, PubSub: Channels}
-	case kindPSubscribe:
-		return Info{Effects: Subscribe, PubSub: Patterns}
-	case kindSSubscribe:
-		return Info{Effects: Subscribe, PubSub: Shards}
-	case kindUnsubscribe, kindPUnsubscribe, kindSUnsubscribe:
-		switch len(args) {
-		case 0:
-		case 1:
-			return Info{}
-		default:
-			// One reply per argument, subscribed or not, where Do reads one.
-			return Info{Effects: Taint}
-		}
-		// The three kinds are declared in the same order as the PubSub values.
-		return Info{Effects: UnsubscribeAll, PubSub: Channels + PubSub(k-kindUnsubscribe)}
+	case kindWatch, kindUnwatch, kindMulti, kindExecDiscard:
+		return classifyTransaction(k, args)
+	case kindSubscribe, kindPSubscribe, kindSSubscribe, kindUnsubscribe, kindPUnsubscribe, kindSUnsubscribe:
+		return classifyPubSub(k, args)
 	case kindMonitor:
 		return Info{Effects: Monitor}
 	case kindSelect:
@@ -250,6 +218,51 @@ func Classify(name string, args []any) Info {
 		return blocking(block, time.Millisecond)
 	}
 	return Info{}
+}
+
+// classifyTransaction handles WATCH, UNWATCH, MULTI, EXEC and DISCARD.
+func classifyTransaction(k kind, args []any) Info {
+	if k == kindWatch {
+		return Info{Effects: Watch}
+	}
+	if len(args) > 0 {
+		// The others take no arguments: the server rejects them, so no
+		// transaction opens (and a WATCH after it runs), none ends (inside
+		// MULTI it stays open), and no key is forgotten.
+		return Info{}
+	}
+	switch k {
+	case kindUnwatch:
+		return Info{Effects: Unwatch}
+	case kindMulti:
+		return Info{Effects: Multi}
+	case kindExecDiscard:
+		return Info{Effects: EndMulti | Unwatch}
+	}
+	return Info{}
+}
+
+// classifyPubSub handles SUBSCRIBE, UNSUBSCRIBE, and their pattern and shard
+// forms.
+func classifyPubSub(k kind, args []any) Info {
+	switch k {
+	case kindSubscribe:
+		return Info{Effects: Subscribe, PubSub: Channels}
+	case kindPSubscribe:
+		return Info{Effects: Subscribe, PubSub: Patterns}
+	case kindSSubscribe:
+		return Info{Effects: Subscribe, PubSub: Shards}
+	}
+	switch len(args) {
+	case 0:
+		// The three unsubscribe kinds are declared in the same order as the
+		// PubSub values.
+		return Info{Effects: UnsubscribeAll, PubSub: Channels + PubSub(k-kindUnsubscribe)}
+	case 1:
+		return Info{}
+	}
+	// One reply per argument, subscribed or not, where Do reads one.
+	return Info{Effects: Taint}
 }
 
 // classifyClient handles the CLIENT subcommands that change the connection.
