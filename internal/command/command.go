@@ -161,23 +161,13 @@ func Classify(name string, args []any) Info {
 	case kindMonitor:
 		return Info{Effects: Monitor}
 	case kindSelect:
-		db := -1
-		if len(args) == 1 {
-			if n, ok := argInt(args[0]); ok && n >= 0 && n <= math.MaxInt32 {
-				db = int(n)
-			}
-		}
-		return Info{Effects: Select, DB: db}
+		return classifySelect(args)
 	case kindTaint:
 		return Info{Effects: Taint}
 	case kindClient:
 		return classifyClient(args)
 	case kindScript:
-		// SCRIPT DEBUG YES|SYNC debugs the connection's next EVAL.
-		if len(args) > 0 && isWord(args[0], "DEBUG") {
-			return Info{Effects: Taint}
-		}
-		return Info{}
+		return classifyScript(args)
 	case kindLastArgSeconds:
 		if len(args) == 0 {
 			return Info{}
@@ -263,6 +253,26 @@ func classifyPubSub(k kind, args []any) Info {
 	}
 	// One reply per argument, subscribed or not, where Do reads one.
 	return Info{Effects: Taint}
+}
+
+// classifySelect reads SELECT's database number.
+func classifySelect(args []any) Info {
+	db := -1
+	if len(args) == 1 {
+		if n, ok := argInt(args[0]); ok && n >= 0 && n <= math.MaxInt32 {
+			db = int(n)
+		}
+	}
+	return Info{Effects: Select, DB: db}
+}
+
+// classifyScript handles SCRIPT DEBUG YES|SYNC, which debugs the
+// connection's next EVAL.
+func classifyScript(args []any) Info {
+	if len(args) > 0 && isWord(args[0], "DEBUG") {
+		return Info{Effects: Taint}
+	}
+	return Info{}
 }
 
 // classifyClient handles the CLIENT subcommands that change the connection.
