@@ -168,44 +168,8 @@ func Classify(name string, args []any) Info {
 		return classifyClient(args)
 	case kindScript:
 		return classifyScript(args)
-	case kindLastArgSeconds:
-		if len(args) == 0 {
-			return Info{}
-		}
-		return blocking(args[len(args)-1], time.Second)
-	case kindFirstArgSeconds:
-		if len(args) == 0 {
-			return Info{}
-		}
-		return blocking(args[0], time.Second)
-	case kindLastArgMillis:
-		if len(args) == 0 {
-			return Info{}
-		}
-		return blocking(args[len(args)-1], time.Millisecond)
-	case kindXRead:
-		// XREAD [COUNT n] [BLOCK ms] STREAMS key... id..., and XREADGROUP
-		// GROUP group consumer [...]: options precede STREAMS, after which
-		// keys and ids may be any strings, as may the names after GROUP and
-		// the number after COUNT. The server takes the last BLOCK.
-		var block any
-		for i := 0; i < len(args); i++ {
-			switch {
-			case isWord(args[i], "STREAMS"):
-				i = len(args)
-			case isWord(args[i], "GROUP"):
-				i += 2
-			case isWord(args[i], "COUNT"):
-				i++
-			case isWord(args[i], "BLOCK") && i+1 < len(args):
-				i++
-				block = args[i]
-			}
-		}
-		if block == nil {
-			return Info{}
-		}
-		return blocking(block, time.Millisecond)
+	case kindLastArgSeconds, kindFirstArgSeconds, kindLastArgMillis, kindXRead:
+		return classifyBlocking(k, args)
 	}
 	return Info{}
 }
@@ -301,6 +265,51 @@ func classifyClient(args []any) Info {
 		return Info{Effects: Taint}
 	}
 	return Info{}
+}
+
+// classifyBlocking finds a blocking command's timeout: the last argument, in
+// seconds, of BLPOP and the like, the first of BLMPOP and BZMPOP, the last, in
+// milliseconds, of WAIT and WAITAOF, and XREAD's BLOCK option.
+func classifyBlocking(k kind, args []any) Info {
+	if len(args) == 0 {
+		return Info{}
+	}
+	switch k {
+	case kindLastArgSeconds:
+		return blocking(args[len(args)-1], time.Second)
+	case kindFirstArgSeconds:
+		return blocking(args[0], time.Second)
+	case kindLastArgMillis:
+		return blocking(args[len(args)-1], time.Millisecond)
+	case kindXRead:
+		if block := xreadBlock(args); block != nil {
+			return blocking(block, time.Millisecond)
+		}
+	}
+	return Info{}
+}
+
+// xreadBlock returns the argument of the BLOCK option of XREAD [COUNT n]
+// [BLOCK ms] STREAMS key... id..., or of XREADGROUP GROUP group consumer
+// [...], or nil. Options precede STREAMS, after which keys and ids may be any
+// strings, as may the names after GROUP and the number after COUNT. The server
+// takes the last BLOCK.
+func xreadBlock(args []any) any {
+	var block any
+	for i := 0; i < len(args); i++ {
+		switch {
+		case isWord(args[i], "STREAMS"):
+			return block
+		case isWord(args[i], "GROUP"):
+			i += 2
+		case isWord(args[i], "COUNT"):
+			i++
+		case isWord(args[i], "BLOCK") && i+1 < len(args):
+			i++
+			block = args[i]
+		}
+	}
+	return block
 }
 
 // blocking reads a blocking command's timeout argument in unit, as the
