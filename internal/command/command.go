@@ -444,32 +444,10 @@ func argInt(arg any) (int64, bool) {
 		arg = a.RedisArg()
 	}
 	switch v := arg.(type) {
-	case int:
-		return int64(v), true
-	case int64:
-		return v, true
-	case int32:
-		return int64(v), true
-	case int16:
-		return int64(v), true
-	case int8:
-		return int64(v), true
-	case uint:
-		if uint64(v) > math.MaxInt64 {
-			return 0, false
-		}
-		return int64(v), true
-	case uint64:
-		if v > math.MaxInt64 {
-			return 0, false
-		}
-		return int64(v), true
-	case uint32:
-		return int64(v), true
-	case uint16:
-		return int64(v), true
-	case uint8:
-		return int64(v), true
+	case int, int64, int32, int16, int8:
+		return signed(v), true
+	case uint, uint64, uint32, uint16, uint8:
+		return unsigned(v)
 	case string:
 		n, err := strconv.ParseInt(v, 10, 64)
 		return n, err == nil
@@ -488,6 +466,42 @@ func argInt(arg any) (int64, bool) {
 	// prints it.
 	n, err := strconv.ParseInt(fmt.Sprint(arg), 10, 64)
 	return n, err == nil
+}
+
+// signed converts a value of one of Go's signed integer types.
+func signed(arg any) int64 {
+	switch v := arg.(type) {
+	case int:
+		return int64(v)
+	case int64:
+		return v
+	case int32:
+		return int64(v)
+	case int16:
+		return int64(v)
+	case int8:
+		return int64(v)
+	}
+	return 0 // argInt passes no other type
+}
+
+// unsigned converts a value of one of Go's unsigned integer types, and
+// reports false for one above math.MaxInt64.
+func unsigned(arg any) (int64, bool) {
+	var u uint64
+	switch v := arg.(type) {
+	case uint:
+		u = uint64(v)
+	case uint64:
+		u = v
+	case uint32:
+		u = uint64(v)
+	case uint16:
+		u = uint64(v)
+	case uint8:
+		u = uint64(v)
+	} // argInt passes no other type
+	return int64(u), u <= math.MaxInt64
 }
 
 // argFloat reads a numeric argument as redigo would send it and the server
