@@ -235,3 +235,25 @@ func BenchmarkClassify(b *testing.B) {
 		})
 	}
 }
+
+// TestArgIntRejectsUnsignedAboveMaxInt64 checks that argInt reads an unsigned
+// integer only when an int64 holds it.
+func TestArgIntRejectsUnsignedAboveMaxInt64(t *testing.T) {
+	tests := []struct {
+		arg  any
+		want int64
+		ok   bool
+	}{
+		{uint64(math.MaxInt64), math.MaxInt64, true},
+		{uint(math.MaxInt64), math.MaxInt64, true},
+		{uint64(math.MaxInt64) + 1, 0, false},
+		{uint(math.MaxUint), 0, false},
+		{argument{uint64(math.MaxUint64)}, 0, false},
+	}
+	for _, tt := range tests {
+		n, ok := argInt(tt.arg)
+		if ok != tt.ok || ok && n != tt.want {
+			t.Errorf("argInt(%T(%v)) = %v, %v; want %v, %v", tt.arg, tt.arg, n, ok, tt.want, tt.ok)
+		}
+	}
+}
