@@ -161,7 +161,7 @@ func Classify(name string, args []any) Info {
 	case kindMonitor:
 		return Info{Effects: Monitor}
 	case kindSelect:
-		return classifySelect(args)
+		return Info{Effects: Select, DB: selectDB(args)}
 	case kindTaint:
 		return Info{Effects: Taint}
 	case kindClient:
@@ -169,7 +169,7 @@ func Classify(name string, args []any) Info {
 	case kindScript:
 		return classifyScript(args)
 	case kindLastArgSeconds, kindFirstArgSeconds, kindLastArgMillis, kindXRead:
-		return classifyBlocking(k, args)
+		return blocking(timeoutArg(k, args))
 	}
 	return Info{}
 }
@@ -219,15 +219,14 @@ func classifyPubSub(k kind, args []any) Info {
 	return Info{Effects: Taint}
 }
 
-// classifySelect reads SELECT's database number.
-func classifySelect(args []any) Info {
-	db := -1
+// selectDB reads SELECT's database number, or returns -1.
+func selectDB(args []any) int {
 	if len(args) == 1 {
 		if n, ok := argInt(args[0]); ok && n >= 0 && n <= math.MaxInt32 {
-			db = int(n)
+			return int(n)
 		}
 	}
-	return Info{Effects: Select, DB: db}
+	return -1
 }
 
 // classifyScript handles SCRIPT DEBUG YES|SYNC, which debugs the
@@ -267,26 +266,25 @@ func classifyClient(args []any) Info {
 	return Info{}
 }
 
-// classifyBlocking finds a blocking command's timeout: the last argument, in
-// seconds, of BLPOP and the like, the first of BLMPOP and BZMPOP, the last, in
-// milliseconds, of WAIT and WAITAOF, and XREAD's BLOCK option.
-func classifyBlocking(k kind, args []any) Info {
+// timeoutArg finds a blocking command's timeout argument and its unit: the
+// last argument, in seconds, of BLPOP and the like, the first of BLMPOP and
+// BZMPOP, the last, in milliseconds, of WAIT and WAITAOF, and XREAD's BLOCK
+// option. It returns nil for a command without one.
+func timeoutArg(k kind, args []any) (any, time.Duration) {
 	if len(args) == 0 {
-		return Info{}
+		return nil, 0
 	}
 	switch k {
 	case kindLastArgSeconds:
-		return blocking(args[len(args)-1], time.Second)
+		return args[len(args)-1], time.Second
 	case kindFirstArgSeconds:
-		return blocking(args[0], time.Second)
+		return args[0], time.Second
 	case kindLastArgMillis:
-		return blocking(args[len(args)-1], time.Millisecond)
+		return args[len(args)-1], time.Millisecond
 	case kindXRead:
-		if block := xreadBlock(args); block != nil {
-			return blocking(block, time.Millisecond)
-		}
+		return xreadBlock(args), time.Millisecond
 	}
-	return Info{}
+	return nil, 0
 }
 
 // xreadBlock returns the argument of the BLOCK option of XREAD [COUNT n]
@@ -314,9 +312,9 @@ func xreadBlock(args []any) any {
 
 // blocking reads a blocking command's timeout argument in unit, as the
 // server does: a timeout in seconds is rounded up to a millisecond, and one
-// that comes to zero, as from -0.0005, blocks forever. An unreadable or
-// negative timeout is rejected by the server at once, so it needs no extra
-// time.
+// that comes to zero, as from -0.0005, blocks forever. A missing (nil),
+// unreadable or negative timeout is rejected by the server at once, so it
+// needs no extra time.
 func blocking(arg any, unit time.Duration) Info {
 	f, ok := argFloat(arg)
 	if !ok || math.IsNaN(f) {
