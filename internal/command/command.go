@@ -168,8 +168,10 @@ func Classify(name string, args []any) Info {
 		return classifyClient(args)
 	case kindScript:
 		return classifyScript(args)
-	case kindLastArgSeconds, kindFirstArgSeconds, kindLastArgMillis, kindXRead:
+	case kindLastArgSeconds, kindFirstArgSeconds, kindLastArgMillis:
 		return blocking(timeoutArg(k, args))
+	case kindXRead:
+		return blocking(xreadBlock(args), time.Millisecond)
 	}
 	return Info{}
 }
@@ -266,25 +268,20 @@ func classifyClient(args []any) Info {
 	return Info{}
 }
 
-// timeoutArg finds a blocking command's timeout argument and its unit: the
-// last argument, in seconds, of BLPOP and the like, the first of BLMPOP and
-// BZMPOP, the last, in milliseconds, of WAIT and WAITAOF, and XREAD's BLOCK
-// option. It returns nil for a command without one.
+// timeoutArg finds the timeout argument of a blocking command that takes it
+// in a fixed place, and its unit: the last argument, in seconds, of BLPOP and
+// the like, the first of BLMPOP and BZMPOP, and the last, in milliseconds, of
+// WAIT and WAITAOF. It returns nil when there are no arguments.
 func timeoutArg(k kind, args []any) (any, time.Duration) {
-	if len(args) == 0 {
+	switch {
+	case len(args) == 0:
 		return nil, 0
-	}
-	switch k {
-	case kindLastArgSeconds:
-		return args[len(args)-1], time.Second
-	case kindFirstArgSeconds:
+	case k == kindFirstArgSeconds:
 		return args[0], time.Second
-	case kindLastArgMillis:
+	case k == kindLastArgMillis:
 		return args[len(args)-1], time.Millisecond
-	case kindXRead:
-		return xreadBlock(args), time.Millisecond
 	}
-	return nil, 0
+	return args[len(args)-1], time.Second
 }
 
 // xreadBlock returns the argument of the BLOCK option of XREAD [COUNT n]
