@@ -514,8 +514,10 @@ func argFloat(arg any) (float64, bool) {
 		return parseFloat(v)
 	case []byte:
 		return parseFloat(string(v))
-	case int, int64, int32, int16, int8, uint, uint64, uint32, uint16, uint8, bool, nil:
-		n, ok := argInt(arg)
+	case int, int64, int32, int16, int8:
+		return float64(signed(v)), true // the common case, which cannot fail
+	case uint, uint64, uint32, uint16, uint8, bool, nil:
+		n, ok := argInt(v)
 		return float64(n), ok
 	}
 	return parseFloat(fmt.Sprint(arg))
