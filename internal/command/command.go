@@ -477,7 +477,7 @@ func signed(arg any) int64 {
 	case int8:
 		return int64(v)
 	}
-	return 0 // argInt passes no other type
+	return 0 // no caller passes another type
 }
 
 // unsigned converts a value of one of Go's unsigned integer types, and
@@ -495,7 +495,7 @@ func unsigned(arg any) (int64, bool) {
 		u = uint64(v)
 	case uint8:
 		u = uint64(v)
-	} // argInt passes no other type
+	} // no caller passes another type
 	return int64(u), u <= math.MaxInt64
 }
 
