@@ -154,100 +154,88 @@ func Classify(name string, args []any) Info {
 		return Info{}
 	}
 	switch k {
-	case kindWatch:
+	case kindWatch, kindUnwatch, kindMulti, kindExecDiscard:
+		return classifyTransaction(k, args)
+	case kindSubscribe, kindPSubscribe, kindSSubscribe, kindUnsubscribe, kindPUnsubscribe, kindSUnsubscribe:
+		return classifyPubSub(k, args)
+	case kindMonitor:
+		return Info{Effects: Monitor}
+	case kindSelect:
+		return Info{Effects: Select, DB: selectDB(args)}
+	case kindTaint:
+		return Info{Effects: Taint}
+	case kindClient:
+		return classifyClient(args)
+	case kindScript:
+		return classifyScript(args)
+	case kindLastArgSeconds, kindFirstArgSeconds, kindLastArgMillis:
+		return blocking(timeoutArg(k, args))
+	case kindXRead:
+		return blocking(xreadBlock(args), time.Millisecond)
+	}
+	return Info{}
+}
+
+// classifyTransaction handles WATCH, UNWATCH, MULTI, EXEC and DISCARD.
+func classifyTransaction(k kind, args []any) Info {
+	if k == kindWatch {
 		return Info{Effects: Watch}
+	}
+	if len(args) > 0 {
+		// The others take no arguments: the server rejects them, so no
+		// transaction opens (and a WATCH after it runs), none ends (inside
+		// MULTI it stays open), and no key is forgotten.
+		return Info{}
+	}
+	switch k {
 	case kindUnwatch:
-		if len(args) > 0 {
-			return Info{} // takes no arguments: the server rejects it
-		}
 		return Info{Effects: Unwatch}
 	case kindMulti:
-		if len(args) > 0 {
-			// Rejected: no transaction opens, and a WATCH after it runs.
-			return Info{}
-		}
 		return Info{Effects: Multi}
 	case kindExecDiscard:
-		if len(args) > 0 {
-			// Rejected, and inside MULTI the transaction stays open.
-			return Info{}
-		}
 		return Info{Effects: EndMulti | Unwatch}
+	}
+	return Info{}
+}
+
+// classifyPubSub handles SUBSCRIBE, UNSUBSCRIBE, and their pattern and shard
+// forms.
+func classifyPubSub(k kind, args []any) Info {
+	switch k {
 	case kindSubscribe:
 		return Info{Effects: Subscribe, PubSub: Channels}
 	case kindPSubscribe:
 		return Info{Effects: Subscribe, PubSub: Patterns}
 	case kindSSubscribe:
 		return Info{Effects: Subscribe, PubSub: Shards}
-	case kindUnsubscribe, kindPUnsubscribe, kindSUnsubscribe:
-		switch len(args) {
-		case 0:
-		case 1:
-			return Info{}
-		default:
-			// One reply per argument, subscribed or not, where Do reads one.
-			return Info{Effects: Taint}
-		}
-		// The three kinds are declared in the same order as the PubSub values.
+	}
+	switch len(args) {
+	case 0:
+		// The three unsubscribe kinds are declared in the same order as the
+		// PubSub values.
 		return Info{Effects: UnsubscribeAll, PubSub: Channels + PubSub(k-kindUnsubscribe)}
-	case kindMonitor:
-		return Info{Effects: Monitor}
-	case kindSelect:
-		db := -1
-		if len(args) == 1 {
-			if n, ok := argInt(args[0]); ok && n >= 0 && n <= math.MaxInt32 {
-				db = int(n)
-			}
-		}
-		return Info{Effects: Select, DB: db}
-	case kindTaint:
-		return Info{Effects: Taint}
-	case kindClient:
-		return classifyClient(args)
-	case kindScript:
-		// SCRIPT DEBUG YES|SYNC debugs the connection's next EVAL.
-		if len(args) > 0 && isWord(args[0], "DEBUG") {
-			return Info{Effects: Taint}
-		}
+	case 1:
 		return Info{}
-	case kindLastArgSeconds:
-		if len(args) == 0 {
-			return Info{}
+	}
+	// One reply per argument, subscribed or not, where Do reads one.
+	return Info{Effects: Taint}
+}
+
+// selectDB reads SELECT's database number, or returns -1.
+func selectDB(args []any) int {
+	if len(args) == 1 {
+		if n, ok := argInt(args[0]); ok && n >= 0 && n <= math.MaxInt32 {
+			return int(n)
 		}
-		return blocking(args[len(args)-1], time.Second)
-	case kindFirstArgSeconds:
-		if len(args) == 0 {
-			return Info{}
-		}
-		return blocking(args[0], time.Second)
-	case kindLastArgMillis:
-		if len(args) == 0 {
-			return Info{}
-		}
-		return blocking(args[len(args)-1], time.Millisecond)
-	case kindXRead:
-		// XREAD [COUNT n] [BLOCK ms] STREAMS key... id..., and XREADGROUP
-		// GROUP group consumer [...]: options precede STREAMS, after which
-		// keys and ids may be any strings, as may the names after GROUP and
-		// the number after COUNT. The server takes the last BLOCK.
-		var block any
-		for i := 0; i < len(args); i++ {
-			switch {
-			case isWord(args[i], "STREAMS"):
-				i = len(args)
-			case isWord(args[i], "GROUP"):
-				i += 2
-			case isWord(args[i], "COUNT"):
-				i++
-			case isWord(args[i], "BLOCK") && i+1 < len(args):
-				i++
-				block = args[i]
-			}
-		}
-		if block == nil {
-			return Info{}
-		}
-		return blocking(block, time.Millisecond)
+	}
+	return -1
+}
+
+// classifyScript handles SCRIPT DEBUG YES|SYNC, which debugs the
+// connection's next EVAL.
+func classifyScript(args []any) Info {
+	if len(args) > 0 && isWord(args[0], "DEBUG") {
+		return Info{Effects: Taint}
 	}
 	return Info{}
 }
@@ -280,11 +268,50 @@ func classifyClient(args []any) Info {
 	return Info{}
 }
 
+// timeoutArg finds the timeout argument of a blocking command that takes it
+// in a fixed place, and its unit: the last argument, in seconds, of BLPOP and
+// the like, the first of BLMPOP and BZMPOP, and the last, in milliseconds, of
+// WAIT and WAITAOF. It returns nil when there are no arguments.
+func timeoutArg(k kind, args []any) (any, time.Duration) {
+	switch {
+	case len(args) == 0:
+		return nil, 0
+	case k == kindFirstArgSeconds:
+		return args[0], time.Second
+	case k == kindLastArgMillis:
+		return args[len(args)-1], time.Millisecond
+	}
+	return args[len(args)-1], time.Second
+}
+
+// xreadBlock returns the argument of the BLOCK option of XREAD [COUNT n]
+// [BLOCK ms] STREAMS key... id..., or of XREADGROUP GROUP group consumer
+// [...], or nil. Options precede STREAMS, after which keys and ids may be any
+// strings, as may the names after GROUP and the number after COUNT. The server
+// takes the last BLOCK.
+func xreadBlock(args []any) any {
+	var block any
+	for i := 0; i < len(args); i++ {
+		switch {
+		case isWord(args[i], "STREAMS"):
+			return block
+		case isWord(args[i], "GROUP"):
+			i += 2
+		case isWord(args[i], "COUNT"):
+			i++
+		case isWord(args[i], "BLOCK") && i+1 < len(args):
+			i++
+			block = args[i]
+		}
+	}
+	return block
+}
+
 // blocking reads a blocking command's timeout argument in unit, as the
 // server does: a timeout in seconds is rounded up to a millisecond, and one
-// that comes to zero, as from -0.0005, blocks forever. An unreadable or
-// negative timeout is rejected by the server at once, so it needs no extra
-// time.
+// that comes to zero, as from -0.0005, blocks forever. A missing (nil),
+// unreadable or negative timeout is rejected by the server at once, so it
+// needs no extra time.
 func blocking(arg any, unit time.Duration) Info {
 	f, ok := argFloat(arg)
 	if !ok || math.IsNaN(f) {
@@ -412,32 +439,10 @@ func argInt(arg any) (int64, bool) {
 		arg = a.RedisArg()
 	}
 	switch v := arg.(type) {
-	case int:
-		return int64(v), true
-	case int64:
-		return v, true
-	case int32:
-		return int64(v), true
-	case int16:
-		return int64(v), true
-	case int8:
-		return int64(v), true
-	case uint:
-		if uint64(v) > math.MaxInt64 {
-			return 0, false
-		}
-		return int64(v), true
-	case uint64:
-		if v > math.MaxInt64 {
-			return 0, false
-		}
-		return int64(v), true
-	case uint32:
-		return int64(v), true
-	case uint16:
-		return int64(v), true
-	case uint8:
-		return int64(v), true
+	case int, int64, int32, int16, int8:
+		return signed(v), true
+	case uint, uint64, uint32, uint16, uint8:
+		return unsigned(v)
 	case string:
 		n, err := strconv.ParseInt(v, 10, 64)
 		return n, err == nil
@@ -458,6 +463,42 @@ func argInt(arg any) (int64, bool) {
 	return n, err == nil
 }
 
+// signed converts a value of one of Go's signed integer types.
+func signed(arg any) int64 {
+	switch v := arg.(type) {
+	case int:
+		return int64(v)
+	case int64:
+		return v
+	case int32:
+		return int64(v)
+	case int16:
+		return int64(v)
+	case int8:
+		return int64(v)
+	}
+	return 0 // no caller passes another type
+}
+
+// unsigned converts a value of one of Go's unsigned integer types, and
+// reports false for one above math.MaxInt64.
+func unsigned(arg any) (int64, bool) {
+	var u uint64
+	switch v := arg.(type) {
+	case uint:
+		u = uint64(v)
+	case uint64:
+		u = v
+	case uint32:
+		u = uint64(v)
+	case uint16:
+		u = uint64(v)
+	case uint8:
+		u = uint64(v)
+	} // no caller passes another type
+	return int64(u), u <= math.MaxInt64
+}
+
 // argFloat reads a numeric argument as redigo would send it and the server
 // would read it.
 func argFloat(arg any) (float64, bool) {
@@ -473,8 +514,10 @@ func argFloat(arg any) (float64, bool) {
 		return parseFloat(v)
 	case []byte:
 		return parseFloat(string(v))
-	case int, int64, int32, int16, int8, uint, uint64, uint32, uint16, uint8, bool, nil:
-		n, ok := argInt(arg)
+	case int, int64, int32, int16, int8:
+		return float64(signed(v)), true // the common case, which cannot fail
+	case uint, uint64, uint32, uint16, uint8, bool, nil:
+		n, ok := argInt(v)
 		return float64(n), ok
 	}
 	return parseFloat(fmt.Sprint(arg))

@@ -105,6 +105,40 @@ func TestClassify(t *testing.T) {
 		{"EXEC", []any{"x"}, Info{}},
 		{"UNWATCH", []any{"k"}, Info{}},
 		{"asking", nil, Info{Effects: Taint}},
+		{"MULTI", []any{"x"}, Info{}},
+		{"WATCH", nil, Info{Effects: Watch}},
+		{"SUBSCRIBE", nil, Info{Effects: Subscribe, PubSub: Channels}},
+		{"PUNSUBSCRIBE", []any{"a*"}, Info{}},
+		{"SUNSUBSCRIBE", []any{"a"}, Info{}},
+		{"MONITOR", []any{"x"}, Info{Effects: Monitor}},
+		{"script", []any{[]byte("debug"), "no"}, Info{Effects: Taint}},
+		// A timeout's place: the first argument of BLMPOP and BZMPOP, the
+		// last of the others; none when there are no arguments.
+		{"BLMPOP", []any{"k", 5, "LEFT"}, Info{}},
+		{"BLPOP", []any{0, "k", 5}, Info{Effects: Blocking, Timeout: 5 * time.Second}},
+		{"WAIT", []any{100, 2}, Info{Effects: Blocking, Timeout: 2 * time.Millisecond}},
+		{"BLMPOP", nil, Info{}},
+		{"WAIT", nil, Info{}},
+		{"XREAD", nil, Info{}},
+		{"XREAD", []any{"BLOCK"}, Info{}},
+		{"BLPOP", []any{"a", uint64(math.MaxUint64)}, Info{}},
+		// SELECT takes one database number, in any integer type redigo writes.
+		{"SELECT", []any{1, 2}, Info{Effects: Select, DB: -1}},
+		{"SELECT", []any{int64(math.MaxInt32) + 1}, Info{Effects: Select, DB: -1}},
+		{"SELECT", []any{int64(math.MaxInt32)}, Info{Effects: Select, DB: math.MaxInt32}},
+		{"SELECT", []any{int8(5)}, Info{Effects: Select, DB: 5}},
+		{"SELECT", []any{int8(-5)}, Info{Effects: Select, DB: -1}},
+		{"SELECT", []any{int16(6)}, Info{Effects: Select, DB: 6}},
+		{"SELECT", []any{int32(7)}, Info{Effects: Select, DB: 7}},
+		{"SELECT", []any{uint(8)}, Info{Effects: Select, DB: 8}},
+		{"SELECT", []any{uint(math.MaxUint)}, Info{Effects: Select, DB: -1}},
+		{"SELECT", []any{uint8(9)}, Info{Effects: Select, DB: 9}},
+		{"SELECT", []any{uint16(10)}, Info{Effects: Select, DB: 10}},
+		{"SELECT", []any{uint32(11)}, Info{Effects: Select, DB: 11}},
+		{"SELECT", []any{uint64(12)}, Info{Effects: Select, DB: 12}},
+		{"SELECT", []any{false}, Info{Effects: Select, DB: 0}},
+		{"SELECT", []any{nil}, Info{Effects: Select, DB: -1}},
+		{"SELECT", []any{argument{"13"}}, Info{Effects: Select, DB: 13}},
 		{"", nil, Info{}},
 		{"AVERYLONGCOMMANDNAMETHATISLONGERTHANTHIRTYTWOBYTES", nil, Info{}},
 	}
@@ -199,5 +233,27 @@ func BenchmarkClassify(b *testing.B) {
 				Classify(name, args)
 			}
 		})
+	}
+}
+
+// TestArgIntRejectsUnsignedAboveMaxInt64 checks that argInt reads an unsigned
+// integer only when an int64 holds it.
+func TestArgIntRejectsUnsignedAboveMaxInt64(t *testing.T) {
+	tests := []struct {
+		arg  any
+		want int64
+		ok   bool
+	}{
+		{uint64(math.MaxInt64), math.MaxInt64, true},
+		{uint(math.MaxInt64), math.MaxInt64, true},
+		{uint64(math.MaxInt64) + 1, 0, false},
+		{uint(math.MaxUint), 0, false},
+		{argument{uint64(math.MaxUint64)}, 0, false},
+	}
+	for _, tt := range tests {
+		n, ok := argInt(tt.arg)
+		if ok != tt.ok || ok && n != tt.want {
+			t.Errorf("argInt(%T(%v)) = %v, %v; want %v, %v", tt.arg, tt.arg, n, ok, tt.want, tt.ok)
+		}
 	}
 }
