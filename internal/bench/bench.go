@@ -22,6 +22,15 @@
 //  4. Connection cost: the connections opened by 200 goroutines running
 //     100,000 commands, for redispool (only Dial set), redigo as
 //     boj/redistore configures it, and go-redis (defaults).
+//
+// And two parts of issue 16:
+//
+//  5. Pipelines on redis-server: 16 goroutines, each borrowing a conn to
+//     Send 100 GETs, Flush and Receive the replies: client CPU per
+//     pipelined command and commands/s, redispool against redigo, each pool
+//     dialing through its own dialer, then both through the same Dial.
+//  6. One-command borrow: Get, Do("PING") on a no-op conn, Close; 1 client
+//     on a pool of 1, redispool against redigo.
 package bench
 
 import (
@@ -44,12 +53,15 @@ const (
 	PartWaiting  = "waiting"
 	PartE2E      = "e2e"
 	PartConnCost = "conncost"
+	PartPipeline = "pipeline"
+	PartBorrow   = "borrow"
 	// PartNone runs no part, for a run that only profiles.
 	PartNone = "none"
 )
 
-// AllParts are every part, in the order they run.
-var AllParts = []string{PartGetClose, PartWaiting, PartE2E, PartConnCost}
+// AllParts are every part, in the order they run: those that need no
+// server first.
+var AllParts = []string{PartGetClose, PartWaiting, PartBorrow, PartE2E, PartConnCost, PartPipeline}
 
 // Config says what to run.
 type Config struct {
@@ -58,10 +70,10 @@ type Config struct {
 	// Short shrinks every measurement to a few milliseconds, to check that
 	// everything runs, not to measure.
 	Short bool
-	// Addr is an existing redis-server for parts 3 and 4. When empty, a
+	// Addr is an existing redis-server for parts 3 to 5. When empty, a
 	// redis-server is started on a free loopback port, if installed.
 	Addr string
-	// Duration is the length of one measurement in parts 1 to 3: 1s when
+	// Duration is the length of one measurement in every part but 4: 1s when
 	// zero, 20ms in short mode.
 	Duration time.Duration
 	// Slices splits each measurement of a round into this many slices, run
@@ -94,6 +106,8 @@ type Report struct {
 	WaitingSleep []WaitRow
 	E2E          []E2ERow
 	ConnCost     []ConnRow
+	Pipeline     []PipeRow
+	Borrow       []GetCloseRow // one row per pool, with part 1's figures
 	Targets      []Target
 	// Notes are things the reader should know: skipped rows, errors.
 	Notes []string
@@ -219,21 +233,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	want := func(p string) bool { return slices.Contains(cfg.Parts, p) }
 
-	var err error
-	if want(PartGetClose) {
-		if rep.GetClose, err = r.runGetClose(ctx); err != nil {
-			return nil, fmt.Errorf("get+close: %w", err)
-		}
+	if err := r.runNoServerParts(ctx, want); err != nil {
+		return nil, err
 	}
-	if want(PartWaiting) {
-		if rep.Waiting, err = r.runWaiting(ctx, HoldBusy); err != nil {
-			return nil, fmt.Errorf("waiting: %w", err)
-		}
-		if rep.WaitingSleep, err = r.runWaiting(ctx, HoldSleep); err != nil {
-			return nil, fmt.Errorf("waiting, sleep hold: %w", err)
-		}
-	}
-	if want(PartE2E) || want(PartConnCost) {
+	if want(PartE2E) || want(PartConnCost) || want(PartPipeline) {
 		if err := r.runServerParts(ctx, want); err != nil {
 			return nil, err
 		}
@@ -250,6 +253,33 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	return rep, nil
 }
 
+// runNoServerParts runs the selected parts that need no server.
+func (r *runner) runNoServerParts(ctx context.Context, want func(string) bool) error {
+	rep := r.rep
+	var err error
+	if want(PartGetClose) {
+		if rep.GetClose, err = r.runGetClose(ctx); err != nil {
+			return fmt.Errorf("get+close: %w", err)
+		}
+	}
+	if want(PartWaiting) {
+		if rep.Waiting, err = r.runWaiting(ctx, HoldBusy); err != nil {
+			return fmt.Errorf("waiting: %w", err)
+		}
+		if rep.WaitingSleep, err = r.runWaiting(ctx, HoldSleep); err != nil {
+			return fmt.Errorf("waiting, sleep hold: %w", err)
+		}
+	}
+	if want(PartBorrow) {
+		if rep.Borrow, err = r.runBorrow(ctx); err != nil {
+			return fmt.Errorf("borrow: %w", err)
+		}
+	}
+	return nil
+}
+
+// runServerParts starts a redis-server, or uses the one given, and runs the
+// selected parts that need one.
 func (r *runner) runServerParts(ctx context.Context, want func(string) bool) error {
 	rep := r.rep
 	var s *server
@@ -264,7 +294,7 @@ func (r *runner) runServerParts(ctx context.Context, want func(string) bool) err
 		s, err = startServer()
 		if errors.Is(err, errNoServer) {
 			rep.Machine.Server = "none: " + err.Error()
-			r.note("parts 3 and 4 skipped: %v (apt-get install redis-server)", err)
+			r.note("parts 3 to 5 skipped: %v (apt-get install redis-server)", err)
 			return nil
 		}
 		if err != nil {
@@ -279,6 +309,13 @@ func (r *runner) runServerParts(ctx context.Context, want func(string) bool) err
 		rep.Machine.RedisBenchmark = "not found on PATH: its rows are skipped"
 		r.note("redis-benchmark not found on PATH: its rows are skipped (apt-get install redis-tools)")
 	}
+	return r.runOnServer(ctx, s, want)
+}
+
+// runOnServer runs the selected parts that need a server on s.
+func (r *runner) runOnServer(ctx context.Context, s *server, want func(string) bool) error {
+	rep := r.rep
+	var err error
 	if want(PartE2E) {
 		if rep.E2E, err = r.runE2E(ctx, s); err != nil {
 			return fmt.Errorf("end to end: %w", err)
@@ -287,6 +324,11 @@ func (r *runner) runServerParts(ctx context.Context, want func(string) bool) err
 	if want(PartConnCost) {
 		if rep.ConnCost, err = r.runConnCost(ctx, s); err != nil {
 			return fmt.Errorf("connection cost: %w", err)
+		}
+	}
+	if want(PartPipeline) {
+		if rep.Pipeline, err = r.runPipeline(ctx, s); err != nil {
+			return fmt.Errorf("pipeline: %w", err)
 		}
 	}
 	if r.cfg.ProfileDir != "" && want(PartE2E) {

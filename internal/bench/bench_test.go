@@ -88,17 +88,59 @@ func TestShortRun(t *testing.T) {
 		}
 	}
 
+	checkShortPipeline(t, rep.Pipeline)
+	checkShortBorrow(t, rep.Borrow)
+
 	// Every target is evaluated (none skipped) and printed.
 	for _, tg := range rep.Targets {
-		if strings.Contains(tg.Name, "redis-benchmark") && benchErr != nil {
+		if unmeasurable(tg, benchErr != nil) {
 			continue
 		}
 		assert.False(t, tg.Skipped, "target %q skipped: %s", tg.Name, tg.Got)
 		assert.Contains(t, out.String(), tg.Name)
 	}
-	for _, heading := range []string{"1. Get+Close", "2. Waiting", "2b. Waiting", "3. End to end", "4. Connection cost", "targets", "GOMAXPROCS"} {
+	for _, heading := range []string{"1. Get+Close", "2. Waiting", "2b. Waiting", "3. End to end", "4. Connection cost",
+		"5. Pipelines", "6. One-command borrow", "targets", "GOMAXPROCS"} {
 		assert.Contains(t, out.String(), heading)
 	}
+}
+
+// unmeasurable reports whether this machine cannot measure tg: without
+// redis-benchmark, or the CPU time, which is read on Linux only.
+func unmeasurable(tg Target, noRedisBenchmark bool) bool {
+	return (strings.Contains(tg.Name, "redis-benchmark") && noRedisBenchmark) ||
+		(strings.Contains(tg.Name, "CPU per") && runtime.GOOS != "linux")
+}
+
+// checkShortPipeline checks that the pipeline part ran every pool in every
+// variant, with no error: every reply was the value set.
+func checkShortPipeline(t *testing.T, rows []PipeRow) {
+	t.Helper()
+	require.Len(t, rows, len(pipeDialers)*len(pipeNames))
+	for _, row := range rows {
+		require.Len(t, row.OpsPerSec, 1)
+		assert.Positive(t, row.OpsPerSec[0], "pipeline %s %s cmds/s", row.Dialer, row.Pool)
+		assert.Zero(t, row.Errors[0], "pipeline %s %s errors", row.Dialer, row.Pool)
+		if runtime.GOOS == "linux" {
+			assert.Positive(t, row.CPUPerOp[0], "pipeline %s %s CPU per command", row.Dialer, row.Pool)
+		}
+		if row.Pool != nameRedispool && runtime.GOOS == "linux" {
+			assert.Positive(t, row.RatioCPU[0], "pipeline %s %s CPU ratio", row.Dialer, row.Pool)
+		}
+	}
+}
+
+// checkShortBorrow checks that the borrow part ran both pools, and that
+// every Do got the no-op conn's reply.
+func checkShortBorrow(t *testing.T, rows []GetCloseRow) {
+	t.Helper()
+	require.Len(t, rows, len(borrowNames))
+	for _, row := range rows {
+		require.Len(t, row.NsPerOp, 1)
+		assert.True(t, row.NsPerOp[0] > 0 && !math.IsInf(row.NsPerOp[0], 0), "borrow %s ns/op %v", row.Pool, row.NsPerOp[0])
+		assert.Zero(t, row.Errors[0], "borrow %s failed operations", row.Pool)
+	}
+	assert.Positive(t, rows[1].Ratio[0], "borrow ratio")
 }
 
 // TestHist checks the histogram's quantiles against exact ones.
@@ -386,4 +428,44 @@ func TestChannelPoolReportsADialError(t *testing.T) {
 		require.ErrorContains(t, err, "channel: dialing")
 	}
 	c.close()
+}
+
+// TestPipelineAndBorrowTargets checks that the issue 16 targets are read on
+// the median ratio to redigo, per dialer for pipelines, and that an error in
+// either pool fails them however the ratio reads.
+func TestPipelineAndBorrowTargets(t *testing.T) {
+	rep := &Report{
+		Pipeline: []PipeRow{
+			{Dialer: dialerPool, Pool: nameRedispool, Errors: []int64{0, 0, 0}},
+			{Dialer: dialerPool, Pool: nameRedigo, Errors: []int64{0, 0, 0}, RatioCPU: []float64{0.9, 0.95, 0.97}},
+			{Dialer: dialerUser, Pool: nameRedispool, Errors: []int64{0, 2, 0}},
+			{Dialer: dialerUser, Pool: nameRedigo, Errors: []int64{0, 0, 0}, RatioCPU: []float64{0.9, 0.95, 0.97}},
+		},
+		Borrow: []GetCloseRow{
+			{Pool: nameRedispool, Errors: []int64{0, 0, 0}},
+			{Pool: nameRedigo, Errors: []int64{0, 0, 0}, Ratio: []float64{0.7, 0.85, 0.9}},
+		},
+	}
+	got := map[string]Target{}
+	for _, tg := range targets(rep) {
+		if tg.Part == "pipeline" || tg.Part == "borrow" {
+			got[tg.Name] = tg
+		}
+	}
+	require.Len(t, got, 3)
+	pool := got[dialerPool+": redispool CPU per pipelined command <= 1.0 x redigo's"]
+	assert.Equal(t, "PASS", pool.Status(), pool.Got)
+	assert.Equal(t, "0.95 [0.90-0.97] x", pool.Got)
+	user := got[dialerUser+": redispool CPU per pipelined command <= 1.0 x redigo's"]
+	assert.Equal(t, "MISS", user.Status(), "errors fail the target")
+	assert.Contains(t, user.Got, "2 errors")
+	borrow := got["Get, Do(PING), Close, 1 client on 1 conn: redispool ns/op <= 0.8 x redigo's"]
+	assert.Equal(t, "MISS", borrow.Status(), borrow.Got)
+	assert.Equal(t, "0.85 [0.70-0.90] x; a tie: the range holds 0.8", borrow.Got)
+
+	for _, tg := range targets(&Report{}) {
+		if tg.Part == "pipeline" || tg.Part == "borrow" {
+			assert.Equal(t, "SKIP", tg.Status(), "%s: not run", tg.Name)
+		}
+	}
 }

@@ -326,10 +326,10 @@ func e2eLoop(ctx context.Context, p e2ePool, set bool, d time.Duration, acc *e2e
 	}
 }
 
-// populate sets every key, so that GET always finds a value.
-func (s *server) populate() error {
+// populate sets every key to v, so that GET always finds a value.
+func (s *server) populate(keys []string, v []byte) error {
 	for _, k := range keys {
-		if err := s.admin.Send("SET", k, value); err != nil {
+		if err := s.admin.Send("SET", k, v); err != nil {
 			return err
 		}
 	}
@@ -346,7 +346,7 @@ func (s *server) populate() error {
 
 // runE2E is poolbench's part 3 (item 4 of the build list).
 func (r *runner) runE2E(ctx context.Context, s *server) ([]E2ERow, error) {
-	if err := s.populate(); err != nil {
+	if err := s.populate(keys, value); err != nil {
 		return nil, fmt.Errorf("populating keys: %w", err)
 	}
 	benchBin, benchErr := exec.LookPath("redis-benchmark")

@@ -252,6 +252,21 @@ func rotation(n, k int) []int {
 	return out
 }
 
+// interleave runs one round's measurements of n pools: r.slices slices, each
+// calling measure for every pool in the next order of rotation. It stops
+// when ctx is done.
+func (r *runner) interleave(ctx context.Context, round, n int, measure func(pool int)) error {
+	for slice := range r.slices {
+		for _, pi := range rotation(n, round+slice) {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			measure(pi)
+		}
+	}
+	return nil
+}
+
 func nanSlice(n int) []float64 {
 	out := make([]float64, n)
 	for i := range out {

@@ -131,7 +131,10 @@ func (rep *Report) Print(w io.Writer) {
 		tw.flush()
 	}
 
-	fmt.Fprintf(w, "\ntargets (issue 4, done when):\n")
+	printPipeline(w, rep.Pipeline)
+	printBorrow(w, rep.Borrow)
+
+	fmt.Fprintf(w, "\ntargets (done when; issue 4, and issue 16 for pipeline and borrow):\n")
 	tw := newTable(w, "", "part", "target", "measured")
 	for _, t := range rep.Targets {
 		tw.row(t.Status(), t.Part, t.Name, t.Got)
@@ -215,6 +218,55 @@ func printWaiting(w io.Writer, rows []WaitRow) {
 			fmt.Sprintf("%.0f%% of mean", 100*minShare),
 			fmt.Sprintf("%.0f", sumInt(row.Errors)),
 			fmtRatioCell(row.RatioP99), fmtRatioCell(row.RatioCycle))
+	}
+	tw.flush()
+}
+
+// printPipeline prints the pipeline part, if it ran.
+func printPipeline(w io.Writer, rows []PipeRow) {
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n5. Pipelines on redis-server: %d goroutines, each borrowing a conn to Send %d GETs (%d-byte values), Flush, Receive %d replies and Close; a command is one GET; median over rounds\n",
+		pipeClients, pipeDepth, pipeValueSize, pipeDepth)
+	tw := newTable(w, "dialer", "pool", "cmds/s", "CPU/cmd", "allocs/cmd", "errors", "redispool/peer cmds/s", "redispool/peer CPU/cmd")
+	last := ""
+	for _, row := range rows {
+		dialer := ""
+		if row.Dialer != last {
+			dialer, last = row.Dialer, row.Dialer
+		}
+		tw.row(dialer, row.Pool, fmtCount(median(row.OpsPerSec)), fmtCPU(row.CPUPerOp),
+			fmt.Sprintf("%.2f", median(row.AllocsPerOp)), fmt.Sprintf("%.0f", sumInt(row.Errors)),
+			fmtRatioCell(row.RatioOps), fmtRatioCell(row.RatioCPU))
+	}
+	tw.flush()
+	fmt.Fprintf(w, "%s: redispool with Addr; redigo with a Dial that dials the address with redispool's default timeouts. %s: both pools given that Dial.\n", dialerPool, dialerUser)
+}
+
+// fmtCPU is the median of CPU times per command, "-" where none was read.
+func fmtCPU(ds []time.Duration) string {
+	c := median(cpuFloats(ds))
+	if math.IsNaN(c) {
+		return "-"
+	}
+	if c < 1e3 {
+		return fmt.Sprintf("%.0fns", c)
+	}
+	return fmt.Sprintf("%.2fus", c/1e3)
+}
+
+// printBorrow prints the borrow part, if it ran.
+func printBorrow(w io.Writer, rows []GetCloseRow) {
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n6. One-command borrow: Get, Do(\"PING\") answered by a no-op conn without I/O, Close; 1 client on a pool of 1; median over rounds\n")
+	tw := newTable(w, "pool", "ns/op", "allocs/op", "B/op", "failed ops", "redispool/peer ns/op")
+	for _, row := range rows {
+		tw.row(row.Pool, fmt.Sprintf("%.1f", median(row.NsPerOp)),
+			fmt.Sprintf("%.2f", median(row.AllocsPerOp)), fmt.Sprintf("%.0f", median(row.BytesPerOp)),
+			fmt.Sprintf("%.0f", sumInt(row.Errors)), fmtRatioCell(row.Ratio))
 	}
 	tw.flush()
 }

@@ -14,6 +14,10 @@ const (
 	allocsSlack          = 0.01 // allocations by the runtime itself during a measurement
 	targetContendedRatio = 1.0  // contended: <= 1.0 x redigo's and <= puddle's
 	targetMaxOverP50     = 20.0 // waiting: max wait < 20 x p50
+
+	// Issue 16.
+	targetPipelineCPU = 1.0 // pipelines: redispool CPU per command <= 1.0 x redigo's, either dialer
+	targetBorrowRatio = 0.8 // one-command borrow: redispool ns/op <= 0.8 x redigo's
 )
 
 func targets(rep *Report) []Target {
@@ -186,7 +190,62 @@ func targets(rep *Report) []Target {
 			fmt.Sprintf("at most %d opened in any run (runs of %d and %d commands), MaxActive %d",
 				worst, cr.Commands, cr.LongCommands, cr.Limit))
 	}
+
+	out = append(out, pipelineTargets(rep.Pipeline)...)
+	return append(out, borrowTarget(rep.Borrow))
+}
+
+// pipelineTargets reads the pipeline part's target in each variant, on
+// redigo's row: CPU per pipelined command. An error in either pool's
+// pipelines fails it.
+func pipelineTargets(rows []PipeRow) []Target {
+	var out []Target
+	for _, dialer := range pipeDialers {
+		name := fmt.Sprintf("%s: redispool CPU per pipelined command <= %.1f x redigo's", dialer, targetPipelineCPU)
+		var xs []float64
+		var errs int64
+		for _, row := range rows {
+			if row.Dialer != dialer {
+				continue
+			}
+			errs += int64(sumInt(row.Errors))
+			if row.Pool == nameRedigo {
+				xs = row.RatioCPU
+			}
+		}
+		out = append(out, ratioTargetOf("pipeline", name, xs, targetPipelineCPU, errs))
+	}
 	return out
+}
+
+// borrowTarget reads the borrow part's target on redigo's row. A failed
+// operation in either pool fails it.
+func borrowTarget(rows []GetCloseRow) Target {
+	var xs []float64
+	var errs int64
+	for _, row := range rows {
+		errs += int64(sumInt(row.Errors))
+		if row.Pool == nameRedigo {
+			xs = row.Ratio
+		}
+	}
+	name := fmt.Sprintf("Get, Do(PING), Close, 1 client on 1 conn: redispool ns/op <= %.1f x redigo's", targetBorrowRatio)
+	return ratioTargetOf("borrow", name, xs, targetBorrowRatio, errs)
+}
+
+// ratioTargetOf reads an at-most target on the median of per-round ratios,
+// as ratioOK and ratioGot do; errors, counted apart from the operations,
+// fail it. It is skipped when nothing was measured.
+func ratioTargetOf(part, name string, xs []float64, bound float64, errs int64) Target {
+	if math.IsNaN(median(xs)) {
+		return Target{Part: part, Name: name, Skipped: true, Got: "not run"}
+	}
+	got, ok := ratioGot(xs, bound), ratioOK(xs, bound, false)
+	if errs > 0 {
+		got += fmt.Sprintf("; %d errors", errs)
+		ok = false
+	}
+	return Target{Part: part, Name: name, Pass: ok, Got: got}
 }
 
 // rangeOf is the least and the greatest of xs, NaNs left out; +Inf and

@@ -1,11 +1,11 @@
 // Command poolbench measures redispool against redigo's redis.Pool, go-redis
 // v9, jackc/puddle v2 and redis-benchmark in one run and prints a table per
-// part, the machine, and PASS or MISS for each target of issue 4:
+// part, the machine, and PASS or MISS for each target of issues 4 and 16:
 //
 //	cd internal/bench && go run ./cmd/poolbench
 //
 // Every round runs each pool once, interleaved, and the ratios printed are
-// redispool over each peer, the median over rounds. Parts 3 and 4 need a
+// redispool over each peer, the median over rounds. Parts 3 to 5 need a
 // redis-server: one is started on a free loopback port unless -addr names
 // one; redis-benchmark is taken from PATH, and its rows are skipped with a
 // note when it is not there.
@@ -15,10 +15,10 @@
 //	-rounds N     interleaved rounds (default 5)
 //	-short        tiny durations and 1 round: checks that everything runs
 //	-addr H:P     use this redis-server instead of starting one
-//	-duration D   length of one measurement in parts 1 to 3 (default 1s)
+//	-duration D   length of one measurement in every part but 4 (default 1s)
 //	-slices N     split each measurement into N interleaved slices (default 5)
 //	-commands N   commands per connection-cost run (default 100000)
-//	-parts LIST   comma-separated parts: getclose,waiting,e2e,conncost (or none)
+//	-parts LIST   comma-separated parts: getclose,waiting,borrow,e2e,conncost,pipeline (or none)
 //	-profile DIR  also write CPU and allocation profiles of Get+Close to DIR
 //	-profiletime D  length of each CPU profile (default 5s)
 //	-q            no progress lines on stderr
@@ -44,7 +44,7 @@ func main() {
 	flag.IntVar(&cfg.Rounds, "rounds", 5, "interleaved rounds; the figures are medians over them")
 	flag.BoolVar(&cfg.Short, "short", false, "tiny durations and 1 round, to check that everything runs")
 	flag.StringVar(&cfg.Addr, "addr", "", "address of an existing redis-server (default: start one on a free port)")
-	flag.DurationVar(&cfg.Duration, "duration", 0, "length of one measurement in parts 1-3 (default 1s, 20ms with -short)")
+	flag.DurationVar(&cfg.Duration, "duration", 0, "length of one measurement in every part but 4 (default 1s, 20ms with -short)")
 	flag.IntVar(&cfg.Slices, "slices", 0, "interleaved slices per measurement (default 5, 1 with -short)")
 	flag.IntVar(&cfg.Commands, "commands", 0, "commands per connection-cost run (default 100000, 2000 with -short)")
 	flag.StringVar(&parts, "parts", strings.Join(bench.AllParts, ","), "comma-separated parts to run, or none")
