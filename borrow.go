@@ -1,0 +1,437 @@
+package redispool
+
+import (
+	"errors"
+	"io"
+	"math"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+
+	"github.com/redispool/redispool/internal/command"
+)
+
+// errNoUndoReply stands for the reply to an EXEC, DISCARD or UNWATCH sent
+// with Send when it is not where the pool expects it: nothing says it ran.
+var errNoUndoReply = errors.New("redispool: no reply to an EXEC, DISCARD or UNWATCH sent with Send")
+
+// connState is what a borrower did to a connection that the next one must not
+// inherit.
+type connState uint8
+
+const (
+	stateWatch     connState = 1 << iota // WATCH without EXEC, DISCARD or UNWATCH
+	stateMulti                           // MULTI without EXEC or DISCARD
+	stateSubscribe                       // subscribed at some point
+	stateChannels                        // subscribed to channels now
+	stateShards                          // subscribed to shard channels now
+	statePatterns                        // subscribed to patterns now
+	stateMonitor                         // MONITOR: every command the server runs arrives
+	stateTaint                           // anything else that cannot be undone
+
+	// stateListen: replies arrive unasked, so Receive has no deadline.
+	stateListen = stateChannels | stateShards | statePatterns | stateMonitor
+)
+
+// uses is what calls do on the connection: redigo allows one goroutine to
+// write while another reads, and nothing more.
+type uses uint8
+
+const (
+	writes uses = 1 << iota // Send, Flush, Do
+	reads                   // Receive, Do
+)
+
+// subscribed maps a kind of subscription to its state.
+var subscribed = [...]connState{
+	command.Channels: stateChannels,
+	command.Patterns: statePatterns,
+	command.Shards:   stateShards,
+}
+
+// borrowState is what a borrower did to a connection.
+type borrowState struct {
+	state        connState
+	db           int           // the database the connection is in; -1 when unknown
+	pending      int           // commands sent whose replies were not read
+	pendingBlock time.Duration // the longest pending blocking commands may wait at the server
+	pendingEver  bool          // a pending command may block forever
+	busy         uses          // what the calls in progress do
+	err          error         // the first error that was not a redis.Error
+	// sent numbers the commands sent since no reply was last pending: the
+	// next reply to read is that of command number sent-pending.
+	sent int
+	// undos are the numbers (see sent) of the pending replies to EXEC,
+	// DISCARD and UNWATCH commands sent with Send. The state they undo was
+	// cleared when they were sent (see apply); each reply must say that the
+	// server ran its command, or the connection is not kept.
+	undos []int
+}
+
+// untouched reports whether the borrower left nothing to read or undo and
+// nothing that breaks the connection. With no reply pending, sent is 0,
+// undos is empty and no blocking command is pending.
+func (s *borrowState) untouched(db int) bool {
+	return s.state == 0 && s.db == db && s.pending == 0 && s.busy == 0 && s.err == nil
+}
+
+// maxPendingBlock bounds the sum of pending blocking commands' timeouts,
+// beyond which a read gets no deadline: ReadTimeout plus it still fits a
+// time.Duration.
+const maxPendingBlock = time.Duration(math.MaxInt64 / 4)
+
+// call is one call in progress on the pooled connection.
+type call struct {
+	pc      *poolConn
+	uses    uses
+	timeout time.Duration // read deadline for the reply; 0 for none
+	// selects is set for a Do of SELECT, which moves the connection to
+	// database selectDB once its reply says it did.
+	selects  bool
+	selectDB int
+	// undoes is the MULTI and WATCH state a Do of EXEC, DISCARD or UNWATCH
+	// undoes once its reply says the server ran it (see settle).
+	undoes connState
+	// For a Do, the pending replies it reads: the first's number and the
+	// undos among them (see borrowState).
+	first int
+	undos []int
+}
+
+// start records that a command (or, with cmd "", a flush and read of the
+// pending replies) is about to run and computes its read timeout. send is
+// true for Send, which queues a reply instead of reading one.
+func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
+	var info command.Info
+	if cmd != "" {
+		info = command.Classify(cmd, args)
+	}
+	pc, err := ac.lock()
+	if err != nil {
+		return call{}, err
+	}
+	defer pc.mu.Unlock()
+	u := reads | writes
+	if send {
+		u = writes
+	}
+	if err := pc.claimLocked(u); err != nil {
+		return call{}, err
+	}
+	c := call{pc: pc, uses: u, timeout: pc.p.cfg.readTimeout}
+	selects, undoes := pc.apply(info, send)
+	if selects {
+		c.selects, c.selectDB = true, info.DB
+	}
+	block, forever := pc.blockWithLocked(info)
+	switch {
+	case send:
+		// Send("") too: redigo writes an empty command, which the server
+		// answers with an error.
+		if undoes != 0 {
+			pc.undos = append(pc.undos, pc.sent)
+		}
+		pc.sent++
+		pc.pending++
+		pc.pendingBlock, pc.pendingEver = block, forever
+	default:
+		// Do reads every pending reply and its own, and settles what they
+		// say (see settle).
+		c.undoes, c.first, c.undos = undoes, pc.sent-pc.pending, pc.undos
+		pc.pending, pc.pendingBlock, pc.pendingEver = 0, 0, false
+		pc.sent, pc.undos = 0, nil
+	}
+	if c.timeout > 0 {
+		if forever {
+			c.timeout = 0
+		} else {
+			c.timeout += block
+		}
+	}
+	return c, nil
+}
+
+// blockWithLocked returns how long the pending commands and the one of info
+// may block at the server, or forever when nothing bounds that.
+func (pc *poolConn) blockWithLocked(info command.Info) (block time.Duration, forever bool) {
+	block, forever = pc.pendingBlock, pc.pendingEver
+	if !info.Has(command.Blocking) || pc.state&stateMulti != 0 {
+		// Inside MULTI a blocking command is only queued, and EXEC runs it
+		// without blocking.
+		return block, forever
+	}
+	if info.Timeout > maxPendingBlock-block {
+		return block, true // longer than any deadline: none
+	}
+	return block + info.Timeout, forever || info.Forever
+}
+
+// claimLocked marks the connection busy with a call that does u, if it can
+// take one: it is usable, and no call in progress does what u does. A call
+// that overlaps another that way breaks the connection (see
+// ErrConcurrentUse); the call in progress goes on.
+func (pc *poolConn) claimLocked(u uses) error {
+	if err := pc.usableLocked(); err != nil {
+		return err
+	}
+	if pc.busy&u != 0 {
+		pc.err = ErrConcurrentUse
+		return ErrConcurrentUse
+	}
+	pc.busy |= u
+	return nil
+}
+
+// usableLocked reports why the connection cannot take a call: it is broken,
+// or, with Sentinel, reaches a master the sentinels have replaced.
+func (pc *poolConn) usableLocked() error {
+	switch {
+	case pc.err != nil:
+		return pc.err
+	case pc.p.Sentinel != nil && pc.gen != pc.p.gen.Load():
+		// The old master may still accept writes for a while, which the
+		// failover then loses: fail instead.
+		return ErrConnRetired
+	}
+	return nil
+}
+
+// apply records a command's effect on the connection's state when it is
+// sent. Effects that would make the connection look cleaner apply only where
+// the server is sure to carry them out at once: inside MULTI, commands are
+// only queued, and EXEC or DISCARD without MULTI are errors that change
+// nothing.
+//
+// A SELECT takes effect only if the server runs it: the database is unknown
+// until its reply says so. apply reports whether the caller, a Do, is to set
+// it from the reply (see end). An EXEC, DISCARD or UNWATCH can be refused
+// (an ACL without it) and then undoes nothing; apply returns the state it
+// undoes. For a Do, that state is cleared once its reply says it ran (see
+// settle). Sent with Send, it is cleared now, so that the commands sent
+// after it count as the server runs them if it ran; its reply, read later,
+// must say it did, or the connection is tainted (see borrowState.undos).
+// A SELECT sent with Send leaves the database unknown.
+func (pc *poolConn) apply(info command.Info, send bool) (selects bool, undoes connState) {
+	e := info.Effects
+	if e == 0 {
+		return false, 0
+	}
+	inMulti := pc.state&stateMulti != 0
+	switch {
+	case e&command.Watch != 0:
+		pc.state |= stateWatch
+	case e&command.Multi != 0:
+		pc.state |= stateMulti
+	case e&command.EndMulti != 0:
+		if inMulti {
+			undoes = stateMulti | stateWatch
+		}
+	case e&command.Unwatch != 0:
+		if !inMulti {
+			undoes = stateWatch
+		}
+	case e&command.Subscribe != 0:
+		pc.state |= stateSubscribe | subscribed[info.PubSub]
+	case e&command.UnsubscribeAll != 0:
+		// The confirmations are still replies to read, within ReadTimeout,
+		// once no kind of subscription is left.
+		pc.state &^= subscribed[info.PubSub]
+	case e&command.Monitor != 0:
+		pc.state |= stateMonitor | stateTaint
+	case e&command.Taint != 0:
+		pc.state |= stateTaint
+	case e&command.Select != 0:
+		return pc.applySelect(info.DB, inMulti || send), 0
+	}
+	if send {
+		pc.state &^= undoes
+	}
+	return false, undoes
+}
+
+// applySelect records a SELECT of db. Unless the database stays the same
+// whether it runs or fails, it becomes unknown: for good when the SELECT is
+// queued in MULTI or its reply read later if at all (later, whether it ran
+// depends on EXEC or on a reply the pool does not look at); otherwise until
+// its reply says the server ran it, which applySelect reports the caller,
+// a Do, is to look at.
+func (pc *poolConn) applySelect(db int, queued bool) bool {
+	if db == pc.db {
+		return false
+	}
+	pc.db = -1
+	return !queued && db >= 0
+}
+
+// settle looks at the replies a Do of cmd read for the EXEC, DISCARD and
+// UNWATCH among their commands. Its own (c.undoes) clears the state once its
+// reply, reply, says the server ran it: a refused one leaves the transaction
+// open or the keys watched. The state of those sent with Send before it
+// (c.undos) was cleared when they were sent: if a reply says one did not
+// run, or cannot say (redigo returns, along with the reply to a command, only
+// the first error among the replies read before it), the connection is
+// tainted.
+func (c call) settle(cmd string, reply any, err error) {
+	if c.undoes == 0 && len(c.undos) == 0 {
+		return
+	}
+	if _, replied := err.(redis.Error); err != nil && !replied {
+		return // no reply: the conn is broken, and not kept
+	}
+	undone := c.undoes
+	if undoRefused(reply) != nil {
+		undone = 0
+	}
+	taint := len(c.undos) > 0 &&
+		(cmd != "" && err != nil || cmd == "" && refusedAt(reply, c.first, c.undos) != nil)
+	c.pc.mu.Lock()
+	c.pc.state &^= undone
+	if taint {
+		c.pc.state |= stateTaint
+	}
+	c.pc.mu.Unlock()
+}
+
+// undoRefused returns the reply to an EXEC, DISCARD or UNWATCH if it says the
+// server did not run the command: an error reply other than EXECABORT (with
+// which EXEC discards the transaction).
+func undoRefused(reply any) error {
+	if e, ok := reply.(redis.Error); ok && !strings.HasPrefix(string(e), "EXECABORT ") {
+		return e
+	}
+	return nil
+}
+
+// refusedAt returns the first refusal (see undoRefused) in reply, the array
+// of the pending replies from number first on, at the numbers in undos.
+func refusedAt(reply any, first int, undos []int) error {
+	rs, _ := reply.([]any)
+	for _, n := range undos {
+		i := n - first
+		if i < 0 || i >= len(rs) {
+			return errNoUndoReply
+		}
+		if err := undoRefused(rs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// begin is start for Flush (u is writes) and Receive (reads). The timeout is
+// for reading one pending reply, or a pushed message on a listening
+// connection, which has no deadline.
+func (ac *activeConn) begin(u uses) (call, error) {
+	pc, err := ac.lock()
+	if err != nil {
+		return call{}, err
+	}
+	defer pc.mu.Unlock()
+	if err := pc.claimLocked(u); err != nil {
+		return call{}, err
+	}
+	c := call{pc: pc, uses: u, timeout: pc.p.cfg.readTimeout}
+	if c.timeout > 0 {
+		switch {
+		case pc.state&stateListen != 0, pc.pendingEver:
+			c.timeout = 0
+		default:
+			c.timeout += pc.pendingBlock
+		}
+	}
+	return c, nil
+}
+
+// end records the outcome of a call. Any error but a redis.Error means the
+// connection may hold a late reply or half a command: it is broken, every
+// later call fails with the same error, and Close discards it.
+//
+// A READONLY error reply means the server became a replica: the connection is
+// not kept, and every connection dialed before it is retired. With Sentinel,
+// so does a connection closed by the server, as happens during a failover.
+func (ac *activeConn) end(c call, err error, received bool) {
+	pc := c.pc
+	pc.mu.Lock()
+	pc.busy &^= c.uses
+	if c.selects && err == nil {
+		pc.db = c.selectDB
+	}
+	rerr, replied := err.(redis.Error)
+	if err != nil {
+		pc.failedLocked(err, rerr, replied)
+	}
+	if received && pc.pending > 0 && (err == nil || replied) {
+		pc.receivedLocked(err)
+	}
+	readOnly := replied && isReadOnly(rerr)
+	if readOnly {
+		pc.state |= stateTaint
+	}
+	pc.mu.Unlock()
+	if readOnly || (pc.p.Sentinel != nil && err != nil && !replied && closedByServer(err)) {
+		pc.p.failover(pc.addr)
+	}
+}
+
+// failedLocked records a call's error: any but a redis.Error, or an error
+// reply after which the server closes the connection, breaks it.
+func (pc *poolConn) failedLocked(err error, rerr redis.Error, replied bool) {
+	if pc.err == nil && (!replied || closesConn(rerr)) {
+		pc.err = err
+	}
+}
+
+// receivedLocked counts one pending reply as read; err is nil, or the error
+// reply Receive returned for it. A reply that says an EXEC, DISCARD or
+// UNWATCH sent with Send did not run taints the connection.
+func (pc *poolConn) receivedLocked(err error) {
+	if len(pc.undos) > 0 && pc.undos[0] == pc.sent-pc.pending {
+		pc.undos = pc.undos[1:]
+		if undoRefused(err) != nil {
+			pc.state |= stateTaint
+		}
+	}
+	pc.pending--
+	if pc.pending == 0 {
+		pc.pendingBlock, pc.pendingEver = 0, false
+		pc.sent, pc.undos = 0, nil
+	}
+}
+
+// closedByServer reports whether err says the server closed the connection.
+func closedByServer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// closesConn reports whether the server closes the connection after the
+// error reply e: when it refuses a client at maxclients, and after a
+// protocol error, such as a bulk argument longer than proto-max-bulk-len.
+func closesConn(e redis.Error) bool {
+	return strings.HasPrefix(string(e), "ERR max number of clients reached") ||
+		strings.HasPrefix(string(e), "ERR Protocol error")
+}
+
+// isReadOnly reports whether e is the error a replica answers writes with,
+// itself or as the reason EXEC discarded a transaction.
+func isReadOnly(e redis.Error) bool {
+	s, _ := strings.CutPrefix(string(e), "EXECABORT Transaction discarded because of: ")
+	return strings.HasPrefix(s, "READONLY ")
+}
+
+// arrayError returns the READONLY error inside the reply of EXEC or of Do
+// with no command, which carry the replies of several commands, for end to see.
+func arrayError(cmd string, reply any, err error) error {
+	if err != nil || (cmd != "" && !strings.EqualFold(cmd, "EXEC")) {
+		return err
+	}
+	rs, _ := reply.([]any)
+	for _, r := range rs {
+		if e, ok := r.(redis.Error); ok && isReadOnly(e) {
+			return e
+		}
+	}
+	return nil
+}
