@@ -58,7 +58,6 @@ type borrowState struct {
 	pending      int           // commands sent whose replies were not read
 	pendingBlock time.Duration // the longest pending blocking commands may wait at the server
 	pendingEver  bool          // a pending command may block forever
-	busy         uses          // what the calls in progress do
 	err          error         // the first error that was not a redis.Error
 	// sent numbers the commands sent since no reply was last pending: the
 	// next reply to read is that of command number sent-pending.
@@ -74,7 +73,7 @@ type borrowState struct {
 // nothing that breaks the connection. With no reply pending, sent is 0,
 // undos is empty and no blocking command is pending.
 func (s *borrowState) untouched(db int) bool {
-	return s.state == 0 && s.db == db && s.pending == 0 && s.busy == 0 && s.err == nil
+	return s.state == 0 && s.db == db && s.pending == 0 && s.err == nil
 }
 
 // maxPendingBlock bounds the sum of pending blocking commands' timeouts,
@@ -94,6 +93,9 @@ type call struct {
 	// undoes is the MULTI and WATCH state a Do of EXEC, DISCARD or UNWATCH
 	// undoes once its reply says the server ran it (see settle).
 	undoes connState
+	// undo is set for a Receive of the reply to an EXEC, DISCARD or
+	// UNWATCH sent with Send (see takeReplyLocked).
+	undo bool
 	// For a Do, the pending replies it reads: the first's number and the
 	// undos among them (see borrowState).
 	first int
@@ -176,11 +178,11 @@ func (pc *poolConn) claimLocked(u uses) error {
 	if err := pc.usableLocked(); err != nil {
 		return err
 	}
-	if pc.busy&u != 0 {
+	if uses(pc.busy.Load())&u != 0 {
 		pc.err = ErrConcurrentUse
 		return ErrConcurrentUse
 	}
-	pc.busy |= u
+	pc.busy.Or(uint32(u))
 	return nil
 }
 
@@ -341,6 +343,9 @@ func (ac *activeConn) begin(u uses) (call, error) {
 			c.timeout += pc.pendingBlock
 		}
 	}
+	if u == reads && pc.pending > 0 {
+		c.undo = pc.takeReplyLocked()
+	}
 	return c, nil
 }
 
@@ -351,10 +356,13 @@ func (ac *activeConn) begin(u uses) (call, error) {
 // A READONLY error reply means the server became a replica: the connection is
 // not kept, and every connection dialed before it is retired. With Sentinel,
 // so does a connection closed by the server, as happens during a failover.
-func (ac *activeConn) end(c call, err error, received bool) {
+func (ac *activeConn) end(c call, err error) {
 	pc := c.pc
+	if err == nil && !c.selects && !c.undo {
+		pc.busy.And(^uint32(c.uses)) // nothing else to record
+		return
+	}
 	pc.mu.Lock()
-	pc.busy &^= c.uses
 	if c.selects && err == nil {
 		pc.db = c.selectDB
 	}
@@ -362,13 +370,14 @@ func (ac *activeConn) end(c call, err error, received bool) {
 	if err != nil {
 		pc.failedLocked(err, rerr, replied)
 	}
-	if received && pc.pending > 0 && (err == nil || replied) {
-		pc.receivedLocked(err)
+	if c.undo && undoRefused(err) != nil {
+		pc.state |= stateTaint
 	}
 	readOnly := replied && isReadOnly(rerr)
 	if readOnly {
 		pc.state |= stateTaint
 	}
+	pc.busy.And(^uint32(c.uses))
 	pc.mu.Unlock()
 	if readOnly || (pc.p.Sentinel != nil && err != nil && !replied && closedByServer(err)) {
 		pc.p.failover(pc.addr)
@@ -383,21 +392,22 @@ func (pc *poolConn) failedLocked(err error, rerr redis.Error, replied bool) {
 	}
 }
 
-// receivedLocked counts one pending reply as read; err is nil, or the error
-// reply Receive returned for it. A reply that says an EXEC, DISCARD or
-// UNWATCH sent with Send did not run taints the connection.
-func (pc *poolConn) receivedLocked(err error) {
+// takeReplyLocked counts the next pending reply as read by the Receive
+// about to run, and reports whether it answers an EXEC, DISCARD or UNWATCH
+// sent with Send: that reply must say the command ran, or the connection is
+// tainted (see end). Should the Receive get no reply, the connection is
+// broken, and the count no longer matters.
+func (pc *poolConn) takeReplyLocked() (undo bool) {
 	if len(pc.undos) > 0 && pc.undos[0] == pc.sent-pc.pending {
 		pc.undos = pc.undos[1:]
-		if undoRefused(err) != nil {
-			pc.state |= stateTaint
-		}
+		undo = true
 	}
 	pc.pending--
 	if pc.pending == 0 {
 		pc.pendingBlock, pc.pendingEver = 0, false
 		pc.sent, pc.undos = 0, nil
 	}
+	return undo
 }
 
 // closedByServer reports whether err says the server closed the connection.

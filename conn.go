@@ -68,7 +68,7 @@ func (ac *activeConn) Do(cmd string, args ...any) (any, error) {
 		reply, err = c.pc.c.Do(cmd, args...)
 	}
 	c.settle(cmd, reply, err)
-	ac.end(c, arrayError(cmd, reply, err), false)
+	ac.end(c, arrayError(cmd, reply, err))
 	return reply, err
 }
 
@@ -83,7 +83,7 @@ func (ac *activeConn) DoWithTimeout(timeout time.Duration, cmd string, args ...a
 	}
 	reply, err := c.pc.cwt.DoWithTimeout(timeout, cmd, args...)
 	c.settle(cmd, reply, err)
-	ac.end(c, arrayError(cmd, reply, err), false)
+	ac.end(c, arrayError(cmd, reply, err))
 	return reply, err
 }
 
@@ -134,7 +134,7 @@ func (ac *activeConn) DoContext(ctx context.Context, cmd string, args ...any) (a
 		return c.pc.c.Do(cmd, args...)
 	})
 	c.settle(cmd, reply, err)
-	ac.end(c, arrayError(cmd, reply, err), false)
+	ac.end(c, arrayError(cmd, reply, err))
 	return reply, err
 }
 
@@ -212,7 +212,7 @@ func (ac *activeConn) Send(cmd string, args ...any) error {
 		return err
 	}
 	err = c.pc.c.Send(cmd, args...)
-	ac.end(c, err, false)
+	ac.end(c, err)
 	return err
 }
 
@@ -223,7 +223,7 @@ func (ac *activeConn) Flush() error {
 		return err
 	}
 	err = c.pc.c.Flush()
-	ac.end(c, err, false)
+	ac.end(c, err)
 	return err
 }
 
@@ -241,7 +241,7 @@ func (ac *activeConn) Receive() (any, error) {
 	} else {
 		reply, err = c.pc.c.Receive()
 	}
-	ac.end(c, err, true)
+	ac.end(c, err)
 	return reply, err
 }
 
@@ -255,7 +255,7 @@ func (ac *activeConn) ReceiveWithTimeout(timeout time.Duration) (any, error) {
 		return nil, err
 	}
 	reply, err := c.pc.cwt.ReceiveWithTimeout(timeout)
-	ac.end(c, err, true)
+	ac.end(c, err)
 	return reply, err
 }
 
@@ -274,7 +274,7 @@ func (ac *activeConn) ReceiveContext(ctx context.Context) (any, error) {
 		}
 		return c.pc.c.Receive()
 	})
-	ac.end(c, err, true)
+	ac.end(c, err)
 	return reply, err
 }
 
@@ -312,6 +312,9 @@ func (ac *activeConn) Close() error {
 		pc.leak = nil // no pointer write (and GC barrier) when LeakThreshold is off
 	}
 	p := pc.p
+	if pc.busy.Load() != 0 && pc.err == nil {
+		pc.err = ErrConcurrentUse // a call still runs: its reply may come later
+	}
 	var st borrowState
 	touched := !pc.untouched(p.cfg.db)
 	if touched {

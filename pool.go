@@ -242,6 +242,9 @@ type poolConn struct {
 	seq  uint64
 	leak *leakWatch // the borrow's, when LeakThreshold is on
 	borrowState
+	// busy is what the calls in progress do (see uses): set under mu,
+	// cleared without it by a call that has nothing else to record.
+	busy atomic.Uint32
 }
 
 // init fixes the configuration on first use.

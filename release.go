@@ -26,7 +26,7 @@ func (p *Pool) release(pc *poolConn, st *borrowState, touched bool) verdict {
 	}
 	retired := pc.gen != p.gen.Load()
 	switch {
-	case st.err != nil, st.busy != 0, err != nil:
+	case st.err != nil, err != nil:
 		return verdict{reason: DiscardBroken, cause: either(st.err, err)}
 	case st.state&(stateSubscribe|stateListen|stateTaint) != 0, st.db != p.cfg.db,
 		st.pendingEver, st.pendingBlock > 0,
