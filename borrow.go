@@ -96,6 +96,9 @@ type call struct {
 	// undo is set for a Receive of the reply to an EXEC, DISCARD or
 	// UNWATCH sent with Send (see takeReplyLocked).
 	undo bool
+	// confirm is set for the first call that reads on a connection from a
+	// Dial of the user's (see confirmLocked).
+	confirm bool
 	// For a Do, the pending replies it reads: the first's number and the
 	// undos among them (see borrowState).
 	first int
@@ -123,6 +126,7 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 		return call{}, err
 	}
 	c := call{pc: pc, uses: u, timeout: pc.p.cfg.readTimeout}
+	c.confirm = !send && pc.confirmLocked()
 	selects, undoes := pc.apply(info, send)
 	if selects {
 		c.selects, c.selectDB = true, info.DB
@@ -346,6 +350,7 @@ func (ac *activeConn) begin(u uses) (call, error) {
 	if u == reads && pc.pending > 0 {
 		c.undo = pc.takeReplyLocked()
 	}
+	c.confirm = u == reads && pc.confirmLocked()
 	return c, nil
 }
 
@@ -357,11 +362,15 @@ func (ac *activeConn) begin(u uses) (call, error) {
 // not kept, and every connection dialed before it is retired. With Sentinel,
 // so does a connection closed by the server, as happens during a failover.
 func (ac *activeConn) end(c call, err error) {
-	pc := c.pc
-	if err == nil && !c.selects && !c.undo {
-		pc.busy.And(^uint32(c.uses)) // nothing else to record
+	if err == nil && !c.selects && !c.undo && !c.confirm {
+		c.pc.busy.And(^uint32(c.uses)) // nothing else to record
 		return
 	}
+	c.pc.finish(c, err)
+}
+
+// finish is end for a call that has more to record than its end.
+func (pc *poolConn) finish(c call, err error) {
 	pc.mu.Lock()
 	if c.selects && err == nil {
 		pc.db = c.selectDB
@@ -379,9 +388,23 @@ func (ac *activeConn) end(c call, err error) {
 	}
 	pc.busy.And(^uint32(c.uses))
 	pc.mu.Unlock()
+	if c.confirm {
+		pc.p.confirmDial(err)
+	}
 	if readOnly || (pc.p.Sentinel != nil && err != nil && !replied && closedByServer(err)) {
 		pc.p.failover(pc.addr)
 	}
+}
+
+// confirmLocked reports whether the call about to read is the first on a
+// connection from a Dial of the user's, whose reply tells whether the
+// dial succeeded (see Pool.confirmDial).
+func (pc *poolConn) confirmLocked() bool {
+	if !pc.unconfirmed {
+		return false
+	}
+	pc.unconfirmed = false
+	return true
 }
 
 // failedLocked records a call's error: any but a redis.Error, or an error

@@ -200,7 +200,11 @@ func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 		} else if err == nil && c == nil {
 			err = errNilConn
 		}
-		p.recordDial(err)
+		if err != nil || !p.cfg.userDial {
+			p.recordDial(err)
+		} else {
+			p.backoff.ended() // the first reply tells (see confirmDial)
+		}
 	}
 	p.releaseSlot()
 
@@ -211,7 +215,8 @@ func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 	} else {
 		now := p.clock()
 		cwt, _ := c.(redis.ConnWithTimeout)
-		call.pc = &poolConn{p: p, c: c, cwt: cwt, netConn: netConn, addr: addr, gen: gen, created: now, used: now}
+		call.pc = &poolConn{p: p, c: c, cwt: cwt, netConn: netConn, addr: addr, gen: gen, created: now, used: now,
+			unconfirmed: p.cfg.userDial}
 		call.pc.db = p.cfg.db
 	}
 	if call.state.CompareAndSwap(dialPending, dialDelivered) {
@@ -220,6 +225,22 @@ func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 	}
 	if call.pc != nil {
 		_ = p.put(call.pc) // abandoned: a panic of a conn's Close has no caller to reach
+	}
+}
+
+// confirmDial records the outcome of a Dial of the user's once the first
+// reply on its connection, or the lack of one, tells it (see recordDial).
+// A Dial of the user's sends nothing, so a server at maxclients, or a port
+// that speaks only TLS, accepts its connection and refuses or closes it
+// at the first command: that dial failed, and the pool backs off. A reply
+// ends the backoff; a timeout says nothing of the dial.
+func (p *Pool) confirmDial(err error) {
+	rerr, replied := err.(redis.Error)
+	switch {
+	case err == nil, replied && !closesConn(rerr):
+		p.backoff.succeeded()
+	case replied, closedByServer(err):
+		p.recordDial(err)
 	}
 }
 

@@ -354,6 +354,15 @@ func TestAConnRefusedAtMaxClientsIsNotKept(t *testing.T) {
 		info, err := redis.String(probe.Do("INFO", "clients"))
 		return err == nil && strings.Contains(info, "connected_clients:1\r\n")
 	}, 5*time.Second, 10*time.Millisecond)
+	// The refusal counts as a failed dial: the pool backs off briefly.
+	assert.EqualValues(t, 1, p.Stats().DialErrorCount, "the refused conn counts as a failed dial")
+	require.Eventually(t, func() bool {
+		c, err := p.GetContext(context.Background())
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, 5*time.Second, 10*time.Millisecond)
 	nextBorrowerIsClean(t, p)
 }
 

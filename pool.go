@@ -230,6 +230,9 @@ type poolConn struct {
 	gen     uint64                // the pool's generation when the dial began
 	created time.Duration         // see clock
 	used    time.Duration         // when last handed out, or dialed
+	// unconfirmed is set on a connection from a Dial of the user's until a
+	// call reads from it (see Pool.confirmDial); protected by mu.
+	unconfirmed bool
 
 	// The borrower's bookkeeping, kept here so that the conn handed out is
 	// two words. Close raises seq, under mu: a conn handed out carries the

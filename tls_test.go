@@ -143,6 +143,27 @@ func TestADialCountsOnlyOnceTheServerHasAnswered(t *testing.T) {
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "max number of clients reached")
 	})
+	t.Run("a Dial of the user's to a server at maxclients", func(t *testing.T) {
+		// The Dial sends nothing: the refusal comes as the first reply,
+		// which counts as the dial's failure.
+		srv := redistest.Start(t, "--maxclients", "1")
+		other, err := redis.Dial("tcp", srv.Addr())
+		require.NoError(t, err)
+		defer other.Close()
+		_, err = other.Do("PING")
+		require.NoError(t, err)
+
+		p := &Pool{Dial: func() (redis.Conn, error) { return redis.Dial("tcp", srv.Addr()) }}
+		defer p.Close()
+		err = hammer(p, callers, period)
+		s := p.Stats()
+		t.Logf("%d dials, %d failed, %d Gets failed fast, in %v; last error: %v", s.DialCount, s.DialErrorCount, s.FastFailCount, period, err)
+		// Before the first refusal is read, every caller may dial once.
+		assert.LessOrEqual(t, s.DialCount, int64(callers+maxDials))
+		assert.Positive(t, s.FastFailCount, "the pool backs off")
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "max number of clients reached")
+	})
 	t.Run("plain client to a TLS port", func(t *testing.T) {
 		certFile, keyFile := selfSignedCert(t, t.TempDir())
 		l, err := net.Listen("tcp", "127.0.0.1:0")
