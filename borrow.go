@@ -191,12 +191,13 @@ func (pc *poolConn) claimLocked(u uses) error {
 }
 
 // usableLocked reports why the connection cannot take a call: it is broken,
-// or, with Sentinel, reaches a master the sentinels have replaced.
+// or retired by Retire or, with Sentinel, reaches a master the sentinels
+// have replaced.
 func (pc *poolConn) usableLocked() error {
 	switch {
 	case pc.err != nil:
 		return pc.err
-	case pc.p.Sentinel != nil && pc.gen != pc.p.gen.Load():
+	case pc.gen < pc.p.cut.Load(), pc.p.Sentinel != nil && pc.gen != pc.p.gen.Load():
 		// The old master may still accept writes for a while, which the
 		// failover then loses: fail instead.
 		return ErrConnRetired

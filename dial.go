@@ -408,7 +408,8 @@ func dialedSocket(ctx context.Context, c net.Conn, slack time.Duration) (net.Con
 // before is retired.
 func (p *Pool) failover(addr string) {
 	if p.Sentinel == nil {
-		p.Retire()
+		p.gen.Add(1)
+		p.drainIdle(DiscardRetired)
 		return
 	}
 	if p.Sentinel.forget(p, addr) {

@@ -24,9 +24,10 @@ var ErrPoolExhausted = redis.ErrPoolExhausted
 // that conn has been closed. The pooled connection behind it is not touched.
 var ErrConnClosed = errors.New("redispool: use of closed connection")
 
-// ErrConnRetired is returned by the methods of a conn from a Pool with
-// Sentinel set once the pool has moved to a new master: the conn reaches the
-// old one. Close it and get another. Close returns it when it closed a conn
+// ErrConnRetired is returned by the methods of a conn from Get once the pool
+// retired it while in use: Retire was called, or, with Sentinel, the pool
+// moved to a new master and the conn reaches the old one. Close it and get
+// another. Close returns it when it closed a conn
 // retired while in use with replies left unread (see Pool.Retire).
 var ErrConnRetired = errors.New("redispool: connection retired after a failover; get a new one")
 

@@ -215,6 +215,7 @@ type Pool struct {
 	closed  atomic.Bool   // set once by Close, before done is closed
 
 	gen     atomic.Uint64 // raised by Retire: older connections are not reused
+	cut     atomic.Uint64 // connections older than this generation fail their next call (see Retire)
 	active  atomic.Int64  // connections open or being dialed
 	stats   counters
 	limiter logLimiter
@@ -587,20 +588,23 @@ func (p *Pool) Close() error {
 	return nil
 }
 
-// Retire makes the pool stop reusing every connection open now: idle ones are
+// Retire makes the pool stop using every connection open now: idle ones are
 // closed at once (one returned at the same moment is closed when Get comes to
-// it), those in use when they are returned. With Sentinel, a connection in
-// use also fails its next command with ErrConnRetired, as after a failover.
-// The Close of a connection in use writes nothing more to it: commands sent
-// and not flushed are dropped, and Close returns ErrConnRetired when replies
-// were left unread. New connections are dialed as needed. Use it when the
-// server behind the address changed, for example after a failover or a
-// credentials rotation. The pool retires its connections by itself when one
-// gets a READONLY reply.
+// it), those in use fail their next call with ErrConnRetired, as after a
+// Sentinel failover, and are closed when returned. Their Close writes
+// nothing more to them: commands sent and not flushed are dropped, and
+// Close returns ErrConnRetired when replies were left unread. New
+// connections are dialed as needed. Use it when the server behind the
+// address changed, for example after a failover or a credentials rotation.
+// The pool retires its connections by itself when one gets a READONLY
+// reply; those in use then go on until returned, since the server refuses
+// their writes by itself.
 func (p *Pool) Retire() {
 	if p == nil || p.init() != nil {
 		return
 	}
-	p.gen.Add(1)
+	g := p.gen.Add(1)
+	for cut := p.cut.Load(); cut < g && !p.cut.CompareAndSwap(cut, g); cut = p.cut.Load() {
+	}
 	repanic(p.drainIdle(DiscardRetired))
 }

@@ -864,6 +864,52 @@ func TestAConnRetiredWhileInUseWritesNothingMoreOnClose(t *testing.T) {
 	}
 }
 
+// TestARetiredConnWritesNothingMoreOnAnyPath: after Retire, a conn in use
+// fails its next call with ErrConnRetired, so nothing more reaches its
+// server: not a command, not a Do("") that would flush what it sent, and
+// not the Close of redigo's own pooled conn through RedigoPool, which
+// flushes with Do("").
+func TestARetiredConnWritesNothingMoreOnAnyPath(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, tt := range []struct {
+		name string
+		get  func(p *redispool.Pool) redis.Conn
+		end  func(c redis.Conn) error
+	}{
+		{"a command", (*redispool.Pool).Get, func(c redis.Conn) error {
+			_, err := c.Do("SET", "nb:retired:other", "written")
+			c.Close()
+			return err
+		}},
+		{"Do of no command", (*redispool.Pool).Get, func(c redis.Conn) error {
+			_, err := c.Do("")
+			c.Close()
+			return err
+		}},
+		{"Close through RedigoPool", func(p *redispool.Pool) redis.Conn { return p.RedigoPool().Get() },
+			func(c redis.Conn) error { return c.Close() }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv.Do(t, "FLUSHALL")
+			p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
+			defer p.Close()
+			c := tt.get(p)
+			require.NoError(t, c.Send("SET", "nb:retired", "written"))
+			p.Retire()
+			err := tt.end(c)
+			if tt.name != "Close through RedigoPool" {
+				assert.ErrorIs(t, err, redispool.ErrConnRetired)
+			}
+			assert.Nil(t, srv.Do(t, "GET", "nb:retired"), "a retired conn wrote to its server")
+			assert.Nil(t, srv.Do(t, "GET", "nb:retired:other"), "a retired conn wrote to its server")
+			c = p.Get()
+			_, err = c.Do("PING")
+			assert.NoError(t, err, "a new conn serves")
+			c.Close()
+		})
+	}
+}
+
 // TestAConnUsedByTwoGoroutinesAtOnceNeverReachesTheNextBorrower: redigo
 // allows one goroutine to write (Send, Flush) while one reads (Receive), and
 // no other concurrent use. A borrower whose two goroutines Send and Do("")
