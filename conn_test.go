@@ -146,7 +146,7 @@ func TestConcurrentCloseReturnsTheConnOnce(t *testing.T) {
 func TestCloseWhileACallIsInFlightDiscardsTheConn(t *testing.T) {
 	block := make(chan struct{})
 	entered := make(chan struct{})
-	d := &fakeDialer{setup: func(fc *fakeConn) {
+	d := &fakeDialer{setup: func(fc *fakeConn, _ int) {
 		fc.reply = func(string, []any) (any, error) { close(entered); <-block; return "late", nil }
 	}}
 	p := onePool(t, d)
@@ -331,7 +331,7 @@ func TestPendingBlockingCommandIsFlushedAndTheConnDiscarded(t *testing.T) {
 
 func TestDoContextCancelledMidCallReturnsCtxErrAndDiscards(t *testing.T) {
 	entered := make(chan struct{})
-	d := &fakeDialer{setup: func(fc *fakeConn) {
+	d := &fakeDialer{setup: func(fc *fakeConn, _ int) {
 		fc.reply = func(string, []any) (any, error) {
 			close(entered)
 			// The read ends once its socket is closed, as a real one does.
@@ -362,7 +362,7 @@ func TestDoContextCancelledMidCallReturnsCtxErrAndDiscards(t *testing.T) {
 // connection, closed by ctx, is not used again.
 func TestDoContextKeepsAReplyReadAsCtxEnds(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	d := &fakeDialer{setup: func(fc *fakeConn) {
+	d := &fakeDialer{setup: func(fc *fakeConn, _ int) {
 		fc.reply = func(string, []any) (any, error) {
 			cancel()
 			// ctx's hook starts and waits to close the conn, which the
@@ -419,21 +419,12 @@ func TestDoContextWithAnExpiredContextSendsNothing(t *testing.T) {
 	assert.False(t, fc.IsClosed(), "nothing was sent, the conn is clean")
 }
 
-// plainConn implements only redis.Conn, as some hand-written Dials return.
-type plainConn struct{ fc *fakeConn }
-
-func (c plainConn) Close() error                         { return c.fc.Close() }
-func (c plainConn) Err() error                           { return c.fc.Err() }
-func (c plainConn) Do(cmd string, a ...any) (any, error) { return c.fc.Do(cmd, a...) }
-func (c plainConn) Send(cmd string, a ...any) error      { return c.fc.Send(cmd, a...) }
-func (c plainConn) Flush() error                         { return c.fc.Flush() }
-func (c plainConn) Receive() (any, error)                { return c.fc.Receive() }
-
 func TestConnWithoutTimeoutsStillWorksAndIsNeverKeptDirty(t *testing.T) {
-	fc := &fakeConn{}
-	p := &redispool.Pool{MaxActive: 1, Dial: func() (redis.Conn, error) { return plainConn{fc}, nil }}
+	d := &fakeDialer{plain: true} // conns without redis.ConnWithTimeout
+	p := &redispool.Pool{MaxActive: 1, Dial: d.Dial}
 	defer p.Close()
 	c := p.Get()
+	fc := d.last(t)
 	_, err := c.Do("GET", "k")
 	require.NoError(t, err)
 	calls := len(fc.Calls())
@@ -447,10 +438,11 @@ func TestConnWithoutTimeoutsStillWorksAndIsNeverKeptDirty(t *testing.T) {
 	c.Close()
 	assert.False(t, fc.IsClosed(), "clean: kept")
 
-	fc2 := &fakeConn{}
-	p2 := &redispool.Pool{MaxActive: 1, Dial: func() (redis.Conn, error) { return plainConn{fc2}, nil }}
+	d2 := &fakeDialer{plain: true}
+	p2 := &redispool.Pool{MaxActive: 1, Dial: d2.Dial}
 	defer p2.Close()
 	c = p2.Get()
+	fc2 := d2.last(t)
 	c.Send("SET", "k", "v")
 	c.Close()
 	assert.True(t, fc2.IsClosed(), "pending replies it cannot read within a deadline: discarded")
@@ -502,7 +494,7 @@ func TestAReadOnlyReplyRetiresEveryConnDialedBefore(t *testing.T) {
 			d := &fakeDialer{}
 			p := &redispool.Pool{Dial: d.Dial}
 			defer p.Close()
-			d.setup = func(fc *fakeConn) {
+			d.setup = func(fc *fakeConn, _ int) {
 				fc.reply = func(cmd string, _ []any) (any, error) {
 					if cmd == "SET" {
 						return nil, readOnly

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -21,24 +20,6 @@ import (
 
 	"github.com/redispool/redispool"
 )
-
-// getN borrows n conns and fails the test on any error.
-func getN(t *testing.T, p *redispool.Pool, n int) []redis.Conn {
-	t.Helper()
-	conns := make([]redis.Conn, n)
-	for i := range conns {
-		c, err := p.GetContext(context.Background())
-		require.NoError(t, err, "Get #%d", i)
-		conns[i] = c
-	}
-	return conns
-}
-
-func closeAll(conns []redis.Conn) {
-	for _, c := range conns {
-		c.Close()
-	}
-}
 
 func TestZeroMaxActiveIsTenTimesGOMAXPROCS(t *testing.T) {
 	d := &fakeDialer{}
@@ -972,9 +953,6 @@ func TestGoVetReportsACopiedPool(t *testing.T) {
 	assert.Contains(t, string(out), "passes lock by value: github.com/redispool/redispool.Pool")
 }
 
-// fmtCalls helps failure messages.
-func fmtCalls(c *fakeConn) string { return strings.Join(c.Calls(), ", ") }
-
 func TestCallersWaitingForADialSlotFailFastWhenTheDialsFail(t *testing.T) {
 	release := make(chan struct{})
 	dialErr := errors.New("connection refused")
@@ -1133,30 +1111,22 @@ func TestMaxIdleHoldsWhenCloseRacesGet(t *testing.T) {
 	assert.Equal(t, 1, p.ActiveCount())
 }
 
-// panicCloseConn is a fakeConn whose Close panics.
-type panicCloseConn struct{ *fakeConn }
-
-func (c panicCloseConn) Close() error {
-	c.fakeConn.Close()
-	panic("fake: Close panics")
-}
-
 // TestAConnWhoseClosePanicsGivesItsPermitBack checks that a conn whose own
 // Close panics, as the pool discards it, still gives its permit back: the
 // panic reaches the caller, and the pool can still open MaxActive conns.
 func TestAConnWhoseClosePanicsGivesItsPermitBack(t *testing.T) {
-	var dials atomic.Int32
-	p := &redispool.Pool{MaxActive: 1, WaitTimeout: 100 * time.Millisecond, Dial: func() (redis.Conn, error) {
-		if dials.Add(1) == 1 {
-			return panicCloseConn{&fakeConn{doErr: errors.New("fake: broken")}}, nil
+	d := &fakeDialer{setup: func(c *fakeConn, n int) {
+		if n == 1 {
+			c.doErr = errBroken
+			c.panicsIn("Close")
 		}
-		return &fakeConn{}, nil
 	}}
+	p := &redispool.Pool{MaxActive: 1, WaitTimeout: 100 * time.Millisecond, Dial: d.Dial}
 	defer p.Close()
 	c := p.Get()
 	_, err := c.Do("GET", "k")
 	require.Error(t, err)
-	assert.PanicsWithValue(t, "fake: Close panics", func() { c.Close() }, "the conn's panic reaches the caller")
+	assert.PanicsWithValue(t, "Close panics", func() { c.Close() }, "the conn's panic reaches the caller")
 	assert.Zero(t, p.ActiveCount())
 
 	c = p.Get()

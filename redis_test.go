@@ -17,15 +17,10 @@ import (
 	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/redispool/redispool"
 	"github.com/redispool/redispool/internal/redistest"
 )
-
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
-}
 
 // netCounter counts the TCP connections a Dial opens and how many are open.
 type netCounter struct {

@@ -340,9 +340,7 @@ func TestWaitTimeoutBoundsAGetAsAWhole(t *testing.T) {
 	}()
 	require.Eventually(t, func() bool { return p.Stats().WaitCount == 1 }, 5*time.Second, time.Millisecond)
 	time.Sleep(wait * 6 / 10)
-	first.mu.Lock()
-	first.err = errors.New("fake: broken") // Close discards it
-	first.mu.Unlock()
+	first.setErr(errBroken) // Close discards it
 	held.Close()
 
 	err := <-got
