@@ -123,26 +123,6 @@ func TestAClosedConnFailsEveryCallWithoutTouchingTheNextOwner(t *testing.T) {
 	assert.NoError(t, next.Err())
 }
 
-func TestConcurrentCloseReturnsTheConnOnce(t *testing.T) {
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: -1}
-	defer p.Close()
-	for range 100 {
-		c := p.Get()
-		var wg sync.WaitGroup
-		for range 2 {
-			wg.Add(1)
-			go func() { defer wg.Done(); c.Close() }()
-		}
-		wg.Wait()
-	}
-	a, err := p.GetContext(context.Background())
-	require.NoError(t, err)
-	_, err = p.GetContext(context.Background())
-	assert.ErrorIs(t, err, redis.ErrPoolExhausted, "a double Close must not free two slots")
-	a.Close()
-}
-
 func TestCloseWhileACallIsInFlightDiscardsTheConn(t *testing.T) {
 	block := make(chan struct{})
 	entered := make(chan struct{})

@@ -4,11 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"reflect"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,22 +16,6 @@ import (
 
 	"github.com/redispool/redispool"
 )
-
-func TestZeroMaxActiveIsTenTimesGOMAXPROCS(t *testing.T) {
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial, WaitTimeout: -1}
-	defer p.Close()
-	n := 10 * runtime.GOMAXPROCS(0)
-	conns := getN(t, p, n)
-	defer closeAll(conns)
-
-	_, err := p.GetContext(context.Background())
-	require.Error(t, err)
-	assert.ErrorIs(t, err, redis.ErrPoolExhausted)
-	assert.ErrorIs(t, err, redispool.ErrPoolExhausted)
-	assert.Equal(t, n, p.ActiveCount())
-	assert.EqualValues(t, n, d.dials.Load())
-}
 
 func TestGetGivesUpAfterWaitTimeoutWithPoolExhausted(t *testing.T) {
 	d := &fakeDialer{}
@@ -154,65 +134,6 @@ func TestCancelledGetContextNeverGetsAConnEvenWhenOneIsFree(t *testing.T) {
 	c.Close()
 }
 
-func TestCloseWakesWaitersWithErrPoolClosed(t *testing.T) {
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 10 * time.Second}
-	held := p.Get()
-	const waiters = 5
-	errs := make(chan error, waiters)
-	for range waiters {
-		go func() {
-			_, err := p.GetContext(context.Background())
-			errs <- err
-		}()
-	}
-	require.Eventually(t, func() bool { return p.Stats().WaitCount == waiters }, 5*time.Second, time.Millisecond)
-	require.NoError(t, p.Close())
-	for range waiters {
-		select {
-		case err := <-errs:
-			assert.Equal(t, redispool.ErrPoolClosed, err)
-		case <-time.After(5 * time.Second):
-			t.Fatal("waiter not woken by Close")
-		}
-	}
-	// The conn still in use is closed when its holder is done with it.
-	require.NoError(t, held.Close())
-	assert.True(t, d.last(t).IsClosed())
-	assert.Equal(t, 0, p.ActiveCount())
-	assert.EqualValues(t, 1, p.Stats().Discards.PoolClosed)
-}
-
-func TestCloseIsIdempotentAndClosesIdleConns(t *testing.T) {
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial}
-	closeAll(getN(t, p, 3))
-	require.Equal(t, 3, p.IdleCount())
-
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() { defer wg.Done(); assert.NoError(t, p.Close()) }()
-	}
-	wg.Wait()
-	assert.NoError(t, p.Close())
-	for _, c := range d.Conns() {
-		assert.True(t, c.IsClosed())
-	}
-	assert.Equal(t, 0, p.IdleCount())
-	assert.Equal(t, 0, p.ActiveCount())
-	_, err := p.GetContext(context.Background())
-	assert.Equal(t, redispool.ErrPoolClosed, err)
-	assert.Equal(t, redispool.ErrPoolClosed, p.Get().Err())
-}
-
-func TestClosingAPoolNeverUsedWorks(t *testing.T) {
-	var p redispool.Pool
-	require.NoError(t, p.Close())
-	_, err := p.GetContext(context.Background())
-	assert.Equal(t, redispool.ErrPoolClosed, err)
-}
-
 func TestCleanConnIsReusedNotRedialed(t *testing.T) {
 	d := &fakeDialer{}
 	p := &redispool.Pool{Dial: d.Dial}
@@ -240,29 +161,6 @@ func TestIdleConnsAreReusedLongestIdleFirst(t *testing.T) {
 	c.Do("PING")
 	assert.Contains(t, d.Conns()[1].Calls(), "DO PING")
 	assert.NotContains(t, d.Conns()[0].Calls(), "DO PING")
-}
-
-func TestMaxIdleAboveMaxActiveIsLoweredToMaxActive(t *testing.T) {
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial, MaxActive: 2, MaxIdle: 5, WaitTimeout: -1}
-	defer p.Close()
-	conns := getN(t, p, 2)
-	_, err := p.GetContext(context.Background())
-	assert.ErrorIs(t, err, redis.ErrPoolExhausted, "MaxActive 2 still bounds")
-	closeAll(conns)
-	assert.Equal(t, 2, p.IdleCount())
-}
-
-func TestZeroMaxActiveWithLargerMaxIdleUsesMaxIdle(t *testing.T) {
-	d := &fakeDialer{}
-	n := 10*runtime.GOMAXPROCS(0) + 5
-	p := &redispool.Pool{Dial: d.Dial, MaxIdle: n, WaitTimeout: -1}
-	defer p.Close()
-	conns := getN(t, p, n)
-	_, err := p.GetContext(context.Background())
-	assert.ErrorIs(t, err, redis.ErrPoolExhausted)
-	closeAll(conns)
-	assert.Equal(t, n, p.IdleCount())
 }
 
 func TestMaxIdleClosesConnsBeyondIt(t *testing.T) {
@@ -414,28 +312,6 @@ func TestPanicInTestOnBorrowReturnsTheTokenAndClosesTheConn(t *testing.T) {
 	c, err := p.GetContext(context.Background())
 	require.NoError(t, err, "the token was given back")
 	c.Close()
-}
-
-func TestDialErrorReturnsTheToken(t *testing.T) {
-	clk := newClock()
-	defer redispool.SetNowFunc(clk.Now)()
-	d := &fakeDialer{}
-	dialErr := errors.New("connection refused")
-	d.SetErr(dialErr)
-	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: -1}
-	defer p.Close()
-	_, err := p.GetContext(context.Background())
-	assert.Equal(t, dialErr, err)
-	assert.Equal(t, 0, p.ActiveCount())
-
-	d.SetErr(nil)
-	clk.Advance(redispool.BackoffCap)
-	c, err := p.GetContext(context.Background())
-	require.NoError(t, err, "the failed dial gave its token back")
-	c.Close()
-	s := p.Stats()
-	assert.EqualValues(t, 2, s.DialCount)
-	assert.EqualValues(t, 1, s.DialErrorCount)
 }
 
 func TestDialPanicReturnsTheTokenAndPanicsInTheCaller(t *testing.T) {
@@ -679,65 +555,6 @@ func TestAtMostMaxConcurrentDialsRunAtOnce(t *testing.T) {
 	assert.Equal(t, 3, most)
 }
 
-func TestInvalidConfigurationIsReportedByGet(t *testing.T) {
-	dial := func() (redis.Conn, error) { return nil, errors.New("unused") }
-	tests := []struct {
-		name string
-		pool *redispool.Pool
-		want string
-	}{
-		{"negative MaxActive", &redispool.Pool{MaxActive: -1}, "MaxActive"},
-		{"negative MaxIdle", &redispool.Pool{MaxIdle: -1}, "MaxIdle"},
-		{"negative MaxConcurrentDials", &redispool.Pool{MaxConcurrentDials: -2}, "MaxConcurrentDials"},
-		{"negative DB", &redispool.Pool{DB: -1}, "DB"},
-		{"Dial and Addr", &redispool.Pool{Dial: dial, Addr: "localhost:6379"}, "Addr"},
-		{"DialContext and Addr", &redispool.Pool{DialContext: func(context.Context) (redis.Conn, error) { return dial() }, Addr: "x:1"}, "Addr"},
-		{"Dial and DialOptions", &redispool.Pool{Dial: dial, DialOptions: []redis.DialOption{redis.DialDatabase(1)}}, "DialOptions"},
-		{"Dial and Password", &redispool.Pool{Dial: dial, Password: "pw"}, "Password"},
-		{"Dial and DialTimeout", &redispool.Pool{Dial: dial, DialTimeout: time.Second}, "DialTimeout"},
-		{"Dial and WriteTimeout", &redispool.Pool{Dial: dial, WriteTimeout: time.Second}, "WriteTimeout"},
-		{"ReadTimeout without unit", &redispool.Pool{ReadTimeout: 5}, "ReadTimeout"},
-		{"WriteTimeout without unit", &redispool.Pool{WriteTimeout: 3}, "WriteTimeout"},
-		{"DialTimeout without unit", &redispool.Pool{DialTimeout: 10}, "DialTimeout"},
-		{"WaitTimeout without unit", &redispool.Pool{WaitTimeout: 100}, "WaitTimeout"},
-		{"IdleTimeout without unit", &redispool.Pool{IdleTimeout: 240}, "IdleTimeout"},
-		{"MaxConnLifetime without unit", &redispool.Pool{MaxConnLifetime: 60}, "MaxConnLifetime"},
-		{"negative IdleTimeout", &redispool.Pool{IdleTimeout: -time.Second}, "IdleTimeout"},
-		{"negative MaxConnLifetime", &redispool.Pool{MaxConnLifetime: -time.Second}, "MaxConnLifetime"},
-		{"Sentinel and Addr", &redispool.Pool{Addr: "x:1", Sentinel: &redispool.Sentinel{Addrs: []string{"s:26379"}, MasterName: "m"}}, "Sentinel"},
-		{"Sentinel and Dial", &redispool.Pool{Dial: dial, Sentinel: &redispool.Sentinel{Addrs: []string{"s:26379"}, MasterName: "m"}}, "Sentinel"},
-		{"Sentinel without Addrs", &redispool.Pool{Sentinel: &redispool.Sentinel{MasterName: "m"}}, "Sentinel.Addrs"},
-		{"Sentinel without MasterName", &redispool.Pool{Sentinel: &redispool.Sentinel{Addrs: []string{"s:26379"}}}, "Sentinel.MasterName"},
-		{"Sentinel address without port", &redispool.Pool{Sentinel: &redispool.Sentinel{Addrs: []string{"sentinel-1"}, MasterName: "m"}}, "host:port"},
-		// The pool sets aside a token per connection on first use: with
-		// MaxActive math.MaxInt32 that took minutes and 16 GiB.
-		{"MaxActive above 65536", &redispool.Pool{Dial: dial, MaxActive: 1<<16 + 1}, "MaxActive is 65537, above the 65536"},
-		{"MaxIdle raising the default MaxActive above 65536", &redispool.Pool{Dial: dial, MaxIdle: 1<<16 + 1}, "MaxIdle is 65537"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			defer tt.pool.Close()
-			c, err := tt.pool.GetContext(context.Background())
-			require.Error(t, err)
-			assert.ErrorIs(t, err, redispool.ErrInvalidConfig)
-			assert.Contains(t, err.Error(), tt.want)
-			_, err = c.Do("PING")
-			assert.ErrorIs(t, err, redispool.ErrInvalidConfig)
-			assert.ErrorIs(t, tt.pool.Get().Err(), redispool.ErrInvalidConfig)
-			assert.Equal(t, 0, tt.pool.ActiveCount())
-		})
-	}
-}
-
-func TestLargestPoolSizeIsAccepted(t *testing.T) {
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1 << 16, MaxIdle: math.MaxInt32} // MaxIdle lowered to MaxActive
-	defer p.Close()
-	c, err := p.GetContext(context.Background())
-	require.NoError(t, err)
-	c.Close()
-}
-
 // closeOnceAGetWaits closes c, borrowed from p, once a Get waits on p (or
 // after 5 s), so that the Get is handed c rather than finding it idle.
 func closeOnceAGetWaits(p *redispool.Pool, c redis.Conn) {
@@ -820,18 +637,6 @@ func TestNegativeTimeoutsDisableThem(t *testing.T) {
 	assert.Equal(t, []time.Duration{0}, d.last(t).Timeouts())
 }
 
-func TestNilPoolDoesNotPanic(t *testing.T) {
-	var p *redispool.Pool
-	assert.Error(t, p.Get().Err())
-	_, err := p.GetContext(context.Background())
-	assert.Error(t, err)
-	assert.NoError(t, p.Close())
-	assert.Equal(t, redispool.PoolStats{}, p.Stats())
-	assert.Equal(t, 0, p.ActiveCount())
-	assert.Equal(t, 0, p.IdleCount())
-	assert.Error(t, p.RedigoPool().Get().Err())
-}
-
 func TestStatsBeginWithRedigosFourFields(t *testing.T) {
 	// Same names, types and order as redis.PoolStats.
 	ours, theirs := reflect.TypeFor[redispool.PoolStats](), reflect.TypeFor[redis.PoolStats]()
@@ -874,85 +679,6 @@ func TestGetClosePathAllocatesAtMostOnce(t *testing.T) {
 	assert.LessOrEqual(t, n, 1.0, "allocations per Get+Close")
 }
 
-func TestConcurrentGetCloseNeverExceedsMaxActive(t *testing.T) {
-	// open counts conns dialed and not yet closed, sampled at every dial:
-	// the pool must never have more than MaxActive, dirty conns being
-	// discarded and redialed all along.
-	var mu sync.Mutex
-	var conns []*fakeConn
-	most := 0
-	d := &fakeDialer{}
-	p := &redispool.Pool{MaxActive: 5, WaitTimeout: 5 * time.Second, Dial: func() (redis.Conn, error) {
-		c, err := d.Dial()
-		mu.Lock()
-		defer mu.Unlock()
-		conns = append(conns, c.(*fakeConn))
-		open := 0
-		for _, c := range conns {
-			if !c.IsClosed() {
-				open++
-			}
-		}
-		most = max(most, open)
-		return c, err
-	}}
-	var wg sync.WaitGroup
-	for i := range 50 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range 200 {
-				c := p.Get()
-				if err := c.Err(); err != nil {
-					t.Error(err)
-					return
-				}
-				if (i+j)%7 == 0 {
-					c.Do("SUBSCRIBE", "x") // dirty: discarded, a new dial follows
-				}
-				c.Close()
-			}
-		}()
-	}
-	wg.Wait()
-	p.Close()
-	assert.Greater(t, p.Stats().DialCount, int64(100), "dirty conns were redialed")
-	assert.LessOrEqual(t, most, 5, "more than MaxActive conns open at once")
-	for _, c := range d.Conns() {
-		assert.True(t, c.IsClosed(), "every conn closed after Close")
-	}
-	assert.Equal(t, 0, p.ActiveCount())
-}
-
-func TestConnPoolInterfaceAcceptsBothPools(t *testing.T) {
-	use := func(cp redispool.ConnPool) error {
-		c := cp.Get()
-		defer c.Close()
-		_, err := c.Do("PING")
-		return err
-	}
-	d := &fakeDialer{}
-	ours := &redispool.Pool{Dial: d.Dial}
-	theirs := &redis.Pool{Dial: d.Dial}
-	assert.NoError(t, use(ours))
-	assert.NoError(t, use(theirs))
-	assert.NoError(t, ours.Close())
-	assert.NoError(t, theirs.Close())
-}
-
-func TestGoVetReportsACopiedPool(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs go vet")
-	}
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goTool); err != nil {
-		t.Skipf("go tool not found at %s", goTool)
-	}
-	out, err := exec.Command(goTool, "vet", "./testdata/copiedpool").CombinedOutput()
-	require.Error(t, err, "go vet accepted a copied Pool:\n%s", out)
-	assert.Contains(t, string(out), "passes lock by value: github.com/redispool/redispool.Pool")
-}
-
 func TestCallersWaitingForADialSlotFailFastWhenTheDialsFail(t *testing.T) {
 	release := make(chan struct{})
 	dialErr := errors.New("connection refused")
@@ -985,33 +711,6 @@ func TestCallersWaitingForADialSlotFailFastWhenTheDialsFail(t *testing.T) {
 	s := p.Stats()
 	assert.EqualValues(t, 2, s.DialCount, "the waiting callers did not dial into a dead server")
 	assert.EqualValues(t, 18, s.FastFailCount)
-}
-
-func TestAWaiterThatGivesUpAsThePoolClosesLeavesNoOpenConn(t *testing.T) {
-	// A conn handed to a parked waiter whose context ends meanwhile goes
-	// back through the same checks as any returned conn: after Close, it is
-	// closed, not parked in the idle set.
-	for i := range 300 {
-		d := &fakeDialer{}
-		p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 5 * time.Second}
-		held := p.Get()
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			if c, err := p.GetContext(ctx); err == nil {
-				c.Close()
-			}
-		}()
-		require.Eventually(t, func() bool { return p.Stats().WaitCount == 1 }, 5*time.Second, 10*time.Microsecond)
-		held.Close()
-		cancel()
-		p.Close()
-		<-done
-		require.Equal(t, 0, p.IdleCount(), "round %d", i)
-		require.True(t, d.last(t).IsClosed(), "round %d: an open conn was left in a closed pool", i)
-		require.Equal(t, 0, p.ActiveCount())
-	}
 }
 
 func TestAGetWaitingForAHungDialGivesUpAfterWaitTimeoutAndOnClose(t *testing.T) {

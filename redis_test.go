@@ -4,10 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,38 +18,6 @@ import (
 	"github.com/redispool/redispool"
 	"github.com/redispool/redispool/internal/redistest"
 )
-
-// netCounter counts the TCP connections a Dial opens and how many are open.
-type netCounter struct {
-	opened, open, peak atomic.Int64
-}
-
-func (n *netCounter) dial(network, addr string) (net.Conn, error) {
-	c, err := net.DialTimeout(network, addr, 5*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	n.opened.Add(1)
-	now := n.open.Add(1)
-	for {
-		peak := n.peak.Load()
-		if now <= peak || n.peak.CompareAndSwap(peak, now) {
-			break
-		}
-	}
-	return &countedConn{Conn: c, n: n}, nil
-}
-
-type countedConn struct {
-	net.Conn
-	n    *netCounter
-	once sync.Once
-}
-
-func (c *countedConn) Close() error {
-	c.once.Do(func() { c.n.open.Add(-1) })
-	return c.Conn.Close()
-}
 
 // TestRedigoDocumentedUsageWorksWithOnlyTheTypeNameChanged is redigo's own
 // documented Pool usage (its package doc and examples) with redis.Pool
@@ -237,106 +202,6 @@ func TestPubSubConnReceivesWhileAnotherGoroutineSubscribesAndPings(t *testing.T)
 	require.NoError(t, psc.Unsubscribe("second"))
 	require.Equal(t, redis.Subscription{Kind: "unsubscribe", Channel: "second", Count: 0}, next())
 	require.NoError(t, c.Err())
-}
-
-// TestZeroValuePoolTalksToLocalhost6379 starts a redis-server on 6379 and uses
-// a Pool declared with var and nothing else.
-func TestZeroValuePoolTalksToLocalhost6379(t *testing.T) {
-	_, err := redistest.StartOnPort(t, 6379)
-	if errors.Is(err, redistest.ErrPortInUse) {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("port 6379 is in use, so the zero-value pool cannot be tested: %v", err)
-		}
-		t.Skipf("port 6379 is in use by another process: %v", err)
-	}
-	require.NoError(t, err)
-
-	var p redispool.Pool
-	defer p.Close()
-	c := p.Get()
-	defer c.Close()
-	key := fmt.Sprintf("redispool:zero:%d", time.Now().UnixNano())
-	_, err = c.Do("SET", key, "v", "EX", 10)
-	require.NoError(t, err)
-	v, err := redis.String(c.Do("GET", key))
-	require.NoError(t, err)
-	assert.Equal(t, "v", v)
-}
-
-// TestTwoHundredCallersOpenAtMostMaxActiveConnections is the load that made
-// redigo's pool open 333 connections at once and 28,446 in total.
-func TestTwoHundredCallersOpenAtMostMaxActiveConnections(t *testing.T) {
-	srv := redistest.Start(t)
-	d := 2 * time.Second
-	if testing.Short() {
-		d = 300 * time.Millisecond
-	}
-	var n netCounter
-	p := &redispool.Pool{Dial: func() (redis.Conn, error) {
-		return redis.Dial("tcp", srv.Addr(), redis.DialNetDial(n.dial))
-	}}
-	defer p.Close()
-	before := srv.TotalConnectionsReceived(t)
-
-	var cmds, errs, wrong atomic.Int64
-	var peakClients atomic.Int64
-	deadline := time.Now().Add(d)
-	var wg sync.WaitGroup
-	for i := range 200 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			key := fmt.Sprintf("k:%d", i)
-			for j := 0; time.Now().Before(deadline); j++ {
-				c := p.Get()
-				want := fmt.Sprint(j)
-				_, err := c.Do("SET", key, want)
-				var got string
-				if err == nil {
-					got, err = redis.String(c.Do("GET", key))
-				}
-				c.Close()
-				switch {
-				case err != nil:
-					errs.Add(1)
-				case got != want:
-					wrong.Add(1)
-				default:
-					cmds.Add(2)
-				}
-			}
-		}()
-	}
-	// Sample the server's own count while the load runs.
-	sampled := make(chan error, 1)
-	go func() {
-		for time.Now().Before(deadline.Add(-50 * time.Millisecond)) {
-			c, err := srv.ConnectedClientsErr()
-			if err != nil {
-				sampled <- err
-				return
-			}
-			if int64(c) > peakClients.Load() {
-				peakClients.Store(int64(c))
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		sampled <- nil
-	}()
-	wg.Wait()
-	require.NoError(t, <-sampled, "sampling the server's client count")
-
-	limit := int64(10 * runtime.GOMAXPROCS(0))
-	opened := int64(srv.TotalConnectionsReceived(t) - before)
-	t.Logf("%d commands in %v, %d errors, %d wrong replies; connections: %d open at once (server saw %d), %d opened (server saw %d), limit %d",
-		cmds.Load(), d, errs.Load(), wrong.Load(), n.peak.Load(), peakClients.Load(), n.opened.Load(), opened, limit)
-	assert.Zero(t, errs.Load())
-	assert.Zero(t, wrong.Load())
-	assert.Positive(t, cmds.Load())
-	assert.LessOrEqual(t, n.peak.Load(), limit)
-	assert.LessOrEqual(t, peakClients.Load(), limit)
-	assert.LessOrEqual(t, n.opened.Load(), limit)
-	assert.LessOrEqual(t, opened, limit)
 }
 
 // borrowerSeesOnlyItsOwn checks that a new borrower of p reads database 0 and
@@ -578,79 +443,6 @@ func TestAGetToAStoppedServerFailsWithinReadTimeoutAndTheNextBorrowerGetsAWorkin
 		require.Equal(t, "b", v)
 	}
 	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
-}
-
-func TestRedigoPoolIsBoundedByThePool(t *testing.T) {
-	srv := redistest.Start(t)
-	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 2, WaitTimeout: 100 * time.Millisecond, ReadTimeout: 500 * time.Millisecond}
-	defer p.Close()
-	rp := p.RedigoPool()
-	assert.Zero(t, rp.MaxActive)
-	assert.Zero(t, rp.MaxIdle)
-
-	a, b := rp.Get(), rp.Get()
-	require.NoError(t, a.Err())
-	require.NoError(t, b.Err())
-	c := rp.Get()
-	assert.ErrorIs(t, c.Err(), redis.ErrPoolExhausted, "the third conn waits WaitTimeout, then fails")
-	c.Close()
-
-	// Dirty conns given back through redigo's pool are still discarded.
-	_, err := a.Do("SELECT", 4)
-	require.NoError(t, err)
-	psc := redis.PubSubConn{Conn: b}
-	require.NoError(t, psc.Subscribe("ch"))
-	_, ok := psc.Receive().(redis.Subscription)
-	require.True(t, ok)
-	start := time.Now()
-	a.Close()
-	b.Close()
-	assert.Less(t, time.Since(start), time.Second)
-	assert.EqualValues(t, 2, p.Stats().Discards.State)
-	srv.Do(t, "SET", "db0:marker", "db0")
-	borrowerSeesOnlyItsOwn(t, p)
-
-	// Clean conns are kept by p, not by redigo's pool.
-	for range 10 {
-		c := rp.Get()
-		_, err := c.Do("PING")
-		require.NoError(t, err)
-		c.Close()
-	}
-	assert.LessOrEqual(t, p.Stats().DialCount, int64(4))
-	assert.NoError(t, rp.Close())
-	c = p.Get()
-	assert.NoError(t, c.Err(), "closing the redigo pool leaves p open")
-	c.Close()
-}
-
-// TestClosingOneRedigoPoolLeavesTheOthersServing: each call to RedigoPool
-// returns its own *redis.Pool, so that a library closing the one it was
-// given (a session store's Close) breaks neither p nor the other libraries,
-// and new adapters can still be made.
-func TestClosingOneRedigoPoolLeavesTheOthersServing(t *testing.T) {
-	srv := redistest.Start(t)
-	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 2}
-	defer p.Close()
-	store1, store2 := p.RedigoPool(), p.RedigoPool()
-	require.NotSame(t, store1, store2)
-
-	require.NoError(t, store1.Close())
-	c := store1.Get()
-	assert.Error(t, c.Err(), "the closed adapter refuses")
-	c.Close()
-
-	for i, rp := range []*redis.Pool{store2, p.RedigoPool()} {
-		c := rp.Get()
-		v, err := redis.String(c.Do("ECHO", i))
-		require.NoError(t, err, "adapter %d", i)
-		assert.Equal(t, strconv.Itoa(i), v)
-		require.NoError(t, c.Close())
-	}
-	c = p.Get()
-	_, err := c.Do("PING")
-	assert.NoError(t, err, "p itself stays open")
-	c.Close()
 }
 
 func TestPoolDialsAddrWithDBAndCredentials(t *testing.T) {
