@@ -390,15 +390,15 @@ func queueGet(t testing.TB, p *redispool.Pool, ctx context.Context) <-chan getRe
 	return ch
 }
 
-// awaitGet receives a Get's result, and fails the test when it does not
-// come within d.
-func awaitGet(t testing.TB, ch <-chan getResult, d time.Duration) getResult {
+// awaitGet receives a Get's result, and fails the test, saying why, when it
+// does not come within d.
+func awaitGet(t testing.TB, ch <-chan getResult, d time.Duration, why ...any) getResult {
 	t.Helper()
 	select {
 	case r := <-ch:
 		return r
 	case <-time.After(d):
-		t.Fatalf("the Get did not return within %v", d)
+		t.Fatalf("the Get did not return within %v: %s", d, fmt.Sprintln(why...))
 		return getResult{}
 	}
 }

@@ -104,37 +104,6 @@ func TestPoolCloseClosesEveryIdleConnEvenIfOneClosePanics(t *testing.T) {
 	assert.Zero(t, p.ActiveCount())
 }
 
-// TestAGetContextWhoseContextEndsDuringTheHealthCheckGetsNoConn checks that
-// a caller whose context ends while TestOnBorrowContext checks an idle conn
-// (a PING, up to a ReadTimeout) gets ctx.Err(), not the conn, as at every
-// other point where its context can end.
-func TestAGetContextWhoseContextEndsDuringTheHealthCheckGetsNoConn(t *testing.T) {
-	tr := &stressTracker{}
-	var cancelDuringCheck atomic.Pointer[context.CancelFunc]
-	p := &Pool{MaxActive: 2, WaitTimeout: time.Second, Dial: tr.Dial,
-		TestOnBorrowContext: func(ctx context.Context, c redis.Conn, _ time.Time) error {
-			if f := cancelDuringCheck.Load(); f != nil {
-				(*f)() // the caller gives up while the PING is on its way
-			}
-			_, err := c.Do("PING")
-			return err
-		},
-	}
-	defer p.Close()
-	c, err := p.GetContext(context.Background())
-	require.NoError(t, err)
-	c.Close() // idle: the next Get runs the health check
-
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	cancelDuringCheck.Store(&cancel)
-	c, err = p.GetContext(ctx)
-	if err == nil {
-		c.Close()
-	}
-	assert.Equal(t, context.Canceled, err, "a caller whose context ended during the health check got a conn")
-}
-
 // panickyConn is a stressConn whose Err, Flush or DoWithTimeout panics once
 // the method named in panicIn is set.
 type panickyConn struct {

@@ -4,7 +4,6 @@ package redispool
 
 import (
 	"context"
-	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -77,62 +76,6 @@ func TestShrinkWhoseCloseOfAnIdleConnPanicsKeepsTheGetsConn(t *testing.T) {
 	}
 	closeAll(held)
 	checkAtRest(t, p, 0)
-}
-
-// TestADialSlotWaiterTakesAConnGivenBack: a Get that finds a permit but
-// every dial slot taken (by a slow dial) waits, and takes a conn given back
-// meanwhile rather than fail at its WaitTimeout, as happens while dials are
-// slow to be accepted.
-func TestADialSlotWaiterTakesAConnGivenBack(t *testing.T) {
-	// MaxIdle 1 leaves the idle set no room but the hot slot.
-	for _, maxIdle := range []int{0, 1} {
-		t.Run(fmt.Sprintf("MaxIdle %d", maxIdle), func(t *testing.T) {
-			release := make(chan struct{})
-			tr := &stressTracker{}
-			var dials atomic.Int64
-			p := &Pool{MaxActive: 3, MaxIdle: maxIdle, MaxConcurrentDials: 1, WaitTimeout: time.Second, Dial: func() (redis.Conn, error) {
-				if dials.Add(1) == 2 {
-					<-release // the second dial is slow, and holds the only slot
-				}
-				return tr.Dial()
-			}}
-			defer func() {
-				close(release)
-				require.Eventually(t, func() bool { return tr.inDial.Load() == 0 }, 5*time.Second, time.Millisecond)
-				p.Close()
-			}()
-			ctx := context.Background()
-			held, err := p.GetContext(ctx)
-			require.NoError(t, err)
-			slow := make(chan error, 1)
-			go func() { // dials, slowly: holds the slot
-				c, err := p.GetContext(ctx)
-				if err == nil {
-					c.Close()
-				}
-				slow <- err
-			}()
-			require.Eventually(t, func() bool { return dials.Load() == 2 }, 5*time.Second, time.Millisecond)
-
-			got := make(chan error, 1)
-			go func() {
-				c, err := p.GetContext(ctx)
-				if err == nil {
-					c.Close()
-				}
-				got <- err
-			}()
-			require.Eventually(t, func() bool { return p.q.n.Load() == 1 }, 5*time.Second, time.Millisecond,
-				"the third Get queues: a permit is free, the dial slot is not")
-			held.Close() // idle now: the Get waiting for a slot could use it
-			select {
-			case err := <-got:
-				assert.NoError(t, err, "a conn was idle for the whole wait, yet the Get failed")
-			case <-time.After(5 * time.Second):
-				t.Fatal("the Get never returned")
-			}
-		})
-	}
 }
 
 // TestAConnGoneFromActiveCountIsCountedAsDiscarded: whoever sees

@@ -3,10 +3,8 @@ package redispool_test
 import (
 	"context"
 	"errors"
-	"math"
 	"reflect"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,123 +14,6 @@ import (
 
 	"github.com/redispool/redispool"
 )
-
-func TestGetGivesUpAfterWaitTimeoutWithPoolExhausted(t *testing.T) {
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 50 * time.Millisecond}
-	defer p.Close()
-	held := p.Get()
-	defer held.Close()
-
-	start := time.Now()
-	c := p.Get() // Get without a context must give up too
-	elapsed := time.Since(start)
-	err := c.Err()
-	require.Error(t, err)
-	assert.ErrorIs(t, err, redis.ErrPoolExhausted)
-	assert.GreaterOrEqual(t, elapsed, 50*time.Millisecond)
-	assert.Less(t, elapsed, 5*time.Second)
-	_, err = c.Do("GET", "k")
-	assert.ErrorIs(t, err, redis.ErrPoolExhausted, "every method of the failed conn returns the error")
-	assert.NoError(t, c.Close())
-
-	s := p.Stats()
-	assert.EqualValues(t, 1, s.WaitTimeoutCount)
-	assert.EqualValues(t, 1, s.WaitCount)
-	assert.GreaterOrEqual(t, s.WaitDuration, 50*time.Millisecond)
-}
-
-func TestZeroWaitTimeoutIsReadTimeoutPlusOneSecond(t *testing.T) {
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, ReadTimeout: 10 * time.Millisecond}
-	defer p.Close()
-	held := p.Get()
-	defer held.Close()
-
-	start := time.Now()
-	_, err := p.GetContext(context.Background())
-	elapsed := time.Since(start)
-	assert.ErrorIs(t, err, redis.ErrPoolExhausted)
-	assert.GreaterOrEqual(t, elapsed, 1010*time.Millisecond)
-	assert.Less(t, elapsed, 3*time.Second)
-}
-
-func TestNegativeWaitTimeoutFailsAtOnce(t *testing.T) {
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: -1}
-	defer p.Close()
-	held := p.Get()
-	defer held.Close()
-	start := time.Now()
-	_, err := p.GetContext(context.Background())
-	assert.ErrorIs(t, err, redis.ErrPoolExhausted)
-	assert.Less(t, time.Since(start), 100*time.Millisecond)
-}
-
-func TestGetWaitsForAConnToBeReturned(t *testing.T) {
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 5 * time.Second}
-	defer p.Close()
-	held := p.Get()
-	got := make(chan error, 1)
-	go func() {
-		c, err := p.GetContext(context.Background())
-		if err == nil {
-			c.Close()
-		}
-		got <- err
-	}()
-	// The waiter must still be waiting while the conn is held.
-	select {
-	case err := <-got:
-		t.Fatalf("Get returned %v while the only conn was held", err)
-	case <-time.After(20 * time.Millisecond):
-	}
-	held.Close()
-	select {
-	case err := <-got:
-		require.NoError(t, err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("waiter not woken by Close of the held conn")
-	}
-	assert.EqualValues(t, 1, d.dials.Load(), "the waiter reuses the returned conn")
-}
-
-func TestGetContextReturnsTheCallersOwnContextErrorUnwrapped(t *testing.T) {
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 10 * time.Second}
-	defer p.Close()
-	held := p.Get()
-	defer held.Close()
-
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	c, err := p.GetContext(ctx)
-	assert.Equal(t, context.DeadlineExceeded, err) // identity, not just errors.Is
-	require.NotNil(t, c)
-	assert.Equal(t, context.DeadlineExceeded, c.Err())
-
-	ctx2, cancel2 := context.WithCancel(context.Background())
-	cancel2()
-	_, err = p.GetContext(ctx2)
-	assert.Equal(t, context.Canceled, err)
-}
-
-func TestCancelledGetContextNeverGetsAConnEvenWhenOneIsFree(t *testing.T) {
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1}
-	defer p.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	for range 100 {
-		_, err := p.GetContext(ctx)
-		require.Equal(t, context.Canceled, err)
-	}
-	assert.Equal(t, 0, p.ActiveCount())
-	c, err := p.GetContext(context.Background())
-	require.NoError(t, err, "the token came back every time")
-	c.Close()
-}
 
 func TestCleanConnIsReusedNotRedialed(t *testing.T) {
 	d := &fakeDialer{}
@@ -555,77 +436,6 @@ func TestAtMostMaxConcurrentDialsRunAtOnce(t *testing.T) {
 	assert.Equal(t, 3, most)
 }
 
-// closeOnceAGetWaits closes c, borrowed from p, once a Get waits on p (or
-// after 5 s), so that the Get is handed c rather than finding it idle.
-func closeOnceAGetWaits(p *redispool.Pool, c redis.Conn) {
-	waits := p.Stats().WaitCount
-	go func() {
-		for end := time.Now().Add(5 * time.Second); p.Stats().WaitCount == waits && time.Now().Before(end); {
-			time.Sleep(time.Millisecond)
-		}
-		c.Close()
-	}()
-}
-
-// TestHugeTimeoutsDoNotOverflow checks that durations near the largest a
-// time.Duration holds count as very long: before, ReadTimeout math.MaxInt64
-// made the default WaitTimeout (ReadTimeout + 1s) negative, so Get did not
-// wait, and gave BLPOP a negative read timeout, a deadline already past.
-func TestHugeTimeoutsDoNotOverflow(t *testing.T) {
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, ReadTimeout: math.MaxInt64}
-	defer p.Close()
-	held := p.Get()
-	require.NoError(t, held.Err())
-	closeOnceAGetWaits(p, held) // given back to the Get below
-	c, err := p.GetContext(context.Background())
-	require.NoError(t, err, "the default WaitTimeout, ReadTimeout + 1s, waits for the conn given back")
-	_, err = c.Do("BLPOP", "k", 1)
-	require.NoError(t, err)
-	_, err = c.Do("GET", "k")
-	require.NoError(t, err)
-	timeouts := d.last(t).Timeouts()
-	require.Len(t, timeouts, 2)
-	for _, to := range timeouts {
-		assert.Greater(t, to, 70*365*24*time.Hour, "a read timeout of about 73 years: %v", timeouts)
-	}
-	assert.Greater(t, timeouts[0], timeouts[1], "BLPOP's own second on top of ReadTimeout")
-	c.Close()
-
-	for _, w := range []time.Duration{math.MaxInt64, math.MaxInt64 - 1} {
-		p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: w, IdleTimeout: math.MaxInt64, MaxConnLifetime: math.MaxInt64}
-		held := p.Get()
-		require.NoError(t, held.Err())
-		closeOnceAGetWaits(p, held)
-		c, err := p.GetContext(context.Background())
-		require.NoError(t, err, "WaitTimeout %v", w)
-		c.Close()
-		p.Close()
-	}
-}
-
-// TestNilContextIsAnError checks that a nil context gets an error naming it,
-// not a panic in the pool.
-func TestNilContextIsAnError(t *testing.T) {
-	var nilCtx context.Context
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial}
-	defer p.Close()
-	c, err := p.GetContext(nilCtx)
-	require.ErrorContains(t, err, "nil Context")
-	assert.ErrorContains(t, c.Err(), "nil Context")
-
-	c = p.Get()
-	defer c.Close()
-	_, err = redis.DoContext(c, nilCtx, "GET", "k")
-	assert.ErrorContains(t, err, "nil Context")
-	_, err = redis.ReceiveContext(c, nilCtx)
-	assert.ErrorContains(t, err, "nil Context")
-	_, err = c.Do("GET", "k")
-	assert.NoError(t, err, "nothing was sent: the conn is still good")
-	assert.Empty(t, p.Stats().Discards.Total())
-}
-
 func TestNegativeTimeoutsDisableThem(t *testing.T) {
 	d := &fakeDialer{}
 	p := &redispool.Pool{Dial: d.Dial, ReadTimeout: -1}
@@ -711,46 +521,6 @@ func TestCallersWaitingForADialSlotFailFastWhenTheDialsFail(t *testing.T) {
 	s := p.Stats()
 	assert.EqualValues(t, 2, s.DialCount, "the waiting callers did not dial into a dead server")
 	assert.EqualValues(t, 18, s.FastFailCount)
-}
-
-func TestAGetWaitingForAHungDialGivesUpAfterWaitTimeoutAndOnClose(t *testing.T) {
-	release := make(chan struct{})
-	var dialsStarted, dialsEnded atomic.Int32
-	defer func() {
-		// The two dials given up on end before the test does.
-		close(release)
-		require.Eventually(t, func() bool { return dialsEnded.Load() == 2 }, 5*time.Second, time.Millisecond)
-	}()
-	d := &fakeDialer{}
-	p := &redispool.Pool{MaxActive: 2, WaitTimeout: 100 * time.Millisecond, Dial: func() (redis.Conn, error) {
-		dialsStarted.Add(1)
-		defer dialsEnded.Add(1)
-		<-release
-		return d.Dial()
-	}}
-	defer p.Close() // the conn of the dial given up on is closed when it arrives
-	start := time.Now()
-	_, err := p.GetContext(context.Background())
-	assert.ErrorIs(t, err, redis.ErrPoolExhausted)
-	assert.Less(t, time.Since(start), 2*time.Second, "bounded by WaitTimeout")
-
-	p2 := &redispool.Pool{MaxActive: 1, WaitTimeout: time.Hour, Dial: func() (redis.Conn, error) {
-		dialsStarted.Add(1)
-		defer dialsEnded.Add(1)
-		<-release
-		return d.Dial()
-	}}
-	got := make(chan error, 1)
-	go func() { _, err := p2.GetContext(context.Background()); got <- err }()
-	// The dial is under way (a dial decided as Close runs may not begin).
-	require.Eventually(t, func() bool { return dialsStarted.Load() == 2 }, 5*time.Second, time.Millisecond)
-	p2.Close()
-	select {
-	case err := <-got:
-		assert.Equal(t, redispool.ErrPoolClosed, err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("Close did not wake a caller waiting for a dial")
-	}
 }
 
 func TestATrickleOfGetsLetsThePoolShrinkAfterABurst(t *testing.T) {

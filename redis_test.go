@@ -371,48 +371,6 @@ func TestBlockingCommandWaitsItsOwnTimeoutAndKeepsItsConn(t *testing.T) {
 	assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
 }
 
-// TestWaitTimeoutBoundsAGetWhoseHealthChecksFail: a Get whose TestOnBorrow
-// fails on idle conn after idle conn (the server is stopped) gives up once
-// WaitTimeout has passed, within at most one more check, instead of
-// checking every idle conn in turn.
-func TestWaitTimeoutBoundsAGetWhoseHealthChecksFail(t *testing.T) {
-	srv := redistest.Start(t)
-	const (
-		idle        = 8
-		readTimeout = 200 * time.Millisecond
-		waitTimeout = 300 * time.Millisecond
-	)
-	p := &redispool.Pool{
-		Addr: srv.Addr(), MaxActive: idle, ReadTimeout: readTimeout, WaitTimeout: waitTimeout,
-		TestOnBorrow: func(c redis.Conn, _ time.Time) error {
-			_, err := c.Do("PING")
-			return err
-		},
-	}
-	defer p.Close()
-	conns := make([]redis.Conn, idle)
-	for i := range conns {
-		conns[i] = p.Get()
-		require.NoError(t, conns[i].Err())
-	}
-	for _, c := range conns {
-		c.Close()
-	}
-	require.Equal(t, idle, p.IdleCount())
-
-	srv.Stop(t)
-	defer srv.Cont(t)
-	start := time.Now()
-	c, err := p.GetContext(context.Background())
-	elapsed := time.Since(start)
-	c.Close()
-	require.ErrorIs(t, err, redis.ErrPoolExhausted)
-	t.Logf("the Get gave up after %v and %d failed checks", elapsed, p.Stats().Discards.HealthCheck)
-	assert.Less(t, elapsed, waitTimeout+readTimeout+150*time.Millisecond,
-		"at most WaitTimeout plus one check; checking all %d idle conns takes %v", idle, idle*readTimeout)
-	assert.Less(t, p.Stats().Discards.HealthCheck, int64(idle))
-}
-
 func TestAGetToAStoppedServerFailsWithinReadTimeoutAndTheNextBorrowerGetsAWorkingConn(t *testing.T) {
 	srv := redistest.Start(t)
 	const readTimeout = 200 * time.Millisecond
@@ -516,27 +474,6 @@ func TestAReplicaReplyRetiresTheConnsToTheOldMaster(t *testing.T) {
 	c.Close()
 	assert.Equal(t, 0, p.IdleCount())
 	assert.Equal(t, 0, p.ActiveCount())
-}
-
-func TestAContextDeadlineDuringAStallReturnsTheContextsError(t *testing.T) {
-	srv := redistest.Start(t)
-	p := &redispool.Pool{Addr: srv.Addr(), ReadTimeout: time.Second}
-	defer p.Close()
-	closeAll(getN(t, p, 4))
-	srv.Stop(t)
-	defer srv.Cont(t)
-	for i := range 40 {
-		// Once the idle conns are spent, the Get dials, and the dial waits
-		// for the stopped server's answer: the context ends that wait.
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
-		c, err := p.GetContext(ctx)
-		if err == nil {
-			_, err = redis.DoContext(c, ctx, "GET", "k")
-		}
-		cancel()
-		c.Close()
-		require.Equal(t, context.DeadlineExceeded, err, "call %d", i)
-	}
 }
 
 func TestAHealthyConnIdleLongerThanReadTimeoutIsReused(t *testing.T) {

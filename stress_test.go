@@ -1054,53 +1054,6 @@ func TestADialThatFinishesAsTheContextEndsGoesBack(t *testing.T) {
 	assert.Equal(t, 1, p.ActiveCount())
 }
 
-// TestWaitsForAConnAndADialSlotShareWaitTimeout: a Get that queues
-// for a conn, is granted a permit near the end of its WaitTimeout and then
-// finds every dial slot taken (by a hung dial given up on) gives up at its
-// WaitTimeout, not a WaitTimeout later: a Get's waits share WaitTimeout
-// (TestWaitTimeoutBoundsAGetAsAWhole covers the wait for a Dial, this one
-// the wait for a dial slot).
-func TestWaitsForAConnAndADialSlotShareWaitTimeout(t *testing.T) {
-	const wait = 2 * time.Second
-	release := make(chan struct{})
-	tr := &stressTracker{}
-	var dials atomic.Int64
-	p := &Pool{MaxActive: 2, MaxConcurrentDials: 1, WaitTimeout: wait, Dial: func() (redis.Conn, error) {
-		if dials.Add(1) >= 2 {
-			<-release // every dial but the first hangs
-		}
-		return tr.Dial()
-	}}
-	defer func() {
-		close(release)
-		require.Eventually(t, func() bool { return tr.inDial.Load() == 0 }, 5*time.Second, time.Millisecond)
-		p.Close()
-	}()
-	held, err := p.GetContext(context.Background())
-	require.NoError(t, err)
-	// A Get whose dial hangs gives up; the dial keeps the slot and a permit.
-	_, err = p.GetContext(context.Background())
-	require.ErrorIs(t, err, ErrPoolExhausted)
-
-	// Halfway through the Get's WaitTimeout, once it queued, the conn
-	// breaks and its permit comes back, but no dial slot: the Get still
-	// gives up at WaitTimeout, not later.
-	queued := p.stats.waits.Load() + 1
-	go func() {
-		for end := time.Now().Add(5 * time.Second); p.stats.waits.Load() < queued && time.Now().Before(end); {
-			time.Sleep(time.Millisecond)
-		}
-		time.Sleep(wait / 2)
-		held.Do("BREAK")
-		held.Close()
-	}()
-	start := time.Now()
-	_, err = p.GetContext(context.Background())
-	elapsed := time.Since(start)
-	assert.ErrorIs(t, err, ErrPoolExhausted)
-	assert.Less(t, elapsed, wait+wait/4, "Get returned after %v with WaitTimeout %v", elapsed, wait)
-}
-
 // TestStressAbandonedDialsGiveTheirPermitBack: callers give up on
 // slow dials (short contexts, ended contexts, WaitTimeout) that then
 // succeed, fail or panic; each such dial hands its conn to the pool or its
