@@ -1,10 +1,12 @@
-package redispool
+package redispool_test
 
 import (
+	"bufio"
 	"context"
 	"math/rand/v2"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/redispool/redispool"
 	"github.com/redispool/redispool/internal/redistest"
 )
 
@@ -31,29 +34,6 @@ func startTLSRedis(t *testing.T) (*redistest.Server, string) {
 	return srv, net.JoinHostPort("127.0.0.1", strconv.Itoa(tlsPort))
 }
 
-// TestTheDialsDeadlineIsSetExactly: the socket of a dial carries the dial's
-// context deadline (DialTimeout), which bounds the TLS handshake, exactly:
-// not with the slack, which comes from ReadTimeout and WriteTimeout. The
-// deadlineConn then takes the socket's deadlines for unknown, so that
-// clearing them at the end of the dial reaches the socket.
-func TestTheDialsDeadlineIsSetExactly(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	dl, _ := ctx.Deadline()
-	sock := &deadlineSocket{}
-	c, err := dialedSocket(ctx, sock, maxDeadlineSlack)
-	require.NoError(t, err)
-	assert.Equal(t, dl, sock.read, "the dial's read deadline is %v late", sock.read.Sub(dl))
-	assert.Equal(t, dl, sock.write, "the dial's write deadline is %v late", sock.write.Sub(dl))
-	require.IsType(t, &deadlineConn{}, c)
-	require.NoError(t, c.SetDeadline(time.Time{}))
-	assert.True(t, sock.read.IsZero() && sock.write.IsZero(), "clearing the dial's deadline did not reach the socket")
-
-	plain, err := dialedSocket(ctx, sock, 0)
-	require.NoError(t, err)
-	assert.Same(t, sock, plain, "with no slack the socket is not wrapped")
-}
-
 // TestATLSCommandAfterAPeekStillTimesOut: over TLS, the socket the
 // pool peeks at (the deadlineConn's inner one) is under the tls.Conn; the
 // peek clears the read deadline through the wrapper, and a command to a
@@ -70,7 +50,7 @@ func TestATLSCommandAfterAPeekStillTimesOut(t *testing.T) {
 // deadlines. Run with -race: no race, no hang, and the pool keeps serving.
 func TestTLSContextCancellationRacingCommandsLeavesThePoolServing(t *testing.T) {
 	_, addr := startTLSRedis(t)
-	p := &Pool{Addr: addr, MaxActive: 4,
+	p := &redispool.Pool{Addr: addr, MaxActive: 4,
 		DialOptions: []redis.DialOption{redis.DialUseTLS(true), redis.DialTLSSkipVerify(true)}}
 	defer p.Close()
 
@@ -113,4 +93,110 @@ func TestTLSContextCancellationRacingCommandsLeavesThePoolServing(t *testing.T) 
 	reply, err := redis.String(c.Do("ECHO", "after"))
 	require.NoError(t, err)
 	assert.Equal(t, "after", reply)
+}
+
+// TestThePoolsOwnSocketsMoveTheirDeadlinesLazily: a socket the pool dials
+// itself keeps its deadlines within the slack; with no timeouts it has
+// nothing to keep and is left as dialed.
+func TestThePoolsOwnSocketsMoveTheirDeadlinesLazily(t *testing.T) {
+	addr := serveLoopback(t, answerOK)
+	for _, tc := range []struct {
+		name      string
+		p         *redispool.Pool
+		wantSlack time.Duration
+	}{
+		{"default timeouts", &redispool.Pool{Addr: addr}, 5 * time.Millisecond},
+		{"ReadTimeout 64ms", &redispool.Pool{Addr: addr, ReadTimeout: 64 * time.Millisecond}, time.Millisecond},
+		{"no timeouts", &redispool.Pool{Addr: addr, ReadTimeout: -1}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			defer tc.p.Close()
+			c, err := tc.p.GetContext(t.Context())
+			require.NoError(t, err)
+			defer c.Close()
+			slack, readCleared := redispool.SocketDeadlines(c)
+			assert.Equal(t, tc.wantSlack, slack, "the slack of the socket's deadlines (none: not wrapped)")
+			if tc.wantSlack != 0 {
+				assert.True(t, readCleared, "the dial's deadline is cleared through the wrapper")
+			}
+		})
+	}
+}
+
+// TestACommandAfterAPeekStillTimesOut: the peek on borrow clears the
+// socket's read deadline. Cleared behind the deadlineConn's back, the next
+// command's deadline, within the slack of the one the deadlineConn takes for
+// set, would not be set, and a server that stopped answering would hold the
+// command for ever.
+func TestACommandAfterAPeekStillTimesOut(t *testing.T) {
+	srv := redistest.Start(t)
+	commandAfterAPeekTimesOut(t, srv, srv.Addr())
+}
+
+// commandAfterAPeekTimesOut runs a command on a connection to addr, has the
+// next Get peek at it with srv stopped, and checks that the peek cleared the
+// read deadline through the deadlineConn, kept the connection, and that a
+// command then times out, never before ReadTimeout.
+func commandAfterAPeekTimesOut(t *testing.T, srv *redistest.Server, addr string, opts ...redis.DialOption) {
+	t.Helper()
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	const readTimeout = 300 * time.Millisecond
+	p := &redispool.Pool{Addr: addr, ReadTimeout: readTimeout, DialOptions: opts}
+	defer p.Close()
+	c := p.Get()
+	_, err := c.Do("PING")
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+
+	clk.Advance(time.Minute) // idle long enough to be peeked at
+	srv.Stop(t)
+	defer srv.Cont(t)
+	c = p.Get()
+	require.NoError(t, c.Err())
+	defer c.Close()
+	slack, readCleared := redispool.SocketDeadlines(c)
+	require.NotZero(t, slack, "the socket does not move its deadlines lazily")
+	assert.True(t, readCleared, "the peek cleared the read deadline behind the wrapper's back")
+	assert.Zero(t, p.Stats().Discards.Broken, "the peek discarded a healthy connection")
+
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		_, err := c.Do("PING")
+		done <- err
+	}()
+	select {
+	case err = <-done:
+	case <-time.After(readTimeout + 5*time.Second):
+		t.Fatal("a command to a stopped server did not time out")
+	}
+	var ne net.Error
+	require.ErrorAs(t, err, &ne)
+	assert.True(t, ne.Timeout(), "%v", err)
+	assert.GreaterOrEqual(t, time.Since(start), readTimeout, "timed out before ReadTimeout")
+}
+
+// answerOK answers every command read from c with +OK, as a server that
+// serves but is not looked at.
+func answerOK(c net.Conn) {
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "*")))
+		if err != nil || !strings.HasPrefix(line, "*") {
+			return
+		}
+		for range 2 * n { // $len, then the argument
+			if _, err := r.ReadString('\n'); err != nil {
+				return
+			}
+		}
+		if _, err := c.Write([]byte("+OK\r\n")); err != nil {
+			return
+		}
+	}
 }

@@ -1,4 +1,4 @@
-package redispool
+package redispool_test
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/redispool/redispool"
 	"github.com/redispool/redispool/internal/redistest"
 )
 
@@ -67,7 +68,7 @@ func silentServer(t *testing.T) string {
 
 // getErrWithin runs p.Get and returns its conn's error, failing the test
 // when Get has not returned within limit.
-func getErrWithin(t *testing.T, p *Pool, limit time.Duration) error {
+func getErrWithin(t *testing.T, p *redispool.Pool, limit time.Duration) error {
 	t.Helper()
 	got := make(chan error, 1)
 	go func() {
@@ -91,11 +92,11 @@ func TestDialTimeoutBoundsEveryStep(t *testing.T) {
 	addr := silentServer(t)
 	for _, tc := range []struct {
 		name string
-		pool *Pool
+		pool *redispool.Pool
 	}{
-		{"TLS handshake", &Pool{Addr: addr, DialOptions: []redis.DialOption{redis.DialUseTLS(true)}}},
-		{"AUTH", &Pool{Addr: addr, Password: "secret"}},
-		{"SELECT", &Pool{Addr: addr, DB: 2}},
+		{"TLS handshake", &redispool.Pool{Addr: addr, DialOptions: []redis.DialOption{redis.DialUseTLS(true)}}},
+		{"AUTH", &redispool.Pool{Addr: addr, Password: "secret"}},
+		{"SELECT", &redispool.Pool{Addr: addr, DB: 2}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := tc.pool
@@ -115,7 +116,7 @@ func TestDialTimeoutBoundsEveryStep(t *testing.T) {
 // timeouts: DialTimeout bounds the dial (AUTH to a server that never
 // answers) and ReadTimeout each reply (from a server frozen after the dial).
 func TestAURLInAddrKeepsThePoolsTimeouts(t *testing.T) {
-	p := &Pool{Addr: "redis://:Hunter2pw@" + silentServer(t), DialTimeout: 300 * time.Millisecond}
+	p := &redispool.Pool{Addr: "redis://:Hunter2pw@" + silentServer(t), DialTimeout: 300 * time.Millisecond}
 	defer p.Close()
 	err := getErrWithin(t, p, 2*time.Second)
 	var ne net.Error
@@ -123,7 +124,7 @@ func TestAURLInAddrKeepsThePoolsTimeouts(t *testing.T) {
 	assert.True(t, ne.Timeout(), "the dial failed other than by timing out: %v", err)
 
 	s := redistest.Start(t)
-	p = &Pool{Addr: "redis://" + s.Addr() + "/1", ReadTimeout: 200 * time.Millisecond}
+	p = &redispool.Pool{Addr: "redis://" + s.Addr() + "/1", ReadTimeout: 200 * time.Millisecond}
 	defer p.Close()
 	c := p.Get()
 	defer c.Close()
@@ -155,7 +156,7 @@ func TestARedissURLInAddrDialsWithTLS(t *testing.T) {
 	roots := x509.NewCertPool()
 	require.True(t, roots.AppendCertsFromPEM(pem))
 
-	p := &Pool{Addr: "rediss://127.0.0.1:" + strconv.Itoa(tlsPort) + "/2",
+	p := &redispool.Pool{Addr: "rediss://127.0.0.1:" + strconv.Itoa(tlsPort) + "/2",
 		DialOptions: []redis.DialOption{redis.DialTLSConfig(&tls.Config{RootCAs: roots})}}
 	defer p.Close()
 	c, err := p.GetContext(context.Background())

@@ -1,4 +1,4 @@
-package redispool
+package redispool_test
 
 // A Get waiting for a dial slot that takes a conn given back: its permit,
 // its WaitTimeout and its turn.
@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gomodule/redigo/redis"
+	"github.com/redispool/redispool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -49,14 +50,14 @@ func (c *gatedErrContext) Err() error {
 // hold MaxActive conns again.
 func TestADialSlotWaiterWhoseGivenBackConnClosePanicsKeepsNoPermit(t *testing.T) {
 	release := make(chan struct{})
-	tr := &stressTracker{}
+	d := &fakeDialer{}
 	var dials atomic.Int64
-	p := &Pool{MaxActive: 3, MaxConcurrentDials: 1, WaitTimeout: 5 * time.Second,
+	p := &redispool.Pool{MaxActive: 3, MaxConcurrentDials: 1, WaitTimeout: 5 * time.Second,
 		Dial: func() (redis.Conn, error) {
-			c, err := tr.Dial()
+			c, err := d.Dial()
 			switch dials.Add(1) {
 			case 1:
-				return panickyCloseConn{c.(*stressConn)}, err
+				c.(*fakeConn).panicsIn("Close")
 			case 2:
 				<-release // slow: holds the only slot
 			}
@@ -101,7 +102,7 @@ func TestADialSlotWaiterWhoseGivenBackConnClosePanicsKeepsNoPermit(t *testing.T)
 			c.Close()
 		}
 	}()
-	require.Eventually(t, func() bool { return p.q.n.Load() == 1 }, 5*time.Second, time.Millisecond,
+	require.Eventually(t, func() bool { return p.Accounting().Waiters == 1 }, 5*time.Second, time.Millisecond,
 		"the Get queues: a permit is free, the dial slot is not")
 
 	ctx.armed.Store(true)

@@ -1,4 +1,4 @@
-package redispool
+package redispool_test
 
 // What the pool owns comes back whatever fails: a permit, the idle set, a
 // connection its caller no longer wants.
@@ -10,17 +10,10 @@ import (
 	"time"
 
 	"github.com/gomodule/redigo/redis"
+	"github.com/redispool/redispool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// panickyCloseConn is a stressConn whose Close panics after closing it.
-type panickyCloseConn struct{ *stressConn }
-
-func (c panickyCloseConn) Close() error {
-	c.stressConn.Close()
-	panic("Close panics")
-}
 
 // TestAWaiterThatDiscardsAConnWhoseClosePanicsKeepsNoPermit checks the
 // permit of a conn handed to a queued waiter that may not reuse it: the
@@ -28,20 +21,16 @@ func (c panickyCloseConn) Close() error {
 // panics, when the panic leaves Get before the dial and the permit must come
 // back (with MaxActive 1, every later Get failed with ErrPoolExhausted).
 func TestAWaiterThatDiscardsAConnWhoseClosePanicsKeepsNoPermit(t *testing.T) {
-	tr := &stressTracker{}
-	var dials atomic.Int32
+	d := &fakeDialer{setup: func(c *fakeConn, n int) {
+		if n == 1 {
+			c.panicsIn("Close")
+		}
+	}}
 	var failHealth atomic.Bool
-	p := &Pool{MaxActive: 1, WaitTimeout: 300 * time.Millisecond,
-		Dial: func() (redis.Conn, error) {
-			c, err := tr.Dial()
-			if dials.Add(1) == 1 {
-				return panickyCloseConn{c.(*stressConn)}, err
-			}
-			return c, err
-		},
+	p := &redispool.Pool{MaxActive: 1, WaitTimeout: 300 * time.Millisecond, Dial: d.Dial,
 		TestOnBorrow: func(redis.Conn, time.Time) error {
 			if failHealth.Load() {
-				return errStressTOB
+				return errUnhealthy
 			}
 			return nil
 		},
@@ -59,7 +48,7 @@ func TestAWaiterThatDiscardsAConnWhoseClosePanicsKeepsNoPermit(t *testing.T) {
 			c.Close()
 		}
 	}()
-	require.Eventually(t, func() bool { return p.stats.waits.Load() == 1 }, 5*time.Second, 50*time.Microsecond)
+	require.Eventually(t, func() bool { return p.Stats().WaitCount == 1 }, 5*time.Second, 50*time.Microsecond)
 	held.Close() // to the waiter, whose health check fails: it closes the conn, which panics
 	select {
 	case r := <-panicked:
@@ -80,15 +69,12 @@ func TestAWaiterThatDiscardsAConnWhoseClosePanicsKeepsNoPermit(t *testing.T) {
 // caller, and a second Close, which returns at once, would leave the rest
 // open in a closed pool for good.
 func TestPoolCloseClosesEveryIdleConnEvenIfOneClosePanics(t *testing.T) {
-	tr := &stressTracker{}
-	var dials atomic.Int32
-	p := &Pool{MaxActive: 2, Dial: func() (redis.Conn, error) {
-		c, err := tr.Dial()
-		if dials.Add(1) == 1 {
-			return panickyCloseConn{c.(*stressConn)}, err
+	d := &fakeDialer{setup: func(c *fakeConn, n int) {
+		if n == 1 {
+			c.panicsIn("Close")
 		}
-		return c, err
 	}}
+	p := &redispool.Pool{MaxActive: 2, Dial: d.Dial}
 	a, err := p.GetContext(context.Background())
 	require.NoError(t, err)
 	b, err := p.GetContext(context.Background())
@@ -100,31 +86,8 @@ func TestPoolCloseClosesEveryIdleConnEvenIfOneClosePanics(t *testing.T) {
 	assert.PanicsWithValue(t, "Close panics", func() { p.Close() }, "the conn's panic reaches the caller")
 	p.Close() // idempotent
 	assert.Zero(t, p.IdleCount(), "idle conns left in a closed pool")
-	assert.Zero(t, tr.open.Load(), "conns left open after Close")
+	assert.Zero(t, d.open.Load(), "conns left open after Close")
 	assert.Zero(t, p.ActiveCount())
-}
-
-// panickyConn is a stressConn whose Err, Flush or DoWithTimeout panics once
-// the method named in panicIn is set.
-type panickyConn struct {
-	*stressConn
-	panicIn *atomic.Value // string: "Err", "Flush" or "DoWithTimeout"
-}
-
-func (c panickyConn) panics(method string) {
-	if c.panicIn.Load() == method {
-		panic(method + " panics")
-	}
-}
-
-func (c panickyConn) Err() error { c.panics("Err"); return c.stressConn.Err() }
-func (c panickyConn) Flush() error {
-	c.panics("Flush")
-	return c.stressConn.Flush()
-}
-func (c panickyConn) DoWithTimeout(d time.Duration, cmd string, args ...any) (any, error) {
-	c.panics("DoWithTimeout")
-	return c.stressConn.DoWithTimeout(d, cmd, args...)
 }
 
 // TestAConnWhoseMethodPanicsInCloseGivesItsPermitBack: Close calls the
@@ -142,23 +105,15 @@ func TestAConnWhoseMethodPanicsInCloseGivesItsPermitBack(t *testing.T) {
 		{"DoWithTimeout", func(c redis.Conn) { c.Send("GET", "k") }},
 	} {
 		t.Run(tt.method, func(t *testing.T) {
-			tr := &stressTracker{}
-			var panicIn atomic.Value
-			panicIn.Store("")
-			p := &Pool{MaxActive: 1, WaitTimeout: 200 * time.Millisecond, Dial: func() (redis.Conn, error) {
-				c, err := tr.Dial()
-				if err != nil {
-					return nil, err
-				}
-				return panickyConn{c.(*stressConn), &panicIn}, nil
-			}}
+			d := &fakeDialer{}
+			p := &redispool.Pool{MaxActive: 1, WaitTimeout: 200 * time.Millisecond, Dial: d.Dial}
 			defer p.Close()
 			c, err := p.GetContext(context.Background())
 			require.NoError(t, err)
 			tt.borrow(c)
-			panicIn.Store(tt.method)
+			d.last(t).panicsIn(tt.method)
 			assert.PanicsWithValue(t, tt.method+" panics", func() { c.Close() })
-			panicIn.Store("")
+			d.last(t).panicsIn("")
 
 			assert.Zero(t, p.ActiveCount(), "the conn is discarded")
 			assert.EqualValues(t, 1, p.Stats().Discards.Broken)

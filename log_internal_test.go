@@ -1,4 +1,4 @@
-package redispool
+package redispool_test
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gomodule/redigo/redis"
+	"github.com/redispool/redispool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -48,18 +49,18 @@ func (r *recordingHandler) count(sub string) int {
 // of a failed dial, an exhausted wait or a leak report. Discard kinds were
 // numbered from 0 and overlapped the other three.
 func TestEachLogKindHasItsOwnRateLimit(t *testing.T) {
-	clk := NewTestClock()
-	defer SetNowFunc(clk.Now)() // time stands still: all within one logInterval
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)() // time stands still: all within one logInterval
 
 	t.Run("a state discard swallows the first failed dial", func(t *testing.T) {
 		rec := &recordingHandler{}
 		var refuse atomic.Bool
-		tr := &stressTracker{}
-		p := &Pool{MaxActive: 2, Logger: slog.New(rec), Dial: func() (redis.Conn, error) {
+		d := &fakeDialer{}
+		p := &redispool.Pool{MaxActive: 2, Logger: slog.New(rec), Dial: func() (redis.Conn, error) {
 			if refuse.Load() {
-				return nil, errStressDial
+				return nil, errRefused
 			}
-			return tr.Dial()
+			return d.Dial()
 		}}
 		defer p.Close()
 		c, err := p.GetContext(context.Background())
@@ -70,14 +71,14 @@ func TestEachLogKindHasItsOwnRateLimit(t *testing.T) {
 
 		refuse.Store(true)
 		_, err = p.GetContext(context.Background())
-		require.ErrorIs(t, err, errStressDial)
+		require.ErrorIs(t, err, errRefused)
 		assert.Equal(t, 1, rec.count("dial failed"), "the first failed dial was not logged")
 	})
 
 	t.Run("an idle timeout discard swallows the first exhausted wait", func(t *testing.T) {
 		rec := &recordingHandler{}
-		tr := &stressTracker{}
-		p := &Pool{MaxActive: 1, WaitTimeout: -1, IdleTimeout: 10 * time.Millisecond, Logger: slog.New(rec), Dial: tr.Dial}
+		d := &fakeDialer{}
+		p := &redispool.Pool{MaxActive: 1, WaitTimeout: -1, IdleTimeout: 10 * time.Millisecond, Logger: slog.New(rec), Dial: d.Dial}
 		defer p.Close()
 		c, err := p.GetContext(context.Background())
 		require.NoError(t, err)
@@ -89,15 +90,15 @@ func TestEachLogKindHasItsOwnRateLimit(t *testing.T) {
 		require.Equal(t, 1, rec.count("connection discarded"))
 
 		_, err = p.GetContext(context.Background())
-		require.ErrorIs(t, err, ErrPoolExhausted)
+		require.ErrorIs(t, err, redispool.ErrPoolExhausted)
 		assert.Equal(t, 1, rec.count("pool exhausted"), "the first exhausted wait was not logged")
 	})
 
 	t.Run("a lifetime discard swallows the first leak report", func(t *testing.T) {
 		rec := &recordingHandler{}
-		tr := &stressTracker{}
-		p := &Pool{MaxActive: 1, MaxConnLifetime: 10 * time.Millisecond, LeakThreshold: 10 * time.Millisecond,
-			Logger: slog.New(rec), Dial: tr.Dial}
+		d := &fakeDialer{}
+		p := &redispool.Pool{MaxActive: 1, MaxConnLifetime: 10 * time.Millisecond, LeakThreshold: 10 * time.Millisecond,
+			Logger: slog.New(rec), Dial: d.Dial}
 		defer p.Close()
 		c, err := p.GetContext(context.Background())
 		require.NoError(t, err)

@@ -1,4 +1,4 @@
-package redispool
+package redispool_test
 
 // The observability paths and the pool's edges: the Logger (and one whose
 // handler panics), leak detection, Stats, RedigoPool, Retire and Close.
@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gomodule/redigo/redis"
+	"github.com/redispool/redispool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -52,7 +53,7 @@ type obsOutcome struct {
 }
 
 // obsGet runs GetContext on its own goroutine, recovering a panic.
-func obsGet(p *Pool, ctx context.Context) <-chan obsOutcome {
+func obsGet(p *redispool.Pool, ctx context.Context) <-chan obsOutcome {
 	out := make(chan obsOutcome, 1)
 	go func() {
 		var o obsOutcome
@@ -86,19 +87,19 @@ func obsWait(t *testing.T, ch <-chan obsOutcome) obsOutcome {
 // the permit with it: with MaxActive 1 the pool could never hand out a conn
 // again.
 func TestALogHandlerPanicWhileAWaiterDiscardsItsGrantLosesNoPermit(t *testing.T) {
-	clk := NewTestClock()
-	defer SetNowFunc(clk.Now)()
-	tr := &stressTracker{}
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	d := &fakeDialer{}
 	h := newObsPanicHandler("connection discarded")
-	p := &Pool{MaxActive: 1, IdleTimeout: time.Minute, WaitTimeout: 5 * time.Second, Dial: tr.Dial, Logger: slog.New(h)}
+	p := &redispool.Pool{MaxActive: 1, IdleTimeout: time.Minute, WaitTimeout: 5 * time.Second, Dial: d.Dial, Logger: slog.New(h)}
 	defer p.Close()
 	ctx := context.Background()
 
 	held, err := p.GetContext(ctx)
 	require.NoError(t, err)
-	before := p.stats.waits.Load()
+	before := p.Stats().WaitCount
 	waiter := obsGet(p, ctx)
-	require.Eventually(t, func() bool { return p.stats.waits.Load() == before+1 }, 5*time.Second, 50*time.Microsecond)
+	require.Eventually(t, func() bool { return p.Stats().WaitCount == before+1 }, 5*time.Second, 50*time.Microsecond)
 
 	clk.Advance(2 * time.Minute) // the conn held is past IdleTimeout when the waiter gets it
 	h.armed.Store(true)
@@ -189,7 +190,7 @@ func startObsSilentServer(t *testing.T) *obsSilentServer {
 func TestALogHandlerPanicOnAnExhaustedWaitForADialSlotLosesNoPermit(t *testing.T) {
 	srv := startObsSilentServer(t)
 	h := newObsPanicHandler("pool exhausted")
-	p := &Pool{Addr: srv.ln.Addr().String(), MaxActive: 2, MaxConcurrentDials: 1, WaitTimeout: 100 * time.Millisecond,
+	p := &redispool.Pool{Addr: srv.ln.Addr().String(), MaxActive: 2, MaxConcurrentDials: 1, WaitTimeout: 100 * time.Millisecond,
 		DialOptions: []redis.DialOption{redis.DialClientName("x")}, Logger: slog.New(h)}
 	defer p.Close()
 	ctx := context.Background()
@@ -211,7 +212,7 @@ func TestALogHandlerPanicOnAnExhaustedWaitForADialSlotLosesNoPermit(t *testing.T
 		t.Fatalf("the handler was not called for the exhausted wait (Get returned %v)", o.err)
 	}
 	if o.recovered == nil {
-		require.ErrorIs(t, o.err, ErrPoolExhausted)
+		require.ErrorIs(t, o.err, redispool.ErrPoolExhausted)
 	}
 
 	close(srv.release)
@@ -229,14 +230,14 @@ func TestALogHandlerPanicOnAnExhaustedWaitForADialSlotLosesNoPermit(t *testing.T
 // as the Get gives up must not leave the dial's conn, and its permit,
 // waiting for a caller that is gone.
 func TestALogHandlerPanicOnAnExhaustedWaitForAUserDialLosesNoConn(t *testing.T) {
-	tr := &stressTracker{}
+	d := &fakeDialer{}
 	release := make(chan struct{})
 	inDial := make(chan struct{}, 1)
 	h := newObsPanicHandler("pool exhausted")
-	p := &Pool{MaxActive: 1, WaitTimeout: 50 * time.Millisecond, Logger: slog.New(h), Dial: func() (redis.Conn, error) {
+	p := &redispool.Pool{MaxActive: 1, WaitTimeout: 50 * time.Millisecond, Logger: slog.New(h), Dial: func() (redis.Conn, error) {
 		inDial <- struct{}{}
 		<-release
-		return tr.Dial()
+		return d.Dial()
 	}}
 	defer p.Close()
 	h.armed.Store(true)
@@ -257,10 +258,10 @@ func TestALogHandlerPanicOnAnExhaustedWaitForAUserDialLosesNoConn(t *testing.T) 
 // written on a timer's goroutine, where a panic cannot reach any caller
 // and would end the program.
 func TestALogHandlerPanicInALeakReportDoesNotEndTheProgram(t *testing.T) {
-	tr := &stressTracker{}
+	d := &fakeDialer{}
 	h := newObsPanicHandler("LeakThreshold")
 	h.armed.Store(true)
-	p := &Pool{Dial: tr.Dial, LeakThreshold: 10 * time.Millisecond, Logger: slog.New(h)}
+	p := &redispool.Pool{Dial: d.Dial, LeakThreshold: 10 * time.Millisecond, Logger: slog.New(h)}
 	defer p.Close()
 	c, err := p.GetContext(context.Background())
 	require.NoError(t, err)
@@ -277,12 +278,12 @@ func TestALogHandlerPanicInALeakReportDoesNotEndTheProgram(t *testing.T) {
 // TestLeakThresholdOffCostsNoTimer: with LeakThreshold zero, a Get sets
 // up no leak watch.
 func TestLeakThresholdOffCostsNoTimer(t *testing.T) {
-	tr := &stressTracker{}
-	p := &Pool{Dial: tr.Dial}
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial}
 	defer p.Close()
 	c, err := p.GetContext(context.Background())
 	require.NoError(t, err)
-	assert.Nil(t, c.(*activeConn).pc.leak, "no leak watch when LeakThreshold is zero")
+	assert.False(t, redispool.LeakWatched(c), "no leak watch when LeakThreshold is zero")
 	c.Close()
 	assert.Zero(t, p.Stats().LeakCount)
 }
@@ -290,20 +291,20 @@ func TestLeakThresholdOffCostsNoTimer(t *testing.T) {
 // TestStatsFieldsMatchWhatHappened checks each counter of PoolStats
 // against a scripted sequence of events.
 func TestStatsFieldsMatchWhatHappened(t *testing.T) {
-	clk := NewTestClock()
-	defer SetNowFunc(clk.Now)()
-	tr := &stressTracker{}
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	d := &fakeDialer{}
 	var refuse atomic.Bool
-	p := &Pool{MaxActive: 2, MaxIdle: 1, IdleTimeout: time.Minute, WaitTimeout: 20 * time.Millisecond,
+	p := &redispool.Pool{MaxActive: 2, MaxIdle: 1, IdleTimeout: time.Minute, WaitTimeout: 20 * time.Millisecond,
 		Dial: func() (redis.Conn, error) {
 			if refuse.Load() {
-				return nil, errStressDial
+				return nil, errRefused
 			}
-			return tr.Dial()
+			return d.Dial()
 		}}
 	defer p.Close()
 	ctx := context.Background()
-	assert.Equal(t, PoolStats{}, p.Stats(), "a new pool")
+	assert.Equal(t, redispool.PoolStats{}, p.Stats(), "a new pool")
 
 	a, err := p.GetContext(ctx)
 	require.NoError(t, err)
@@ -315,7 +316,7 @@ func TestStatsFieldsMatchWhatHappened(t *testing.T) {
 	assert.EqualValues(t, 2, s.DialCount)
 
 	_, err = p.GetContext(ctx) // waits, then exhausted
-	require.ErrorIs(t, err, ErrPoolExhausted)
+	require.ErrorIs(t, err, redispool.ErrPoolExhausted)
 	s = p.Stats()
 	assert.EqualValues(t, 1, s.WaitCount)
 	assert.GreaterOrEqual(t, s.WaitDuration, 20*time.Millisecond)
@@ -331,9 +332,9 @@ func TestStatsFieldsMatchWhatHappened(t *testing.T) {
 	clk.Advance(2 * time.Minute)
 	refuse.Store(true)
 	_, err = p.GetContext(ctx) // the idle one times out; the dial fails
-	require.ErrorIs(t, err, errStressDial)
+	require.ErrorIs(t, err, errRefused)
 	_, err = p.GetContext(ctx) // fails fast
-	require.ErrorIs(t, err, ErrDialBackoff)
+	require.ErrorIs(t, err, redispool.ErrDialBackoff)
 	s = p.Stats()
 	assert.Equal(t, 0, s.ActiveCount)
 	assert.Equal(t, 0, s.IdleCount)

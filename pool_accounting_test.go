@@ -1,14 +1,14 @@
-package redispool
+package redispool_test
 
 // Review of the wait queue and the Get / put / Close / Stats paths.
 
 import (
 	"context"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
+	"github.com/redispool/redispool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -20,18 +20,14 @@ import (
 // had taken must go back to the pool, not vanish with its permit (with
 // MaxActive 2, the pool could then never again hand out 2 conns).
 func TestShrinkWhoseCloseOfAnIdleConnPanicsKeepsTheGetsConn(t *testing.T) {
-	clk := NewTestClock()
-	defer SetNowFunc(clk.Now)()
-	tr := &stressTracker{}
-	var dials atomic.Int32
-	p := &Pool{MaxActive: 2, IdleTimeout: time.Minute, WaitTimeout: -1,
-		Dial: func() (redis.Conn, error) {
-			c, err := tr.Dial()
-			if dials.Add(1) == 2 {
-				return panickyCloseConn{c.(*stressConn)}, err
-			}
-			return c, err
-		}}
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	d := &fakeDialer{setup: func(c *fakeConn, n int) {
+		if n == 2 {
+			c.panicsIn("Close")
+		}
+	}}
+	p := &redispool.Pool{MaxActive: 2, IdleTimeout: time.Minute, WaitTimeout: -1, Dial: d.Dial}
 	defer func() {
 		defer func() { recover() }() // the panicky conn may still be idle
 		p.Close()
@@ -83,28 +79,22 @@ func TestShrinkWhoseCloseOfAnIdleConnPanicsKeepsTheGetsConn(t *testing.T) {
 // active holds for a monitor, also while the permit is on its way to a
 // waiter (which the test holds back by holding the queue's lock).
 func TestAConnGoneFromActiveCountIsCountedAsDiscarded(t *testing.T) {
-	tr := &stressTracker{}
-	p := &Pool{Dial: tr.Dial, MaxActive: 1, WaitTimeout: 5 * time.Second}
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 5 * time.Second}
 	defer p.Close()
 	held, err := p.GetContext(context.Background())
 	require.NoError(t, err)
-	served := make(chan error, 1)
-	startQueued(t, p, context.Background(), func(c redis.Conn, err error) {
-		if err == nil {
-			c.Close()
-		}
-		served <- err
-	})
+	waiter := queueGet(t, p, context.Background())
 	held.Do("BREAK") // Close discards it, and its permit goes to the waiter
 
-	p.q.mu.Lock()
+	unlock := p.LockQueue()
 	closed := make(chan struct{})
 	go func() { held.Close(); close(closed) }()
 	dropped := assert.Eventually(t, func() bool { return p.ActiveCount() == 0 }, 5*time.Second, 50*time.Microsecond,
 		"the closed conn leaves ActiveCount")
 	// Read while the waiter cannot be served: once it is, it dials.
-	s, dialed, open := p.Stats(), tr.dialed.Load(), tr.open.Load()
-	p.q.mu.Unlock()
+	s, dialed, open := p.Stats(), d.made.Load(), d.open.Load()
+	unlock()
 	require.True(t, dropped)
 	assert.Zero(t, open, "the conn is closed")
 	assert.Equal(t, dialed, s.Discards.Total()+int64(s.ActiveCount),
@@ -115,12 +105,9 @@ func TestAConnGoneFromActiveCountIsCountedAsDiscarded(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close never returned")
 	}
-	select {
-	case err := <-served:
-		require.NoError(t, err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("the waiter was never served")
-	}
-	require.Eventually(t, func() bool { return p.IdleCount() == 1 }, 5*time.Second, time.Millisecond)
+	r := awaitGet(t, waiter, 5*time.Second, "the waiter was never served")
+	require.NoError(t, r.err)
+	r.close()
+	require.Equal(t, 1, p.IdleCount())
 	checkAtRest(t, p, 0)
 }

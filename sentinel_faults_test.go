@@ -1,4 +1,4 @@
-package redispool
+package redispool_test
 
 import (
 	"bufio"
@@ -9,8 +9,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,8 +16,10 @@ import (
 	"time"
 
 	"github.com/gomodule/redigo/redis"
+	"github.com/redispool/redispool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 )
 
 // ---------------------------------------------------------------------------
@@ -122,7 +122,7 @@ func startScriptedSentinel(t *testing.T, s *scriptedSentinel) *scriptedSentinel 
 }
 
 // switchMessage is a +switch-master message frame with data msg.
-func switchMessage(msg string) string { return respBulks("message", switchChannel, msg) }
+func switchMessage(msg string) string { return respBulks("message", "+switch-master", msg) }
 
 // refusedAddr returns a loopback address nobody listens on.
 func refusedAddr(t *testing.T) string {
@@ -133,23 +133,8 @@ func refusedAddr(t *testing.T) string {
 	return addr
 }
 
-// goroutinesIn counts the goroutines whose stack mentions fn and each of
-// also (for example " [select", a goroutine's state while it is parked in a
-// select).
-func goroutinesIn(fn string, also ...string) int {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	n := 0
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, fn) && !slices.ContainsFunc(also, func(a string) bool { return !strings.Contains(g, a) }) {
-			n++
-		}
-	}
-	return n
-}
-
 // safeGet runs p.Get, turning a panic into an error.
-func safeGet(p *Pool) (err error, panicked any) {
+func safeGet(p *redispool.Pool) (err error, panicked any) {
 	defer func() {
 		if r := recover(); r != nil {
 			panicked = r
@@ -168,8 +153,8 @@ func safeGet(p *Pool) (err error, panicked any) {
 // panic (makeslice: len out of range); Get must return an error instead.
 func TestSentinelHugeLengthInReplyIsAnError(t *testing.T) {
 	s := startScriptedSentinel(t, &scriptedSentinel{reply: "*2\r\n$9223372036854775807\r\n"})
-	p := &Pool{
-		Sentinel:    &Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster"},
+	p := &redispool.Pool{
+		Sentinel:    &redispool.Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster"},
 		DialTimeout: 500 * time.Millisecond,
 	}
 	defer p.Close()
@@ -187,8 +172,8 @@ func TestSentinelHugeLengthInSubscriptionIsAnError(t *testing.T) {
 		host, port, _ := net.SplitHostPort(master)
 		s := startScriptedSentinel(t, &scriptedSentinel{reply: addrReply(host, port)})
 		s.push <- "*3\r\n$7\r\nmessage\r\n$14\r\n+switch-master\r\n$9223372036854775807\r\n"
-		p := &Pool{
-			Sentinel:    &Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster"},
+		p := &redispool.Pool{
+			Sentinel:    &redispool.Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster"},
 			DialTimeout: 500 * time.Millisecond,
 		}
 		c := p.Get()
@@ -204,17 +189,14 @@ func TestSentinelHugeLengthInSubscriptionIsAnError(t *testing.T) {
 	cmd.Env = append(os.Environ(), "REDISPOOL_SENTINEL_CHILD=1")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
+		// The failure and the stack of the goroutine that failed.
 		first := string(out)
 		if i := strings.Index(first, "goroutine "); i > 0 {
-			first = first[:i]
-		}
-		where := ""
-		for _, line := range strings.Split(string(out), "\n") {
-			if strings.Contains(line, "redispool.(*Sentinel).") {
-				where += line + "\n"
+			if j := strings.Index(first[i+1:], "\n\ngoroutine "); j > 0 {
+				first = first[:i+1+j]
 			}
 		}
-		t.Fatalf("after a sentinel's malformed +switch-master frame, the child process failed (%v):\n%s\nin:\n%s", err, first, where)
+		t.Fatalf("after a sentinel's malformed +switch-master frame, the child process failed (%v):\n%s", err, first)
 	}
 }
 
@@ -236,8 +218,8 @@ func TestSentinelBogusAddressIsNotBelieved(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			bad := startScriptedSentinel(t, &scriptedSentinel{reply: addrReply(tc.host, tc.port)})
 			ok := startScriptedSentinel(t, &scriptedSentinel{reply: addrReply(gHost, gPort)})
-			p := &Pool{
-				Sentinel:    &Sentinel{Addrs: []string{bad.addr, ok.addr}, MasterName: "mymaster"},
+			p := &redispool.Pool{
+				Sentinel:    &redispool.Sentinel{Addrs: []string{bad.addr, ok.addr}, MasterName: "mymaster"},
 				DialTimeout: 500 * time.Millisecond,
 			}
 			defer p.Close()
@@ -261,12 +243,12 @@ func TestSentinelBogusAddressIsNotBelieved(t *testing.T) {
 // A +switch-master announcement whose new port is not a port is ignored: the
 // pool keeps its working master and its connections.
 func TestSentinelGarbageSwitchMasterIsIgnored(t *testing.T) {
-	defer SetWatchPing(100 * time.Millisecond)()
+	defer redispool.SetWatchPing(100 * time.Millisecond)()
 	master := startFakeMaster(t)
 	host, port, _ := net.SplitHostPort(master)
 	s := startScriptedSentinel(t, &scriptedSentinel{reply: addrReply(host, port)})
-	p := &Pool{
-		Sentinel:    &Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster"},
+	p := &redispool.Pool{
+		Sentinel:    &redispool.Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster"},
 		DialTimeout: 500 * time.Millisecond,
 	}
 	defer p.Close()
@@ -275,7 +257,7 @@ func TestSentinelGarbageSwitchMasterIsIgnored(t *testing.T) {
 	require.NoError(t, held.Err())
 	require.Eventually(t, func() bool { return s.subscribes.Load() == 1 }, 3*time.Second, 10*time.Millisecond)
 
-	gen := p.gen.Load()
+	gen := p.Generation()
 	s.push <- switchMessage(fmt.Sprintf("mymaster %s %s 127.0.0.1 not-a-port", host, port))
 	s.push <- switchMessage("mymaster garbage garbage garbage 99999999")
 	// A valid announcement after them, in order on the same connection:
@@ -284,7 +266,7 @@ func TestSentinelGarbageSwitchMasterIsIgnored(t *testing.T) {
 	ohost, oport, _ := net.SplitHostPort(other)
 	s.push <- switchMessage(fmt.Sprintf("mymaster %s %s %s %s", host, port, ohost, oport))
 	require.Eventually(t, func() bool { return p.Sentinel.Master() == other }, 5*time.Second, 5*time.Millisecond)
-	assert.Equal(t, gen+1, p.gen.Load(), "only the valid announcement retired the conns")
+	assert.Equal(t, gen+1, p.Generation(), "only the valid announcement retired the conns")
 }
 
 // ---------------------------------------------------------------------------
@@ -303,9 +285,9 @@ func TestSentinelTLSHandshakeIsBoundedByDialTimeout(t *testing.T) {
 
 // tlsSentinelPool is a pool that reaches the sentinel at addr over TLS,
 // with DialTimeout 300ms.
-func tlsSentinelPool(addr string) *Pool {
-	return &Pool{
-		Sentinel: &Sentinel{
+func tlsSentinelPool(addr string) *redispool.Pool {
+	return &redispool.Pool{
+		Sentinel: &redispool.Sentinel{
 			Addrs:       []string{addr},
 			MasterName:  "mymaster",
 			DialOptions: []redis.DialOption{redis.DialUseTLS(true)},
@@ -317,17 +299,20 @@ func tlsSentinelPool(addr string) *Pool {
 // A subscription's dial stuck in the same TLS handshake ends soon after
 // Pool.Close.
 func TestSentinelCloseEndsSubscriptionInTLSHandshake(t *testing.T) {
-	p := tlsSentinelPool(silentServer(t))
-	go func() { c := p.Get(); c.Close() }()
-	require.Eventually(t, func() bool { return goroutinesIn("(*Sentinel).listen") > 0 }, 2*time.Second, 5*time.Millisecond)
-	time.Sleep(100 * time.Millisecond)
+	var accepted atomic.Int64
+	addr := serveLoopback(t, func(c net.Conn) { accepted.Add(1); io.Copy(io.Discard, c) }) // silent
+	running := goleak.IgnoreCurrent()
+	p := tlsSentinelPool(addr)
+	got := goGet(p, context.Background())
+	require.Eventually(t, func() bool { return accepted.Load() >= 2 }, 2*time.Second, 5*time.Millisecond,
+		"the query and the subscription did not both reach the sentinel")
 	p.Close()
+	awaitGet(t, got, 5*time.Second).close()
 	deadline := time.Now().Add(2 * time.Second)
-	for goroutinesIn("(*Sentinel).listen") > 0 {
+	for err := goleak.Find(running); err != nil; err = goleak.Find(running) {
 		if time.Now().After(deadline) {
-			t.Fatal("2 s after Pool.Close, a subscription to a sentinel still runs (stuck in its TLS handshake)")
+			t.Fatalf("2 s after Pool.Close, a subscription to a sentinel still runs (stuck in its TLS handshake):\n%v", err)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -335,7 +320,7 @@ func TestSentinelCloseEndsSubscriptionInTLSHandshake(t *testing.T) {
 // while it waits for the AUTH reply gives up within its dial timeout and is
 // dialed again, so the pool hears the sentinel once it works again.
 func TestSentinelSubscriptionStuckInAuthIsDialedAgain(t *testing.T) {
-	defer SetWatchPing(100 * time.Millisecond)()
+	defer redispool.SetWatchPing(100 * time.Millisecond)()
 	master := startFakeMaster(t)
 	host, port, _ := net.SplitHostPort(master)
 	until := time.Now().Add(400 * time.Millisecond)
@@ -343,8 +328,8 @@ func TestSentinelSubscriptionStuckInAuthIsDialedAgain(t *testing.T) {
 		reply:  addrReply(host, port),
 		silent: func() bool { return time.Now().Before(until) },
 	})
-	p := &Pool{
-		Sentinel:    &Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster", Password: "secret"},
+	p := &redispool.Pool{
+		Sentinel:    &redispool.Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster", Password: "secret"},
 		DialTimeout: 300 * time.Millisecond,
 	}
 	defer p.Close()
@@ -367,8 +352,8 @@ func TestSentinelHealthySentinelAfterHungOnesIsAsked(t *testing.T) {
 	master := startFakeMaster(t)
 	host, port, _ := net.SplitHostPort(master)
 	good := startScriptedSentinel(t, &scriptedSentinel{reply: addrReply(host, port)})
-	p := &Pool{
-		Sentinel: &Sentinel{
+	p := &redispool.Pool{
+		Sentinel: &redispool.Sentinel{
 			Addrs:      []string{silentServer(t), silentServer(t), good.addr},
 			MasterName: "mymaster",
 		},
@@ -395,8 +380,8 @@ func TestSentinelHealthySentinelAfterHungOnesIsAsked(t *testing.T) {
 // a dial within 500 ms of a failed query gets that query's error.
 func TestSentinelQueriesAreRateLimitedWhileSentinelsAreDown(t *testing.T) {
 	addrs := []string{refusedAddr(t), refusedAddr(t)}
-	p := &Pool{
-		Sentinel:    &Sentinel{Addrs: addrs, MasterName: "mymaster"},
+	p := &redispool.Pool{
+		Sentinel:    &redispool.Sentinel{Addrs: addrs, MasterName: "mymaster"},
 		DialTimeout: 300 * time.Millisecond,
 	}
 	defer p.Close()
@@ -418,7 +403,7 @@ func TestSentinelQueriesAreRateLimitedWhileSentinelsAreDown(t *testing.T) {
 	took := time.Since(start)
 	queries := p.Sentinel.Queries() / int64(len(addrs))
 	// Two a second, and one more for the first.
-	allowed := int64(took/minQueryInterval) + 1
+	allowed := int64(took/(time.Second/2)) + 1
 	assert.LessOrEqual(t, queries, allowed, "the sentinels were asked %d times in %v", queries, took)
 }
 
@@ -430,15 +415,15 @@ func TestSentinelQueriesAreRateLimitedWhileSentinelsAreDown(t *testing.T) {
 func TestSentinelConfigRejectsAddrWithoutPort(t *testing.T) {
 	for _, addr := range []string{"127.0.0.1:", "127.0.0.1:99999"} {
 		t.Run(addr, func(t *testing.T) {
-			p := &Pool{
-				Sentinel:    &Sentinel{Addrs: []string{addr}, MasterName: "mymaster"},
+			p := &redispool.Pool{
+				Sentinel:    &redispool.Sentinel{Addrs: []string{addr}, MasterName: "mymaster"},
 				DialTimeout: 200 * time.Millisecond,
 			}
 			defer p.Close()
 			c := p.Get()
 			err := c.Err()
 			c.Close()
-			assert.ErrorIs(t, err, ErrInvalidConfig, "Sentinel.Addrs %q was accepted; Get said: %v", addr, err)
+			assert.ErrorIs(t, err, redispool.ErrInvalidConfig, "Sentinel.Addrs %q was accepted; Get said: %v", addr, err)
 		})
 	}
 }
@@ -446,10 +431,10 @@ func TestSentinelConfigRejectsAddrWithoutPort(t *testing.T) {
 // A master name may hold a space (SENTINEL MONITOR "my master" ...): the
 // announcements for it are followed.
 func TestSentinelMasterNameWithSpaceFollowsAnnouncements(t *testing.T) {
-	p := &Pool{Sentinel: &Sentinel{Addrs: []string{"127.0.0.1:1"}, MasterName: "my master"}}
-	require.NoError(t, p.init())
+	p := &redispool.Pool{Sentinel: &redispool.Sentinel{Addrs: []string{"127.0.0.1:1"}, MasterName: "my master"}}
+	p.Stats() // first use: the Sentinel serves p
 	defer p.Close()
-	p.Sentinel.announced(p, "test", "my master 127.0.0.1 6379 127.0.0.1 6380")
+	p.Sentinel.Announce("test", "my master 127.0.0.1 6379 127.0.0.1 6380")
 	assert.Equal(t, "127.0.0.1:6380", p.Sentinel.Master(),
 		"an announcement for the configured MasterName was ignored (or check should reject the name)")
 }
@@ -461,8 +446,8 @@ func TestSentinelSlowSentinelWithPasswordFitsDialTimeout(t *testing.T) {
 	master := startFakeMaster(t)
 	host, port, _ := net.SplitHostPort(master)
 	s := startScriptedSentinel(t, &scriptedSentinel{reply: addrReply(host, port), delay: 450 * time.Millisecond})
-	p := &Pool{
-		Sentinel:    &Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster", Password: "secret"},
+	p := &redispool.Pool{
+		Sentinel:    &redispool.Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster", Password: "secret"},
 		DialTimeout: 500 * time.Millisecond,
 	}
 	defer p.Close()
@@ -517,8 +502,8 @@ func TestSentinelWhoseAnswerFailedIsAskedAfterTheOthers(t *testing.T) {
 				startScriptedSentinel(t, &scriptedSentinel{reply: addrReply(host, port)}),
 				startScriptedSentinel(t, &scriptedSentinel{reply: addrReply(host, port)}),
 			}
-			p := &Pool{
-				Sentinel: &Sentinel{
+			p := &redispool.Pool{
+				Sentinel: &redispool.Sentinel{
 					Addrs:      []string{sentinels[0].addr, sentinels[1].addr, sentinels[2].addr},
 					MasterName: "mymaster",
 				},

@@ -1,4 +1,4 @@
-package redispool
+package redispool_test
 
 import (
 	"bufio"
@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/redispool/redispool"
 	"github.com/redispool/redispool/internal/redistest"
 )
 
@@ -43,10 +44,10 @@ func gatedDial() (opt redis.DialOption, started <-chan struct{}, proceed chan<- 
 
 // announceSwitch tells p's Sentinel, as the sentinels would, that the master
 // moved from oldAddr to newAddr.
-func announceSwitch(p *Pool, oldAddr, newAddr string) {
+func announceSwitch(p *redispool.Pool, oldAddr, newAddr string) {
 	oldHost, oldPort, _ := net.SplitHostPort(oldAddr)
 	newHost, newPort, _ := net.SplitHostPort(newAddr)
-	p.Sentinel.announced(p, "test", fmt.Sprintf("mymaster %s %s %s %s", oldHost, oldPort, newHost, newPort))
+	p.Sentinel.Announce("test", fmt.Sprintf("mymaster %s %s %s %s", oldHost, oldPort, newHost, newPort))
 }
 
 // readCommand reads one RESP array of bulk strings.
@@ -79,8 +80,8 @@ func TestAConnDialedAsANewMasterIsAnnouncedServesTheNewMaster(t *testing.T) {
 	// the new master: the dial began before the announcement and reads the
 	// master's address after it.
 	dial, querying, proceed := gatedDial()
-	p := &Pool{
-		Sentinel: &Sentinel{
+	p := &redispool.Pool{
+		Sentinel: &redispool.Sentinel{
 			Addrs:       []string{sentinel},
 			MasterName:  "mymaster",
 			DialOptions: []redis.DialOption{dial},
@@ -114,8 +115,8 @@ func TestAConnToTheOldMasterDialedAsANewMasterIsAnnouncedIsRetired(t *testing.T)
 	// The dial to the master the sentinel named waits until the test has
 	// announced another: the address was read before the announcement.
 	dial, dialing, proceed := gatedDial()
-	p := &Pool{
-		Sentinel:    &Sentinel{Addrs: []string{sentinel}, MasterName: "mymaster"},
+	p := &redispool.Pool{
+		Sentinel:    &redispool.Sentinel{Addrs: []string{sentinel}, MasterName: "mymaster"},
 		DialOptions: []redis.DialOption{dial},
 	}
 	defer p.Close()
@@ -128,9 +129,9 @@ func TestAConnToTheOldMasterDialedAsANewMasterIsAnnouncedIsRetired(t *testing.T)
 
 	c := <-got
 	defer c.Close()
-	require.ErrorIs(t, c.Err(), ErrConnRetired, "Err tells of a retired conn before any command fails")
+	require.ErrorIs(t, c.Err(), redispool.ErrConnRetired, "Err tells of a retired conn before any command fails")
 	_, err := c.Do("SET", "k", "v")
-	require.ErrorIs(t, err, ErrConnRetired, "a conn to the old master must not write")
+	require.ErrorIs(t, err, redispool.ErrConnRetired, "a conn to the old master must not write")
 	n, err := redis.Int(oldMaster.Do(t, "EXISTS", "k"), nil)
 	require.NoError(t, err)
 	assert.Zero(t, n, "nothing was written to the old master")
@@ -143,8 +144,8 @@ func TestAConnToTheOldMasterDialedAsANewMasterIsAnnouncedIsRetired(t *testing.T)
 func TestDialTimeoutBoundsTheRoleCheck(t *testing.T) {
 	master := silentServer(t)
 	sentinel := startStaleSentinel(t, master)
-	p := &Pool{
-		Sentinel:    &Sentinel{Addrs: []string{sentinel}, MasterName: "mymaster"},
+	p := &redispool.Pool{
+		Sentinel:    &redispool.Sentinel{Addrs: []string{sentinel}, MasterName: "mymaster"},
 		DialTimeout: 300 * time.Millisecond,
 		ReadTimeout: -1,
 	}

@@ -1,10 +1,11 @@
-package redispool
+package redispool_test
 
 import (
 	"log/slog"
 	"testing"
 	"time"
 
+	"github.com/redispool/redispool"
 	"github.com/stretchr/testify/require"
 )
 
@@ -20,8 +21,8 @@ func TestASentinelRecordWhoseHandlerPanicsIsLostAlone(t *testing.T) {
 	sen.refuseSubscribe.Store(true)
 	h := newObsPanicHandler(failed)
 	h.armed.Store(true)
-	p := &Pool{
-		Sentinel: &Sentinel{Addrs: []string{sen.addr}, MasterName: "mymaster"},
+	p := &redispool.Pool{
+		Sentinel: &redispool.Sentinel{Addrs: []string{sen.addr}, MasterName: "mymaster"},
 		Logger:   slog.New(h),
 	}
 	defer p.Close()

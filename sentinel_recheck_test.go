@@ -1,4 +1,4 @@
-package redispool
+package redispool_test
 
 import (
 	"fmt"
@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redispool/redispool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -40,7 +41,7 @@ func TestSentinelReadOnlyWhileRecheckingRetiresTheOtherConns(t *testing.T) {
 
 	_, err := c1.Do("SET", "k", "v")
 	require.ErrorContains(t, err, "READONLY")
-	assert.ErrorIs(t, c2.Err(), ErrConnRetired, "a READONLY from the master in use did not retire the other conns to it")
+	assert.ErrorIs(t, c2.Err(), redispool.ErrConnRetired, "a READONLY from the master in use did not retire the other conns to it")
 	assert.Zero(t, p.Stats().IdleCount, "a READONLY from the master in use did not close the idle conns to it")
 }
 
@@ -59,11 +60,11 @@ func TestSentinelFailoverWhileRecheckingDoesNotGoBackToTheOldMaster(t *testing.T
 	w := startRoleServer(t, "master")
 	slow := startAnsweringSentinel(t, z.addr)      // asked first: it answered last
 	announcer := startAnsweringSentinel(t, z.addr) // publishes the failover
-	p := &Pool{
-		Sentinel:    &Sentinel{Addrs: []string{slow.addr, announcer.addr}, MasterName: "mymaster"},
+	p := &redispool.Pool{
+		Sentinel:    &redispool.Sentinel{Addrs: []string{slow.addr, announcer.addr}, MasterName: "mymaster"},
 		DialTimeout: 5 * time.Second,
 	}
-	require.NoError(t, p.init())
+	p.Stats() // first use: the Sentinel serves p
 	defer p.Close()
 
 	held := p.Get()
@@ -80,8 +81,8 @@ func TestSentinelFailoverWhileRecheckingDoesNotGoBackToTheOldMaster(t *testing.T
 	announcer.setAnswer(w.addr)
 	zh, zp, _ := net.SplitHostPort(z.addr)
 	wh, wp, _ := net.SplitHostPort(w.addr)
-	p.Sentinel.announced(p, announcer.addr, fmt.Sprintf("mymaster %s %s %s %s", zh, zp, wh, wp))
-	require.ErrorIs(t, held.Err(), ErrConnRetired, "the announcement says z was replaced")
+	p.Sentinel.Announce(announcer.addr, fmt.Sprintf("mymaster %s %s %s %s", zh, zp, wh, wp))
+	require.ErrorIs(t, held.Err(), redispool.ErrConnRetired, "the announcement says z was replaced")
 
 	c := p.Get()
 	defer c.Close()
@@ -105,11 +106,11 @@ func TestSentinelFailoverDuringTheRecheckQueryIsNotUndoneByItsAnswer(t *testing.
 	w := startRoleServer(t, "master")
 	slow := startGatedSentinel(t, z.addr, 2) // the recheck's query waits
 	announcer := startAnsweringSentinel(t, w.addr)
-	p := &Pool{
-		Sentinel:    &Sentinel{Addrs: []string{slow.addr, announcer.addr}, MasterName: "mymaster"},
+	p := &redispool.Pool{
+		Sentinel:    &redispool.Sentinel{Addrs: []string{slow.addr, announcer.addr}, MasterName: "mymaster"},
 		DialTimeout: 5 * time.Second,
 	}
-	require.NoError(t, p.init())
+	p.Stats() // first use: the Sentinel serves p
 	defer p.Close()
 
 	held := p.Get()
@@ -135,8 +136,8 @@ func TestSentinelFailoverDuringTheRecheckQueryIsNotUndoneByItsAnswer(t *testing.
 	// The failover, as the query is under way.
 	zh, zp, _ := net.SplitHostPort(z.addr)
 	wh, wp, _ := net.SplitHostPort(w.addr)
-	p.Sentinel.announced(p, announcer.addr, fmt.Sprintf("mymaster %s %s %s %s", zh, zp, wh, wp))
-	require.ErrorIs(t, held.Err(), ErrConnRetired)
+	p.Sentinel.Announce(announcer.addr, fmt.Sprintf("mymaster %s %s %s %s", zh, zp, wh, wp))
+	require.ErrorIs(t, held.Err(), redispool.ErrConnRetired)
 	close(slow.release) // the slow sentinel answers z: it had not heard yet when asked
 
 	var r result

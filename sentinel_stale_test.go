@@ -1,4 +1,4 @@
-package redispool
+package redispool_test
 
 import (
 	"bufio"
@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redispool/redispool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -171,13 +172,13 @@ func (r *attrRecorder) find(part string) map[string]string {
 }
 
 // stalePool is a pool whose Sentinel asks s.
-func stalePool(t *testing.T, s *answeringSentinel, logger *slog.Logger) *Pool {
-	p := &Pool{
-		Sentinel:    &Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster"},
+func stalePool(t *testing.T, s *answeringSentinel, logger *slog.Logger) *redispool.Pool {
+	p := &redispool.Pool{
+		Sentinel:    &redispool.Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster"},
 		DialTimeout: 5 * time.Second,
 		Logger:      logger,
 	}
-	require.NoError(t, p.init())
+	p.Stats() // first use: the Sentinel serves p
 	t.Cleanup(func() { p.Close() })
 	return p
 }
@@ -203,11 +204,11 @@ func TestSentinelLateDuplicateAnnouncementIsNotFollowed(t *testing.T) {
 	require.NoError(t, idle.Err())
 	idle.Close() // kept idle
 	require.EqualValues(t, 1, z.conns.Load())
-	gen, retired := p.gen.Load(), p.Stats().Discards.Retired
+	gen, retired := p.Generation(), p.Stats().Discards.Retired
 
 	announceSwitch(p, x.addr, y.addr) // the late duplicate
 
-	assert.Equal(t, gen, p.gen.Load(), "a stale announcement retired the connections to the master in use")
+	assert.Equal(t, gen, p.Generation(), "a stale announcement retired the connections to the master in use")
 	assert.Equal(t, retired, p.Stats().Discards.Retired, "a stale announcement closed idle connections")
 	assert.NotEqual(t, y.addr, p.Sentinel.Master(), "a stale announcement was followed back to a demoted master")
 
@@ -222,7 +223,7 @@ func TestSentinelLateDuplicateAnnouncementIsNotFollowed(t *testing.T) {
 	assert.EqualValues(t, 2, z.conns.Load(), "the new dial went to Z")
 	assert.Zero(t, y.conns.Load(), "nothing dialed the demoted master")
 	assert.Equal(t, z.addr, p.Sentinel.Master())
-	assert.Equal(t, gen, p.gen.Load(), "the sentinels named Z again: nothing to retire")
+	assert.Equal(t, gen, p.Generation(), "the sentinels named Z again: nothing to retire")
 
 	m := rec.find("ignored")
 	require.NotNil(t, m, "the ignored announcement is logged")
@@ -255,9 +256,7 @@ func TestSentinelAnnouncementFromAnotherMasterMakesThePoolAsk(t *testing.T) {
 		// The sentinels have moved on past Z, to W: the pool must take
 		// their answer, not the announcement's.
 		s.setAnswer(w.addr)
-		p.Sentinel.mu.Lock()
-		p.Sentinel.lastQuery = time.Now() // within minQueryInterval, whatever the machine's speed
-		p.Sentinel.mu.Unlock()
+		p.Sentinel.SetLastQuery("", nil) // asked now: within the half second a query's answer is reused, whatever the machine's speed
 		announceSwitch(p, y.addr, z.addr)
 		assert.NotEqual(t, z.addr, p.Sentinel.Master(), "an announcement from another master was followed blindly")
 
@@ -269,7 +268,7 @@ func TestSentinelAnnouncementFromAnotherMasterMakesThePoolAsk(t *testing.T) {
 		assert.EqualValues(t, 1, w.conns.Load(), "the new dial went to the master the sentinels named")
 		assert.Zero(t, z.conns.Load())
 		assert.Zero(t, y.conns.Load())
-		assert.ErrorIs(t, held.Err(), ErrConnRetired, "the conn to X, which the sentinels no longer name, is retired")
+		assert.ErrorIs(t, held.Err(), redispool.ErrConnRetired, "the conn to X, which the sentinels no longer name, is retired")
 	})
 
 	t.Run("after a failed query", func(t *testing.T) {
@@ -281,10 +280,7 @@ func TestSentinelAnnouncementFromAnotherMasterMakesThePoolAsk(t *testing.T) {
 
 		// The state after a failure on X and a query that failed moments
 		// ago: the address forgotten, the last answer X, the error kept.
-		p.Sentinel.mu.Lock()
-		p.Sentinel.last, p.Sentinel.lastQuery = x.addr, time.Now()
-		p.Sentinel.failErr, p.Sentinel.failedAt = errors.New("sentinels down"), time.Now()
-		p.Sentinel.mu.Unlock()
+		p.Sentinel.SetLastQuery(x.addr, errors.New("sentinels down"))
 
 		announceSwitch(p, y.addr, z.addr)
 		c := p.Get()
@@ -319,11 +315,11 @@ func TestSentinelMissedAnnouncementArrivingLateIsFollowedUntilRoleFails(t *testi
 	announceSwitch(p, y.addr, z.addr) // does not fit: ask
 	require.NoError(t, held.Err(), "not yet known to be replaced")
 	announceSwitch(p, x.addr, y.addr) // the one missed, late
-	assert.ErrorIs(t, held.Err(), ErrConnRetired, "the announcement says X was replaced")
+	assert.ErrorIs(t, held.Err(), redispool.ErrConnRetired, "the announcement says X was replaced")
 	assert.Equal(t, y.addr, p.Sentinel.Master(), "an announcement from the master in use is followed")
 
 	_, err := p.GetContext(context.Background())
-	require.ErrorIs(t, err, ErrNotMaster, "Y's ROLE check")
+	require.ErrorIs(t, err, redispool.ErrNotMaster, "Y's ROLE check")
 	assert.Empty(t, p.Sentinel.Master(), "a failed ROLE check forgets Y")
 	var c interface{ Err() error }
 	require.Eventually(t, func() bool { // past the pool's dial backoff
@@ -357,11 +353,11 @@ func TestSentinelAnnouncementsThatFollowTheMasterAreFollowed(t *testing.T) {
 	require.NoError(t, held.Err())
 	assert.EqualValues(t, 1, x.conns.Load())
 
-	gen := p.gen.Load()
+	gen := p.Generation()
 	announceSwitch(p, x.addr, z.addr) // the normal case
 	assert.Equal(t, z.addr, p.Sentinel.Master(), "an announcement from the master in use is followed at once")
-	assert.Equal(t, gen+1, p.gen.Load())
-	assert.ErrorIs(t, held.Err(), ErrConnRetired, "the conn to the old master is retired")
+	assert.Equal(t, gen+1, p.Generation())
+	assert.ErrorIs(t, held.Err(), redispool.ErrConnRetired, "the conn to the old master is retired")
 
 	c := p.Get()
 	defer c.Close()
@@ -370,7 +366,7 @@ func TestSentinelAnnouncementsThatFollowTheMasterAreFollowed(t *testing.T) {
 
 	announceSwitch(p, x.addr, z.addr) // the same, from another sentinel
 	assert.Equal(t, z.addr, p.Sentinel.Master())
-	assert.Equal(t, gen+1, p.gen.Load(), "a duplicate of the announcement followed retired the conns")
+	assert.Equal(t, gen+1, p.Generation(), "a duplicate of the announcement followed retired the conns")
 	require.NoError(t, c.Err())
 	assert.Zero(t, p.Sentinel.Queries(), "the sentinels were asked")
 }

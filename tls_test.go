@@ -1,4 +1,4 @@
-package redispool
+package redispool_test
 
 import (
 	"context"
@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/redispool/redispool"
 	"github.com/redispool/redispool/internal/redistest"
 )
 
@@ -56,7 +57,7 @@ func selfSignedCert(t *testing.T, dir string) (certFile, keyFile string) {
 // handshake, and they stay in the socket until the client's first read. A
 // conn the pool dialed that went back idle before any read (a Get closed
 // without a command, or the conn of a dial whose caller gave up) must still
-// be reused after peekAfterIdle: the ticket's bytes are not an unasked-for
+// be reused after PeekAfterIdle: the ticket's bytes are not an unasked-for
 // reply.
 func TestAHealthyTLSConnReturnedUnreadIsNotDiscardedAsBroken(t *testing.T) {
 	dir := t.TempDir()
@@ -69,14 +70,14 @@ func TestAHealthyTLSConnReturnedUnreadIsNotDiscardedAsBroken(t *testing.T) {
 		"--tls-key-file", keyFile, "--tls-ca-cert-file", certFile, "--tls-auth-clients", "no")
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(tlsPort))
 
-	p := &Pool{Addr: addr, MaxActive: 2,
+	p := &redispool.Pool{Addr: addr, MaxActive: 2,
 		DialOptions: []redis.DialOption{redis.DialUseTLS(true), redis.DialTLSSkipVerify(true)}}
 	defer p.Close()
 	c, err := p.GetContext(context.Background())
 	require.NoError(t, err)
 	c.Close() // no command: nothing read since the handshake
 
-	time.Sleep(2 * peekAfterIdle)
+	time.Sleep(2 * redispool.PeekAfterIdle)
 	c, err = p.GetContext(context.Background())
 	require.NoError(t, err)
 	_, err = c.Do("PING")
@@ -89,7 +90,7 @@ func TestAHealthyTLSConnReturnedUnreadIsNotDiscardedAsBroken(t *testing.T) {
 
 // hammer runs callers goroutines that Get, PING and Close in a loop for d,
 // and returns the last error a Get or its PING returned.
-func hammer(p *Pool, callers int, d time.Duration) error {
+func hammer(p *redispool.Pool, callers int, d time.Duration) error {
 	var mu sync.Mutex
 	var last error
 	var wg sync.WaitGroup
@@ -133,7 +134,7 @@ func TestADialCountsOnlyOnceTheServerHasAnswered(t *testing.T) {
 		_, err = other.Do("PING")
 		require.NoError(t, err)
 
-		p := &Pool{Addr: srv.Addr()}
+		p := &redispool.Pool{Addr: srv.Addr()}
 		defer p.Close()
 		err = hammer(p, callers, period)
 		s := p.Stats()
@@ -152,7 +153,7 @@ func TestADialCountsOnlyOnceTheServerHasAnswered(t *testing.T) {
 		redistest.Start(t, "--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certFile,
 			"--tls-key-file", keyFile, "--tls-ca-cert-file", certFile, "--tls-auth-clients", "no")
 
-		p := &Pool{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(tlsPort))}
+		p := &redispool.Pool{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(tlsPort))}
 		defer p.Close()
 		err = hammer(p, callers, period)
 		s := p.Stats()
