@@ -14,7 +14,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/redispool/redispool"
-	"github.com/redispool/redispool/internal/redistest"
 )
 
 // lockedBuffer is a bytes.Buffer safe for a log handler on the pool's
@@ -124,45 +123,6 @@ func TestNoErrorLogOrStatShowsAPassword(t *testing.T) {
 					assert.NotContains(t, text, s, "%s shows the password", what)
 				}
 			}
-		})
-	}
-}
-
-// TestAURLInAddrGivesTheUserPasswordAndDatabase: a redis:// URL in Addr
-// authenticates as its user, or with its password alone, and selects its
-// database, which the pool takes as its DB: a connection a borrower left
-// in another database is not handed out again.
-func TestAURLInAddrGivesTheUserPasswordAndDatabase(t *testing.T) {
-	s := redistest.Start(t, "--user", "alice", "on", ">Hunter2pw", "~*", "&*", "+@all")
-	p := &redispool.Pool{Addr: "redis://alice:Hunter2pw@" + s.Addr() + "/3", MaxActive: 1}
-	defer p.Close()
-
-	clientInfo := func() string {
-		c, err := p.GetContext(context.Background())
-		require.NoError(t, err)
-		defer c.Close()
-		info, err := redis.String(c.Do("CLIENT", "INFO"))
-		require.NoError(t, err)
-		_, err = c.Do("SELECT", 0) // left in database 0
-		require.NoError(t, err)
-		return info
-	}
-	first := clientInfo()
-	assert.Contains(t, first, " user=alice ")
-	assert.Contains(t, first, " db=3 ")
-	assert.Contains(t, clientInfo(), " db=3 ", "a conn left in database 0 was handed out")
-
-	for _, addr := range []string{"redis://:Tiger3pw@", "redis://Tiger3pw@"} {
-		t.Run(addr, func(t *testing.T) {
-			s := redistest.Start(t)
-			s.Do(t, "CONFIG", "SET", "requirepass", "Tiger3pw")
-			p := &redispool.Pool{Addr: addr + s.Addr(), MaxActive: 1}
-			defer p.Close()
-			c, err := p.GetContext(context.Background())
-			require.NoError(t, err)
-			defer c.Close()
-			_, err = c.Do("SET", "k", "v") // NOAUTH without the password
-			require.NoError(t, err)
 		})
 	}
 }

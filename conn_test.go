@@ -145,51 +145,6 @@ func TestCloseWhileACallIsInFlightDiscardsTheConn(t *testing.T) {
 	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
 }
 
-func TestReadTimeoutIsAppliedPerCommandToConnsFromDial(t *testing.T) {
-	d := &fakeDialer{}
-	p := onePool(t, d)
-	c := p.Get()
-	defer c.Close()
-	fc := d.last(t)
-	c.Do("GET", "k")
-	c.Do("BLPOP", "k", 1)
-	c.Do("blpop", "k", "0")
-	c.Do("XREAD", "BLOCK", 500, "STREAMS", "s", "$")
-	c.Do("WAIT", 1, 0)
-	c.Send("BLPOP", "k", 2)
-	c.Flush()
-	c.Receive()
-	c.Receive() // nothing pending: ReadTimeout
-	c.Send("BRPOP", "k", 0)
-	c.Do("")
-	c.Send("BRPOP", "k", 1)
-	c.Do("GET", "k")
-	redis.DoWithTimeout(c, 5*time.Second, "GET", "k")
-	ms := time.Millisecond
-	assert.Equal(t, []time.Duration{
-		200 * ms, 1200 * ms, 0, 700 * ms, 0,
-		2200 * ms, 200 * ms,
-		0,
-		1200 * ms,
-		5 * time.Second,
-	}, fc.Timeouts())
-}
-
-func TestReceiveOnASubscribedConnHasNoDeadlineUntilUnsubscribe(t *testing.T) {
-	d := &fakeDialer{}
-	p := onePool(t, d)
-	c := p.Get()
-	defer c.Close()
-	fc := d.last(t)
-	psc := redis.PubSubConn{Conn: c}
-	psc.Subscribe("ch")
-	psc.Receive()
-	psc.Receive()
-	psc.Unsubscribe()
-	psc.Receive()
-	assert.Equal(t, []time.Duration{0, 0, 200 * time.Millisecond}, fc.Timeouts())
-}
-
 func TestStateTheNextCallerMustNotInheritDiscardsTheConn(t *testing.T) {
 	tests := []struct {
 		name string
@@ -363,26 +318,6 @@ func TestDoContextKeepsAReplyReadAsCtxEnds(t *testing.T) {
 	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
 }
 
-func TestDoContextDeadlineShortensTheReadTimeout(t *testing.T) {
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, ReadTimeout: 10 * time.Second}
-	defer p.Close()
-	c := p.Get()
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	_, err := redis.DoContext(c, ctx, "GET", "k")
-	require.NoError(t, err)
-	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Hour)
-	defer cancel2()
-	redis.DoContext(c, ctx2, "GET", "k")
-	ts := d.last(t).Timeouts()
-	require.Len(t, ts, 2)
-	assert.LessOrEqual(t, ts[0], 2*time.Second, "the context's deadline, shorter than ReadTimeout")
-	assert.Greater(t, ts[0], time.Duration(0))
-	assert.Equal(t, 10*time.Second, ts[1], "ReadTimeout, shorter than the context's")
-}
-
 func TestDoContextWithAnExpiredContextSendsNothing(t *testing.T) {
 	d := &fakeDialer{}
 	p := onePool(t, d)
@@ -518,39 +453,6 @@ func TestRetireDropsIdleConnsAndThoseInUseOnReturn(t *testing.T) {
 	conns[2].Close()
 	assert.EqualValues(t, 3, p.Stats().Discards.Retired)
 	assert.Equal(t, 1, p.ActiveCount())
-}
-
-func TestLeavingOneKindOfSubscriptionKeepsReceiveDeadlineFreeForTheOthers(t *testing.T) {
-	d := &fakeDialer{}
-	p := onePool(t, d)
-	c := p.Get()
-	defer c.Close()
-	psc := redis.PubSubConn{Conn: c}
-	psc.Subscribe("ch")
-	psc.PSubscribe("p*")
-	psc.PUnsubscribe()
-	psc.Receive() // still subscribed to ch: waits for messages
-	psc.Unsubscribe()
-	psc.Receive() // nothing left: the confirmation comes within ReadTimeout
-	assert.Equal(t, []time.Duration{0, 200 * time.Millisecond}, d.last(t).Timeouts())
-}
-
-// TestBlockingTimeoutsThatOverflowMeanNoDeadline checks that pending
-// blocking commands whose timeouts add up past what a time.Duration holds
-// leave the read without a deadline, rather than with one that wrapped
-// around, and that a bool timeout counts as redigo sends it (true is 1).
-func TestBlockingTimeoutsThatOverflowMeanNoDeadline(t *testing.T) {
-	d := &fakeDialer{}
-	p := onePool(t, d)
-	c := p.Get()
-	defer c.Close()
-	fc := d.last(t)
-	for range 3 {
-		c.Send("BLPOP", "k", 4e9) // 126 years each
-	}
-	c.Do("")
-	c.Do("BLPOP", "k", true)
-	assert.Equal(t, []time.Duration{0, 1200 * time.Millisecond}, fc.Timeouts())
 }
 
 // TestACallThatOverlapsADoBreaksTheConn: redigo allows one goroutine to

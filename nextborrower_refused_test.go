@@ -32,24 +32,6 @@ func TestARejectedMultiDoesNotHideAWatch(t *testing.T) {
 	nextTransactionRuns(t, srv, p, "nb:w")
 }
 
-// TestARejectedMultiDoesNotStopBlockingCommandsFromBlocking: after a
-// rejected "MULTI x" the connection is not in a transaction, so a BLPOP
-// blocks for its own timeout and needs ReadTimeout plus it; taking it for
-// queued fails the call at ReadTimeout and throws a healthy conn away.
-func TestARejectedMultiDoesNotStopBlockingCommandsFromBlocking(t *testing.T) {
-	srv := redistest.Start(t)
-	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: 200 * time.Millisecond}
-	defer p.Close()
-	c := p.Get()
-	_, err := c.Do("MULTI", "now")
-	require.ErrorContains(t, err, "wrong number of arguments")
-	r, err := c.Do("BLPOP", "nb:none", 0.5)
-	require.NoError(t, err, "BLPOP k 0.5 outside a transaction failed under ReadTimeout 200ms")
-	assert.Nil(t, r)
-	c.Close()
-	assert.Zero(t, p.Stats().Discards.Total(), "a healthy conn was discarded")
-}
-
 // TestAnUndoTheServerRefusesIsNotTakenForDone: Close undoes an open MULTI
 // with DISCARD and a WATCH with UNWATCH. A server can refuse them, here an
 // ACL that lists the commands the application uses and not these two (both

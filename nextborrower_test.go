@@ -356,20 +356,3 @@ func TestAConnRefusedAtMaxClientsIsNotKept(t *testing.T) {
 	}, 5*time.Second, 10*time.Millisecond)
 	nextBorrowerIsClean(t, p)
 }
-
-// TestXReadGroupConsumerNamedStreamsBlocks: the names after GROUP are not
-// options, so a consumer named STREAMS does not hide BLOCK: the command gets
-// ReadTimeout plus its own timeout.
-func TestXReadGroupConsumerNamedStreamsBlocks(t *testing.T) {
-	srv := redistest.Start(t)
-	srv.Do(t, "XGROUP", "CREATE", "probe:s", "g", "$", "MKSTREAM")
-	// 250 ms of slack over the BLOCK, for a loaded machine: a BLOCK missed
-	// fails at 250 ms.
-	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: 250 * time.Millisecond}
-	defer p.Close()
-	c := p.Get()
-	defer c.Close()
-	r, err := c.Do("XREADGROUP", "GROUP", "g", "STREAMS", "BLOCK", 600, "STREAMS", "probe:s", ">")
-	require.NoError(t, err, "XREADGROUP ... BLOCK 600 timed out under ReadTimeout 250ms")
-	assert.Nil(t, r)
-}

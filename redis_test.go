@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -341,36 +340,6 @@ func TestADirtyConnLeavesNothingForTheNextBorrower(t *testing.T) {
 	})
 }
 
-func TestBlockingCommandWaitsItsOwnTimeoutAndKeepsItsConn(t *testing.T) {
-	srv := redistest.Start(t, "--enable-debug-command", "yes")
-	p := &redispool.Pool{Addr: srv.Addr(), ReadTimeout: 200 * time.Millisecond}
-	defer p.Close()
-	c := p.Get()
-	start := time.Now()
-	r, err := c.Do("BLPOP", "empty:list", 1)
-	elapsed := time.Since(start)
-	require.NoError(t, err, "BLPOP k 1 must not time out under ReadTimeout 200ms")
-	assert.Nil(t, r)
-	assert.GreaterOrEqual(t, elapsed, 900*time.Millisecond)
-	assert.Less(t, elapsed, 1200*time.Millisecond)
-	c.Close()
-
-	c = p.Get()
-	_, err = c.Do("PING")
-	require.NoError(t, err)
-	c.Close()
-	s := p.Stats()
-	assert.EqualValues(t, 1, s.DialCount, "the connection was kept")
-	assert.Zero(t, s.Discards.Total())
-
-	// A plain command still gets only ReadTimeout.
-	c = p.Get()
-	defer c.Close()
-	_, err = c.Do("DEBUG", "SLEEP", "0.5")
-	require.Error(t, err)
-	assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
-}
-
 func TestAGetToAStoppedServerFailsWithinReadTimeoutAndTheNextBorrowerGetsAWorkingConn(t *testing.T) {
 	srv := redistest.Start(t)
 	const readTimeout = 200 * time.Millisecond
@@ -401,37 +370,6 @@ func TestAGetToAStoppedServerFailsWithinReadTimeoutAndTheNextBorrowerGetsAWorkin
 		require.Equal(t, "b", v)
 	}
 	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
-}
-
-func TestPoolDialsAddrWithDBAndCredentials(t *testing.T) {
-	srv := redistest.Start(t)
-	srv.Do(t, "ACL", "SETUSER", "app", "on", ">s3cret", "~*", "&*", "+@all")
-	p := &redispool.Pool{Addr: srv.Addr(), Username: "app", Password: "s3cret", DB: 2}
-	defer p.Close()
-	c := p.Get()
-	_, err := c.Do("SET", "in:db2", "yes")
-	require.NoError(t, err)
-	who, err := redis.String(c.Do("ACL", "WHOAMI"))
-	require.NoError(t, err)
-	assert.Equal(t, "app", who)
-	c.Do("SELECT", 2) // the pool's own database: the conn is kept
-	c.Close()
-	assert.Zero(t, p.Stats().Discards.Total())
-
-	check, err := redis.Dial("tcp", srv.Addr(), redis.DialDatabase(2))
-	require.NoError(t, err)
-	defer check.Close()
-	got, err := redis.String(check.Do("GET", "in:db2"))
-	require.NoError(t, err)
-	assert.Equal(t, "yes", got)
-
-	bad := &redispool.Pool{Addr: srv.Addr(), Username: "app", Password: "wrong"}
-	defer bad.Close()
-	_, err = bad.GetContext(context.Background())
-	require.Error(t, err)
-	var rerr redis.Error
-	assert.ErrorAs(t, err, &rerr, "the server's AUTH error comes back to the caller")
-	assert.Equal(t, 0, bad.ActiveCount())
 }
 
 func TestIdleConnsClosedByTheServerAreNotHandedOut(t *testing.T) {
@@ -517,27 +455,6 @@ func TestStateThatIsOnlyQueuedOrRejectedIsNotTakenForUndone(t *testing.T) {
 			nextTransactionRuns(t, srv, p, "w")
 		})
 	}
-}
-
-func TestAWriteTimeoutUnderDoContextIsNotStretchedToTheContextsDeadline(t *testing.T) {
-	srv := redistest.Start(t)
-	p := &redispool.Pool{Addr: srv.Addr(), ReadTimeout: 5 * time.Second, WriteTimeout: 200 * time.Millisecond}
-	defer p.Close()
-	c := p.Get()
-	defer c.Close()
-	_, err := c.Do("PING")
-	require.NoError(t, err)
-	srv.Stop(t)
-	defer srv.Cont(t)
-	// Larger than the socket buffers: the write blocks until its deadline.
-	value := strings.Repeat("x", 32<<20)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	start := time.Now()
-	_, err = redis.DoContext(c, ctx, "SET", "k", value)
-	require.Error(t, err)
-	assert.ErrorIs(t, err, os.ErrDeadlineExceeded, "the write deadline's own error")
-	assert.Less(t, time.Since(start), 2*time.Second)
 }
 
 func TestQuitDoesNotLeaveADeadConnForTheNextBorrower(t *testing.T) {

@@ -124,28 +124,6 @@ func startScriptedSentinel(t *testing.T, s *scriptedSentinel) *scriptedSentinel 
 // switchMessage is a +switch-master message frame with data msg.
 func switchMessage(msg string) string { return respBulks("message", "+switch-master", msg) }
 
-// refusedAddr returns a loopback address nobody listens on.
-func refusedAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
-// safeGet runs p.Get, turning a panic into an error.
-func safeGet(p *redispool.Pool) (err error, panicked any) {
-	defer func() {
-		if r := recover(); r != nil {
-			panicked = r
-		}
-	}()
-	c := p.Get()
-	err = c.Err()
-	c.Close()
-	return err, nil
-}
-
 // ---------------------------------------------------------------------------
 // Hostile and malformed replies.
 
@@ -158,9 +136,10 @@ func TestSentinelHugeLengthInReplyIsAnError(t *testing.T) {
 		DialTimeout: 500 * time.Millisecond,
 	}
 	defer p.Close()
-	err, panicked := safeGet(p)
-	require.Nil(t, panicked, "Get panicked on a sentinel's malformed reply: %v", panicked)
-	require.Error(t, err)
+	r := tryGet(p, context.Background())
+	r.close()
+	require.Nil(t, r.panicked, "Get panicked on a sentinel's malformed reply: %v", r.panicked)
+	require.Error(t, r.err)
 }
 
 // The same frame pushed on a +switch-master subscription must not end the
@@ -279,7 +258,9 @@ func TestSentinelTLSHandshakeIsBoundedByDialTimeout(t *testing.T) {
 	p := tlsSentinelPool(silentServer(t))
 	defer p.Close()
 	start := time.Now()
-	require.Error(t, getErrWithin(t, p, 3*time.Second), "with DialTimeout 300ms")
+	r := awaitGet(t, goGet(p, context.Background()), 3*time.Second)
+	r.close()
+	require.Error(t, r.err, "with DialTimeout 300ms")
 	assert.Less(t, time.Since(start), 2*time.Second)
 }
 

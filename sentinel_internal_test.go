@@ -1,10 +1,8 @@
 package redispool_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"testing"
@@ -48,27 +46,6 @@ func announceSwitch(p *redispool.Pool, oldAddr, newAddr string) {
 	oldHost, oldPort, _ := net.SplitHostPort(oldAddr)
 	newHost, newPort, _ := net.SplitHostPort(newAddr)
 	p.Sentinel.Announce("test", fmt.Sprintf("mymaster %s %s %s %s", oldHost, oldPort, newHost, newPort))
-}
-
-// readCommand reads one RESP array of bulk strings.
-func readCommand(r *bufio.Reader) ([]string, error) {
-	var n int
-	if _, err := fmt.Fscanf(r, "*%d\r\n", &n); err != nil {
-		return nil, err
-	}
-	args := make([]string, n)
-	for i := range args {
-		var size int
-		if _, err := fmt.Fscanf(r, "$%d\r\n", &size); err != nil {
-			return nil, err
-		}
-		b := make([]byte, size+2)
-		if _, err := io.ReadFull(r, b); err != nil {
-			return nil, err
-		}
-		args[i] = string(b[:size])
-	}
-	return args, nil
 }
 
 func TestAConnDialedAsANewMasterIsAnnouncedServesTheNewMaster(t *testing.T) {
@@ -150,7 +127,9 @@ func TestDialTimeoutBoundsTheRoleCheck(t *testing.T) {
 		ReadTimeout: -1,
 	}
 	defer p.Close()
-	err := getErrWithin(t, p, 5*time.Second) // a master that does not answer ROLE, with DialTimeout 300ms
+	r := awaitGet(t, goGet(p, context.Background()), 5*time.Second) // a master that does not answer ROLE, with DialTimeout 300ms
+	r.close()
+	err := r.err
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "ROLE")
 }

@@ -812,26 +812,6 @@ func TestStressGiveBackRaceOversubscribed(t *testing.T) {
 	t.Logf("%d rounds, %d misses", rounds.Load(), misses.Load())
 }
 
-// A conn whose dial finishes as the caller's context ends goes to the pool,
-// not to the caller, as one handed to a waiter does (granted in wait.go).
-func TestADialThatFinishesAsTheContextEndsGoesBack(t *testing.T) {
-	d := &fakeDialer{}
-	ctx := redispool.NewLateContext()
-	errEnded := errors.New("caller gave up")
-	p := &redispool.Pool{MaxActive: 1, WaitTimeout: time.Second, DialContext: func(context.Context) (redis.Conn, error) {
-		ctx.End(errEnded) // the caller gives up as the dial finishes
-		return d.Dial()
-	}}
-	defer p.Close()
-	c, err := p.GetContext(ctx)
-	if err == nil {
-		c.Close()
-	}
-	assert.Equal(t, errEnded, err, "a caller whose context ended got a conn")
-	assert.Equal(t, 1, p.IdleCount(), "the dialed conn serves the next caller")
-	assert.Equal(t, 1, p.ActiveCount())
-}
-
 // TestStressAbandonedDialsGiveTheirPermitBack: callers give up on
 // slow dials (short contexts, ended contexts, WaitTimeout) that then
 // succeed, fail or panic; each such dial hands its conn to the pool or its
