@@ -372,31 +372,6 @@ func TestAGetToAStoppedServerFailsWithinReadTimeoutAndTheNextBorrowerGetsAWorkin
 	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
 }
 
-func TestIdleConnsClosedByTheServerAreNotHandedOut(t *testing.T) {
-	srv := redistest.Start(t, "--timeout", "1")
-	p := &redispool.Pool{Addr: srv.Addr(), ReadTimeout: time.Second}
-	defer p.Close()
-	closeAll(getN(t, p, 3))
-	// The server closes connections idle for more than a second.
-	require.Eventually(t, func() bool { return srv.ConnectedClients(t) == 0 }, 10*time.Second, 50*time.Millisecond)
-	for range 3 {
-		c := p.Get()
-		_, err := c.Do("PING")
-		require.NoError(t, err, "the peek on borrow spares the caller a dead conn")
-		c.Close()
-	}
-	assert.EqualValues(t, 3, p.Stats().Discards.Broken)
-
-	// Killed behind the pool's back.
-	closeAll(getN(t, p, 2))
-	srv.Do(t, "CLIENT", "KILL", "TYPE", "normal")
-	time.Sleep(150 * time.Millisecond) // the peek looks at conns idle this long
-	c := p.Get()
-	_, err := c.Do("PING")
-	require.NoError(t, err)
-	c.Close()
-}
-
 func TestAReplicaReplyRetiresTheConnsToTheOldMaster(t *testing.T) {
 	primary := redistest.Start(t)
 	srv := redistest.Start(t)
@@ -412,24 +387,6 @@ func TestAReplicaReplyRetiresTheConnsToTheOldMaster(t *testing.T) {
 	c.Close()
 	assert.Equal(t, 0, p.IdleCount())
 	assert.Equal(t, 0, p.ActiveCount())
-}
-
-func TestAHealthyConnIdleLongerThanReadTimeoutIsReused(t *testing.T) {
-	// The last command's read deadline has passed by the next Get: the peek
-	// must not take that for a dead socket.
-	srv := redistest.Start(t)
-	p := &redispool.Pool{Addr: srv.Addr(), ReadTimeout: 200 * time.Millisecond}
-	defer p.Close()
-	for range 3 {
-		c := p.Get()
-		_, err := c.Do("PING")
-		require.NoError(t, err)
-		c.Close()
-		time.Sleep(300 * time.Millisecond)
-	}
-	s := p.Stats()
-	assert.EqualValues(t, 1, s.DialCount)
-	assert.Zero(t, s.Discards.Total())
 }
 
 func TestStateThatIsOnlyQueuedOrRejectedIsNotTakenForUndone(t *testing.T) {
