@@ -3,8 +3,6 @@ package redispool_test
 import (
 	"context"
 	"log/slog"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,35 +13,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// recordingHandler is a slog.Handler that keeps the messages and levels of
-// the records it is given.
-type recordingHandler struct {
-	mu   sync.Mutex
-	msgs []string
-}
-
-func (r *recordingHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (r *recordingHandler) Handle(_ context.Context, rec slog.Record) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.msgs = append(r.msgs, rec.Message)
-	return nil
-}
-func (r *recordingHandler) WithAttrs([]slog.Attr) slog.Handler { return r }
-func (r *recordingHandler) WithGroup(string) slog.Handler      { return r }
-
-func (r *recordingHandler) count(sub string) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	n := 0
-	for _, m := range r.msgs {
-		if strings.Contains(m, sub) {
-			n++
-		}
-	}
-	return n
-}
-
 // TestEachLogKindHasItsOwnRateLimit checks "each kind at most once per
 // second" (Pool.Logger) across kinds: a discard must not use up the second
 // of a failed dial, an exhausted wait or a leak report. Discard kinds were
@@ -53,7 +22,7 @@ func TestEachLogKindHasItsOwnRateLimit(t *testing.T) {
 	defer redispool.SetNowFunc(clk.Now)() // time stands still: all within one logInterval
 
 	t.Run("a state discard swallows the first failed dial", func(t *testing.T) {
-		rec := &recordingHandler{}
+		rec := &recorder{}
 		var refuse atomic.Bool
 		d := &fakeDialer{}
 		p := &redispool.Pool{MaxActive: 2, Logger: slog.New(rec), Dial: func() (redis.Conn, error) {
@@ -76,7 +45,7 @@ func TestEachLogKindHasItsOwnRateLimit(t *testing.T) {
 	})
 
 	t.Run("an idle timeout discard swallows the first exhausted wait", func(t *testing.T) {
-		rec := &recordingHandler{}
+		rec := &recorder{}
 		d := &fakeDialer{}
 		p := &redispool.Pool{MaxActive: 1, WaitTimeout: -1, IdleTimeout: 10 * time.Millisecond, Logger: slog.New(rec), Dial: d.Dial}
 		defer p.Close()
@@ -95,7 +64,7 @@ func TestEachLogKindHasItsOwnRateLimit(t *testing.T) {
 	})
 
 	t.Run("a lifetime discard swallows the first leak report", func(t *testing.T) {
-		rec := &recordingHandler{}
+		rec := &recorder{}
 		d := &fakeDialer{}
 		p := &redispool.Pool{MaxActive: 1, MaxConnLifetime: 10 * time.Millisecond, LeakThreshold: 10 * time.Millisecond,
 			Logger: slog.New(rec), Dial: d.Dial}

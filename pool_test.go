@@ -4,7 +4,6 @@ import (
 	"context"
 	"reflect"
 	"testing"
-	"time"
 
 	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
@@ -12,57 +11,6 @@ import (
 
 	"github.com/redispool/redispool"
 )
-
-func TestPanicInTestOnBorrowReturnsTheTokenAndClosesTheConn(t *testing.T) {
-	d := &fakeDialer{}
-	panicking := true
-	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: -1,
-		TestOnBorrow: func(redis.Conn, time.Time) error {
-			if panicking {
-				panic("boom")
-			}
-			return nil
-		}}
-	defer p.Close()
-	p.Get().Close()
-	func() {
-		defer func() { assert.Equal(t, "boom", recover()) }()
-		p.Get()
-	}()
-	assert.True(t, d.Conns()[0].IsClosed())
-	assert.Equal(t, 0, p.ActiveCount())
-	panicking = false
-	c, err := p.GetContext(context.Background())
-	require.NoError(t, err, "the token was given back")
-	c.Close()
-}
-
-func TestDialPanicReturnsTheTokenAndPanicsInTheCaller(t *testing.T) {
-	clk := newClock()
-	defer redispool.SetNowFunc(clk.Now)()
-	panicking := true
-	d := &fakeDialer{}
-	p := &redispool.Pool{MaxActive: 1, WaitTimeout: -1, Dial: func() (redis.Conn, error) {
-		if panicking {
-			panic("dial boom")
-		}
-		return d.Dial()
-	}}
-	defer p.Close()
-	func() {
-		defer func() { assert.Equal(t, "dial boom", recover()) }()
-		p.Get()
-	}()
-	assert.Equal(t, 0, p.ActiveCount())
-	panicking = false
-	_, err := p.GetContext(context.Background())
-	require.Error(t, err, "a panicked dial counts as a failed one: fail fast")
-	require.NotErrorIs(t, err, redis.ErrPoolExhausted)
-	clk.Advance(redispool.BackoffCap)
-	c, err := p.GetContext(context.Background())
-	require.NoError(t, err, "the panicked dial gave its permit back (MaxActive is 1)")
-	c.Close()
-}
 
 func TestStatsBeginWithRedigosFourFields(t *testing.T) {
 	// Same names, types and order as redis.PoolStats.
@@ -104,27 +52,4 @@ func TestGetClosePathAllocatesAtMostOnce(t *testing.T) {
 		c.Close()
 	})
 	assert.LessOrEqual(t, n, 1.0, "allocations per Get+Close")
-}
-
-// TestAConnWhoseClosePanicsGivesItsPermitBack checks that a conn whose own
-// Close panics, as the pool discards it, still gives its permit back: the
-// panic reaches the caller, and the pool can still open MaxActive conns.
-func TestAConnWhoseClosePanicsGivesItsPermitBack(t *testing.T) {
-	d := &fakeDialer{setup: func(c *fakeConn, n int) {
-		if n == 1 {
-			c.doErr = errBroken
-			c.panicsIn("Close")
-		}
-	}}
-	p := &redispool.Pool{MaxActive: 1, WaitTimeout: 100 * time.Millisecond, Dial: d.Dial}
-	defer p.Close()
-	c := p.Get()
-	_, err := c.Do("GET", "k")
-	require.Error(t, err)
-	assert.PanicsWithValue(t, "Close panics", func() { c.Close() }, "the conn's panic reaches the caller")
-	assert.Zero(t, p.ActiveCount())
-
-	c = p.Get()
-	require.NoError(t, c.Err(), "the permit of the conn whose Close panicked came back")
-	c.Close()
 }
