@@ -1,5 +1,11 @@
 package redispool
 
+// deadlineConn, the socket wrapper that moves a pool socket's deadlines
+// lazily: a deadline it keeps or sets is never earlier than asked and at
+// most the slack later; no deadline is set exactly; one that failed to set
+// is set again. These tests are about the unexported type, so they stay in
+// the package; the pool's use of it is tested through SocketDeadlines.
+
 import (
 	"context"
 	"errors"
@@ -11,53 +17,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// deadlineSocket records the deadlines set on it.
-type deadlineSocket struct {
-	net.Conn
-	read, write time.Time
-	calls       int
-	fail        error // returned, and nothing set, while non-nil
-}
-
-func (s *deadlineSocket) SetReadDeadline(t time.Time) error {
-	s.calls++
-	if s.fail != nil {
-		return s.fail
-	}
-	s.read = t
-	return nil
-}
-
-func (s *deadlineSocket) SetWriteDeadline(t time.Time) error {
-	s.calls++
-	if s.fail != nil {
-		return s.fail
-	}
-	s.write = t
-	return nil
-}
-
-func (s *deadlineSocket) SetDeadline(t time.Time) error {
-	s.calls++
-	if s.fail != nil {
-		return s.fail
-	}
-	s.read, s.write = t, t
-	return nil
-}
-
-// inSlack fails unless got serves as the deadline asked: no deadline for no
-// deadline, otherwise never earlier than asked and at most slack later.
-func inSlack(t *testing.T, asked, got time.Time, slack time.Duration, msg string, args ...any) {
-	t.Helper()
-	if asked.IsZero() {
-		require.True(t, got.IsZero(), append([]any{msg + ": no deadline was asked for, the socket has %v"}, append(args, got)...)...)
-		return
-	}
-	require.False(t, got.Before(asked), append([]any{msg + ": the socket's deadline is %v early"}, append(args, asked.Sub(got))...)...)
-	require.LessOrEqual(t, got.Sub(asked), slack, append([]any{msg + ": the socket's deadline is later than asked by more than the slack"}, args...)...)
-}
 
 func TestADeadlineMovedForwardWithinTheSlackIsNotSetAgain(t *testing.T) {
 	sock := &deadlineSocket{}
@@ -160,6 +119,29 @@ func TestDeadlineSlackIsASixtyFourthOfTheShorterTimeoutAtMostFiveMilliseconds(t 
 	}
 }
 
+// TestTheDialsDeadlineIsSetExactly: the socket of a dial carries the dial's
+// context deadline (DialTimeout), which bounds the TLS handshake, exactly:
+// not with the slack, which comes from ReadTimeout and WriteTimeout. The
+// deadlineConn then takes the socket's deadlines for unknown, so that
+// clearing them at the end of the dial reaches the socket.
+func TestTheDialsDeadlineIsSetExactly(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	dl, _ := ctx.Deadline()
+	sock := &deadlineSocket{}
+	c, err := dialedSocket(ctx, sock, maxDeadlineSlack)
+	require.NoError(t, err)
+	assert.Equal(t, dl, sock.read, "the dial's read deadline is %v late", sock.read.Sub(dl))
+	assert.Equal(t, dl, sock.write, "the dial's write deadline is %v late", sock.write.Sub(dl))
+	require.IsType(t, &deadlineConn{}, c)
+	require.NoError(t, c.SetDeadline(time.Time{}))
+	assert.True(t, sock.read.IsZero() && sock.write.IsZero(), "clearing the dial's deadline did not reach the socket")
+
+	plain, err := dialedSocket(ctx, sock, 0)
+	require.NoError(t, err)
+	assert.Same(t, sock, plain, "with no slack the socket is not wrapped")
+}
+
 // BenchmarkDeadlineMove measures what moving a loopback socket's read
 // deadline to now plus 3s costs, as redigo does before every reply: on the
 // socket itself, and through a deadlineConn with the default slack.
@@ -194,25 +176,52 @@ func BenchmarkDeadlineMove(b *testing.B) {
 	}
 }
 
-// TestTheDialsDeadlineIsSetExactly: the socket of a dial carries the dial's
-// context deadline (DialTimeout), which bounds the TLS handshake, exactly:
-// not with the slack, which comes from ReadTimeout and WriteTimeout. The
-// deadlineConn then takes the socket's deadlines for unknown, so that
-// clearing them at the end of the dial reaches the socket.
-func TestTheDialsDeadlineIsSetExactly(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	dl, _ := ctx.Deadline()
-	sock := &deadlineSocket{}
-	c, err := dialedSocket(ctx, sock, maxDeadlineSlack)
-	require.NoError(t, err)
-	assert.Equal(t, dl, sock.read, "the dial's read deadline is %v late", sock.read.Sub(dl))
-	assert.Equal(t, dl, sock.write, "the dial's write deadline is %v late", sock.write.Sub(dl))
-	require.IsType(t, &deadlineConn{}, c)
-	require.NoError(t, c.SetDeadline(time.Time{}))
-	assert.True(t, sock.read.IsZero() && sock.write.IsZero(), "clearing the dial's deadline did not reach the socket")
+// ---------------------------------------------------------------------------
+// Helpers.
 
-	plain, err := dialedSocket(ctx, sock, 0)
-	require.NoError(t, err)
-	assert.Same(t, sock, plain, "with no slack the socket is not wrapped")
+// deadlineSocket records the deadlines set on it.
+type deadlineSocket struct {
+	net.Conn
+	read, write time.Time
+	calls       int
+	fail        error // returned, and nothing set, while non-nil
+}
+
+func (s *deadlineSocket) SetReadDeadline(t time.Time) error {
+	s.calls++
+	if s.fail != nil {
+		return s.fail
+	}
+	s.read = t
+	return nil
+}
+
+func (s *deadlineSocket) SetWriteDeadline(t time.Time) error {
+	s.calls++
+	if s.fail != nil {
+		return s.fail
+	}
+	s.write = t
+	return nil
+}
+
+func (s *deadlineSocket) SetDeadline(t time.Time) error {
+	s.calls++
+	if s.fail != nil {
+		return s.fail
+	}
+	s.read, s.write = t, t
+	return nil
+}
+
+// inSlack fails unless got serves as the deadline asked: no deadline for no
+// deadline, otherwise never earlier than asked and at most slack later.
+func inSlack(t *testing.T, asked, got time.Time, slack time.Duration, msg string, args ...any) {
+	t.Helper()
+	if asked.IsZero() {
+		require.True(t, got.IsZero(), append([]any{msg + ": no deadline was asked for, the socket has %v"}, append(args, got)...)...)
+		return
+	}
+	require.False(t, got.Before(asked), append([]any{msg + ": the socket's deadline is %v early"}, append(args, asked.Sub(got))...)...)
+	require.LessOrEqual(t, got.Sub(asked), slack, append([]any{msg + ": the socket's deadline is later than asked by more than the slack"}, args...)...)
 }

@@ -1,5 +1,13 @@
 package redispool_test
 
+// Dialing: Dial, DialContext, or the pool's own dial of Addr (an address or
+// a URL, with credentials, a database and TLS); at most MaxConcurrentDials
+// at once; while the server refuses, one probe at a time with backoff and
+// the last error for everyone else; a dial whose caller gave up serves the
+// next one. And the deadlines: DialTimeout bounds a dial as a whole,
+// ReadTimeout and WriteTimeout each command (a blocking command gets its own
+// timeout on top), on sockets that move their deadlines lazily.
+
 import (
 	"bufio"
 	"context"
@@ -32,231 +40,8 @@ import (
 	"github.com/redispool/redispool/internal/redistest"
 )
 
-// serveLoopback accepts connections on a loopback port and runs serve on
-// each, until the test ends, when it closes the listener and every
-// connection and waits for serve to return. It returns the address.
-func serveLoopback(t *testing.T, serve func(net.Conn)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var mu sync.Mutex
-	var conns []net.Conn
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				serve(c)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().String()
-}
-
-// silentServer reads what its clients send and never answers, as a server
-// hung after accept does.
-func silentServer(t *testing.T) string {
-	return serveLoopback(t, func(c net.Conn) { io.Copy(io.Discard, c) })
-}
-
-// TestDialTimeoutBoundsEveryStep checks that DialTimeout bounds the whole
-// dial against a server that accepts and never answers: the TLS handshake
-// (redigo's own default for it is 10 s) and AUTH.
-func TestDialTimeoutBoundsEveryStep(t *testing.T) {
-	addr := silentServer(t)
-	for _, tc := range []struct {
-		name string
-		pool *redispool.Pool
-	}{
-		{"TLS handshake", &redispool.Pool{Addr: addr, DialOptions: []redis.DialOption{redis.DialUseTLS(true)}}},
-		{"AUTH", &redispool.Pool{Addr: addr, Password: "secret"}},
-		{"SELECT", &redispool.Pool{Addr: addr, DB: 2}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			p := tc.pool
-			p.DialTimeout = 300 * time.Millisecond
-			defer p.Close()
-			start := time.Now()
-			c := p.Get()
-			took := time.Since(start)
-			require.Error(t, c.Err())
-			c.Close()
-			assert.Less(t, took, 2*time.Second, "Get with DialTimeout %v returned after %v: %v", p.DialTimeout, took, c.Err())
-		})
-	}
-}
-
-// TestAURLInAddrKeepsThePoolsTimeouts: a URL gives the address, not the
-// timeouts: DialTimeout bounds the dial (AUTH to a server that never
-// answers) and ReadTimeout each reply (from a server frozen after the dial).
-func TestAURLInAddrKeepsThePoolsTimeouts(t *testing.T) {
-	p := &redispool.Pool{Addr: "redis://:Hunter2pw@" + silentServer(t), DialTimeout: 300 * time.Millisecond}
-	defer p.Close()
-	r := awaitGet(t, goGet(p, context.Background()), 2*time.Second)
-	r.close()
-	err := r.err
-	var ne net.Error
-	require.ErrorAs(t, err, &ne)
-	assert.True(t, ne.Timeout(), "the dial failed other than by timing out: %v", err)
-
-	s := redistest.Start(t)
-	p = &redispool.Pool{Addr: "redis://" + s.Addr() + "/1", ReadTimeout: 200 * time.Millisecond}
-	defer p.Close()
-	c := p.Get()
-	defer c.Close()
-	_, err = c.Do("PING")
-	require.NoError(t, err)
-	s.Stop(t)
-	defer s.Cont(t)
-	start := time.Now()
-	_, err = c.Do("PING")
-	took := time.Since(start)
-	require.ErrorAs(t, err, &ne)
-	assert.True(t, ne.Timeout(), "PING to a frozen server failed other than by timing out: %v", err)
-	assert.Less(t, took, 2*time.Second, "ReadTimeout 200ms, PING returned after %v", took)
-}
-
-// TestARedissURLInAddrDialsWithTLS: rediss:// turns TLS on, with the URL's
-// host as the server name the certificate is checked against, and
-// DialOptions still apply (here, the CA to trust).
-func TestARedissURLInAddrDialsWithTLS(t *testing.T) {
-	certFile, keyFile := selfSignedCert(t, t.TempDir())
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	tlsPort := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	redistest.Start(t, "--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certFile,
-		"--tls-key-file", keyFile, "--tls-ca-cert-file", certFile, "--tls-auth-clients", "no")
-	pem, err := os.ReadFile(certFile)
-	require.NoError(t, err)
-	roots := x509.NewCertPool()
-	require.True(t, roots.AppendCertsFromPEM(pem))
-
-	p := &redispool.Pool{Addr: "rediss://127.0.0.1:" + strconv.Itoa(tlsPort) + "/2",
-		DialOptions: []redis.DialOption{redis.DialTLSConfig(&tls.Config{RootCAs: roots})}}
-	defer p.Close()
-	c, err := p.GetContext(context.Background())
-	require.NoError(t, err)
-	defer c.Close()
-	info, err := redis.String(c.Do("CLIENT", "INFO"))
-	require.NoError(t, err)
-	assert.Contains(t, info, " db=2 ")
-}
-
-// readCommand reads one RESP array of bulk strings.
-func readCommand(r *bufio.Reader) ([]string, error) {
-	var n int
-	if _, err := fmt.Fscanf(r, "*%d\r\n", &n); err != nil {
-		return nil, err
-	}
-	args := make([]string, n)
-	for i := range args {
-		var size int
-		if _, err := fmt.Fscanf(r, "$%d\r\n", &size); err != nil {
-			return nil, err
-		}
-		b := make([]byte, size+2)
-		if _, err := io.ReadFull(r, b); err != nil {
-			return nil, err
-		}
-		args[i] = string(b[:size])
-	}
-	return args, nil
-}
-
-// answerOK answers every command read from c with +OK, as a server that
-// serves but is not looked at.
-func answerOK(c net.Conn) {
-	r := bufio.NewReader(c)
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return
-		}
-		n, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "*")))
-		if err != nil || !strings.HasPrefix(line, "*") {
-			return
-		}
-		for range 2 * n { // $len, then the argument
-			if _, err := r.ReadString('\n'); err != nil {
-				return
-			}
-		}
-		if _, err := c.Write([]byte("+OK\r\n")); err != nil {
-			return
-		}
-	}
-}
-
-// refusedAddr returns a loopback address nobody listens on.
-func refusedAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
-// selfSignedCert writes a self-signed certificate for 127.0.0.1 and
-// its key to dir.
-func selfSignedCert(t *testing.T, dir string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "127.0.0.1"},
-		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(crand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	require.NoError(t, err)
-	kder, err := x509.MarshalECPrivateKey(key)
-	require.NoError(t, err)
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
-	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600))
-	return certFile, keyFile
-}
-
-// startTLSRedis starts a redis-server that listens with TLS on a loopback
-// port, and returns its TLS address.
-func startTLSRedis(t *testing.T) (*redistest.Server, string) {
-	t.Helper()
-	dir := t.TempDir()
-	certFile, keyFile := selfSignedCert(t, dir)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	tlsPort := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	srv := redistest.Start(t, "--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certFile,
-		"--tls-key-file", keyFile, "--tls-ca-cert-file", certFile, "--tls-auth-clients", "no")
-	return srv, net.JoinHostPort("127.0.0.1", strconv.Itoa(tlsPort))
-}
+// ---------------------------------------------------------------------------
+// Dial and DialContext.
 
 func TestDialReturningNilConnIsAnError(t *testing.T) {
 	p := &redispool.Pool{Dial: func() (redis.Conn, error) { return nil, nil }}
@@ -332,7 +117,7 @@ func TestADialTheCallerGaveUpOnServesTheNextCaller(t *testing.T) {
 }
 
 // A conn whose dial finishes as the caller's context ends goes to the pool,
-// not to the caller, as one handed to a waiter does (granted in wait.go).
+// not to the caller, as one handed to a waiter does.
 func TestADialThatFinishesAsTheContextEndsGoesBack(t *testing.T) {
 	d := &fakeDialer{}
 	ctx := redispool.NewLateContext()
@@ -350,6 +135,9 @@ func TestADialThatFinishesAsTheContextEndsGoesBack(t *testing.T) {
 	assert.Equal(t, 1, p.IdleCount(), "the dialed conn serves the next caller")
 	assert.Equal(t, 1, p.ActiveCount())
 }
+
+// ---------------------------------------------------------------------------
+// Dial slots and backoff.
 
 func TestAtMostMaxConcurrentDialsRunAtOnce(t *testing.T) {
 	d := &fakeDialer{}
@@ -517,33 +305,6 @@ func TestOnlyOneProbeDialsWhileTheServerIsDown(t *testing.T) {
 	assert.EqualValues(t, 2, p.Stats().DialCount)
 }
 
-// hammer runs callers goroutines that Get, PING and Close in a loop for d,
-// and returns the last error a Get or its PING returned.
-func hammer(p *redispool.Pool, callers int, d time.Duration) error {
-	var mu sync.Mutex
-	var last error
-	var wg sync.WaitGroup
-	end := time.Now().Add(d)
-	for range callers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for time.Now().Before(end) {
-				c := p.Get()
-				_, err := c.Do("PING")
-				c.Close()
-				if err != nil {
-					mu.Lock()
-					last = err
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	return last
-}
-
 // TestADialCountsOnlyOnceTheServerHasAnswered: a server at maxclients, or
 // a port that speaks only TLS, accepts the TCP connection and then refuses
 // or closes it. Such a dial is a failed dial, which backs off: 32 callers
@@ -593,6 +354,9 @@ func TestADialCountsOnlyOnceTheServerHasAnswered(t *testing.T) {
 		assert.Contains(t, err.Error(), "TLS")
 	})
 }
+
+// ---------------------------------------------------------------------------
+// Addr, URLs, credentials and TLS.
 
 func TestPoolDialsAddrWithDBAndCredentials(t *testing.T) {
 	srv := redistest.Start(t)
@@ -664,6 +428,63 @@ func TestAURLInAddrGivesTheUserPasswordAndDatabase(t *testing.T) {
 	}
 }
 
+// TestAURLInAddrKeepsThePoolsTimeouts: a URL gives the address, not the
+// timeouts: DialTimeout bounds the dial (AUTH to a server that never
+// answers) and ReadTimeout each reply (from a server frozen after the dial).
+func TestAURLInAddrKeepsThePoolsTimeouts(t *testing.T) {
+	p := &redispool.Pool{Addr: "redis://:Hunter2pw@" + silentServer(t), DialTimeout: 300 * time.Millisecond}
+	defer p.Close()
+	r := awaitGet(t, goGet(p, context.Background()), 2*time.Second)
+	r.close()
+	err := r.err
+	var ne net.Error
+	require.ErrorAs(t, err, &ne)
+	assert.True(t, ne.Timeout(), "the dial failed other than by timing out: %v", err)
+
+	s := redistest.Start(t)
+	p = &redispool.Pool{Addr: "redis://" + s.Addr() + "/1", ReadTimeout: 200 * time.Millisecond}
+	defer p.Close()
+	c := p.Get()
+	defer c.Close()
+	_, err = c.Do("PING")
+	require.NoError(t, err)
+	s.Stop(t)
+	defer s.Cont(t)
+	start := time.Now()
+	_, err = c.Do("PING")
+	took := time.Since(start)
+	require.ErrorAs(t, err, &ne)
+	assert.True(t, ne.Timeout(), "PING to a frozen server failed other than by timing out: %v", err)
+	assert.Less(t, took, 2*time.Second, "ReadTimeout 200ms, PING returned after %v", took)
+}
+
+// TestARedissURLInAddrDialsWithTLS: rediss:// turns TLS on, with the URL's
+// host as the server name the certificate is checked against, and
+// DialOptions still apply (here, the CA to trust).
+func TestARedissURLInAddrDialsWithTLS(t *testing.T) {
+	certFile, keyFile := selfSignedCert(t, t.TempDir())
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	tlsPort := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	redistest.Start(t, "--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certFile,
+		"--tls-key-file", keyFile, "--tls-ca-cert-file", certFile, "--tls-auth-clients", "no")
+	pem, err := os.ReadFile(certFile)
+	require.NoError(t, err)
+	roots := x509.NewCertPool()
+	require.True(t, roots.AppendCertsFromPEM(pem))
+
+	p := &redispool.Pool{Addr: "rediss://127.0.0.1:" + strconv.Itoa(tlsPort) + "/2",
+		DialOptions: []redis.DialOption{redis.DialTLSConfig(&tls.Config{RootCAs: roots})}}
+	defer p.Close()
+	c, err := p.GetContext(context.Background())
+	require.NoError(t, err)
+	defer c.Close()
+	info, err := redis.String(c.Do("CLIENT", "INFO"))
+	require.NoError(t, err)
+	assert.Contains(t, info, " db=2 ")
+}
+
 // TestTLSContextCancellationRacingCommandsLeavesThePoolServing: contexts cancelled while
 // commands run close the TLS conn from context.AfterFunc's goroutine
 // (tls.Conn.Close sends close_notify with its own write deadlines, through
@@ -714,6 +535,36 @@ func TestTLSContextCancellationRacingCommandsLeavesThePoolServing(t *testing.T) 
 	reply, err := redis.String(c.Do("ECHO", "after"))
 	require.NoError(t, err)
 	assert.Equal(t, "after", reply)
+}
+
+// ---------------------------------------------------------------------------
+// DialTimeout, ReadTimeout and WriteTimeout.
+
+// TestDialTimeoutBoundsEveryStep checks that DialTimeout bounds the whole
+// dial against a server that accepts and never answers: the TLS handshake
+// (redigo's own default for it is 10 s) and AUTH.
+func TestDialTimeoutBoundsEveryStep(t *testing.T) {
+	addr := silentServer(t)
+	for _, tc := range []struct {
+		name string
+		pool *redispool.Pool
+	}{
+		{"TLS handshake", &redispool.Pool{Addr: addr, DialOptions: []redis.DialOption{redis.DialUseTLS(true)}}},
+		{"AUTH", &redispool.Pool{Addr: addr, Password: "secret"}},
+		{"SELECT", &redispool.Pool{Addr: addr, DB: 2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := tc.pool
+			p.DialTimeout = 300 * time.Millisecond
+			defer p.Close()
+			start := time.Now()
+			c := p.Get()
+			took := time.Since(start)
+			require.Error(t, c.Err())
+			c.Close()
+			assert.Less(t, took, 2*time.Second, "Get with DialTimeout %v returned after %v: %v", p.DialTimeout, took, c.Err())
+		})
+	}
 }
 
 func TestNegativeTimeoutsDisableThem(t *testing.T) {
@@ -826,6 +677,9 @@ func TestThePoolsOwnSocketsMoveTheirDeadlinesLazily(t *testing.T) {
 	}
 }
 
+// ---------------------------------------------------------------------------
+// Blocking commands and subscriptions.
+
 func TestBlockingCommandWaitsItsOwnTimeoutAndKeepsItsConn(t *testing.T) {
 	srv := redistest.Start(t, "--enable-debug-command", "yes")
 	p := &redispool.Pool{Addr: srv.Addr(), ReadTimeout: 200 * time.Millisecond}
@@ -874,34 +728,30 @@ func TestBlockingTimeoutsThatOverflowMeanNoDeadline(t *testing.T) {
 	assert.Equal(t, []time.Duration{0, 1200 * time.Millisecond}, fc.Timeouts())
 }
 
-func TestReceiveOnASubscribedConnHasNoDeadlineUntilUnsubscribe(t *testing.T) {
-	d := &fakeDialer{}
-	p := onePool(t, d)
-	c := p.Get()
-	defer c.Close()
-	fc := d.last(t)
-	psc := redis.PubSubConn{Conn: c}
-	psc.Subscribe("ch")
-	psc.Receive()
-	psc.Receive()
-	psc.Unsubscribe()
-	psc.Receive()
-	assert.Equal(t, []time.Duration{0, 0, 200 * time.Millisecond}, fc.Timeouts())
-}
-
-func TestLeavingOneKindOfSubscriptionKeepsReceiveDeadlineFreeForTheOthers(t *testing.T) {
-	d := &fakeDialer{}
-	p := onePool(t, d)
-	c := p.Get()
-	defer c.Close()
-	psc := redis.PubSubConn{Conn: c}
-	psc.Subscribe("ch")
-	psc.PSubscribe("p*")
-	psc.PUnsubscribe()
-	psc.Receive() // still subscribed to ch: waits for messages
-	psc.Unsubscribe()
-	psc.Receive() // nothing left: the confirmation comes within ReadTimeout
-	assert.Equal(t, []time.Duration{0, 200 * time.Millisecond}, d.last(t).Timeouts())
+// TestBlockingTimeoutOfAnotherType: a timeout that redigo writes with fmt (a
+// named numeric type), a redis.Argument, or a string the server's strtold
+// reads and Go's ParseFloat does not ("0x1") still extends the read deadline.
+func TestBlockingTimeoutOfAnotherType(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, tt := range []struct {
+		name    string
+		timeout any
+	}{
+		{"named int", timeoutSeconds(1)},
+		{"redis.Argument", timeoutArg{0.5}},
+		{"hex string (strtold reads it, strconv does not)", "0x1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: 300 * time.Millisecond}
+			defer p.Close()
+			c := p.Get()
+			defer c.Close()
+			start := time.Now()
+			r, err := c.Do("BLPOP", "nb:none", tt.timeout)
+			require.NoError(t, err, "BLPOP with a %v timeout failed after %v", tt.timeout, time.Since(start))
+			assert.Nil(t, r)
+		})
+	}
 }
 
 // TestBlockingCommandInMultiKeepsReadTimeout: inside MULTI a blocking
@@ -982,6 +832,208 @@ func TestXReadGroupConsumerNamedStreamsBlocks(t *testing.T) {
 	assert.Nil(t, r)
 }
 
+func TestReceiveOnASubscribedConnHasNoDeadlineUntilUnsubscribe(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	c := p.Get()
+	defer c.Close()
+	fc := d.last(t)
+	psc := redis.PubSubConn{Conn: c}
+	psc.Subscribe("ch")
+	psc.Receive()
+	psc.Receive()
+	psc.Unsubscribe()
+	psc.Receive()
+	assert.Equal(t, []time.Duration{0, 0, 200 * time.Millisecond}, fc.Timeouts())
+}
+
+func TestLeavingOneKindOfSubscriptionKeepsReceiveDeadlineFreeForTheOthers(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	c := p.Get()
+	defer c.Close()
+	psc := redis.PubSubConn{Conn: c}
+	psc.Subscribe("ch")
+	psc.PSubscribe("p*")
+	psc.PUnsubscribe()
+	psc.Receive() // still subscribed to ch: waits for messages
+	psc.Unsubscribe()
+	psc.Receive() // nothing left: the confirmation comes within ReadTimeout
+	assert.Equal(t, []time.Duration{0, 200 * time.Millisecond}, d.last(t).Timeouts())
+}
+
+// ---------------------------------------------------------------------------
+// Helpers: servers on loopback, TLS, and argument types.
+
+// serveLoopback accepts connections on a loopback port and runs serve on
+// each, until the test ends, when it closes the listener and every
+// connection and waits for serve to return. It returns the address.
+func serveLoopback(t *testing.T, serve func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var conns []net.Conn
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				serve(c)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+// silentServer reads what its clients send and never answers, as a server
+// hung after accept does.
+func silentServer(t *testing.T) string {
+	return serveLoopback(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+}
+
+// answerOK answers every command read from c with +OK, as a server that
+// serves but is not looked at.
+func answerOK(c net.Conn) {
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "*")))
+		if err != nil || !strings.HasPrefix(line, "*") {
+			return
+		}
+		for range 2 * n { // $len, then the argument
+			if _, err := r.ReadString('\n'); err != nil {
+				return
+			}
+		}
+		if _, err := c.Write([]byte("+OK\r\n")); err != nil {
+			return
+		}
+	}
+}
+
+// readCommand reads one RESP array of bulk strings.
+func readCommand(r *bufio.Reader) ([]string, error) {
+	var n int
+	if _, err := fmt.Fscanf(r, "*%d\r\n", &n); err != nil {
+		return nil, err
+	}
+	args := make([]string, n)
+	for i := range args {
+		var size int
+		if _, err := fmt.Fscanf(r, "$%d\r\n", &size); err != nil {
+			return nil, err
+		}
+		b := make([]byte, size+2)
+		if _, err := io.ReadFull(r, b); err != nil {
+			return nil, err
+		}
+		args[i] = string(b[:size])
+	}
+	return args, nil
+}
+
+// refusedAddr returns a loopback address nobody listens on.
+func refusedAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// selfSignedCert writes a self-signed certificate for 127.0.0.1 and
+// its key to dir.
+func selfSignedCert(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	kder, err := x509.MarshalECPrivateKey(key)
+	require.NoError(t, err)
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600))
+	return certFile, keyFile
+}
+
+// startTLSRedis starts a redis-server that listens with TLS on a loopback
+// port, and returns its TLS address.
+func startTLSRedis(t *testing.T) (*redistest.Server, string) {
+	t.Helper()
+	dir := t.TempDir()
+	certFile, keyFile := selfSignedCert(t, dir)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	tlsPort := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	srv := redistest.Start(t, "--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certFile,
+		"--tls-key-file", keyFile, "--tls-ca-cert-file", certFile, "--tls-auth-clients", "no")
+	return srv, net.JoinHostPort("127.0.0.1", strconv.Itoa(tlsPort))
+}
+
+// hammer runs callers goroutines that Get, PING and Close in a loop for d,
+// and returns the last error a Get or its PING returned.
+func hammer(p *redispool.Pool, callers int, d time.Duration) error {
+	var mu sync.Mutex
+	var last error
+	var wg sync.WaitGroup
+	end := time.Now().Add(d)
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(end) {
+				c := p.Get()
+				_, err := c.Do("PING")
+				c.Close()
+				if err != nil {
+					mu.Lock()
+					last = err
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return last
+}
+
 // timeoutSeconds is a caller's named type for a timeout: redigo writes it
 // with fmt.Fprint, as the number it holds.
 type timeoutSeconds int
@@ -990,29 +1042,3 @@ type timeoutSeconds int
 type timeoutArg struct{ v float64 }
 
 func (a timeoutArg) RedisArg() any { return a.v }
-
-// TestBlockingTimeoutOfAnotherType: a timeout that redigo writes with fmt (a
-// named numeric type), a redis.Argument, or a string the server's strtold
-// reads and Go's ParseFloat does not ("0x1") still extends the read deadline.
-func TestBlockingTimeoutOfAnotherType(t *testing.T) {
-	srv := redistest.Start(t)
-	for _, tt := range []struct {
-		name    string
-		timeout any
-	}{
-		{"named int", timeoutSeconds(1)},
-		{"redis.Argument", timeoutArg{0.5}},
-		{"hex string (strtold reads it, strconv does not)", "0x1"},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: 300 * time.Millisecond}
-			defer p.Close()
-			c := p.Get()
-			defer c.Close()
-			start := time.Now()
-			r, err := c.Do("BLPOP", "nb:none", tt.timeout)
-			require.NoError(t, err, "BLPOP with a %v timeout failed after %v", tt.timeout, time.Since(start))
-			assert.Nil(t, r)
-		})
-	}
-}

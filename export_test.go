@@ -1,5 +1,11 @@
 package redispool
 
+// The seams through which the external tests reach the pool's internals:
+// its clock, the counts its accounting rests on, the wait queue's lock, a
+// dial slot, the generation of its connections, a borrowed conn's leak watch
+// and socket, and the Sentinel's announcements and last query. A rework of
+// the internals changes this file, not the tests.
+
 import (
 	"context"
 	"sync"

@@ -1,5 +1,11 @@
 package redispool_test
 
+// The idle set: a clean connection given back is reused, the one idle
+// longest first, up to MaxIdle; one idle past IdleTimeout, older than
+// MaxConnLifetime, failing TestOnBorrow, or whose socket shows it was closed
+// or holds unasked-for bytes is closed instead of handed out; and once per
+// IdleTimeout the pool closes the idle connections nobody needed.
+
 import (
 	"context"
 	"errors"
@@ -16,11 +22,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// The idle set: a clean connection given back is reused, the one idle
-// longest first, up to MaxIdle; one idle past IdleTimeout, older than
-// MaxConnLifetime, failing TestOnBorrow, or whose socket shows it was closed
-// or holds unasked-for bytes is closed instead of handed out; and once per
-// IdleTimeout the pool closes the idle connections nobody needed.
+// ---------------------------------------------------------------------------
+// Reuse and MaxIdle.
 
 func TestCleanConnIsReusedNotRedialed(t *testing.T) {
 	d := &fakeDialer{}
@@ -83,6 +86,9 @@ func TestMaxIdleHoldsWhenCloseRacesGet(t *testing.T) {
 	}
 	assert.Equal(t, 1, p.ActiveCount())
 }
+
+// ---------------------------------------------------------------------------
+// IdleTimeout, shrinking and MaxConnLifetime.
 
 func TestIdleTimeoutClosesStaleConns(t *testing.T) {
 	clk := newClock()
@@ -187,6 +193,9 @@ func TestMaxConnLifetimeClosesOldConns(t *testing.T) {
 	assert.EqualValues(t, 2, p.Stats().Discards.Lifetime)
 }
 
+// ---------------------------------------------------------------------------
+// TestOnBorrow.
+
 func TestFailedHealthCheckClosesTheConnAndDialsAnother(t *testing.T) {
 	d := &fakeDialer{}
 	var lastUsed time.Time
@@ -234,6 +243,9 @@ func TestTestOnBorrowContextGetsTheCallersContext(t *testing.T) {
 	c.Close()
 	assert.Equal(t, "v", got)
 }
+
+// ---------------------------------------------------------------------------
+// The peek at the socket of a conn the pool dialed.
 
 func TestIdleConnsClosedByTheServerAreNotHandedOut(t *testing.T) {
 	srv := redistest.Start(t, "--timeout", "1")

@@ -1,5 +1,11 @@
 package redispool_test
 
+// What the pool reports: Stats, counted where each event happens, so that
+// dials = discards + ActiveCount holds for whoever reads them; the Logger's
+// records of discards, failed dials and exhausted waits, each kind rate
+// limited on its own and logged outside the pool's locks; connections held
+// past LeakThreshold, with the borrower's stack; and never a password.
+
 import (
 	"bytes"
 	"context"
@@ -20,11 +26,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// What the pool reports: Stats, counted where each event happens, so that
-// dials = discards + ActiveCount holds for whoever reads them; the Logger's
-// records of discards, failed dials and exhausted waits, each kind rate
-// limited on its own and logged outside the pool's locks; connections held
-// past LeakThreshold, with the borrower's stack; and never a password.
+// ---------------------------------------------------------------------------
+// Stats.
 
 func TestStatsBeginWithRedigosFourFields(t *testing.T) {
 	// Same names, types and order as redis.PoolStats.
@@ -151,6 +154,9 @@ func TestDiscardReasonNames(t *testing.T) {
 	assert.EqualValues(t, 36, s.Total())
 }
 
+// ---------------------------------------------------------------------------
+// Logger.
+
 func TestLoggerIsToldAboutDiscardsWithTheirReason(t *testing.T) {
 	rec := &recorder{}
 	d := &fakeDialer{}
@@ -222,8 +228,7 @@ func TestLogRecordsAreRateLimitedPerKind(t *testing.T) {
 
 // TestEachLogKindHasItsOwnRateLimit checks "each kind at most once per
 // second" (Pool.Logger) across kinds: a discard must not use up the second
-// of a failed dial, an exhausted wait or a leak report. Discard kinds were
-// numbered from 0 and overlapped the other three.
+// of a failed dial, an exhausted wait or a leak report.
 func TestEachLogKindHasItsOwnRateLimit(t *testing.T) {
 	clk := newClock()
 	defer redispool.SetNowFunc(clk.Now)() // time stands still: all within one logInterval
@@ -305,44 +310,6 @@ func TestTheLogHandlerRunsOutsideThePoolLock(t *testing.T) {
 	require.Error(t, err)
 	assert.Less(t, time.Since(start), 250*time.Millisecond, "a fast fail waited for the log handler")
 	<-logging
-}
-
-//go:noinline
-func borrowAndForget(p *redispool.Pool) redis.Conn { return p.Get() }
-
-func TestLeakThresholdReportsAHeldConnWithTheBorrowersStack(t *testing.T) {
-	rec := &recorder{}
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial, LeakThreshold: 20 * time.Millisecond, Logger: slog.New(rec)}
-	defer p.Close()
-
-	quick := p.Get()
-	quick.Close() // returned in time: not reported
-
-	held := borrowAndForget(p)
-	require.Eventually(t, func() bool { return len(rec.find("held longer than LeakThreshold")) == 1 }, 5*time.Second, 5*time.Millisecond)
-	got := rec.find("held longer than LeakThreshold")[0]
-	assert.Contains(t, got["borrowed_at"], "redispool_test.borrowAndForget")
-	assert.Contains(t, got["borrowed_at"], "observability_test.go")
-	assert.NotContains(t, got["borrowed_at"], "redispool.(*Pool)", "the pool's own frames are left out")
-	assert.EqualValues(t, 1, p.Stats().LeakCount)
-	time.Sleep(3 * 20 * time.Millisecond) // still held: three thresholds more
-	assert.EqualValues(t, 1, p.Stats().LeakCount, "reported once")
-	assert.Len(t, rec.find("held longer than LeakThreshold"), 1, "reported once")
-	held.Close()
-}
-
-// TestLeakThresholdOffCostsNoTimer: with LeakThreshold zero, a Get sets
-// up no leak watch.
-func TestLeakThresholdOffCostsNoTimer(t *testing.T) {
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial}
-	defer p.Close()
-	c, err := p.GetContext(context.Background())
-	require.NoError(t, err)
-	assert.False(t, redispool.LeakWatched(c), "no leak watch when LeakThreshold is zero")
-	c.Close()
-	assert.Zero(t, p.Stats().LeakCount)
 }
 
 // TestNoErrorLogOrStatShowsAPassword: whatever is typed into Addr,
@@ -437,24 +404,49 @@ func TestNoErrorLogOrStatShowsAPassword(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer safe for a log handler on the pool's
-// goroutines and a test reading it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+// ---------------------------------------------------------------------------
+// LeakThreshold.
+
+func TestLeakThresholdReportsAHeldConnWithTheBorrowersStack(t *testing.T) {
+	rec := &recorder{}
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, LeakThreshold: 20 * time.Millisecond, Logger: slog.New(rec)}
+	defer p.Close()
+
+	quick := p.Get()
+	quick.Close() // returned in time: not reported
+
+	held := borrowAndForget(p)
+	require.Eventually(t, func() bool { return len(rec.find("held longer than LeakThreshold")) == 1 }, 5*time.Second, 5*time.Millisecond)
+	got := rec.find("held longer than LeakThreshold")[0]
+	assert.Contains(t, got["borrowed_at"], "redispool_test.borrowAndForget")
+	assert.Contains(t, got["borrowed_at"], "observability_test.go")
+	assert.NotContains(t, got["borrowed_at"], "redispool.(*Pool)", "the pool's own frames are left out")
+	assert.EqualValues(t, 1, p.Stats().LeakCount)
+	time.Sleep(3 * 20 * time.Millisecond) // still held: three thresholds more
+	assert.EqualValues(t, 1, p.Stats().LeakCount, "reported once")
+	assert.Len(t, rec.find("held longer than LeakThreshold"), 1, "reported once")
+	held.Close()
 }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
+//go:noinline
+func borrowAndForget(p *redispool.Pool) redis.Conn { return p.Get() }
+
+// TestLeakThresholdOffCostsNoTimer: with LeakThreshold zero, a Get sets
+// up no leak watch.
+func TestLeakThresholdOffCostsNoTimer(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial}
+	defer p.Close()
+	c, err := p.GetContext(context.Background())
+	require.NoError(t, err)
+	assert.False(t, redispool.LeakWatched(c), "no leak watch when LeakThreshold is zero")
+	c.Close()
+	assert.Zero(t, p.Stats().LeakCount)
 }
 
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// ---------------------------------------------------------------------------
+// Helpers.
 
 // recorder is a slog.Handler that keeps the records it is given. It may
 // be slow, as a handler writing to a slow sink is (delay), or panic, as a
@@ -513,3 +505,22 @@ func (r *recorder) find(part string) []map[string]string {
 
 // count returns how many records have a message that holds part.
 func (r *recorder) count(part string) int { return len(r.find(part)) }
+
+// lockedBuffer is a bytes.Buffer safe for a log handler on the pool's
+// goroutines and a test reading it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

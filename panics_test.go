@@ -1,5 +1,11 @@
 package redispool_test
 
+// User code that panics: Dial, TestOnBorrow, a conn's own Close, Err,
+// Flush or Do, a log handler, an error's Error method. The panic reaches the
+// caller whose call ran that code, or goes no further when no caller does
+// (a record logged on the pool's own goroutines); either way the pool loses
+// no permit, dial slot or connection, and its goroutines keep running.
+
 import (
 	"bufio"
 	"context"
@@ -15,11 +21,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// User code that panics: Dial, TestOnBorrow, a conn's own Close, Err,
-// Flush or Do, a log handler, an error's Error method. The panic reaches the
-// caller whose call ran that code, or goes no further when no caller does
-// (a record logged on the pool's own goroutines); either way the pool loses
-// no permit, dial slot or connection, and its goroutines keep running.
+// ---------------------------------------------------------------------------
+// Dial and TestOnBorrow.
 
 func TestDialPanicReturnsTheTokenAndPanicsInTheCaller(t *testing.T) {
 	clk := newClock()
@@ -72,6 +75,9 @@ func TestPanicInTestOnBorrowReturnsTheTokenAndClosesTheConn(t *testing.T) {
 	c.Close()
 }
 
+// ---------------------------------------------------------------------------
+// The conn's own methods.
+
 // TestAConnWhoseClosePanicsGivesItsPermitBack checks that a conn whose own
 // Close panics, as the pool discards it, still gives its permit back: the
 // panic reaches the caller, and the pool can still open MaxActive conns.
@@ -99,7 +105,7 @@ func TestAConnWhoseClosePanicsGivesItsPermitBack(t *testing.T) {
 // conn's own Err, Flush (to write what a borrower sent before discarding the
 // conn) and DoWithTimeout (to read pending replies): should one panic, the
 // conn is discarded and its permit given back before the panic reaches the
-// caller. With MaxActive 1, every later Get failed with ErrPoolExhausted.
+// caller: with MaxActive 1, the next Get gets a conn.
 func TestAConnWhoseMethodPanicsInCloseGivesItsPermitBack(t *testing.T) {
 	for _, tt := range []struct {
 		method string
@@ -132,8 +138,8 @@ func TestAConnWhoseMethodPanicsInCloseGivesItsPermitBack(t *testing.T) {
 // TestAWaiterThatDiscardsAConnWhoseClosePanicsKeepsNoPermit checks the
 // permit of a conn handed to a queued waiter that may not reuse it: the
 // waiter closes it and keeps the permit to dial with, unless the conn's Close
-// panics, when the panic leaves Get before the dial and the permit must come
-// back (with MaxActive 1, every later Get failed with ErrPoolExhausted).
+// panics, when the panic leaves Get before the dial and the permit comes
+// back: with MaxActive 1, the next Get gets a conn.
 func TestAWaiterThatDiscardsAConnWhoseClosePanicsKeepsNoPermit(t *testing.T) {
 	d := &fakeDialer{setup: func(c *fakeConn, n int) {
 		if n == 1 {
@@ -165,34 +171,6 @@ func TestAWaiterThatDiscardsAConnWhoseClosePanicsKeepsNoPermit(t *testing.T) {
 	require.NoError(t, err, "the permit of the conn whose Close panicked came back (MaxActive 1, nothing open)")
 	c.Close()
 	checkAtRest(t, p, 0)
-}
-
-// gatedErrContext is a context whose Err, once armed, blocks the first
-// caller until the test lets it go, and from then on reports Canceled. Done
-// never closes. It parks a Get at the exact place where it asks whether its
-// caller gave up.
-type gatedErrContext struct {
-	context.Context
-	armed   atomic.Bool
-	ended   atomic.Bool
-	entered chan struct{}
-	release chan struct{}
-}
-
-func newGatedErrContext() *gatedErrContext {
-	return &gatedErrContext{Context: context.Background(), entered: make(chan struct{}), release: make(chan struct{})}
-}
-
-func (c *gatedErrContext) Err() error {
-	if c.armed.CompareAndSwap(true, false) {
-		close(c.entered)
-		<-c.release
-		c.ended.Store(true)
-	}
-	if c.ended.Load() {
-		return context.Canceled
-	}
-	return nil
 }
 
 // TestADialSlotWaiterWhoseGivenBackConnClosePanicsKeepsNoPermit: a Get
@@ -271,8 +249,8 @@ func TestADialSlotWaiterWhoseGivenBackConnClosePanicsKeepsNoPermit(t *testing.T)
 // conn a Get is about to hand out when that Get, reusing it, shrinks the
 // pool (once per IdleTimeout) and the Close of a surplus idle conn panics:
 // the panic reaches the caller, as everywhere else, but the conn the Get
-// had taken must go back to the pool, not vanish with its permit (with
-// MaxActive 2, the pool could then never again hand out 2 conns).
+// had taken goes back to the pool with its permit: with MaxActive 2, the
+// pool hands out 2 conns at once again.
 func TestShrinkWhoseCloseOfAnIdleConnPanicsKeepsTheGetsConn(t *testing.T) {
 	clk := newClock()
 	defer redispool.SetNowFunc(clk.Now)()
@@ -283,7 +261,7 @@ func TestShrinkWhoseCloseOfAnIdleConnPanicsKeepsTheGetsConn(t *testing.T) {
 	}}
 	p := &redispool.Pool{MaxActive: 2, IdleTimeout: time.Minute, WaitTimeout: -1, Dial: d.Dial}
 	defer func() {
-		defer func() { recover() }() // the panicky conn may still be idle
+		defer func() { recover() }() // the conn whose Close panics may still be idle
 		p.Close()
 	}()
 	ctx := context.Background()
@@ -330,8 +308,8 @@ func TestShrinkWhoseCloseOfAnIdleConnPanicsKeepsTheGetsConn(t *testing.T) {
 
 // TestPoolCloseClosesEveryIdleConnEvenIfOneClosePanics checks that Close
 // closes every idle conn when one's Close panics: the panic reaches the
-// caller, and a second Close, which returns at once, would leave the rest
-// open in a closed pool for good.
+// caller once the others are closed too, since a second Close returns at
+// once.
 func TestPoolCloseClosesEveryIdleConnEvenIfOneClosePanics(t *testing.T) {
 	d := &fakeDialer{setup: func(c *fakeConn, n int) {
 		if n == 1 {
@@ -354,12 +332,14 @@ func TestPoolCloseClosesEveryIdleConnEvenIfOneClosePanics(t *testing.T) {
 	assert.Zero(t, p.ActiveCount())
 }
 
+// ---------------------------------------------------------------------------
+// The log handler and errors.
+
 // TestALogHandlerPanicWhileAWaiterDiscardsItsGrantLosesNoPermit: a waiter
-// granted an idle conn that turns out too old closes it and keeps its permit
-// to dial (closeConn with release false); the discard is logged from
-// closeConn's deferred function. A handler that panics there must not take
-// the permit with it: with MaxActive 1 the pool could never hand out a conn
-// again.
+// granted an idle conn that turns out too old closes it, logs the discard,
+// and keeps the permit to dial. A handler that panics on that record does
+// not take the permit with it: with MaxActive 1, the pool still hands out a
+// conn.
 func TestALogHandlerPanicWhileAWaiterDiscardsItsGrantLosesNoPermit(t *testing.T) {
 	clk := newClock()
 	defer redispool.SetNowFunc(clk.Now)()
@@ -393,30 +373,6 @@ func TestALogHandlerPanicWhileAWaiterDiscardsItsGrantLosesNoPermit(t *testing.T)
 	c, err := p.GetContext(ctx2)
 	require.NoError(t, err, "MaxActive 1, nothing held: a permit was lost to the log handler's panic")
 	c.Close()
-}
-
-// startGatedServer starts a server whose connections answer their first
-// command only once release is closed, and +OK to every command. accepted
-// receives a value for each connection accepted.
-func startGatedServer(t *testing.T) (addr string, accepted <-chan struct{}, release chan struct{}) {
-	acc, release := make(chan struct{}, 16), make(chan struct{})
-	addr = serveLoopback(t, func(c net.Conn) {
-		acc <- struct{}{}
-		if _, err := readCommand(bufio.NewReader(c)); err != nil {
-			return
-		}
-		<-release
-		c.Write([]byte("+OK\r\n"))
-		answerOK(c)
-	})
-	t.Cleanup(func() { // before serveLoopback's, which waits for the connections
-		select {
-		case <-release:
-		default:
-			close(release)
-		}
-	})
-	return addr, acc, release
 }
 
 // TestALogHandlerPanicOnAnExhaustedWaitForADialSlotLosesNoPermit: a Get
@@ -515,7 +471,6 @@ func TestALogHandlerPanicInALeakReportDoesNotEndTheProgram(t *testing.T) {
 // promise for the records about the sentinels: a handler that panics on the
 // failed subscription, which is logged on the pool's own goroutine, loses
 // that record only. The goroutine keeps retrying, and Get keeps working.
-// Before, the panic ended the program.
 func TestASentinelRecordWhoseHandlerPanicsIsLostAlone(t *testing.T) {
 	const failed = "subscription to a sentinel failed"
 	master := startRoleServer(t, "master")
@@ -548,12 +503,6 @@ func TestASentinelRecordWhoseHandlerPanicsIsLostAlone(t *testing.T) {
 	require.NoError(t, c.Close())
 }
 
-// nilPointerError is an error whose Error method dereferences its receiver:
-// a typed nil of it is a non-nil error that panics when printed.
-type nilPointerError struct{ msg string }
-
-func (e *nilPointerError) Error() string { return e.msg }
-
 // TestATypedNilDialErrorDoesNotEndTheProgram: a Dial that returns a typed
 // nil error fails the Get, and the pool's log record of it, written on the
 // dial's own goroutine, does not call the panicking Error method directly,
@@ -569,3 +518,64 @@ func TestATypedNilDialErrorDoesNotEndTheProgram(t *testing.T) {
 	require.True(t, err != nil, "the Get fails") // testify takes a typed nil for nil
 	require.Len(t, rec.find("redispool: dial failed"), 1)
 }
+
+// ---------------------------------------------------------------------------
+// Helpers.
+
+// gatedErrContext is a context whose Err, once armed, blocks the first
+// caller until the test lets it go, and from then on reports Canceled. Done
+// never closes. It parks a Get at the exact place where it asks whether its
+// caller gave up.
+type gatedErrContext struct {
+	context.Context
+	armed   atomic.Bool
+	ended   atomic.Bool
+	entered chan struct{}
+	release chan struct{}
+}
+
+func newGatedErrContext() *gatedErrContext {
+	return &gatedErrContext{Context: context.Background(), entered: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (c *gatedErrContext) Err() error {
+	if c.armed.CompareAndSwap(true, false) {
+		close(c.entered)
+		<-c.release
+		c.ended.Store(true)
+	}
+	if c.ended.Load() {
+		return context.Canceled
+	}
+	return nil
+}
+
+// startGatedServer starts a server whose connections answer their first
+// command only once release is closed, and +OK to every command. accepted
+// receives a value for each connection accepted.
+func startGatedServer(t *testing.T) (addr string, accepted <-chan struct{}, release chan struct{}) {
+	acc, release := make(chan struct{}, 16), make(chan struct{})
+	addr = serveLoopback(t, func(c net.Conn) {
+		acc <- struct{}{}
+		if _, err := readCommand(bufio.NewReader(c)); err != nil {
+			return
+		}
+		<-release
+		c.Write([]byte("+OK\r\n"))
+		answerOK(c)
+	})
+	t.Cleanup(func() { // before serveLoopback's, which waits for the connections
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	return addr, acc, release
+}
+
+// nilPointerError is an error whose Error method dereferences its receiver:
+// a typed nil of it is a non-nil error that panics when printed.
+type nilPointerError struct{ msg string }
+
+func (e *nilPointerError) Error() string { return e.msg }

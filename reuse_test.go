@@ -1,5 +1,15 @@
 package redispool_test
 
+// What a connection carries to the next borrower: nothing. Close keeps a
+// connection only when it is provably clean: no error other than a
+// redis.Error, no reply left unread that cannot be read at once, no state
+// the next borrower would inherit (subscriptions, MONITOR, CLIENT REPLY,
+// another database, MULTI or WATCH the server did not confirm undone,
+// READONLY, HELLO, tracking, a name, ASKING...), not retired, not used by two
+// goroutines at once. A handle closed fails every call without touching the
+// connection, now someone else's. The conn handed out is a redigo conn like
+// any other.
+
 import (
 	"context"
 	"errors"
@@ -19,22 +29,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// What a connection carries to the next borrower: nothing. Close keeps a
-// connection only when it is provably clean: no error other than a
-// redis.Error, no reply left unread that cannot be read at once, no state
-// the next borrower would inherit (subscriptions, MONITOR, CLIENT REPLY,
-// another database, MULTI or WATCH the server did not confirm undone,
-// READONLY, HELLO, tracking, a name, ASKING...), not retired, not used by two
-// goroutines at once. A handle closed fails every call without touching the
-// connection, now someone else's.
-
-// onePool is a pool of at most one fake conn.
-func onePool(t *testing.T, d *fakeDialer) *redispool.Pool {
-	t.Helper()
-	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: time.Second, ReadTimeout: 200 * time.Millisecond}
-	t.Cleanup(func() { p.Close() })
-	return p
-}
+// ---------------------------------------------------------------------------
+// Errors and broken conns.
 
 func TestRedisErrorReplyKeepsTheConnAndPassesThroughUnchanged(t *testing.T) {
 	d := &fakeDialer{}
@@ -223,51 +219,78 @@ func TestACallThatOverlapsADoBreaksTheConn(t *testing.T) {
 	}
 }
 
-func TestConnImplementsRedigosOptionalInterfaces(t *testing.T) {
+func TestDoContextCancelledMidCallReturnsCtxErrAndDiscards(t *testing.T) {
+	entered := make(chan struct{})
+	d := &fakeDialer{setup: func(fc *fakeConn, _ int) {
+		fc.reply = func(string, []any) (any, error) {
+			close(entered)
+			// The read ends once its socket is closed, as a real one does.
+			for deadline := time.Now().Add(3 * time.Second); !fc.IsClosed() && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+			return nil, errors.New("use of closed network connection")
+		}
+	}}
+	p := onePool(t, d)
+	c := p.Get()
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-entered
+		cancel()
+	}()
+	start := time.Now()
+	_, err := redis.DoContext(c, ctx, "GET", "k")
+	assert.Equal(t, context.Canceled, err)
+	assert.Less(t, time.Since(start), 2*time.Second, "the cancellation closed the conn, which ended the read")
+	c.Close()
+	assert.True(t, d.last(t).IsClosed())
+	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+}
+
+// TestDoContextKeepsAReplyReadAsCtxEnds: a reply read in full as ctx ends
+// belongs to the caller (for BLPOP, the element has left the list); the
+// connection, closed by ctx, is not used again.
+func TestDoContextKeepsAReplyReadAsCtxEnds(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &fakeDialer{setup: func(fc *fakeConn, _ int) {
+		fc.reply = func(string, []any) (any, error) {
+			cancel()
+			// ctx's hook starts and waits to close the conn, which the
+			// read holds: the reply is read first.
+			time.Sleep(20 * time.Millisecond)
+			return "element", nil
+		}
+	}}
+	p := onePool(t, d)
+	c := p.Get()
+	reply, err := redis.DoContext(c, ctx, "BLPOP", "k", 1)
+	require.NoError(t, err)
+	assert.Equal(t, "element", reply)
+	_, err = c.Do("GET", "k")
+	assert.Equal(t, context.Canceled, err, "the conn ctx closed is not used again")
+	c.Close()
+	require.Eventually(t, func() bool { return d.last(t).IsClosed() }, time.Second, time.Millisecond)
+	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+}
+
+func TestDoContextWithAnExpiredContextSendsNothing(t *testing.T) {
 	d := &fakeDialer{}
 	p := onePool(t, d)
 	c := p.Get()
-	defer c.Close()
-	_, ok := c.(redis.ConnWithTimeout)
-	assert.True(t, ok)
-	_, ok = c.(redis.ConnWithContext)
-	assert.True(t, ok)
-	var ec redis.Conn = (&redispool.Pool{MaxActive: -1}).Get()
-	_, ok = ec.(redis.ConnWithTimeout)
-	assert.True(t, ok, "the error conn too")
-	_, ok = ec.(redis.ConnWithContext)
-	assert.True(t, ok)
-}
-
-func TestConnWithoutTimeoutsStillWorksAndIsNeverKeptDirty(t *testing.T) {
-	d := &fakeDialer{plain: true} // conns without redis.ConnWithTimeout
-	p := &redispool.Pool{MaxActive: 1, Dial: d.Dial}
-	defer p.Close()
-	c := p.Get()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := redis.DoContext(c, ctx, "GET", "k")
+	assert.Equal(t, context.Canceled, err)
+	_, err = redis.ReceiveContext(c, ctx)
+	assert.Equal(t, context.Canceled, err)
+	c.Close()
 	fc := d.last(t)
-	_, err := c.Do("GET", "k")
-	require.NoError(t, err)
-	calls := len(fc.Calls())
-	_, err = redis.DoWithTimeout(c, time.Second, "GET", "k")
-	require.Error(t, err)
-	_, err = redis.ReceiveWithTimeout(c, time.Second)
-	require.Error(t, err)
-	assert.Len(t, fc.Calls(), calls, "nothing was sent")
-	_, err = c.Do("GET", "k")
-	require.NoError(t, err, "the conn is still usable")
-	c.Close()
-	assert.False(t, fc.IsClosed(), "clean: kept")
-
-	d2 := &fakeDialer{plain: true}
-	p2 := &redispool.Pool{MaxActive: 1, Dial: d2.Dial}
-	defer p2.Close()
-	c = p2.Get()
-	fc2 := d2.last(t)
-	c.Send("SET", "k", "v")
-	c.Close()
-	assert.True(t, fc2.IsClosed(), "pending replies it cannot read within a deadline: discarded")
-	assert.Contains(t, fc2.Calls(), "FLUSH", "but what was sent is written first")
+	assert.Empty(t, fc.Calls())
+	assert.False(t, fc.IsClosed(), "nothing was sent, the conn is clean")
 }
+
+// ---------------------------------------------------------------------------
+// Pending replies and state, on the fake conn.
 
 func TestDoWithEmptyCommandFlushesAndReadsPendingReplies(t *testing.T) {
 	d := &fakeDialer{}
@@ -403,320 +426,38 @@ func TestPoolDBDeclaresTheDatabaseOfDialedConns(t *testing.T) {
 	assert.True(t, d.last(t).IsClosed())
 }
 
-func TestDoContextCancelledMidCallReturnsCtxErrAndDiscards(t *testing.T) {
-	entered := make(chan struct{})
-	d := &fakeDialer{setup: func(fc *fakeConn, _ int) {
-		fc.reply = func(string, []any) (any, error) {
-			close(entered)
-			// The read ends once its socket is closed, as a real one does.
-			for deadline := time.Now().Add(3 * time.Second); !fc.IsClosed() && time.Now().Before(deadline); {
-				time.Sleep(time.Millisecond)
-			}
-			return nil, errors.New("use of closed network connection")
-		}
-	}}
-	p := onePool(t, d)
-	c := p.Get()
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		<-entered
-		cancel()
-	}()
-	start := time.Now()
-	_, err := redis.DoContext(c, ctx, "GET", "k")
-	assert.Equal(t, context.Canceled, err)
-	assert.Less(t, time.Since(start), 2*time.Second, "the cancellation closed the conn, which ended the read")
-	c.Close()
-	assert.True(t, d.last(t).IsClosed())
-	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
-}
-
-// TestDoContextKeepsAReplyReadAsCtxEnds: a reply read in full as ctx ends
-// belongs to the caller (for BLPOP, the element has left the list); the
-// connection, closed by ctx, is not used again.
-func TestDoContextKeepsAReplyReadAsCtxEnds(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	d := &fakeDialer{setup: func(fc *fakeConn, _ int) {
-		fc.reply = func(string, []any) (any, error) {
-			cancel()
-			// ctx's hook starts and waits to close the conn, which the
-			// read holds: the reply is read first.
-			time.Sleep(20 * time.Millisecond)
-			return "element", nil
-		}
-	}}
-	p := onePool(t, d)
-	c := p.Get()
-	reply, err := redis.DoContext(c, ctx, "BLPOP", "k", 1)
-	require.NoError(t, err)
-	assert.Equal(t, "element", reply)
-	_, err = c.Do("GET", "k")
-	assert.Equal(t, context.Canceled, err, "the conn ctx closed is not used again")
-	c.Close()
-	require.Eventually(t, func() bool { return d.last(t).IsClosed() }, time.Second, time.Millisecond)
-	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
-}
-
-func TestDoContextWithAnExpiredContextSendsNothing(t *testing.T) {
-	d := &fakeDialer{}
-	p := onePool(t, d)
-	c := p.Get()
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	_, err := redis.DoContext(c, ctx, "GET", "k")
-	assert.Equal(t, context.Canceled, err)
-	_, err = redis.ReceiveContext(c, ctx)
-	assert.Equal(t, context.Canceled, err)
-	c.Close()
-	fc := d.last(t)
-	assert.Empty(t, fc.Calls())
-	assert.False(t, fc.IsClosed(), "nothing was sent, the conn is clean")
-}
-
-func TestAReadOnlyReplyRetiresEveryConnDialedBefore(t *testing.T) {
-	for _, tt := range []struct {
-		name string
-		do   func(c redis.Conn)
-	}{
-		{"Do", func(c redis.Conn) { c.Do("SET", "k", "v") }},
-		{"EXEC", func(c redis.Conn) { c.Do("EXEC") }},
-		{"pipeline", func(c redis.Conn) { c.Send("SET", "k", "v"); c.Do("") }},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			readOnly := redis.Error("READONLY You can't write against a read only replica.")
-			d := &fakeDialer{}
-			p := &redispool.Pool{Dial: d.Dial}
-			defer p.Close()
-			d.setup = func(fc *fakeConn, _ int) {
-				fc.reply = func(cmd string, _ []any) (any, error) {
-					if cmd == "SET" {
-						return nil, readOnly
-					}
-					return []any{readOnly}, nil
-				}
-			}
-			closeAll(getN(t, p, 3)) // dialed before the failover
-			d.setup = nil
-			c := p.Get()
-			tt.do(c)
-			assert.Equal(t, 0, p.IdleCount(), "idle conns dialed before are dropped at once")
-			c.Close()
-			for _, fc := range d.Conns() {
-				assert.True(t, fc.IsClosed())
-			}
-			s := p.Stats()
-			assert.EqualValues(t, 3, s.Discards.Retired+s.Discards.State)
-			c = p.Get()
-			require.NoError(t, c.Err())
-			c.Close()
-			assert.EqualValues(t, 4, d.dials.Load(), "a fresh conn is dialed")
-		})
-	}
-}
-
-func TestRetireDropsIdleConnsAndThoseInUseOnReturn(t *testing.T) {
-	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial}
+func TestConnWithoutTimeoutsStillWorksAndIsNeverKeptDirty(t *testing.T) {
+	d := &fakeDialer{plain: true} // conns without redis.ConnWithTimeout
+	p := &redispool.Pool{MaxActive: 1, Dial: d.Dial}
 	defer p.Close()
-	conns := getN(t, p, 3)
-	conns[0].Close()
-	p.Retire()
-	assert.True(t, d.Conns()[0].IsClosed())
-	conns[1].Close()
-	assert.True(t, d.Conns()[1].IsClosed(), "a conn in use at Retire is not kept")
-	fresh := p.Get()
-	require.NoError(t, fresh.Err())
-	fresh.Close()
-	assert.False(t, d.last(t).IsClosed(), "conns dialed after Retire are kept")
-	conns[2].Close()
-	assert.EqualValues(t, 3, p.Stats().Discards.Retired)
-	assert.Equal(t, 1, p.ActiveCount())
-}
-
-// TestRedigoDocumentedUsageWorksWithOnlyTheTypeNameChanged is redigo's own
-// documented Pool usage (its package doc and examples) with redis.Pool
-// replaced by redispool.Pool.
-func TestRedigoDocumentedUsageWorksWithOnlyTheTypeNameChanged(t *testing.T) {
-	srv := redistest.Start(t)
-	server := srv.Addr()
-	newPool := func(addr string) *redispool.Pool {
-		return &redispool.Pool{
-			MaxIdle:     3,
-			IdleTimeout: 240 * time.Second,
-			// Dial or DialContext must be set. When both are set, DialContext takes precedence over Dial.
-			Dial: func() (redis.Conn, error) { return redis.Dial("tcp", addr) },
-			TestOnBorrow: func(c redis.Conn, t time.Time) error {
-				if time.Since(t) < time.Minute {
-					return nil
-				}
-				_, err := c.Do("PING")
-				return err
-			},
-		}
-	}
-	pool := newPool(server)
-	defer pool.Close()
-
-	t.Run("Do and reply helpers", func(t *testing.T) {
-		conn := pool.Get()
-		defer conn.Close()
-		_, err := conn.Do("SET", "hello", "world")
-		require.NoError(t, err)
-		s, err := redis.String(conn.Do("GET", "hello"))
-		require.NoError(t, err)
-		assert.Equal(t, "world", s)
-		_, err = conn.Do("HSET", "album:1", "title", "Red", "rating", 5)
-		require.NoError(t, err)
-		var album struct {
-			Title  string `redis:"title"`
-			Rating int    `redis:"rating"`
-		}
-		v, err := redis.Values(conn.Do("HGETALL", "album:1"))
-		require.NoError(t, err)
-		require.NoError(t, redis.ScanStruct(v, &album))
-		assert.Equal(t, 5, album.Rating)
-	})
-
-	t.Run("pipelining", func(t *testing.T) {
-		c := pool.Get()
-		defer c.Close()
-		c.Send("SET", "foo", "bar")
-		c.Send("GET", "foo")
-		c.Flush()
-		_, err := c.Receive()
-		require.NoError(t, err)
-		v, err := redis.String(c.Receive())
-		require.NoError(t, err)
-		assert.Equal(t, "bar", v)
-	})
-
-	t.Run("transaction", func(t *testing.T) {
-		c := pool.Get()
-		defer c.Close()
-		c.Send("MULTI")
-		c.Send("INCR", "foo:n")
-		c.Send("INCR", "bar:n")
-		r, err := redis.Ints(c.Do("EXEC"))
-		require.NoError(t, err)
-		assert.Equal(t, []int{1, 1}, r)
-	})
-
-	t.Run("DoContext and DoWithTimeout", func(t *testing.T) {
-		c := pool.Get()
-		defer c.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		v, err := redis.String(redis.DoContext(c, ctx, "ECHO", "ctx"))
-		require.NoError(t, err)
-		assert.Equal(t, "ctx", v)
-		v, err = redis.String(redis.DoWithTimeout(c, time.Second, "ECHO", "timeout"))
-		require.NoError(t, err)
-		assert.Equal(t, "timeout", v)
-		r, err := redis.ReceiveWithTimeout(c, time.Second)
-		assert.Nil(t, r)
-		assert.Error(t, err, "nothing to receive: times out")
-	})
-
-	t.Run("Script with NOSCRIPT fallback", func(t *testing.T) {
-		c := pool.Get()
-		defer c.Close()
-		_, err := c.Do("SCRIPT", "FLUSH")
-		require.NoError(t, err)
-		script := redis.NewScript(1, `return redis.call("INCRBY", KEYS[1], ARGV[1])`)
-		n, err := redis.Int(script.Do(c, "script:n", 2)) // EVALSHA fails with NOSCRIPT, EVAL follows
-		require.NoError(t, err)
-		assert.Equal(t, 2, n)
-		n, err = redis.Int(script.Do(c, "script:n", 3)) // now loaded
-		require.NoError(t, err)
-		assert.Equal(t, 5, n)
-		ctx := context.Background()
-		_, err = c.Do("SCRIPT", "FLUSH")
-		require.NoError(t, err)
-		n, err = redis.Int(script.DoContext(ctx, c, "script:n", 1)) // asserts err.(redis.Error)
-		require.NoError(t, err)
-		assert.Equal(t, 6, n)
-	})
-
-	t.Run("PubSubConn over a pooled conn", func(t *testing.T) {
-		c := pool.Get()
-		defer c.Close()
-		psc := redis.PubSubConn{Conn: c}
-		require.NoError(t, psc.Subscribe("news"))
-		sub, ok := psc.Receive().(redis.Subscription)
-		require.True(t, ok)
-		assert.Equal(t, "subscribe", sub.Kind)
-
-		go func() {
-			pc := pool.Get()
-			defer pc.Close()
-			pc.Do("PUBLISH", "news", "hello")
-		}()
-		// Receive waits for the message without a read deadline.
-		msg, ok := psc.Receive().(redis.Message)
-		require.True(t, ok)
-		assert.Equal(t, "hello", string(msg.Data))
-		require.NoError(t, psc.Unsubscribe())
-		sub, ok = psc.Receive().(redis.Subscription)
-		require.True(t, ok)
-		assert.Equal(t, 0, sub.Count)
-	})
-
-}
-
-// TestPubSubConnReceivesWhileAnotherGoroutineSubscribesAndPings: redigo lets
-// one goroutine Receive while another writes, which is how PubSubConn is
-// used: a goroutine waits in Receive while the program subscribes, pings and
-// unsubscribes.
-func TestPubSubConnReceivesWhileAnotherGoroutineSubscribesAndPings(t *testing.T) {
-	srv := redistest.Start(t)
-	pool := &redispool.Pool{Addr: srv.Addr(), MaxActive: 2, ReadTimeout: time.Second}
-	defer pool.Close()
-	c := pool.Get()
-	defer c.Close()
-	psc := redis.PubSubConn{Conn: c}
-	require.NoError(t, psc.Subscribe("first"))
-	got := make(chan any, 16)
-	go func() {
-		defer close(got)
-		for {
-			m := psc.Receive()
-			got <- m
-			switch m := m.(type) {
-			case error:
-				return
-			case redis.Subscription:
-				if m.Count == 0 {
-					return
-				}
-			}
-		}
-	}()
-	next := func() any {
-		select {
-		case m := <-got:
-			return m
-		case <-time.After(5 * time.Second):
-			t.Fatal("no message within 5s")
-			return nil
-		}
-	}
-	require.Equal(t, redis.Subscription{Kind: "subscribe", Channel: "first", Count: 1}, next())
-	// The other goroutine waits in Receive, without a deadline, as this one writes.
-	require.NoError(t, psc.Subscribe("second"))
-	require.Equal(t, redis.Subscription{Kind: "subscribe", Channel: "second", Count: 2}, next())
-	pub := pool.Get()
-	_, err := pub.Do("PUBLISH", "second", "hello")
-	pub.Close()
+	c := p.Get()
+	fc := d.last(t)
+	_, err := c.Do("GET", "k")
 	require.NoError(t, err)
-	require.Equal(t, redis.Message{Channel: "second", Data: []byte("hello")}, next())
-	require.NoError(t, psc.Ping("p"))
-	require.Equal(t, redis.Pong{Data: "p"}, next())
-	require.NoError(t, psc.Unsubscribe("first"))
-	require.Equal(t, redis.Subscription{Kind: "unsubscribe", Channel: "first", Count: 1}, next())
-	require.NoError(t, psc.Unsubscribe("second"))
-	require.Equal(t, redis.Subscription{Kind: "unsubscribe", Channel: "second", Count: 0}, next())
-	require.NoError(t, c.Err())
+	calls := len(fc.Calls())
+	_, err = redis.DoWithTimeout(c, time.Second, "GET", "k")
+	require.Error(t, err)
+	_, err = redis.ReceiveWithTimeout(c, time.Second)
+	require.Error(t, err)
+	assert.Len(t, fc.Calls(), calls, "nothing was sent")
+	_, err = c.Do("GET", "k")
+	require.NoError(t, err, "the conn is still usable")
+	c.Close()
+	assert.False(t, fc.IsClosed(), "clean: kept")
+
+	d2 := &fakeDialer{plain: true}
+	p2 := &redispool.Pool{MaxActive: 1, Dial: d2.Dial}
+	defer p2.Close()
+	c = p2.Get()
+	fc2 := d2.last(t)
+	c.Send("SET", "k", "v")
+	c.Close()
+	assert.True(t, fc2.IsClosed(), "pending replies it cannot read within a deadline: discarded")
+	assert.Contains(t, fc2.Calls(), "FLUSH", "but what was sent is written first")
 }
+
+// ---------------------------------------------------------------------------
+// The next borrower, on a real server.
 
 func TestADirtyConnLeavesNothingForTheNextBorrower(t *testing.T) {
 	srv := redistest.Start(t)
@@ -1063,6 +804,195 @@ func TestDBWinsOverDialDatabaseInDialOptions(t *testing.T) {
 	assert.EqualValues(t, 1, p.Stats().Discards.State, "the connection left in database 3 was not kept")
 }
 
+// TestSendOfAnEmptyCommandCountsItsReply: Send("") writes an empty command,
+// which the server answers with an error; that reply is pending like any
+// other, not left for the next borrower.
+func TestSendOfAnEmptyCommandCountsItsReply(t *testing.T) {
+	srv := redistest.Start(t)
+	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
+	defer p.Close()
+	c := p.Get()
+	require.NoError(t, c.Send(""))
+	require.NoError(t, c.Flush())
+	c.Close()
+
+	c = p.Get()
+	defer c.Close()
+	require.NoError(t, c.Send("ECHO", "mine"))
+	require.NoError(t, c.Flush())
+	v, err := redis.String(c.Receive())
+	require.NoError(t, err, "the next borrower read the previous borrower's reply")
+	assert.Equal(t, "mine", v)
+}
+
+// TestUnsubscribeFromSeveralChannelsIsNotKept: UNSUBSCRIBE, PUNSUBSCRIBE
+// and SUNSUBSCRIBE with n channels get n replies even on a connection that
+// is not subscribed, where Do reads one.
+func TestUnsubscribeFromSeveralChannelsIsNotKept(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, cmd := range []string{"UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"} {
+		t.Run(cmd, func(t *testing.T) {
+			p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
+			defer p.Close()
+			c := p.Get()
+			_, err := c.Do(cmd, "a", "b")
+			require.NoError(t, err)
+			c.Close()
+			nextBorrowerIsClean(t, p)
+		})
+	}
+}
+
+// TestScriptDebugIsNotInherited: SCRIPT DEBUG YES|SYNC turns on the Lua
+// debugger for the connection's next EVAL.
+func TestScriptDebugIsNotInherited(t *testing.T) {
+	srv := redistest.Start(t)
+	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
+	defer p.Close()
+	c := p.Get()
+	_, err := c.Do("SCRIPT", "DEBUG", "YES")
+	require.NoError(t, err)
+	c.Close()
+	nextBorrowerIsClean(t, p)
+}
+
+// TestClientSetnameAndKillAreNotInherited: a name set with CLIENT SETNAME
+// would pass to the next borrower, and CLIENT KILL of the connection itself
+// would hand it a dead connection.
+func TestClientSetnameAndKillAreNotInherited(t *testing.T) {
+	srv := redistest.Start(t)
+	t.Run("CLIENT SETNAME", func(t *testing.T) {
+		p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
+		defer p.Close()
+		c := p.Get()
+		_, err := c.Do("CLIENT", "SETNAME", "previous-borrower")
+		require.NoError(t, err)
+		c.Close()
+		nextBorrowerIsClean(t, p)
+	})
+	t.Run("CLIENT KILL SKIPME no", func(t *testing.T) {
+		p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
+		defer p.Close()
+		c := p.Get()
+		id, err := redis.Int(c.Do("CLIENT", "ID"))
+		require.NoError(t, err)
+		_, err = c.Do("CLIENT", "KILL", "ID", id, "SKIPME", "no")
+		require.NoError(t, err)
+		c.Close()
+		nextBorrowerIsClean(t, p) // QUIT, which does the same, is discarded
+	})
+}
+
+// TestSubcommandsOfAnotherTypeAreClassified: a subcommand or option word
+// that redigo writes through fmt (a named string type) or through
+// redis.Argument reaches the server as the same word, so it must count the
+// same: CLIENT SETNAME, CLIENT TRACKING ON, CLIENT NO-EVICT ON and SCRIPT
+// DEBUG YES leave state for the next borrower, and XREAD BLOCK needs its own
+// timeout added to ReadTimeout.
+func TestSubcommandsOfAnotherTypeAreClassified(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, tt := range []struct {
+		name string
+		cmd  string
+		args []any
+	}{
+		{"CLIENT SETNAME, named string type", "CLIENT", []any{word("SETNAME"), "previous-borrower"}},
+		{"CLIENT SETNAME, redis.Argument", "CLIENT", []any{wordArg("setname"), "previous-borrower"}},
+		{"CLIENT TRACKING ON, named string type", "CLIENT", []any{word("TRACKING"), "ON"}},
+		{"CLIENT NO-EVICT ON, redis.Argument", "CLIENT", []any{wordArg("NO-EVICT"), "ON"}},
+		{"SCRIPT DEBUG YES, redis.Argument", "SCRIPT", []any{wordArg("DEBUG"), "YES"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
+			defer p.Close()
+			c := p.Get()
+			_, err := c.Do(tt.cmd, tt.args...)
+			require.NoError(t, err)
+			c.Close()
+			nextBorrowerIsClean(t, p)
+		})
+	}
+
+	t.Run("XREAD BLOCK, redis.Argument", func(t *testing.T) {
+		p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: 200 * time.Millisecond}
+		defer p.Close()
+		c := p.Get()
+		r, err := c.Do("XREAD", wordArg("BLOCK"), 500, "STREAMS", "nb:s", "$")
+		require.NoError(t, err, "XREAD BLOCK 500 failed under ReadTimeout 200ms")
+		assert.Nil(t, r)
+		c.Close()
+		assert.Zero(t, p.Stats().Discards.Total(), "a healthy conn was discarded")
+	})
+}
+
+// TestAskingIsNotInherited: in a cluster, ASKING lets the connection's next
+// command run on a slot being imported; the next borrower must not inherit
+// it.
+func TestAskingIsNotInherited(t *testing.T) {
+	args := []string{"--cluster-require-full-coverage", "no", "--cluster-node-timeout", "1000"}
+	a := redistest.StartClusterNode(t, args...)
+	b := redistest.StartClusterNode(t, args...)
+	key := "nb:asking"
+	slot, ok := a.Do(t, "CLUSTER", "KEYSLOT", key).(int64)
+	require.True(t, ok)
+	bID, err := redis.String(b.Do(t, "CLUSTER", "MYID"), nil)
+	require.NoError(t, err)
+	// Distinct config epochs, B's the newest, before the nodes meet: two new
+	// masters both start at epoch 0, and should A win their collision, it
+	// ignores B's claim to the slot made at the older epoch.
+	require.Equal(t, "OK", a.Do(t, "CLUSTER", "SET-CONFIG-EPOCH", 1))
+	require.Equal(t, "OK", b.Do(t, "CLUSTER", "SET-CONFIG-EPOCH", 2))
+	require.Equal(t, "OK", a.Do(t, "CLUSTER", "MEET", "127.0.0.1", fmt.Sprint(b.Port())))
+	require.Equal(t, "OK", b.Do(t, "CLUSTER", "ADDSLOTS", slot))
+	// A must know B before it can import from it.
+	require.Eventually(t, func() bool {
+		r := a.Do(t, "CLUSTER", "SETSLOT", slot, "IMPORTING", bID)
+		return r == "OK"
+	}, 30*time.Second, 50*time.Millisecond)
+	// A answers MOVED once it knows B serves the slot and its cluster state
+	// is ok (a new master waits 2 s for that; gossip is slower on a loaded
+	// machine).
+	require.Eventually(t, func() bool {
+		e, _ := a.Do(t, "GET", key).(redis.Error)
+		return strings.HasPrefix(string(e), "MOVED")
+	}, 30*time.Second, 50*time.Millisecond)
+
+	p := &redispool.Pool{Addr: a.Addr(), MaxActive: 1, ReadTimeout: time.Second}
+	defer p.Close()
+	c := p.Get()
+	_, err = c.Do("GET", key)
+	require.ErrorContains(t, err, "MOVED", "without ASKING, A redirects")
+	_, err = c.Do("ASKING")
+	require.NoError(t, err)
+	c.Close()
+
+	c = p.Get()
+	defer c.Close()
+	_, err = c.Do("GET", key)
+	assert.ErrorContains(t, err, "MOVED", "the next borrower's command ran under the previous borrower's ASKING")
+}
+
+// TestBlockingCommandQueuedInMultiIsDrained: the same pipelined and left
+// unread: Close reads the replies and keeps the connection.
+func TestBlockingCommandQueuedInMultiIsDrained(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Do(t, "SET", "db0:marker", "db0")
+	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
+	defer p.Close()
+	c := p.Get()
+	require.NoError(t, c.Send("MULTI"))
+	require.NoError(t, c.Send("BLPOP", "nb:none", 0))
+	require.NoError(t, c.Send("EXEC"))
+	require.NoError(t, c.Flush())
+	c.Close()
+	borrowerSeesOnlyItsOwn(t, p)
+	s := p.Stats()
+	assert.Zero(t, s.Discards.Total(), "a conn whose pending replies were all readable was discarded: %+v", s.Discards)
+}
+
+// ---------------------------------------------------------------------------
+// MULTI and WATCH: undone only when the server says so.
+
 // TestUnwatchWithArgumentsUndoesNothing: "UNWATCH k" is rejected (UNWATCH
 // takes no argument) and the keys stay watched, so the pool must still undo
 // the WATCH: the next borrower's transaction is not aborted by it.
@@ -1319,200 +1249,8 @@ func TestRedigoPoolConnsUndoOnlyWhatTheServerUndid(t *testing.T) {
 	})
 }
 
-// TestBlockingCommandQueuedInMultiIsDrained: the same pipelined and left
-// unread: Close reads the replies and keeps the connection.
-func TestBlockingCommandQueuedInMultiIsDrained(t *testing.T) {
-	srv := redistest.Start(t)
-	srv.Do(t, "SET", "db0:marker", "db0")
-	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
-	defer p.Close()
-	c := p.Get()
-	require.NoError(t, c.Send("MULTI"))
-	require.NoError(t, c.Send("BLPOP", "nb:none", 0))
-	require.NoError(t, c.Send("EXEC"))
-	require.NoError(t, c.Flush())
-	c.Close()
-	borrowerSeesOnlyItsOwn(t, p)
-	s := p.Stats()
-	assert.Zero(t, s.Discards.Total(), "a conn whose pending replies were all readable was discarded: %+v", s.Discards)
-}
-
-// TestSendOfAnEmptyCommandCountsItsReply: Send("") writes an empty command,
-// which the server answers with an error; that reply is pending like any
-// other, not left for the next borrower.
-func TestSendOfAnEmptyCommandCountsItsReply(t *testing.T) {
-	srv := redistest.Start(t)
-	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
-	defer p.Close()
-	c := p.Get()
-	require.NoError(t, c.Send(""))
-	require.NoError(t, c.Flush())
-	c.Close()
-
-	c = p.Get()
-	defer c.Close()
-	require.NoError(t, c.Send("ECHO", "mine"))
-	require.NoError(t, c.Flush())
-	v, err := redis.String(c.Receive())
-	require.NoError(t, err, "the next borrower read the previous borrower's reply")
-	assert.Equal(t, "mine", v)
-}
-
-// TestUnsubscribeFromSeveralChannelsIsNotKept: UNSUBSCRIBE, PUNSUBSCRIBE
-// and SUNSUBSCRIBE with n channels get n replies even on a connection that
-// is not subscribed, where Do reads one.
-func TestUnsubscribeFromSeveralChannelsIsNotKept(t *testing.T) {
-	srv := redistest.Start(t)
-	for _, cmd := range []string{"UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"} {
-		t.Run(cmd, func(t *testing.T) {
-			p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
-			defer p.Close()
-			c := p.Get()
-			_, err := c.Do(cmd, "a", "b")
-			require.NoError(t, err)
-			c.Close()
-			nextBorrowerIsClean(t, p)
-		})
-	}
-}
-
-// TestScriptDebugIsNotInherited: SCRIPT DEBUG YES|SYNC turns on the Lua
-// debugger for the connection's next EVAL.
-func TestScriptDebugIsNotInherited(t *testing.T) {
-	srv := redistest.Start(t)
-	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
-	defer p.Close()
-	c := p.Get()
-	_, err := c.Do("SCRIPT", "DEBUG", "YES")
-	require.NoError(t, err)
-	c.Close()
-	nextBorrowerIsClean(t, p)
-}
-
-// TestClientSetnameAndKillAreNotInherited: a name set with CLIENT SETNAME
-// would pass to the next borrower, and CLIENT KILL of the connection itself
-// would hand it a dead connection.
-func TestClientSetnameAndKillAreNotInherited(t *testing.T) {
-	srv := redistest.Start(t)
-	t.Run("CLIENT SETNAME", func(t *testing.T) {
-		p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
-		defer p.Close()
-		c := p.Get()
-		_, err := c.Do("CLIENT", "SETNAME", "previous-borrower")
-		require.NoError(t, err)
-		c.Close()
-		nextBorrowerIsClean(t, p)
-	})
-	t.Run("CLIENT KILL SKIPME no", func(t *testing.T) {
-		p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
-		defer p.Close()
-		c := p.Get()
-		id, err := redis.Int(c.Do("CLIENT", "ID"))
-		require.NoError(t, err)
-		_, err = c.Do("CLIENT", "KILL", "ID", id, "SKIPME", "no")
-		require.NoError(t, err)
-		c.Close()
-		nextBorrowerIsClean(t, p) // QUIT, which does the same, is discarded
-	})
-}
-
-// word is a caller's named string type: redigo writes it with fmt.Fprint,
-// as the text it holds, so the server sees the same word.
-type word string
-
-// wordArg is a redis.Argument: redigo writes what RedisArg returns.
-type wordArg string
-
-func (a wordArg) RedisArg() any { return string(a) }
-
-// TestSubcommandsOfAnotherTypeAreClassified: a subcommand or option word
-// that redigo writes through fmt (a named string type) or through
-// redis.Argument reaches the server as the same word, so it must count the
-// same: CLIENT SETNAME, CLIENT TRACKING ON, CLIENT NO-EVICT ON and SCRIPT
-// DEBUG YES leave state for the next borrower, and XREAD BLOCK needs its own
-// timeout added to ReadTimeout.
-func TestSubcommandsOfAnotherTypeAreClassified(t *testing.T) {
-	srv := redistest.Start(t)
-	for _, tt := range []struct {
-		name string
-		cmd  string
-		args []any
-	}{
-		{"CLIENT SETNAME, named string type", "CLIENT", []any{word("SETNAME"), "previous-borrower"}},
-		{"CLIENT SETNAME, redis.Argument", "CLIENT", []any{wordArg("setname"), "previous-borrower"}},
-		{"CLIENT TRACKING ON, named string type", "CLIENT", []any{word("TRACKING"), "ON"}},
-		{"CLIENT NO-EVICT ON, redis.Argument", "CLIENT", []any{wordArg("NO-EVICT"), "ON"}},
-		{"SCRIPT DEBUG YES, redis.Argument", "SCRIPT", []any{wordArg("DEBUG"), "YES"}},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
-			defer p.Close()
-			c := p.Get()
-			_, err := c.Do(tt.cmd, tt.args...)
-			require.NoError(t, err)
-			c.Close()
-			nextBorrowerIsClean(t, p)
-		})
-	}
-
-	t.Run("XREAD BLOCK, redis.Argument", func(t *testing.T) {
-		p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: 200 * time.Millisecond}
-		defer p.Close()
-		c := p.Get()
-		r, err := c.Do("XREAD", wordArg("BLOCK"), 500, "STREAMS", "nb:s", "$")
-		require.NoError(t, err, "XREAD BLOCK 500 failed under ReadTimeout 200ms")
-		assert.Nil(t, r)
-		c.Close()
-		assert.Zero(t, p.Stats().Discards.Total(), "a healthy conn was discarded")
-	})
-}
-
-// TestAskingIsNotInherited: in a cluster, ASKING lets the connection's next
-// command run on a slot being imported; the next borrower must not inherit
-// it.
-func TestAskingIsNotInherited(t *testing.T) {
-	args := []string{"--cluster-require-full-coverage", "no", "--cluster-node-timeout", "1000"}
-	a := redistest.StartClusterNode(t, args...)
-	b := redistest.StartClusterNode(t, args...)
-	key := "nb:asking"
-	slot, ok := a.Do(t, "CLUSTER", "KEYSLOT", key).(int64)
-	require.True(t, ok)
-	bID, err := redis.String(b.Do(t, "CLUSTER", "MYID"), nil)
-	require.NoError(t, err)
-	// Distinct config epochs, B's the newest, before the nodes meet: two new
-	// masters both start at epoch 0, and should A win their collision, it
-	// ignores B's claim to the slot made at the older epoch.
-	require.Equal(t, "OK", a.Do(t, "CLUSTER", "SET-CONFIG-EPOCH", 1))
-	require.Equal(t, "OK", b.Do(t, "CLUSTER", "SET-CONFIG-EPOCH", 2))
-	require.Equal(t, "OK", a.Do(t, "CLUSTER", "MEET", "127.0.0.1", fmt.Sprint(b.Port())))
-	require.Equal(t, "OK", b.Do(t, "CLUSTER", "ADDSLOTS", slot))
-	// A must know B before it can import from it.
-	require.Eventually(t, func() bool {
-		r := a.Do(t, "CLUSTER", "SETSLOT", slot, "IMPORTING", bID)
-		return r == "OK"
-	}, 30*time.Second, 50*time.Millisecond)
-	// A answers MOVED once it knows B serves the slot and its cluster state
-	// is ok (a new master waits 2 s for that; gossip is slower on a loaded
-	// machine).
-	require.Eventually(t, func() bool {
-		e, _ := a.Do(t, "GET", key).(redis.Error)
-		return strings.HasPrefix(string(e), "MOVED")
-	}, 30*time.Second, 50*time.Millisecond)
-
-	p := &redispool.Pool{Addr: a.Addr(), MaxActive: 1, ReadTimeout: time.Second}
-	defer p.Close()
-	c := p.Get()
-	_, err = c.Do("GET", key)
-	require.ErrorContains(t, err, "MOVED", "without ASKING, A redirects")
-	_, err = c.Do("ASKING")
-	require.NoError(t, err)
-	c.Close()
-
-	c = p.Get()
-	defer c.Close()
-	_, err = c.Do("GET", key)
-	assert.ErrorContains(t, err, "MOVED", "the next borrower's command ran under the previous borrower's ASKING")
-}
+// ---------------------------------------------------------------------------
+// Conns the server closed.
 
 // TestAConnRefusedAtMaxClientsIsNotKept: a server at maxclients accepts the
 // connection, answers its first command with an error reply and closes it.
@@ -1638,6 +1376,50 @@ func TestAGetToAStoppedServerFailsWithinReadTimeoutAndTheNextBorrowerGetsAWorkin
 	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
 }
 
+// ---------------------------------------------------------------------------
+// Retired conns: READONLY and Retire.
+
+func TestAReadOnlyReplyRetiresEveryConnDialedBefore(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		do   func(c redis.Conn)
+	}{
+		{"Do", func(c redis.Conn) { c.Do("SET", "k", "v") }},
+		{"EXEC", func(c redis.Conn) { c.Do("EXEC") }},
+		{"pipeline", func(c redis.Conn) { c.Send("SET", "k", "v"); c.Do("") }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			readOnly := redis.Error("READONLY You can't write against a read only replica.")
+			d := &fakeDialer{}
+			p := &redispool.Pool{Dial: d.Dial}
+			defer p.Close()
+			d.setup = func(fc *fakeConn, _ int) {
+				fc.reply = func(cmd string, _ []any) (any, error) {
+					if cmd == "SET" {
+						return nil, readOnly
+					}
+					return []any{readOnly}, nil
+				}
+			}
+			closeAll(getN(t, p, 3)) // dialed before the failover
+			d.setup = nil
+			c := p.Get()
+			tt.do(c)
+			assert.Equal(t, 0, p.IdleCount(), "idle conns dialed before are dropped at once")
+			c.Close()
+			for _, fc := range d.Conns() {
+				assert.True(t, fc.IsClosed())
+			}
+			s := p.Stats()
+			assert.EqualValues(t, 3, s.Discards.Retired+s.Discards.State)
+			c = p.Get()
+			require.NoError(t, c.Err())
+			c.Close()
+			assert.EqualValues(t, 4, d.dials.Load(), "a fresh conn is dialed")
+		})
+	}
+}
+
 func TestAReplicaReplyRetiresTheConnsToTheOldMaster(t *testing.T) {
 	primary := redistest.Start(t)
 	srv := redistest.Start(t)
@@ -1682,6 +1464,25 @@ func TestExecAbortedByReadOnlyRetires(t *testing.T) {
 	assert.Equal(t, 0, p.IdleCount(), "conns to the server that became a replica are kept")
 }
 
+func TestRetireDropsIdleConnsAndThoseInUseOnReturn(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial}
+	defer p.Close()
+	conns := getN(t, p, 3)
+	conns[0].Close()
+	p.Retire()
+	assert.True(t, d.Conns()[0].IsClosed())
+	conns[1].Close()
+	assert.True(t, d.Conns()[1].IsClosed(), "a conn in use at Retire is not kept")
+	fresh := p.Get()
+	require.NoError(t, fresh.Err())
+	fresh.Close()
+	assert.False(t, d.last(t).IsClosed(), "conns dialed after Retire are kept")
+	conns[2].Close()
+	assert.EqualValues(t, 3, p.Stats().Discards.Retired)
+	assert.Equal(t, 1, p.ActiveCount())
+}
+
 // TestAConnRetiredWhileInUseWritesNothingMoreOnClose: a conn in use when the
 // pool retires its connections reaches a server the pool no longer trusts to
 // keep writes (after a failover the old master takes them and loses them).
@@ -1716,6 +1517,9 @@ func TestAConnRetiredWhileInUseWritesNothingMoreOnClose(t *testing.T) {
 		})
 	}
 }
+
+// ---------------------------------------------------------------------------
+// Concurrent use, and redigo's own uses of a conn.
 
 // TestAConnUsedByTwoGoroutinesAtOnceNeverReachesTheNextBorrower: redigo
 // allows one goroutine to write (Send, Flush) while one reads (Receive), and
@@ -1766,6 +1570,218 @@ func TestAConnUsedByTwoGoroutinesAtOnceNeverReachesTheNextBorrower(t *testing.T)
 	assert.Equal(t, rounds, n, "the rounds did not finish in time")
 	assert.Zero(t, stale, "the next borrower read a reply that was not its own")
 	assert.Zero(t, failed, "the next borrower's GET failed")
+}
+
+// TestPubSubConnReceivesWhileAnotherGoroutineSubscribesAndPings: redigo lets
+// one goroutine Receive while another writes, which is how PubSubConn is
+// used: a goroutine waits in Receive while the program subscribes, pings and
+// unsubscribes.
+func TestPubSubConnReceivesWhileAnotherGoroutineSubscribesAndPings(t *testing.T) {
+	srv := redistest.Start(t)
+	pool := &redispool.Pool{Addr: srv.Addr(), MaxActive: 2, ReadTimeout: time.Second}
+	defer pool.Close()
+	c := pool.Get()
+	defer c.Close()
+	psc := redis.PubSubConn{Conn: c}
+	require.NoError(t, psc.Subscribe("first"))
+	got := make(chan any, 16)
+	go func() {
+		defer close(got)
+		for {
+			m := psc.Receive()
+			got <- m
+			switch m := m.(type) {
+			case error:
+				return
+			case redis.Subscription:
+				if m.Count == 0 {
+					return
+				}
+			}
+		}
+	}()
+	next := func() any {
+		select {
+		case m := <-got:
+			return m
+		case <-time.After(5 * time.Second):
+			t.Fatal("no message within 5s")
+			return nil
+		}
+	}
+	require.Equal(t, redis.Subscription{Kind: "subscribe", Channel: "first", Count: 1}, next())
+	// The other goroutine waits in Receive, without a deadline, as this one writes.
+	require.NoError(t, psc.Subscribe("second"))
+	require.Equal(t, redis.Subscription{Kind: "subscribe", Channel: "second", Count: 2}, next())
+	pub := pool.Get()
+	_, err := pub.Do("PUBLISH", "second", "hello")
+	pub.Close()
+	require.NoError(t, err)
+	require.Equal(t, redis.Message{Channel: "second", Data: []byte("hello")}, next())
+	require.NoError(t, psc.Ping("p"))
+	require.Equal(t, redis.Pong{Data: "p"}, next())
+	require.NoError(t, psc.Unsubscribe("first"))
+	require.Equal(t, redis.Subscription{Kind: "unsubscribe", Channel: "first", Count: 1}, next())
+	require.NoError(t, psc.Unsubscribe("second"))
+	require.Equal(t, redis.Subscription{Kind: "unsubscribe", Channel: "second", Count: 0}, next())
+	require.NoError(t, c.Err())
+}
+
+func TestConnImplementsRedigosOptionalInterfaces(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+	c := p.Get()
+	defer c.Close()
+	_, ok := c.(redis.ConnWithTimeout)
+	assert.True(t, ok)
+	_, ok = c.(redis.ConnWithContext)
+	assert.True(t, ok)
+	var ec redis.Conn = (&redispool.Pool{MaxActive: -1}).Get()
+	_, ok = ec.(redis.ConnWithTimeout)
+	assert.True(t, ok, "the error conn too")
+	_, ok = ec.(redis.ConnWithContext)
+	assert.True(t, ok)
+}
+
+// TestRedigoDocumentedUsageWorksWithOnlyTheTypeNameChanged is redigo's own
+// documented Pool usage (its package doc and examples) with redis.Pool
+// replaced by redispool.Pool.
+func TestRedigoDocumentedUsageWorksWithOnlyTheTypeNameChanged(t *testing.T) {
+	srv := redistest.Start(t)
+	server := srv.Addr()
+	newPool := func(addr string) *redispool.Pool {
+		return &redispool.Pool{
+			MaxIdle:     3,
+			IdleTimeout: 240 * time.Second,
+			// Dial or DialContext must be set. When both are set, DialContext takes precedence over Dial.
+			Dial: func() (redis.Conn, error) { return redis.Dial("tcp", addr) },
+			TestOnBorrow: func(c redis.Conn, t time.Time) error {
+				if time.Since(t) < time.Minute {
+					return nil
+				}
+				_, err := c.Do("PING")
+				return err
+			},
+		}
+	}
+	pool := newPool(server)
+	defer pool.Close()
+
+	t.Run("Do and reply helpers", func(t *testing.T) {
+		conn := pool.Get()
+		defer conn.Close()
+		_, err := conn.Do("SET", "hello", "world")
+		require.NoError(t, err)
+		s, err := redis.String(conn.Do("GET", "hello"))
+		require.NoError(t, err)
+		assert.Equal(t, "world", s)
+		_, err = conn.Do("HSET", "album:1", "title", "Red", "rating", 5)
+		require.NoError(t, err)
+		var album struct {
+			Title  string `redis:"title"`
+			Rating int    `redis:"rating"`
+		}
+		v, err := redis.Values(conn.Do("HGETALL", "album:1"))
+		require.NoError(t, err)
+		require.NoError(t, redis.ScanStruct(v, &album))
+		assert.Equal(t, 5, album.Rating)
+	})
+
+	t.Run("pipelining", func(t *testing.T) {
+		c := pool.Get()
+		defer c.Close()
+		c.Send("SET", "foo", "bar")
+		c.Send("GET", "foo")
+		c.Flush()
+		_, err := c.Receive()
+		require.NoError(t, err)
+		v, err := redis.String(c.Receive())
+		require.NoError(t, err)
+		assert.Equal(t, "bar", v)
+	})
+
+	t.Run("transaction", func(t *testing.T) {
+		c := pool.Get()
+		defer c.Close()
+		c.Send("MULTI")
+		c.Send("INCR", "foo:n")
+		c.Send("INCR", "bar:n")
+		r, err := redis.Ints(c.Do("EXEC"))
+		require.NoError(t, err)
+		assert.Equal(t, []int{1, 1}, r)
+	})
+
+	t.Run("DoContext and DoWithTimeout", func(t *testing.T) {
+		c := pool.Get()
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		v, err := redis.String(redis.DoContext(c, ctx, "ECHO", "ctx"))
+		require.NoError(t, err)
+		assert.Equal(t, "ctx", v)
+		v, err = redis.String(redis.DoWithTimeout(c, time.Second, "ECHO", "timeout"))
+		require.NoError(t, err)
+		assert.Equal(t, "timeout", v)
+		r, err := redis.ReceiveWithTimeout(c, time.Second)
+		assert.Nil(t, r)
+		assert.Error(t, err, "nothing to receive: times out")
+	})
+
+	t.Run("Script with NOSCRIPT fallback", func(t *testing.T) {
+		c := pool.Get()
+		defer c.Close()
+		_, err := c.Do("SCRIPT", "FLUSH")
+		require.NoError(t, err)
+		script := redis.NewScript(1, `return redis.call("INCRBY", KEYS[1], ARGV[1])`)
+		n, err := redis.Int(script.Do(c, "script:n", 2)) // EVALSHA fails with NOSCRIPT, EVAL follows
+		require.NoError(t, err)
+		assert.Equal(t, 2, n)
+		n, err = redis.Int(script.Do(c, "script:n", 3)) // now loaded
+		require.NoError(t, err)
+		assert.Equal(t, 5, n)
+		ctx := context.Background()
+		_, err = c.Do("SCRIPT", "FLUSH")
+		require.NoError(t, err)
+		n, err = redis.Int(script.DoContext(ctx, c, "script:n", 1)) // asserts err.(redis.Error)
+		require.NoError(t, err)
+		assert.Equal(t, 6, n)
+	})
+
+	t.Run("PubSubConn over a pooled conn", func(t *testing.T) {
+		c := pool.Get()
+		defer c.Close()
+		psc := redis.PubSubConn{Conn: c}
+		require.NoError(t, psc.Subscribe("news"))
+		sub, ok := psc.Receive().(redis.Subscription)
+		require.True(t, ok)
+		assert.Equal(t, "subscribe", sub.Kind)
+
+		go func() {
+			pc := pool.Get()
+			defer pc.Close()
+			pc.Do("PUBLISH", "news", "hello")
+		}()
+		// Receive waits for the message without a read deadline.
+		msg, ok := psc.Receive().(redis.Message)
+		require.True(t, ok)
+		assert.Equal(t, "hello", string(msg.Data))
+		require.NoError(t, psc.Unsubscribe())
+		sub, ok = psc.Receive().(redis.Subscription)
+		require.True(t, ok)
+		assert.Equal(t, 0, sub.Count)
+	})
+
+}
+
+// ---------------------------------------------------------------------------
+// Helpers.
+
+// onePool is a pool of at most one fake conn.
+func onePool(t *testing.T, d *fakeDialer) *redispool.Pool {
+	t.Helper()
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: time.Second, ReadTimeout: 200 * time.Millisecond}
+	t.Cleanup(func() { p.Close() })
+	return p
 }
 
 // clientInfo returns the fields of CLIENT INFO for c's connection.
@@ -1871,3 +1887,12 @@ func borrow(t *testing.T, p *redispool.Pool, parts ...[]borrowStep) {
 	}
 	c.Close()
 }
+
+// word is a caller's named string type: redigo writes it with fmt.Fprint,
+// as the text it holds, so the server sees the same word.
+type word string
+
+// wordArg is a redis.Argument: redigo writes what RedisArg returns.
+type wordArg string
+
+func (a wordArg) RedisArg() any { return string(a) }

@@ -1,5 +1,14 @@
 package redispool_test
 
+// Redis Sentinel: the pool asks the sentinels for the master, at most twice
+// a second, each within its share of DialTimeout and the ones that failed
+// last; it checks the master's ROLE on every dial; it follows the
+// +switch-master announcements that start from the master in use, retiring
+// the connections to the old one, and asks the sentinels again about those
+// that do not fit; it believes no address that is not one; a frame it cannot
+// read fails a query or a subscription, never the program; and a Sentinel
+// serves one Pool.
+
 import (
 	"bufio"
 	"context"
@@ -25,104 +34,41 @@ import (
 	"github.com/redispool/redispool/internal/redistest"
 )
 
-// subscribers counts the clients of a sentinel subscribed to a channel: on a
-// sentinel, only the pool's watch is.
-func subscribers(t *testing.T, s *redistest.Sentinel) int {
-	list, err := redis.String(s.Do(t, "CLIENT", "LIST"), nil)
-	require.NoError(t, err)
-	n := 0
-	for _, line := range strings.Split(list, "\n") {
-		if strings.Contains(line, " sub=1 ") {
-			n++
-		}
-	}
-	return n
-}
+// ---------------------------------------------------------------------------
+// Announcements.
 
-func TestASentinelThatHangsIsSubscribedToAgainOnceItRecovers(t *testing.T) {
-	const ping = 100 * time.Millisecond
-	defer redispool.SetWatchPing(ping)()
-	master := redistest.Start(t)
-	s := redistest.StartSentinels(t, "mymaster", master, 1, 5*time.Second)[0]
+// The announcements that follow the master in use are followed at once, as
+// is the first one when no master is known yet; a duplicate of the one
+// followed changes nothing. None makes the pool ask the sentinels.
+func TestSentinelAnnouncementsThatFollowTheMasterAreFollowed(t *testing.T) {
+	x := startRoleServer(t, "master")
+	z := startRoleServer(t, "master")
+	s := startAnsweringSentinel(t, x.addr)
+	p := stalePool(t, s, nil)
 
-	rec := &recorder{}
-	p := &redispool.Pool{
-		Sentinel:    &redispool.Sentinel{Addrs: []string{s.Addr()}, MasterName: "mymaster"},
-		DialTimeout: 300 * time.Millisecond,
-		Logger:      slog.New(rec),
-	}
-	defer p.Close()
+	announceSwitch(p, "127.0.0.1:1", x.addr) // nothing known yet
+	assert.Equal(t, x.addr, p.Sentinel.Master(), "the first announcement is followed")
+	held := p.Get()
+	defer held.Close()
+	require.NoError(t, held.Err())
+	assert.EqualValues(t, 1, x.conns.Load())
+
+	gen := p.Generation()
+	announceSwitch(p, x.addr, z.addr) // the normal case
+	assert.Equal(t, z.addr, p.Sentinel.Master(), "an announcement from the master in use is followed at once")
+	assert.Equal(t, gen+1, p.Generation())
+	assert.ErrorIs(t, held.Err(), redispool.ErrConnRetired, "the conn to the old master is retired")
+
 	c := p.Get()
+	defer c.Close()
 	require.NoError(t, c.Err())
-	c.Close()
-	require.Eventually(t, func() bool { return subscribers(t, s) == 1 }, 5*time.Second, 10*time.Millisecond,
-		"the pool subscribes to +switch-master on its first dial")
+	assert.EqualValues(t, 1, z.conns.Load())
 
-	// A sentinel with nothing to announce answers the pings: its
-	// subscription is kept.
-	time.Sleep(10 * ping)
-	assert.Empty(t, rec.find("subscription to a sentinel failed"), "a quiet, healthy sentinel was given up")
-	assert.Equal(t, 1, subscribers(t, s))
-
-	// Hung, the sentinel keeps the connection open and sends nothing: only
-	// the missing pong shows it.
-	s.Stop(t)
-	stopped := time.Now()
-	require.Eventually(t, func() bool {
-		for _, r := range rec.find("subscription to a sentinel failed") {
-			if r["sentinel"] == s.Addr() && strings.Contains(r["error"], "timeout") {
-				return true
-			}
-		}
-		return false
-	}, 5*time.Second, 10*time.Millisecond, "the subscription to a hung sentinel was not given up")
-	noticed := time.Since(stopped)
-	assert.Less(t, noticed, ping+300*time.Millisecond+time.Second, "noticed after a ping interval and the dial timeout")
-
-	s.Cont(t)
-	// The connections dialed while it hung are closed; a new one subscribes.
-	require.Eventually(t, func() bool { return subscribers(t, s) == 1 }, 10*time.Second, 20*time.Millisecond,
-		"the pool did not subscribe again after the sentinel recovered")
-	t.Logf("a hung sentinel was noticed after %v", noticed.Round(time.Millisecond))
-}
-
-// A Sentinel serves the first Pool that uses it: another Pool given the same
-// Sentinel, even once the first is closed, fails its first use with
-// ErrInvalidConfig and writes nothing. A Pool whose configuration was
-// rejected does not hold its Sentinel.
-func TestASentinelServesOnePool(t *testing.T) {
-	master := redistest.Start(t)
-	s := redistest.StartSentinels(t, "mymaster", master, 1, 5*time.Second)[0]
-	sentinel := &redispool.Sentinel{Addrs: []string{s.Addr()}, MasterName: "mymaster"}
-	set := func(p *redispool.Pool, v string) error {
-		c := p.Get()
-		defer c.Close()
-		_, err := c.Do("SET", "k", v)
-		return err
-	}
-
-	rejected := &redispool.Pool{Sentinel: sentinel, Addr: master.Addr()}
-	defer rejected.Close()
-	require.ErrorIs(t, set(rejected, "rejected"), redispool.ErrInvalidConfig, "Sentinel together with Addr")
-
-	first := &redispool.Pool{Sentinel: sentinel}
-	defer first.Close()
-	require.NoError(t, set(first, "first"), "the Sentinel of a pool whose configuration was rejected is free")
-
-	second := &redispool.Pool{Sentinel: sentinel}
-	defer second.Close()
-	err := set(second, "second")
-	require.ErrorIs(t, err, redispool.ErrInvalidConfig)
-	assert.Contains(t, err.Error(), "Sentinel is already used by another Pool")
-
-	first.Close()
-	third := &redispool.Pool{Sentinel: sentinel}
-	defer third.Close()
-	require.ErrorIs(t, set(third, "third"), redispool.ErrInvalidConfig, "after the first pool is closed")
-
-	v, err := redis.String(master.Do(t, "GET", "k"), nil)
-	require.NoError(t, err)
-	assert.Equal(t, "first", v, "only the first pool wrote")
+	announceSwitch(p, x.addr, z.addr) // the same, from another sentinel
+	assert.Equal(t, z.addr, p.Sentinel.Master())
+	assert.Equal(t, gen+1, p.Generation(), "a duplicate of the announcement followed retired the conns")
+	require.NoError(t, c.Err())
+	assert.Zero(t, p.Sentinel.Queries(), "the sentinels were asked")
 }
 
 // After two failovers X->Y and Y->Z, a late duplicate of "X->Y" from a slow
@@ -277,45 +223,10 @@ func TestSentinelMissedAnnouncementArrivingLateIsFollowedUntilRoleFails(t *testi
 	assert.EqualValues(t, 1, y.conns.Load(), "Y was dialed once, for its ROLE check")
 }
 
-// The announcements that follow the master in use are followed at once, as
-// is the first one when no master is known yet; a duplicate of the one
-// followed changes nothing. None makes the pool ask the sentinels.
-func TestSentinelAnnouncementsThatFollowTheMasterAreFollowed(t *testing.T) {
-	x := startRoleServer(t, "master")
-	z := startRoleServer(t, "master")
-	s := startAnsweringSentinel(t, x.addr)
-	p := stalePool(t, s, nil)
-
-	announceSwitch(p, "127.0.0.1:1", x.addr) // nothing known yet
-	assert.Equal(t, x.addr, p.Sentinel.Master(), "the first announcement is followed")
-	held := p.Get()
-	defer held.Close()
-	require.NoError(t, held.Err())
-	assert.EqualValues(t, 1, x.conns.Load())
-
-	gen := p.Generation()
-	announceSwitch(p, x.addr, z.addr) // the normal case
-	assert.Equal(t, z.addr, p.Sentinel.Master(), "an announcement from the master in use is followed at once")
-	assert.Equal(t, gen+1, p.Generation())
-	assert.ErrorIs(t, held.Err(), redispool.ErrConnRetired, "the conn to the old master is retired")
-
-	c := p.Get()
-	defer c.Close()
-	require.NoError(t, c.Err())
-	assert.EqualValues(t, 1, z.conns.Load())
-
-	announceSwitch(p, x.addr, z.addr) // the same, from another sentinel
-	assert.Equal(t, z.addr, p.Sentinel.Master())
-	assert.Equal(t, gen+1, p.Generation(), "a duplicate of the announcement followed retired the conns")
-	require.NoError(t, c.Err())
-	assert.Zero(t, p.Sentinel.Queries(), "the sentinels were asked")
-}
-
 // While the pool waits for the sentinels' answer after an announcement that
 // did not fit, it keeps using its connections to the master in use. A
-// READONLY on one of them must retire the others, as it does at any other
-// time ("ROLE, READONLY and the other failures guard them as ever"): forget
-// used to see no master cached and do nothing.
+// READONLY on one of them retires the others, as it does at any other time
+// ("ROLE, READONLY and the other failures guard them as ever").
 func TestSentinelReadOnlyWhileRecheckingRetiresTheOtherConns(t *testing.T) {
 	x := startRoleServer(t, "master")
 	y := startRoleServer(t, "slave")
@@ -392,11 +303,9 @@ func TestSentinelFailoverWhileRecheckingDoesNotGoBackToTheOldMaster(t *testing.T
 
 // The query a recheck makes may be under way when the failover of the
 // master in use is announced: the sentinel asked answers with the master it
-// knew when asked, the one just replaced. The epoch check that protects a
-// query from such a stale answer (see masterAddr) did not apply, since the
-// announcement, made while the pool rechecks, neither raised the epoch nor
-// cached its master: the pool dialed the old master again, with a fresh
-// generation, so nothing retired those connections before a READONLY.
+// knew when asked, the one just replaced. That answer, older than the
+// announcement, does not send the pool back to the old master: it dials the
+// master announced, and the old one not again.
 func TestSentinelFailoverDuringTheRecheckQueryIsNotUndoneByItsAnswer(t *testing.T) {
 	x := startRoleServer(t, "master")
 	y := startRoleServer(t, "slave")
@@ -554,6 +463,9 @@ func TestSentinelGarbageSwitchMasterIsIgnored(t *testing.T) {
 	assert.Equal(t, gen+1, p.Generation(), "only the valid announcement retired the conns")
 }
 
+// ---------------------------------------------------------------------------
+// Hostile and malformed replies.
+
 // A sentinel reply that announces a huge bulk length makes redigo's reader
 // panic (makeslice: len out of range); Get must return an error instead.
 func TestSentinelHugeLengthInReplyIsAnError(t *testing.T) {
@@ -699,6 +611,9 @@ func TestSentinelWhoseAnswerFailedIsAskedAfterTheOthers(t *testing.T) {
 	}
 }
 
+// ---------------------------------------------------------------------------
+// Sentinels that hang, and the bounds on a query.
+
 // With a small DialTimeout, the first sentinels in Addrs can use up a whole
 // query when they hang; those that failed are asked last next time, so a
 // healthy sentinel listed after them is reached.
@@ -809,19 +724,6 @@ func TestSentinelTLSHandshakeIsBoundedByDialTimeout(t *testing.T) {
 	assert.Less(t, time.Since(start), 2*time.Second)
 }
 
-// tlsSentinelPool is a pool that reaches the sentinel at addr over TLS,
-// with DialTimeout 300ms.
-func tlsSentinelPool(addr string) *redispool.Pool {
-	return &redispool.Pool{
-		Sentinel: &redispool.Sentinel{
-			Addrs:       []string{addr},
-			MasterName:  "mymaster",
-			DialOptions: []redis.DialOption{redis.DialUseTLS(true)},
-		},
-		DialTimeout: 300 * time.Millisecond,
-	}
-}
-
 // A subscription's dial stuck in the same TLS handshake ends soon after
 // Pool.Close.
 func TestSentinelCloseEndsSubscriptionInTLSHandshake(t *testing.T) {
@@ -870,6 +772,56 @@ func TestSentinelSubscriptionStuckInAuthIsDialedAgain(t *testing.T) {
 	}
 }
 
+func TestASentinelThatHangsIsSubscribedToAgainOnceItRecovers(t *testing.T) {
+	const ping = 100 * time.Millisecond
+	defer redispool.SetWatchPing(ping)()
+	master := redistest.Start(t)
+	s := redistest.StartSentinels(t, "mymaster", master, 1, 5*time.Second)[0]
+
+	rec := &recorder{}
+	p := &redispool.Pool{
+		Sentinel:    &redispool.Sentinel{Addrs: []string{s.Addr()}, MasterName: "mymaster"},
+		DialTimeout: 300 * time.Millisecond,
+		Logger:      slog.New(rec),
+	}
+	defer p.Close()
+	c := p.Get()
+	require.NoError(t, c.Err())
+	c.Close()
+	require.Eventually(t, func() bool { return subscribers(t, s) == 1 }, 5*time.Second, 10*time.Millisecond,
+		"the pool subscribes to +switch-master on its first dial")
+
+	// A sentinel with nothing to announce answers the pings: its
+	// subscription is kept.
+	time.Sleep(10 * ping)
+	assert.Empty(t, rec.find("subscription to a sentinel failed"), "a quiet, healthy sentinel was given up")
+	assert.Equal(t, 1, subscribers(t, s))
+
+	// Hung, the sentinel keeps the connection open and sends nothing: only
+	// the missing pong shows it.
+	s.Stop(t)
+	stopped := time.Now()
+	require.Eventually(t, func() bool {
+		for _, r := range rec.find("subscription to a sentinel failed") {
+			if r["sentinel"] == s.Addr() && strings.Contains(r["error"], "timeout") {
+				return true
+			}
+		}
+		return false
+	}, 5*time.Second, 10*time.Millisecond, "the subscription to a hung sentinel was not given up")
+	noticed := time.Since(stopped)
+	assert.Less(t, noticed, ping+300*time.Millisecond+time.Second, "noticed after a ping interval and the dial timeout")
+
+	s.Cont(t)
+	// The connections dialed while it hung are closed; a new one subscribes.
+	require.Eventually(t, func() bool { return subscribers(t, s) == 1 }, 10*time.Second, 20*time.Millisecond,
+		"the pool did not subscribe again after the sentinel recovered")
+	t.Logf("a hung sentinel was noticed after %v", noticed.Round(time.Millisecond))
+}
+
+// ---------------------------------------------------------------------------
+// Configuration.
+
 // Sentinel.Addrs with no usable port ("host:", a port out of range) are a
 // configuration error, not a dial of port 0 at every Get.
 func TestSentinelConfigRejectsAddrWithoutPort(t *testing.T) {
@@ -888,15 +840,47 @@ func TestSentinelConfigRejectsAddrWithoutPort(t *testing.T) {
 	}
 }
 
-// respBulks encodes strs as a RESP array of bulk strings.
-func respBulks(strs ...string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "*%d\r\n", len(strs))
-	for _, s := range strs {
-		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(s), s)
+// A Sentinel serves the first Pool that uses it: another Pool given the same
+// Sentinel, even once the first is closed, fails its first use with
+// ErrInvalidConfig and writes nothing. A Pool whose configuration was
+// rejected does not hold its Sentinel.
+func TestASentinelServesOnePool(t *testing.T) {
+	master := redistest.Start(t)
+	s := redistest.StartSentinels(t, "mymaster", master, 1, 5*time.Second)[0]
+	sentinel := &redispool.Sentinel{Addrs: []string{s.Addr()}, MasterName: "mymaster"}
+	set := func(p *redispool.Pool, v string) error {
+		c := p.Get()
+		defer c.Close()
+		_, err := c.Do("SET", "k", v)
+		return err
 	}
-	return b.String()
+
+	rejected := &redispool.Pool{Sentinel: sentinel, Addr: master.Addr()}
+	defer rejected.Close()
+	require.ErrorIs(t, set(rejected, "rejected"), redispool.ErrInvalidConfig, "Sentinel together with Addr")
+
+	first := &redispool.Pool{Sentinel: sentinel}
+	defer first.Close()
+	require.NoError(t, set(first, "first"), "the Sentinel of a pool whose configuration was rejected is free")
+
+	second := &redispool.Pool{Sentinel: sentinel}
+	defer second.Close()
+	err := set(second, "second")
+	require.ErrorIs(t, err, redispool.ErrInvalidConfig)
+	assert.Contains(t, err.Error(), "Sentinel is already used by another Pool")
+
+	first.Close()
+	third := &redispool.Pool{Sentinel: sentinel}
+	defer third.Close()
+	require.ErrorIs(t, set(third, "third"), redispool.ErrInvalidConfig, "after the first pool is closed")
+
+	v, err := redis.String(master.Do(t, "GET", "k"), nil)
+	require.NoError(t, err)
+	assert.Equal(t, "first", v, "only the first pool wrote")
 }
+
+// ---------------------------------------------------------------------------
+// Helpers: fake sentinels and masters.
 
 // fakeSentinel is a sentinel that names its master to SENTINEL
 // get-master-addr-by-name, confirms SUBSCRIBE and then writes to the
@@ -926,49 +910,54 @@ type fakeSentinel struct {
 func startSentinel(t *testing.T, s *fakeSentinel) *fakeSentinel {
 	s.push, s.asked, s.release = make(chan string, 16), make(chan struct{}), make(chan struct{})
 	done := make(chan struct{})
-	s.addr = serveLoopback(t, func(c net.Conn) {
-		if s.silent != nil && s.silent() {
-			io.Copy(io.Discard, c)
-			return
-		}
-		var wmu sync.Mutex
-		write := func(b string) error {
-			wmu.Lock()
-			defer wmu.Unlock()
-			_, err := c.Write([]byte(b))
-			return err
-		}
-		r := bufio.NewReader(c)
-		for {
-			args, err := readCommand(r)
-			if err != nil {
-				return
-			}
-			reply, subscribed := s.answer(args)
-			if s.delay > 0 {
-				time.Sleep(s.delay)
-			}
-			if err := write(reply); err != nil {
-				return
-			}
-			if subscribed {
-				go func() {
-					for {
-						select {
-						case f := <-s.push:
-							if write(f) != nil {
-								return
-							}
-						case <-done:
-							return
-						}
-					}
-				}()
-			}
-		}
-	})
+	s.addr = serveLoopback(t, func(c net.Conn) { s.serve(c, done) })
 	t.Cleanup(func() { close(done) }) // before serveLoopback's, which waits for the connections
 	return s
+}
+
+// serve answers the commands read from c until it fails; once c is
+// subscribed, it also writes what push receives, until done is closed.
+func (s *fakeSentinel) serve(c net.Conn, done <-chan struct{}) {
+	if s.silent != nil && s.silent() {
+		io.Copy(io.Discard, c)
+		return
+	}
+	var wmu sync.Mutex
+	write := func(b string) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		_, err := c.Write([]byte(b))
+		return err
+	}
+	r := bufio.NewReader(c)
+	for {
+		args, err := readCommand(r)
+		if err != nil {
+			return
+		}
+		reply, subscribed := s.answer(args)
+		time.Sleep(s.delay)
+		if err := write(reply); err != nil {
+			return
+		}
+		if subscribed {
+			go s.pushTo(write, done)
+		}
+	}
+}
+
+// pushTo writes what push receives until a write fails or done is closed.
+func (s *fakeSentinel) pushTo(write func(string) error, done <-chan struct{}) {
+	for {
+		select {
+		case f := <-s.push:
+			if write(f) != nil {
+				return
+			}
+		case <-done:
+			return
+		}
+	}
 }
 
 // startAnsweringSentinel starts a fakeSentinel that names master.
@@ -1014,6 +1003,31 @@ func (s *fakeSentinel) setAnswer(master string) {
 	s.mu.Unlock()
 }
 
+// stalePool is a pool whose Sentinel asks s.
+func stalePool(t *testing.T, s *fakeSentinel, logger *slog.Logger) *redispool.Pool {
+	p := &redispool.Pool{
+		Sentinel:    &redispool.Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster"},
+		DialTimeout: 5 * time.Second,
+		Logger:      logger,
+	}
+	p.Stats() // first use: the Sentinel serves p
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// tlsSentinelPool is a pool that reaches the sentinel at addr over TLS,
+// with DialTimeout 300ms.
+func tlsSentinelPool(addr string) *redispool.Pool {
+	return &redispool.Pool{
+		Sentinel: &redispool.Sentinel{
+			Addrs:       []string{addr},
+			MasterName:  "mymaster",
+			DialOptions: []redis.DialOption{redis.DialUseTLS(true)},
+		},
+		DialTimeout: 300 * time.Millisecond,
+	}
+}
+
 // switchMsg is the +switch-master announcement that mymaster moved from
 // oldAddr to newAddr.
 func switchMsg(oldAddr, newAddr string) string {
@@ -1031,6 +1045,16 @@ func announceSwitch(p *redispool.Pool, oldAddr, newAddr string) {
 // switchMessage is a +switch-master message frame with data msg.
 func switchMessage(msg string) string { return respBulks("message", "+switch-master", msg) }
 
+// respBulks encodes strs as a RESP array of bulk strings.
+func respBulks(strs ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(strs))
+	for _, s := range strs {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(s), s)
+	}
+	return b.String()
+}
+
 // gatedDial is a dial option whose first dial waits for proceed to be
 // closed, after closing started.
 func gatedDial() (opt redis.DialOption, started <-chan struct{}, proceed chan<- struct{}) {
@@ -1045,12 +1069,6 @@ func gatedDial() (opt redis.DialOption, started <-chan struct{}, proceed chan<- 
 		return d.DialContext(ctx, network, addr)
 	})
 	return opt, start, goOn
-}
-
-// startFakeMaster starts a fake master that answers ROLE as a master, and +OK
-// to everything else.
-func startFakeMaster(t *testing.T) string {
-	return startRoleServer(t, "master").addr
 }
 
 // roleServer is a fake Redis server that answers ROLE with its role and +OK
@@ -1092,6 +1110,12 @@ func startRoleServer(t *testing.T, role string) *roleServer {
 	return s
 }
 
+// startFakeMaster starts a fake master that answers ROLE as a master, and +OK
+// to everything else.
+func startFakeMaster(t *testing.T) string {
+	return startRoleServer(t, "master").addr
+}
+
 // wrongPasswordServer answers every command, AUTH first, with WRONGPASS.
 func wrongPasswordServer(t *testing.T) string {
 	return serveLoopback(t, func(c net.Conn) {
@@ -1107,14 +1131,16 @@ func wrongPasswordServer(t *testing.T) string {
 	})
 }
 
-// stalePool is a pool whose Sentinel asks s.
-func stalePool(t *testing.T, s *fakeSentinel, logger *slog.Logger) *redispool.Pool {
-	p := &redispool.Pool{
-		Sentinel:    &redispool.Sentinel{Addrs: []string{s.addr}, MasterName: "mymaster"},
-		DialTimeout: 5 * time.Second,
-		Logger:      logger,
+// subscribers counts the clients of a sentinel subscribed to a channel: on a
+// sentinel, only the pool's watch is.
+func subscribers(t *testing.T, s *redistest.Sentinel) int {
+	list, err := redis.String(s.Do(t, "CLIENT", "LIST"), nil)
+	require.NoError(t, err)
+	n := 0
+	for _, line := range strings.Split(list, "\n") {
+		if strings.Contains(line, " sub=1 ") {
+			n++
+		}
 	}
-	p.Stats() // first use: the Sentinel serves p
-	t.Cleanup(func() { p.Close() })
-	return p
+	return n
 }

@@ -4,6 +4,7 @@ package redispool_test
 // permits, the hot slot and the idle channel, the FIFO wait queue and its one
 // timer, Close, Retire and stale handles. Each test is bounded in time and in
 // operations, so that it runs in a few seconds with -race on a small machine.
+// Also the cost of a Get and Close: a benchmark and an allocation guard.
 
 import (
 	"context"
@@ -24,278 +25,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 )
-
-// stressCtx returns a random context for a Get: none, cancelled at a random
-// moment, with a short deadline, already cancelled, or one whose Err is set
-// without Done closing (the order in which a grant and a cancellation race).
-// mustFail is set when the context ended before the Get began.
-func stressCtx() (ctx context.Context, cancel func(), mustFail bool) {
-	switch r := rand.IntN(100); {
-	case r < 40:
-		return context.Background(), func() {}, false
-	case r < 60:
-		ctx, cancel := context.WithCancel(context.Background())
-		tm := time.AfterFunc(time.Duration(rand.IntN(3000))*time.Microsecond, cancel)
-		return ctx, func() { tm.Stop(); cancel() }, false
-	case r < 80:
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rand.IntN(5000))*time.Microsecond)
-		return ctx, cancel, false
-	case r < 85:
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		return ctx, cancel, true
-	default:
-		lc := redispool.NewLateContext()
-		tm := time.AfterFunc(time.Duration(rand.IntN(3000))*time.Microsecond, func() { lc.End(context.Canceled) })
-		return lc, func() { tm.Stop() }, false
-	}
-}
-
-// expectedGetError reports whether err is one a Get may fail with in a
-// stress run before the pool is closed.
-func expectedGetError(err error) bool {
-	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, redispool.ErrPoolExhausted) || errors.Is(err, redispool.ErrDialBackoff) ||
-		errors.Is(err, errRefused)
-}
-
-// useConn does random things with a borrowed conn, then closes it, and
-// sometimes uses it again after Close, which must fail without reaching the
-// conn (by then lent to someone else).
-func useConn(t *testing.T, c redis.Conn) {
-	// One borrower at a time: a conn handed out twice would show here.
-	r, err := c.Do("WHOAMI")
-	if !assert.NoError(t, err) {
-		c.Close()
-		return
-	}
-	fc := r.(*fakeConn)
-	if !fc.borrowed.CompareAndSwap(false, true) {
-		calls := fc.Calls()
-		t.Errorf("a conn was handed to two borrowers at once: %p, after %q", c, calls[max(len(calls)-12, 0):])
-	}
-	switch r := rand.IntN(100); {
-	case r < 30:
-		_, err := c.Do("GET", "k")
-		assert.NoError(t, err)
-	case r < 36:
-		c.Do("BREAK")
-	case r < 42:
-		c.Do("SUBSCRIBE", "ch")
-	case r < 52:
-		for range 1 + rand.IntN(2) {
-			c.Send("GET", "k")
-		}
-	case r < 57:
-		c.Do("MULTI")
-		c.Do("SET", "k", "v")
-	case r < 64:
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rand.IntN(1000))*time.Microsecond)
-		redis.DoContext(c, ctx, "SLOW", rand.IntN(1500))
-		cancel()
-	case r < 71:
-		time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
-	case r < 74: // long enough for waiters to reach WaitTimeout
-		time.Sleep(time.Duration(5000+rand.IntN(20000)) * time.Microsecond)
-	}
-	closeConn := func() {
-		// A conn retired meanwhile drops the commands left pending, and says so.
-		if err := c.Close(); !errors.Is(err, redispool.ErrConnRetired) {
-			assert.NoError(t, err)
-		}
-	}
-	switch rand.IntN(16) {
-	case 0:
-		fc.borrowed.Store(false)
-		var wg sync.WaitGroup
-		for range 2 {
-			wg.Add(1)
-			go func() { defer wg.Done(); closeConn() }()
-		}
-		wg.Wait()
-	default:
-		fc.borrowed.Store(false)
-		closeConn()
-	}
-	if rand.IntN(3) == 0 {
-		_, err := c.Do("STALE")
-		assert.Equal(t, redispool.ErrConnClosed, err, "a closed conn must fail")
-		assert.Equal(t, redispool.ErrConnClosed, c.Err())
-		assert.Equal(t, redispool.ErrConnClosed, c.Send("STALE"))
-		assert.NoError(t, c.Close())
-	}
-}
-
-type stressConfig struct {
-	maxActive, maxIdle, maxDials, workers int
-	waitTimeout                           time.Duration
-	healthCheck                           bool
-	leakThreshold                         time.Duration
-}
-
-// runStress runs a randomized workload against a pool and checks the pool's
-// invariants during and after it.
-func runStress(t *testing.T, cfg stressConfig, dur time.Duration, maxOps int) {
-	d := &fakeDialer{}
-	d.faults.Store(true)
-	var tobFaults atomic.Bool
-	tobFaults.Store(cfg.healthCheck)
-	p := &redispool.Pool{
-		Dial:               d.Dial,
-		MaxActive:          cfg.maxActive,
-		MaxIdle:            cfg.maxIdle,
-		MaxConcurrentDials: cfg.maxDials,
-		WaitTimeout:        cfg.waitTimeout,
-		LeakThreshold:      cfg.leakThreshold,
-		Logger:             slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}
-	if cfg.healthCheck {
-		p.TestOnBorrow = func(redis.Conn, time.Time) error {
-			if !tobFaults.Load() {
-				return nil
-			}
-			switch r := rand.IntN(400); {
-			case r < 6:
-				return errUnhealthy
-			case r < 7:
-				panic("stress: TestOnBorrow panicked")
-			}
-			return nil
-		}
-	}
-	defer p.Close()
-
-	var stop atomic.Bool
-	var ops, gets, fails, panics atomic.Int64
-	var errMu sync.Mutex
-	errKinds := map[string]int{}
-	var wg sync.WaitGroup
-	deadline := time.Now().Add(dur)
-
-	// Sampler: the bounds hold at every moment.
-	var samplerWG sync.WaitGroup
-	samplerWG.Add(1)
-	go func() {
-		defer samplerWG.Done()
-		for !stop.Load() {
-			if n := p.ActiveCount(); n > cfg.maxActive {
-				t.Errorf("ActiveCount %d > MaxActive %d", n, cfg.maxActive)
-			}
-			if n := p.IdleCount(); n > cfg.maxIdle {
-				t.Errorf("IdleCount %d > MaxIdle %d", n, cfg.maxIdle)
-			}
-			if n := d.open.Load(); n > int64(cfg.maxActive) {
-				t.Errorf("%d conns open > MaxActive %d", n, cfg.maxActive)
-			}
-			time.Sleep(50 * time.Microsecond)
-		}
-	}()
-	// Retire now and then.
-	samplerWG.Add(1)
-	go func() {
-		defer samplerWG.Done()
-		for !stop.Load() {
-			time.Sleep(time.Duration(500+rand.IntN(3000)) * time.Microsecond)
-			p.Retire()
-		}
-	}()
-
-	for range cfg.workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for time.Now().Before(deadline) && ops.Add(1) <= int64(maxOps) {
-				ctx, cancel, mustFail := stressCtx()
-				r := tryGet(p, ctx)
-				c, err := r.c, r.err
-				gets.Add(1)
-				switch {
-				case r.panicked != nil:
-					panics.Add(1)
-				case err != nil:
-					fails.Add(1)
-					k := err.Error()
-					if len(k) > 40 {
-						k = k[:40]
-					}
-					errMu.Lock()
-					errKinds[k]++
-					errMu.Unlock()
-					if errors.Is(err, redispool.ErrDialBackoff) {
-						time.Sleep(time.Millisecond) // do not spin on fast failures
-					}
-					if !expectedGetError(err) {
-						t.Errorf("unexpected Get error: %v", err)
-					}
-					if c == nil {
-						t.Error("GetContext returned a nil conn with its error")
-					}
-				case mustFail:
-					t.Error("a Get whose context had ended got a conn")
-					c.Close()
-				default:
-					useConn(t, c)
-				}
-				cancel()
-			}
-		}()
-	}
-	waitGroupWithin(t, &wg, dur+20*time.Second, "the workers")
-	stop.Store(true)
-	samplerWG.Wait()
-
-	// Quiescence: dials given up on finish and hand their conn to the pool.
-	d.faults.Store(false)
-	tobFaults.Store(false)
-	require.Eventually(t, func() bool {
-		return d.inDial.Load() == 0 && p.ActiveCount() == p.IdleCount() && int64(p.ActiveCount()) == d.open.Load()
-	}, 10*time.Second, time.Millisecond, "at rest every conn open is idle: active %d idle %d open %d",
-		p.ActiveCount(), p.IdleCount(), d.open.Load())
-
-	checkAtRest(t, p, 0)
-
-	s := p.Stats()
-	t.Logf("%+v: %d gets (%d failed, %d panicked), %d dials, %d waits, %d wait timeouts, discards %+v",
-		cfg, gets.Load(), fails.Load(), panics.Load(), s.DialCount, s.WaitCount, s.WaitTimeoutCount, s.Discards)
-	t.Logf("errors: %v", errKinds)
-	assert.LessOrEqual(t, d.peak.Load(), int64(cfg.maxActive), "more than MaxActive conns open at once")
-	assert.Zero(t, d.staleTouches.Load(), "a stale handle reached a conn")
-	assert.Equal(t, d.made.Load(), s.DialCount-s.DialErrorCount, "dials that made a conn")
-	assert.Equal(t, d.closed.Load(), s.Discards.Total(), "every conn closed was discarded once")
-	assert.Equal(t, d.made.Load(), d.closed.Load()+int64(s.ActiveCount))
-	assert.LessOrEqual(t, s.IdleCount, cfg.maxIdle)
-
-	// No permit or conn was lost: MaxActive conns at once, at once. Dials may
-	// be backing off after the injected failures.
-	held := make([]redis.Conn, 0, cfg.maxActive)
-	for len(held) < cfg.maxActive {
-		c, err := p.GetContext(context.Background())
-		if errors.Is(err, redispool.ErrDialBackoff) {
-			time.Sleep(5 * time.Millisecond)
-			continue
-		}
-		require.NoError(t, err, "Get #%d of MaxActive %d after the run: a permit or conn was lost", len(held)+1, cfg.maxActive)
-		held = append(held, c)
-	}
-	// ... and no more: no permit was made up either.
-	_, err := p.GetContext(context.Background())
-	assert.ErrorIs(t, err, redispool.ErrPoolExhausted, "more than MaxActive conns handed out")
-	assert.Equal(t, cfg.maxActive, p.ActiveCount())
-	assert.Equal(t, 0, p.IdleCount())
-	before := p.Stats().Discards.MaxIdle
-	closeAll(held)
-	// MaxIdle exactly: the rest are closed.
-	assert.Equal(t, cfg.maxIdle, p.IdleCount(), "idle conns after giving back MaxActive")
-	assert.EqualValues(t, cfg.maxActive-cfg.maxIdle, p.Stats().Discards.MaxIdle-before)
-	checkAtRest(t, p, 0)
-
-	require.NoError(t, p.Close())
-	assert.Equal(t, 0, p.ActiveCount())
-	assert.Equal(t, 0, p.IdleCount())
-	assert.Zero(t, d.open.Load(), "conns left open after Close")
-	_, err = p.GetContext(context.Background())
-	assert.Equal(t, redispool.ErrPoolClosed, err)
-}
 
 // TestStressMixedWorkload: many callers Get with random contexts
 // (cancelled at random moments, deadlines, already ended, or ended without
@@ -866,6 +595,9 @@ func TestStressAbandonedDialsGiveTheirPermitBack(t *testing.T) {
 	checkAtRest(t, p, 0)
 }
 
+// ---------------------------------------------------------------------------
+// The cost of a Get and Close.
+
 func TestGetClosePathAllocatesAtMostOnce(t *testing.T) {
 	d := &fakeDialer{}
 	p := &redispool.Pool{Dial: d.Dial}
@@ -911,6 +643,281 @@ func benchGetClose(b *testing.B, clients int, get func() redis.Conn) {
 			get().Close()
 		}
 	})
+}
+
+// ---------------------------------------------------------------------------
+// Helpers.
+
+type stressConfig struct {
+	maxActive, maxIdle, maxDials, workers int
+	waitTimeout                           time.Duration
+	healthCheck                           bool
+	leakThreshold                         time.Duration
+}
+
+// runStress runs a randomized workload against a pool and checks the pool's
+// invariants during and after it.
+func runStress(t *testing.T, cfg stressConfig, dur time.Duration, maxOps int) {
+	d := &fakeDialer{}
+	d.faults.Store(true)
+	var tobFaults atomic.Bool
+	tobFaults.Store(cfg.healthCheck)
+	p := &redispool.Pool{
+		Dial:               d.Dial,
+		MaxActive:          cfg.maxActive,
+		MaxIdle:            cfg.maxIdle,
+		MaxConcurrentDials: cfg.maxDials,
+		WaitTimeout:        cfg.waitTimeout,
+		LeakThreshold:      cfg.leakThreshold,
+		Logger:             slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	if cfg.healthCheck {
+		p.TestOnBorrow = func(redis.Conn, time.Time) error {
+			if !tobFaults.Load() {
+				return nil
+			}
+			switch r := rand.IntN(400); {
+			case r < 6:
+				return errUnhealthy
+			case r < 7:
+				panic("stress: TestOnBorrow panicked")
+			}
+			return nil
+		}
+	}
+	defer p.Close()
+
+	var stop atomic.Bool
+	var ops, gets, fails, panics atomic.Int64
+	var errMu sync.Mutex
+	errKinds := map[string]int{}
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(dur)
+
+	// Sampler: the bounds hold at every moment.
+	var samplerWG sync.WaitGroup
+	samplerWG.Add(1)
+	go func() {
+		defer samplerWG.Done()
+		for !stop.Load() {
+			if n := p.ActiveCount(); n > cfg.maxActive {
+				t.Errorf("ActiveCount %d > MaxActive %d", n, cfg.maxActive)
+			}
+			if n := p.IdleCount(); n > cfg.maxIdle {
+				t.Errorf("IdleCount %d > MaxIdle %d", n, cfg.maxIdle)
+			}
+			if n := d.open.Load(); n > int64(cfg.maxActive) {
+				t.Errorf("%d conns open > MaxActive %d", n, cfg.maxActive)
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+	}()
+	// Retire now and then.
+	samplerWG.Add(1)
+	go func() {
+		defer samplerWG.Done()
+		for !stop.Load() {
+			time.Sleep(time.Duration(500+rand.IntN(3000)) * time.Microsecond)
+			p.Retire()
+		}
+	}()
+
+	for range cfg.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) && ops.Add(1) <= int64(maxOps) {
+				ctx, cancel, mustFail := stressCtx()
+				r := tryGet(p, ctx)
+				c, err := r.c, r.err
+				gets.Add(1)
+				switch {
+				case r.panicked != nil:
+					panics.Add(1)
+				case err != nil:
+					fails.Add(1)
+					k := err.Error()
+					if len(k) > 40 {
+						k = k[:40]
+					}
+					errMu.Lock()
+					errKinds[k]++
+					errMu.Unlock()
+					if errors.Is(err, redispool.ErrDialBackoff) {
+						time.Sleep(time.Millisecond) // do not spin on fast failures
+					}
+					if !expectedGetError(err) {
+						t.Errorf("unexpected Get error: %v", err)
+					}
+					if c == nil {
+						t.Error("GetContext returned a nil conn with its error")
+					}
+				case mustFail:
+					t.Error("a Get whose context had ended got a conn")
+					c.Close()
+				default:
+					useConn(t, c)
+				}
+				cancel()
+			}
+		}()
+	}
+	waitGroupWithin(t, &wg, dur+20*time.Second, "the workers")
+	stop.Store(true)
+	samplerWG.Wait()
+
+	// Quiescence: dials given up on finish and hand their conn to the pool.
+	d.faults.Store(false)
+	tobFaults.Store(false)
+	require.Eventually(t, func() bool {
+		return d.inDial.Load() == 0 && p.ActiveCount() == p.IdleCount() && int64(p.ActiveCount()) == d.open.Load()
+	}, 10*time.Second, time.Millisecond, "at rest every conn open is idle: active %d idle %d open %d",
+		p.ActiveCount(), p.IdleCount(), d.open.Load())
+
+	checkAtRest(t, p, 0)
+
+	s := p.Stats()
+	t.Logf("%+v: %d gets (%d failed, %d panicked), %d dials, %d waits, %d wait timeouts, discards %+v",
+		cfg, gets.Load(), fails.Load(), panics.Load(), s.DialCount, s.WaitCount, s.WaitTimeoutCount, s.Discards)
+	t.Logf("errors: %v", errKinds)
+	assert.LessOrEqual(t, d.peak.Load(), int64(cfg.maxActive), "more than MaxActive conns open at once")
+	assert.Zero(t, d.staleTouches.Load(), "a stale handle reached a conn")
+	assert.Equal(t, d.made.Load(), s.DialCount-s.DialErrorCount, "dials that made a conn")
+	assert.Equal(t, d.closed.Load(), s.Discards.Total(), "every conn closed was discarded once")
+	assert.Equal(t, d.made.Load(), d.closed.Load()+int64(s.ActiveCount))
+	assert.LessOrEqual(t, s.IdleCount, cfg.maxIdle)
+
+	// No permit or conn was lost: MaxActive conns at once, at once. Dials may
+	// be backing off after the injected failures.
+	held := make([]redis.Conn, 0, cfg.maxActive)
+	for len(held) < cfg.maxActive {
+		c, err := p.GetContext(context.Background())
+		if errors.Is(err, redispool.ErrDialBackoff) {
+			time.Sleep(5 * time.Millisecond)
+			continue
+		}
+		require.NoError(t, err, "Get #%d of MaxActive %d after the run: a permit or conn was lost", len(held)+1, cfg.maxActive)
+		held = append(held, c)
+	}
+	// ... and no more: no permit was made up either.
+	_, err := p.GetContext(context.Background())
+	assert.ErrorIs(t, err, redispool.ErrPoolExhausted, "more than MaxActive conns handed out")
+	assert.Equal(t, cfg.maxActive, p.ActiveCount())
+	assert.Equal(t, 0, p.IdleCount())
+	before := p.Stats().Discards.MaxIdle
+	closeAll(held)
+	// MaxIdle exactly: the rest are closed.
+	assert.Equal(t, cfg.maxIdle, p.IdleCount(), "idle conns after giving back MaxActive")
+	assert.EqualValues(t, cfg.maxActive-cfg.maxIdle, p.Stats().Discards.MaxIdle-before)
+	checkAtRest(t, p, 0)
+
+	require.NoError(t, p.Close())
+	assert.Equal(t, 0, p.ActiveCount())
+	assert.Equal(t, 0, p.IdleCount())
+	assert.Zero(t, d.open.Load(), "conns left open after Close")
+	_, err = p.GetContext(context.Background())
+	assert.Equal(t, redispool.ErrPoolClosed, err)
+}
+
+// stressCtx returns a random context for a Get: none, cancelled at a random
+// moment, with a short deadline, already cancelled, or one whose Err is set
+// without Done closing (the order in which a grant and a cancellation race).
+// mustFail is set when the context ended before the Get began.
+func stressCtx() (ctx context.Context, cancel func(), mustFail bool) {
+	switch r := rand.IntN(100); {
+	case r < 40:
+		return context.Background(), func() {}, false
+	case r < 60:
+		ctx, cancel := context.WithCancel(context.Background())
+		tm := time.AfterFunc(time.Duration(rand.IntN(3000))*time.Microsecond, cancel)
+		return ctx, func() { tm.Stop(); cancel() }, false
+	case r < 80:
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rand.IntN(5000))*time.Microsecond)
+		return ctx, cancel, false
+	case r < 85:
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		return ctx, cancel, true
+	default:
+		lc := redispool.NewLateContext()
+		tm := time.AfterFunc(time.Duration(rand.IntN(3000))*time.Microsecond, func() { lc.End(context.Canceled) })
+		return lc, func() { tm.Stop() }, false
+	}
+}
+
+// expectedGetError reports whether err is one a Get may fail with in a
+// stress run before the pool is closed.
+func expectedGetError(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, redispool.ErrPoolExhausted) || errors.Is(err, redispool.ErrDialBackoff) ||
+		errors.Is(err, errRefused)
+}
+
+// useConn does random things with a borrowed conn, then closes it, and
+// sometimes uses it again after Close, which must fail without reaching the
+// conn (by then lent to someone else).
+func useConn(t *testing.T, c redis.Conn) {
+	// One borrower at a time: a conn handed out twice would show here.
+	r, err := c.Do("WHOAMI")
+	if !assert.NoError(t, err) {
+		c.Close()
+		return
+	}
+	fc := r.(*fakeConn)
+	if !fc.borrowed.CompareAndSwap(false, true) {
+		calls := fc.Calls()
+		t.Errorf("a conn was handed to two borrowers at once: %p, after %q", c, calls[max(len(calls)-12, 0):])
+	}
+	switch r := rand.IntN(100); {
+	case r < 30:
+		_, err := c.Do("GET", "k")
+		assert.NoError(t, err)
+	case r < 36:
+		c.Do("BREAK")
+	case r < 42:
+		c.Do("SUBSCRIBE", "ch")
+	case r < 52:
+		for range 1 + rand.IntN(2) {
+			c.Send("GET", "k")
+		}
+	case r < 57:
+		c.Do("MULTI")
+		c.Do("SET", "k", "v")
+	case r < 64:
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rand.IntN(1000))*time.Microsecond)
+		redis.DoContext(c, ctx, "SLOW", rand.IntN(1500))
+		cancel()
+	case r < 71:
+		time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
+	case r < 74: // long enough for waiters to reach WaitTimeout
+		time.Sleep(time.Duration(5000+rand.IntN(20000)) * time.Microsecond)
+	}
+	closeConn := func() {
+		// A conn retired meanwhile drops the commands left pending, and says so.
+		if err := c.Close(); !errors.Is(err, redispool.ErrConnRetired) {
+			assert.NoError(t, err)
+		}
+	}
+	switch rand.IntN(16) {
+	case 0:
+		fc.borrowed.Store(false)
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Add(1)
+			go func() { defer wg.Done(); closeConn() }()
+		}
+		wg.Wait()
+	default:
+		fc.borrowed.Store(false)
+		closeConn()
+	}
+	if rand.IntN(3) == 0 {
+		_, err := c.Do("STALE")
+		assert.Equal(t, redispool.ErrConnClosed, err, "a closed conn must fail")
+		assert.Equal(t, redispool.ErrConnClosed, c.Err())
+		assert.Equal(t, redispool.ErrConnClosed, c.Send("STALE"))
+		assert.NoError(t, c.Close())
+	}
 }
 
 // nopConn is a connection that does nothing, so that only the pool is measured.
