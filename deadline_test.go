@@ -1,68 +1,22 @@
 package redispool
 
+// deadlineConn, the socket wrapper that moves a pool socket's deadlines
+// lazily: a deadline it keeps or sets is never earlier than asked and at
+// most the slack later; no deadline is set exactly; one that failed to set
+// is set again. These tests are about the unexported type, so they stay in
+// the package; the pool's use of it is tested through SocketDeadlines.
+
 import (
-	"bufio"
+	"context"
 	"errors"
 	"math/rand/v2"
 	"net"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/redispool/redispool/internal/redistest"
 )
-
-// deadlineSocket records the deadlines set on it.
-type deadlineSocket struct {
-	net.Conn
-	read, write time.Time
-	calls       int
-	fail        error // returned, and nothing set, while non-nil
-}
-
-func (s *deadlineSocket) SetReadDeadline(t time.Time) error {
-	s.calls++
-	if s.fail != nil {
-		return s.fail
-	}
-	s.read = t
-	return nil
-}
-
-func (s *deadlineSocket) SetWriteDeadline(t time.Time) error {
-	s.calls++
-	if s.fail != nil {
-		return s.fail
-	}
-	s.write = t
-	return nil
-}
-
-func (s *deadlineSocket) SetDeadline(t time.Time) error {
-	s.calls++
-	if s.fail != nil {
-		return s.fail
-	}
-	s.read, s.write = t, t
-	return nil
-}
-
-// inSlack fails unless got serves as the deadline asked: no deadline for no
-// deadline, otherwise never earlier than asked and at most slack later.
-func inSlack(t *testing.T, asked, got time.Time, slack time.Duration, msg string, args ...any) {
-	t.Helper()
-	if asked.IsZero() {
-		require.True(t, got.IsZero(), append([]any{msg + ": no deadline was asked for, the socket has %v"}, append(args, got)...)...)
-		return
-	}
-	require.False(t, got.Before(asked), append([]any{msg + ": the socket's deadline is %v early"}, append(args, asked.Sub(got))...)...)
-	require.LessOrEqual(t, got.Sub(asked), slack, append([]any{msg + ": the socket's deadline is later than asked by more than the slack"}, args...)...)
-}
 
 func TestADeadlineMovedForwardWithinTheSlackIsNotSetAgain(t *testing.T) {
 	sock := &deadlineSocket{}
@@ -165,105 +119,27 @@ func TestDeadlineSlackIsASixtyFourthOfTheShorterTimeoutAtMostFiveMilliseconds(t 
 	}
 }
 
-// TestThePoolsOwnSocketsMoveTheirDeadlinesLazily: a socket the pool dials
-// itself keeps its deadlines within the slack; with no timeouts it has
-// nothing to keep and is left as dialed.
-func TestThePoolsOwnSocketsMoveTheirDeadlinesLazily(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// TestTheDialsDeadlineIsSetExactly: the socket of a dial carries the dial's
+// context deadline (DialTimeout), which bounds the TLS handshake, exactly:
+// not with the slack, which comes from ReadTimeout and WriteTimeout. The
+// deadlineConn then takes the socket's deadlines for unknown, so that
+// clearing them at the end of the dial reaches the socket.
+func TestTheDialsDeadlineIsSetExactly(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	dl, _ := ctx.Deadline()
+	sock := &deadlineSocket{}
+	c, err := dialedSocket(ctx, sock, maxDeadlineSlack)
 	require.NoError(t, err)
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-			go answerOK(c)
-		}
-	}()
-	for _, tc := range []struct {
-		name      string
-		p         *Pool
-		wantSlack time.Duration
-	}{
-		{"default timeouts", &Pool{Addr: l.Addr().String()}, maxDeadlineSlack},
-		{"ReadTimeout 64ms", &Pool{Addr: l.Addr().String(), ReadTimeout: 64 * time.Millisecond}, time.Millisecond},
-		{"no timeouts", &Pool{Addr: l.Addr().String(), ReadTimeout: -1}, 0},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			defer tc.p.Close()
-			c, err := tc.p.GetContext(t.Context())
-			require.NoError(t, err)
-			defer c.Close()
-			sock := c.(*activeConn).pc.netConn
-			dc, ok := sock.(*deadlineConn)
-			if tc.wantSlack == 0 {
-				assert.False(t, ok, "a socket with no deadlines to move is not wrapped")
-				return
-			}
-			require.True(t, ok, "the socket is %T", sock)
-			assert.Equal(t, tc.wantSlack, dc.slack)
-			assert.True(t, dc.read.known && dc.read.at.IsZero(), "the dial's deadline is cleared through the wrapper")
-		})
-	}
-}
+	assert.Equal(t, dl, sock.read, "the dial's read deadline is %v late", sock.read.Sub(dl))
+	assert.Equal(t, dl, sock.write, "the dial's write deadline is %v late", sock.write.Sub(dl))
+	require.IsType(t, &deadlineConn{}, c)
+	require.NoError(t, c.SetDeadline(time.Time{}))
+	assert.True(t, sock.read.IsZero() && sock.write.IsZero(), "clearing the dial's deadline did not reach the socket")
 
-// TestACommandAfterAPeekStillTimesOut: the peek on borrow clears the
-// socket's read deadline. Cleared behind the deadlineConn's back, the next
-// command's deadline, within the slack of the one the deadlineConn takes for
-// set, would not be set, and a server that stopped answering would hold the
-// command for ever.
-func TestACommandAfterAPeekStillTimesOut(t *testing.T) {
-	srv := redistest.Start(t)
-	commandAfterAPeekTimesOut(t, srv, srv.Addr())
-}
-
-// commandAfterAPeekTimesOut runs a command on a connection to addr, has the
-// next Get peek at it with srv stopped, and checks that the peek cleared the
-// read deadline through the deadlineConn, kept the connection, and that a
-// command then times out, never before ReadTimeout.
-func commandAfterAPeekTimesOut(t *testing.T, srv *redistest.Server, addr string, opts ...redis.DialOption) {
-	t.Helper()
-	clk := NewTestClock()
-	defer SetNowFunc(clk.Now)()
-	const readTimeout = 300 * time.Millisecond
-	p := &Pool{Addr: addr, ReadTimeout: readTimeout, DialOptions: opts}
-	defer p.Close()
-	c := p.Get()
-	_, err := c.Do("PING")
+	plain, err := dialedSocket(ctx, sock, 0)
 	require.NoError(t, err)
-	require.NoError(t, c.Close())
-
-	clk.Advance(time.Minute) // idle long enough to be peeked at
-	srv.Stop(t)
-	defer srv.Cont(t)
-	c = p.Get()
-	require.NoError(t, c.Err())
-	defer c.Close()
-	dc, ok := c.(*activeConn).pc.netConn.(*deadlineConn)
-	require.True(t, ok, "the socket is %T", c.(*activeConn).pc.netConn)
-	dc.mu.Lock()
-	read := dc.read
-	dc.mu.Unlock()
-	assert.True(t, read.known && read.at.IsZero(), "the peek cleared the read deadline behind the deadlineConn's back")
-	assert.Zero(t, p.Stats().Discards.Broken, "the peek discarded a healthy connection")
-
-	done := make(chan error, 1)
-	start := time.Now()
-	go func() {
-		_, err := c.Do("PING")
-		done <- err
-	}()
-	select {
-	case err = <-done:
-	case <-time.After(readTimeout + 5*time.Second):
-		t.Fatal("a command to a stopped server did not time out")
-	}
-	var ne net.Error
-	require.ErrorAs(t, err, &ne)
-	assert.True(t, ne.Timeout(), "%v", err)
-	assert.GreaterOrEqual(t, time.Since(start), readTimeout, "timed out before ReadTimeout")
+	assert.Same(t, sock, plain, "with no slack the socket is not wrapped")
 }
 
 // BenchmarkDeadlineMove measures what moving a loopback socket's read
@@ -300,26 +176,52 @@ func BenchmarkDeadlineMove(b *testing.B) {
 	}
 }
 
-// answerOK answers every command read from c with +OK, as a server that
-// serves but is not looked at.
-func answerOK(c net.Conn) {
-	r := bufio.NewReader(c)
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return
-		}
-		n, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "*")))
-		if err != nil || !strings.HasPrefix(line, "*") {
-			return
-		}
-		for range 2 * n { // $len, then the argument
-			if _, err := r.ReadString('\n'); err != nil {
-				return
-			}
-		}
-		if _, err := c.Write([]byte("+OK\r\n")); err != nil {
-			return
-		}
+// ---------------------------------------------------------------------------
+// Helpers.
+
+// deadlineSocket records the deadlines set on it.
+type deadlineSocket struct {
+	net.Conn
+	read, write time.Time
+	calls       int
+	fail        error // returned, and nothing set, while non-nil
+}
+
+func (s *deadlineSocket) SetReadDeadline(t time.Time) error {
+	s.calls++
+	if s.fail != nil {
+		return s.fail
 	}
+	s.read = t
+	return nil
+}
+
+func (s *deadlineSocket) SetWriteDeadline(t time.Time) error {
+	s.calls++
+	if s.fail != nil {
+		return s.fail
+	}
+	s.write = t
+	return nil
+}
+
+func (s *deadlineSocket) SetDeadline(t time.Time) error {
+	s.calls++
+	if s.fail != nil {
+		return s.fail
+	}
+	s.read, s.write = t, t
+	return nil
+}
+
+// inSlack fails unless got serves as the deadline asked: no deadline for no
+// deadline, otherwise never earlier than asked and at most slack later.
+func inSlack(t *testing.T, asked, got time.Time, slack time.Duration, msg string, args ...any) {
+	t.Helper()
+	if asked.IsZero() {
+		require.True(t, got.IsZero(), append([]any{msg + ": no deadline was asked for, the socket has %v"}, append(args, got)...)...)
+		return
+	}
+	require.False(t, got.Before(asked), append([]any{msg + ": the socket's deadline is %v early"}, append(args, asked.Sub(got))...)...)
+	require.LessOrEqual(t, got.Sub(asked), slack, append([]any{msg + ": the socket's deadline is later than asked by more than the slack"}, args...)...)
 }

@@ -1,13 +1,19 @@
-package redispool
+package redispool_test
 
-// The observability paths and the pool's edges: the Logger (and one whose
-// handler panics), leak detection, Stats, RedigoPool, Retire and Close.
+// What the pool reports: Stats, counted where each event happens, so that
+// dials = discards + ActiveCount holds for whoever reads them; the Logger's
+// records of discards, failed dials and exhausted waits, each kind rate
+// limited on its own and logged outside the pool's locks; connections held
+// past LeakThreshold, with the borrower's stack; and never a password.
 
 import (
-	"bufio"
+	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
-	"net"
+	"os"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,297 +21,52 @@ import (
 	"time"
 
 	"github.com/gomodule/redigo/redis"
+	"github.com/redispool/redispool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/redispool/redispool/internal/redistest"
 )
 
-// obsPanicHandler is a slog.Handler that panics on the first record whose
-// message contains msg once it is armed, as a buggy handler or a handler
-// writing to a closed sink does. Every record is kept.
-type obsPanicHandler struct {
-	recordingHandler
-	msg      string
-	armed    atomic.Bool
-	panicked chan struct{} // closed when it panicked
-}
+// ---------------------------------------------------------------------------
+// Stats.
 
-func newObsPanicHandler(msg string) *obsPanicHandler {
-	return &obsPanicHandler{msg: msg, panicked: make(chan struct{})}
-}
-
-func (h *obsPanicHandler) Handle(ctx context.Context, rec slog.Record) error {
-	h.recordingHandler.Handle(ctx, rec)
-	if strings.Contains(rec.Message, h.msg) && h.armed.CompareAndSwap(true, false) {
-		close(h.panicked)
-		panic("log handler panicked")
+func TestStatsBeginWithRedigosFourFields(t *testing.T) {
+	// Same names, types and order as redis.PoolStats.
+	ours, theirs := reflect.TypeFor[redispool.PoolStats](), reflect.TypeFor[redis.PoolStats]()
+	require.GreaterOrEqual(t, ours.NumField(), theirs.NumField())
+	for i := range theirs.NumField() {
+		assert.Equal(t, theirs.Field(i).Name, ours.Field(i).Name, "field %d", i)
+		assert.Equal(t, theirs.Field(i).Type, ours.Field(i).Type, "field %d", i)
 	}
-	return nil
-}
-func (h *obsPanicHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
-func (h *obsPanicHandler) WithGroup(string) slog.Handler      { return h }
-
-// obsOutcome is what a Get run on its own goroutine ended with.
-type obsOutcome struct {
-	c         redis.Conn
-	err       error
-	recovered any
-}
-
-// obsGet runs GetContext on its own goroutine, recovering a panic.
-func obsGet(p *Pool, ctx context.Context) <-chan obsOutcome {
-	out := make(chan obsOutcome, 1)
-	go func() {
-		var o obsOutcome
-		defer func() {
-			o.recovered = recover()
-			out <- o
-		}()
-		o.c, o.err = p.GetContext(ctx)
-	}()
-	return out
-}
-
-func obsWait(t *testing.T, ch <-chan obsOutcome) obsOutcome {
-	t.Helper()
-	select {
-	case o := <-ch:
-		if o.c != nil && o.err == nil {
-			t.Cleanup(func() { o.c.Close() })
-		}
-		return o
-	case <-time.After(5 * time.Second):
-		t.Fatal("the Get did not return within 5s")
-		return obsOutcome{}
-	}
-}
-
-// TestALogHandlerPanicWhileAWaiterDiscardsItsGrantLosesNoPermit: a waiter
-// granted an idle conn that turns out too old closes it and keeps its permit
-// to dial (closeConn with release false); the discard is logged from
-// closeConn's deferred function. A handler that panics there must not take
-// the permit with it: with MaxActive 1 the pool could never hand out a conn
-// again.
-func TestALogHandlerPanicWhileAWaiterDiscardsItsGrantLosesNoPermit(t *testing.T) {
-	clk := NewTestClock()
-	defer SetNowFunc(clk.Now)()
-	tr := &stressTracker{}
-	h := newObsPanicHandler("connection discarded")
-	p := &Pool{MaxActive: 1, IdleTimeout: time.Minute, WaitTimeout: 5 * time.Second, Dial: tr.Dial, Logger: slog.New(h)}
+	var s redispool.PoolStats
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial}
 	defer p.Close()
-	ctx := context.Background()
-
-	held, err := p.GetContext(ctx)
-	require.NoError(t, err)
-	before := p.stats.waits.Load()
-	waiter := obsGet(p, ctx)
-	require.Eventually(t, func() bool { return p.stats.waits.Load() == before+1 }, 5*time.Second, 50*time.Microsecond)
-
-	clk.Advance(2 * time.Minute) // the conn held is past IdleTimeout when the waiter gets it
-	h.armed.Store(true)
-	held.Close() // handed to the waiter, which discards it (idle timeout)
-	o := obsWait(t, waiter)
-	select {
-	case <-h.panicked:
-	default:
-		t.Fatal("the handler was not called for the discard")
-	}
-	if o.recovered == nil {
-		require.NoError(t, o.err, "the waiter dials a new conn")
-		o.c.Close()
-	}
-
-	checkAtRest(t, p, 0)
-	ctx2, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	c, err := p.GetContext(ctx2)
-	require.NoError(t, err, "MaxActive 1, nothing held: a permit was lost to the log handler's panic")
-	c.Close()
-}
-
-// obsSilentServer is a TCP server that accepts connections and answers
-// their first command with +OK only once release is closed.
-type obsSilentServer struct {
-	ln       net.Listener
-	accepted chan struct{} // one value per connection accepted
-	release  chan struct{}
-	wg       sync.WaitGroup
-}
-
-func startObsSilentServer(t *testing.T) *obsSilentServer {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	s := &obsSilentServer{ln: ln, accepted: make(chan struct{}, 16), release: make(chan struct{})}
-	var conns []net.Conn
-	var mu sync.Mutex
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			s.accepted <- struct{}{}
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				r := bufio.NewReader(c)
-				// CLIENT SETNAME x: *3, then three $len/value pairs.
-				for range 7 {
-					if _, err := r.ReadString('\n'); err != nil {
-						return
-					}
-				}
-				<-s.release
-				c.Write([]byte("+OK\r\n"))
-				answerOK(c)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-s.release:
-		default:
-			close(s.release)
-		}
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		s.wg.Wait()
-	})
-	return s
-}
-
-// TestALogHandlerPanicOnAnExhaustedWaitForADialSlotLosesNoPermit: a Get
-// that holds a permit and waits for a dial slot logs "pool exhausted" when
-// its WaitTimeout passes. A handler that panics there must not take the
-// permit with it.
-func TestALogHandlerPanicOnAnExhaustedWaitForADialSlotLosesNoPermit(t *testing.T) {
-	srv := startObsSilentServer(t)
-	h := newObsPanicHandler("pool exhausted")
-	p := &Pool{Addr: srv.ln.Addr().String(), MaxActive: 2, MaxConcurrentDials: 1, WaitTimeout: 100 * time.Millisecond,
-		DialOptions: []redis.DialOption{redis.DialClientName("x")}, Logger: slog.New(h)}
-	defer p.Close()
-	ctx := context.Background()
-
-	// The first Get dials and waits for the server: the pool's own dials are
-	// bounded by DialTimeout, not WaitTimeout.
-	first := obsGet(p, ctx)
-	select {
-	case <-srv.accepted:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the first dial did not reach the server")
-	}
-	h.armed.Store(true)
-	second := obsGet(p, ctx) // a permit, no dial slot: waits, then exhausted
-	o := obsWait(t, second)
-	select {
-	case <-h.panicked:
-	default:
-		t.Fatalf("the handler was not called for the exhausted wait (Get returned %v)", o.err)
-	}
-	if o.recovered == nil {
-		require.ErrorIs(t, o.err, ErrPoolExhausted)
-	}
-
-	close(srv.release)
-	o = obsWait(t, first)
-	require.Nil(t, o.recovered)
-	require.NoError(t, o.err)
-	checkAtRest(t, p, 1)
-	o.c.Close()
-	checkAtRest(t, p, 0)
-}
-
-// TestALogHandlerPanicOnAnExhaustedWaitForAUserDialLosesNoConn: a Get
-// whose Dial outlasts WaitTimeout gives up, logging "pool exhausted"; the
-// dial goes on and must hand its conn to the pool. A handler that panics
-// as the Get gives up must not leave the dial's conn, and its permit,
-// waiting for a caller that is gone.
-func TestALogHandlerPanicOnAnExhaustedWaitForAUserDialLosesNoConn(t *testing.T) {
-	tr := &stressTracker{}
-	release := make(chan struct{})
-	inDial := make(chan struct{}, 1)
-	h := newObsPanicHandler("pool exhausted")
-	p := &Pool{MaxActive: 1, WaitTimeout: 50 * time.Millisecond, Logger: slog.New(h), Dial: func() (redis.Conn, error) {
-		inDial <- struct{}{}
-		<-release
-		return tr.Dial()
-	}}
-	defer p.Close()
-	h.armed.Store(true)
-	o := obsWait(t, obsGet(p, context.Background()))
-	<-inDial
-	select {
-	case <-h.panicked:
-	default:
-		t.Fatalf("the handler was not called for the exhausted wait (Get returned %v)", o.err)
-	}
-	close(release)
-	require.Eventually(t, func() bool { return p.IdleCount() == 1 }, 5*time.Second, time.Millisecond,
-		"the dial's conn never reached the idle set")
-	checkAtRest(t, p, 0)
-}
-
-// TestALogHandlerPanicInALeakReportDoesNotEndTheProgram: leak reports are
-// written on a timer's goroutine, where a panic cannot reach any caller
-// and would end the program.
-func TestALogHandlerPanicInALeakReportDoesNotEndTheProgram(t *testing.T) {
-	tr := &stressTracker{}
-	h := newObsPanicHandler("LeakThreshold")
-	h.armed.Store(true)
-	p := &Pool{Dial: tr.Dial, LeakThreshold: 10 * time.Millisecond, Logger: slog.New(h)}
-	defer p.Close()
-	c, err := p.GetContext(context.Background())
-	require.NoError(t, err)
-	select {
-	case <-h.panicked:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no leak report")
-	}
-	c.Close()
-	p.Close()
-	assert.EqualValues(t, 1, p.Stats().LeakCount)
-}
-
-// TestLeakThresholdOffCostsNoTimer: with LeakThreshold zero, a Get sets
-// up no leak watch.
-func TestLeakThresholdOffCostsNoTimer(t *testing.T) {
-	tr := &stressTracker{}
-	p := &Pool{Dial: tr.Dial}
-	defer p.Close()
-	c, err := p.GetContext(context.Background())
-	require.NoError(t, err)
-	assert.Nil(t, c.(*activeConn).pc.leak, "no leak watch when LeakThreshold is zero")
-	c.Close()
-	assert.Zero(t, p.Stats().LeakCount)
+	conns := getN(t, p, 3)
+	conns[0].Close()
+	s = p.Stats()
+	assert.Equal(t, 3, s.ActiveCount)
+	assert.Equal(t, 1, s.IdleCount)
+	assert.EqualValues(t, 3, s.DialCount)
+	closeAll(conns[1:])
 }
 
 // TestStatsFieldsMatchWhatHappened checks each counter of PoolStats
 // against a scripted sequence of events.
 func TestStatsFieldsMatchWhatHappened(t *testing.T) {
-	clk := NewTestClock()
-	defer SetNowFunc(clk.Now)()
-	tr := &stressTracker{}
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	d := &fakeDialer{}
 	var refuse atomic.Bool
-	p := &Pool{MaxActive: 2, MaxIdle: 1, IdleTimeout: time.Minute, WaitTimeout: 20 * time.Millisecond,
+	p := &redispool.Pool{MaxActive: 2, MaxIdle: 1, IdleTimeout: time.Minute, WaitTimeout: 20 * time.Millisecond,
 		Dial: func() (redis.Conn, error) {
 			if refuse.Load() {
-				return nil, errStressDial
+				return nil, errRefused
 			}
-			return tr.Dial()
+			return d.Dial()
 		}}
 	defer p.Close()
 	ctx := context.Background()
-	assert.Equal(t, PoolStats{}, p.Stats(), "a new pool")
+	assert.Equal(t, redispool.PoolStats{}, p.Stats(), "a new pool")
 
 	a, err := p.GetContext(ctx)
 	require.NoError(t, err)
@@ -317,7 +78,7 @@ func TestStatsFieldsMatchWhatHappened(t *testing.T) {
 	assert.EqualValues(t, 2, s.DialCount)
 
 	_, err = p.GetContext(ctx) // waits, then exhausted
-	require.ErrorIs(t, err, ErrPoolExhausted)
+	require.ErrorIs(t, err, redispool.ErrPoolExhausted)
 	s = p.Stats()
 	assert.EqualValues(t, 1, s.WaitCount)
 	assert.GreaterOrEqual(t, s.WaitDuration, 20*time.Millisecond)
@@ -333,9 +94,9 @@ func TestStatsFieldsMatchWhatHappened(t *testing.T) {
 	clk.Advance(2 * time.Minute)
 	refuse.Store(true)
 	_, err = p.GetContext(ctx) // the idle one times out; the dial fails
-	require.ErrorIs(t, err, errStressDial)
+	require.ErrorIs(t, err, errRefused)
 	_, err = p.GetContext(ctx) // fails fast
-	require.ErrorIs(t, err, ErrDialBackoff)
+	require.ErrorIs(t, err, redispool.ErrDialBackoff)
 	s = p.Stats()
 	assert.Equal(t, 0, s.ActiveCount)
 	assert.Equal(t, 0, s.IdleCount)
@@ -347,158 +108,419 @@ func TestStatsFieldsMatchWhatHappened(t *testing.T) {
 	checkAtRest(t, p, 0)
 }
 
-// TestRedigoPoolKeepsTheBoundAndTheDiscardRules: the *redis.Pool from
-// RedigoPool waits within p's bound, and a conn broken through it is
-// discarded by p; closing it does not close p.
-func TestRedigoPoolKeepsTheBoundAndTheDiscardRules(t *testing.T) {
-	tr := &stressTracker{}
-	p := &Pool{MaxActive: 1, WaitTimeout: 20 * time.Millisecond, Dial: tr.Dial}
+// TestAConnGoneFromActiveCountIsCountedAsDiscarded: whoever sees
+// ActiveCount drop finds the discard counted, so that dialed = discarded +
+// active holds for a monitor, also while the permit is on its way to a
+// waiter (which the test holds back by holding the queue's lock).
+func TestAConnGoneFromActiveCountIsCountedAsDiscarded(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 5 * time.Second}
 	defer p.Close()
-	rp := p.RedigoPool()
-
-	c := rp.Get()
-	require.NoError(t, c.Err())
-	c2 := rp.Get()
-	assert.ErrorIs(t, c2.Err(), redis.ErrPoolExhausted, "the adapter stays within MaxActive")
-	c2.Close()
-	_, err := c.Do("BREAK")
-	require.Error(t, err)
-	c.Close()
-	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
-	assert.Equal(t, 0, p.ActiveCount())
-
-	// Not SUBSCRIBE: redigo's own Close then reads until the reply to an
-	// ECHO it sends, which the fake conn never gives.
-	c = rp.Get()
-	_, err = c.Do("SELECT", 1)
+	held, err := p.GetContext(context.Background())
 	require.NoError(t, err)
-	c.Close()
-	assert.EqualValues(t, 1, p.Stats().Discards.State, "a conn left in another database through the adapter is discarded")
+	waiter := queueGet(t, p, context.Background())
+	held.Do("BREAK") // Close discards it, and its permit goes to the waiter
 
-	require.NoError(t, rp.Close())
-	c, err = p.GetContext(context.Background())
-	require.NoError(t, err, "closing the adapter leaves p open")
-	c.Close()
-	checkAtRest(t, p, 0)
-}
-
-// TestCloseWakesEveryKindOfWaiterAndIsIdempotent: Close, called from many
-// goroutines at once, wakes callers waiting for a conn and for a dial
-// slot with ErrPoolClosed, closes the conn of a dial in progress when it
-// finishes and those still out when they are given back.
-func TestCloseWakesEveryKindOfWaiterAndIsIdempotent(t *testing.T) {
-	tr := &stressTracker{}
-	release := make(chan struct{})
-	var inDial atomic.Int32
-	p := &Pool{MaxActive: 3, MaxConcurrentDials: 1, WaitTimeout: 5 * time.Second, Dial: func() (redis.Conn, error) {
-		if inDial.Add(1) == 2 {
-			<-release
-		}
-		return tr.Dial()
-	}}
-	ctx := context.Background()
-	out, err := p.GetContext(ctx)
-	require.NoError(t, err)
-	dialing := obsGet(p, ctx)
-	require.Eventually(t, func() bool { return inDial.Load() == 2 }, 5*time.Second, 50*time.Microsecond)
-	slotWaiter := obsGet(p, ctx)
-	require.Eventually(t, func() bool { return p.stats.waits.Load() == 1 }, 5*time.Second, 50*time.Microsecond)
-	queued := obsGet(p, ctx)
-	require.Eventually(t, func() bool { return p.stats.waits.Load() == 2 }, 5*time.Second, 50*time.Microsecond)
-
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() { defer wg.Done(); assert.NoError(t, p.Close()) }()
-	}
-	wg.Wait()
-	for _, ch := range []<-chan obsOutcome{dialing, slotWaiter, queued} {
-		o := obsWait(t, ch)
-		assert.Nil(t, o.recovered)
-		assert.ErrorIs(t, o.err, ErrPoolClosed)
-	}
-	close(release)
-	require.Eventually(t, func() bool { return p.ActiveCount() == 1 }, 5*time.Second, time.Millisecond,
-		"the dial in progress closes its conn when it finishes")
-	out.Close()
-	assert.Equal(t, 0, p.ActiveCount())
-	assert.Zero(t, tr.open.Load())
-	_, err = p.GetContext(ctx)
-	assert.ErrorIs(t, err, ErrPoolClosed)
-	assert.ErrorIs(t, p.Get().Err(), ErrPoolClosed)
-	p.Retire() // after Close: nothing to do, no panic
-	assert.NoError(t, p.Close())
-	assert.Equal(t, p.Stats().Discards.PoolClosed, int64(2))
-}
-
-// TestZeroValueInitFromManyGoroutines: the first uses of a zero Pool race
-// to initialise it.
-func TestZeroValueInitFromManyGoroutines(t *testing.T) {
-	tr := &stressTracker{}
-	p := &Pool{Dial: tr.Dial}
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for i := range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			switch i % 4 {
-			case 0:
-				c := p.Get()
-				assert.NoError(t, c.Err())
-				c.Close()
-			case 1:
-				p.Stats()
-			case 2:
-				p.IdleCount()
-			case 3:
-				p.RedigoPool()
-			}
-		}()
-	}
-	close(start)
-	wg.Wait()
-	require.NoError(t, p.Close())
-	assert.Zero(t, tr.open.Load())
-	assert.Equal(t, 0, p.ActiveCount())
-}
-
-// TestRedigoPoolAgainstARealServer: through the adapter, redigo's own
-// Close of a subscribed conn (UNSUBSCRIBE, PUNSUBSCRIBE, then reading up
-// to an ECHO) returns, and p discards the conn; the adapter's own counters
-// see only its conns out; after p.Close the adapter's Get fails with
-// ErrPoolClosed.
-func TestRedigoPoolAgainstARealServer(t *testing.T) {
-	srv := redistest.Start(t)
-	p := &Pool{Addr: srv.Addr(), MaxActive: 2}
-	defer p.Close()
-	rp := p.RedigoPool()
-
-	c := rp.Get()
-	_, err := c.Do("SUBSCRIBE", "ch")
-	require.NoError(t, err)
-	assert.Equal(t, 1, rp.ActiveCount())
-	assert.Equal(t, 0, rp.IdleCount())
+	unlock := p.LockQueue()
 	closed := make(chan struct{})
-	go func() { defer close(closed); c.Close() }()
+	go func() { held.Close(); close(closed) }()
+	dropped := assert.Eventually(t, func() bool { return p.ActiveCount() == 0 }, 5*time.Second, 50*time.Microsecond,
+		"the closed conn leaves ActiveCount")
+	// Read while the waiter cannot be served: once it is, it dials.
+	s, dialed, open := p.Stats(), d.made.Load(), d.open.Load()
+	unlock()
+	require.True(t, dropped)
+	assert.Zero(t, open, "the conn is closed")
+	assert.Equal(t, dialed, s.Discards.Total()+int64(s.ActiveCount),
+		"dialed %d != discarded %d + active %d", dialed, s.Discards.Total(), s.ActiveCount)
+
 	select {
 	case <-closed:
 	case <-time.After(5 * time.Second):
-		t.Fatal("the adapter's Close of a subscribed conn did not return")
+		t.Fatal("Close never returned")
 	}
-	assert.Equal(t, 0, rp.ActiveCount())
-	assert.EqualValues(t, 1, p.Stats().Discards.State)
+	r := awaitGet(t, waiter, 5*time.Second, "the waiter was never served")
+	require.NoError(t, r.err)
+	r.close()
+	require.Equal(t, 1, p.IdleCount())
+	checkAtRest(t, p, 0)
+}
 
-	c = rp.Get()
-	_, err = redis.String(c.Do("SET", "k", "v"))
+func TestDiscardReasonNames(t *testing.T) {
+	assert.Equal(t, "broken", redispool.DiscardBroken.String())
+	assert.Equal(t, "pool_closed", redispool.DiscardPoolClosed.String())
+	assert.Equal(t, "DiscardReason(99)", redispool.DiscardReason(99).String())
+	s := redispool.DiscardStats{Broken: 1, State: 2, IdleTimeout: 3, Lifetime: 4, MaxIdle: 5, HealthCheck: 6, PoolClosed: 7, Retired: 8}
+	assert.EqualValues(t, 36, s.Total())
+}
+
+// ---------------------------------------------------------------------------
+// Logger.
+
+func TestLoggerIsToldAboutDiscardsWithTheirReason(t *testing.T) {
+	rec := &recorder{}
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, Logger: slog.New(rec)}
+	defer p.Close()
+	c := p.Get()
+	d.last(t).doErr = os.ErrDeadlineExceeded
+	c.Do("GET", "k")
+	c.Close()
+	c = p.Get()
+	c.Do("SUBSCRIBE", "ch")
+	c.Close()
+
+	got := rec.find("connection discarded")
+	require.Len(t, got, 2)
+	assert.Equal(t, "broken", got[0]["reason"])
+	assert.Equal(t, os.ErrDeadlineExceeded.Error(), got[0]["error"])
+	assert.Equal(t, "WARN", got[0]["level"])
+	assert.Equal(t, "state", got[1]["reason"])
+}
+
+func TestRoutineDiscardsAreLoggedAtDebug(t *testing.T) {
+	rec := &recorder{}
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxIdle: 1, Logger: slog.New(rec)}
+	closeAll(getN(t, p, 2))
+	got := rec.find("connection discarded")
+	require.Len(t, got, 1)
+	assert.Equal(t, "max_idle", got[0]["reason"])
+	assert.Equal(t, "DEBUG", got[0]["level"])
+	p.Close()
+}
+
+func TestFailedDialsAreLogged(t *testing.T) {
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	rec := &recorder{}
+	d := &fakeDialer{}
+	d.SetErr(errors.New("connection refused"))
+	p := &redispool.Pool{Dial: d.Dial, Logger: slog.New(rec)}
+	defer p.Close()
+	p.Get()
+	got := rec.find("dial failed")
+	require.Len(t, got, 1)
+	assert.Equal(t, "connection refused", got[0]["error"])
+	assert.Equal(t, "1", got[0]["consecutive_failures"])
+}
+
+func TestLogRecordsAreRateLimitedPerKind(t *testing.T) {
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	rec := &recorder{}
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: -1, Logger: slog.New(rec)}
+	defer p.Close()
+	held := p.Get()
+	defer held.Close()
+	for range 100 {
+		p.Get()
+	}
+	require.Len(t, rec.find("pool exhausted"), 1, "a storm logs once per second")
+	clk.Advance(time.Second)
+	p.Get()
+	got := rec.find("pool exhausted")
+	require.Len(t, got, 2)
+	assert.Equal(t, "99", got[1]["suppressed"])
+	assert.Contains(t, got[1]["waited_for"], "WaitTimeout is negative", "the record says what the Get waited for")
+}
+
+// TestEachLogKindHasItsOwnRateLimit checks "each kind at most once per
+// second" (Pool.Logger) across kinds: a discard must not use up the second
+// of a failed dial, an exhausted wait or a leak report.
+func TestEachLogKindHasItsOwnRateLimit(t *testing.T) {
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)() // time stands still: all within one logInterval
+
+	t.Run("a state discard swallows the first failed dial", func(t *testing.T) {
+		rec := &recorder{}
+		var refuse atomic.Bool
+		d := &fakeDialer{}
+		p := &redispool.Pool{MaxActive: 2, Logger: slog.New(rec), Dial: func() (redis.Conn, error) {
+			if refuse.Load() {
+				return nil, errRefused
+			}
+			return d.Dial()
+		}}
+		defer p.Close()
+		c, err := p.GetContext(context.Background())
+		require.NoError(t, err)
+		c.Do("SUBSCRIBE", "ch")
+		c.Close() // discarded: state
+		require.Equal(t, 1, rec.count("connection discarded"))
+
+		refuse.Store(true)
+		_, err = p.GetContext(context.Background())
+		require.ErrorIs(t, err, errRefused)
+		assert.Equal(t, 1, rec.count("dial failed"), "the first failed dial was not logged")
+	})
+
+	t.Run("an idle timeout discard swallows the first exhausted wait", func(t *testing.T) {
+		rec := &recorder{}
+		d := &fakeDialer{}
+		p := &redispool.Pool{MaxActive: 1, WaitTimeout: -1, IdleTimeout: 10 * time.Millisecond, Logger: slog.New(rec), Dial: d.Dial}
+		defer p.Close()
+		c, err := p.GetContext(context.Background())
+		require.NoError(t, err)
+		c.Close()
+		clk.Advance(20 * time.Millisecond)
+		held, err := p.GetContext(context.Background()) // the idle one is discarded: idle timeout
+		require.NoError(t, err)
+		defer held.Close()
+		require.Equal(t, 1, rec.count("connection discarded"))
+
+		_, err = p.GetContext(context.Background())
+		require.ErrorIs(t, err, redispool.ErrPoolExhausted)
+		assert.Equal(t, 1, rec.count("pool exhausted"), "the first exhausted wait was not logged")
+	})
+
+	t.Run("a lifetime discard swallows the first leak report", func(t *testing.T) {
+		rec := &recorder{}
+		d := &fakeDialer{}
+		p := &redispool.Pool{MaxActive: 1, MaxConnLifetime: 10 * time.Millisecond, LeakThreshold: 10 * time.Millisecond,
+			Logger: slog.New(rec), Dial: d.Dial}
+		defer p.Close()
+		c, err := p.GetContext(context.Background())
+		require.NoError(t, err)
+		c.Close()
+		clk.Advance(20 * time.Millisecond)
+		held, err := p.GetContext(context.Background()) // the idle one is discarded: lifetime
+		require.NoError(t, err)
+		defer held.Close()
+		require.Equal(t, 1, rec.count("connection discarded"))
+
+		require.Eventually(t, func() bool { return p.Stats().LeakCount == 1 }, 5*time.Second, time.Millisecond)
+		// The leak is counted, then reported.
+		assert.Eventually(t, func() bool { return rec.count("held longer than LeakThreshold") == 1 }, 5*time.Second, time.Millisecond,
+			"the first leak was counted but not reported")
+	})
+}
+
+func TestTheLogHandlerRunsOutsideThePoolLock(t *testing.T) {
+	d := &fakeDialer{}
+	d.SetErr(errors.New("refused"))
+	p := &redispool.Pool{Dial: d.Dial, Logger: slog.New(&recorder{delay: 500 * time.Millisecond})}
+	defer p.Close()
+	logging := make(chan struct{})
+	go func() { defer close(logging); p.Get() }() // its failed dial logs for 500ms
+	require.Eventually(t, func() bool { return p.Stats().DialErrorCount == 1 }, 5*time.Second, time.Millisecond)
+	start := time.Now()
+	_, err := p.GetContext(context.Background())
+	require.Error(t, err)
+	assert.Less(t, time.Since(start), 250*time.Millisecond, "a fast fail waited for the log handler")
+	<-logging
+}
+
+// TestNoErrorLogOrStatShowsAPassword: whatever is typed into Addr,
+// Password or Sentinel.Addrs, no password reaches Get's error, the Logger's
+// records or Stats, and the error still names the problem.
+func TestNoErrorLogOrStatShowsAPassword(t *testing.T) {
+	dial := func() (redis.Conn, error) { return nil, errors.New("not dialed") }
+	sentinel := func(addr string) *redispool.Sentinel {
+		return &redispool.Sentinel{Addrs: []string{addr}, MasterName: "m"}
+	}
+	for _, tc := range []struct {
+		name    string
+		pool    *redispool.Pool
+		secrets []string // no part of the password may show
+		want    string   // the error names the problem
+		invalid bool     // the error is ErrInvalidConfig
+	}{
+		{"user info without a scheme", &redispool.Pool{Addr: "alice:Hunter2pw@127.0.0.1:1"},
+			[]string{"Hunter2pw"}, "not a redis:// URL", true},
+		{"password without a scheme", &redispool.Pool{Addr: "Hunter2pw@127.0.0.1:1"},
+			[]string{"Hunter2pw"}, "not a redis:// URL", true},
+		{"scheme without slashes", &redispool.Pool{Addr: "redis:alice:Hunter2pw@127.0.0.1:1"},
+			[]string{"Hunter2pw"}, "not a redis:// URL", true},
+		{"URL with a port that is not a number", &redispool.Pool{Addr: "redis://alice:Hunter2pw@127.0.0.1:port"},
+			[]string{"Hunter2pw"}, "not a valid URL", true},
+		{"URL with a port out of range", &redispool.Pool{Addr: "redis://alice:Hunter2pw@127.0.0.1:99999"},
+			[]string{"Hunter2pw"}, "port", true},
+		{"URL with a bad escape in the password", &redispool.Pool{Addr: "redis://alice:Hunter2%zzTiger3@127.0.0.1:1"},
+			[]string{"Hunter2", "Tiger3"}, "not a valid URL", true},
+		{"URL with a control character in the password", &redispool.Pool{Addr: "redis://alice:Hunter2\nTiger3@127.0.0.1:1"},
+			[]string{"Hunter2", "Tiger3"}, "not a valid URL", true},
+		{"URL with an unbalanced bracket", &redispool.Pool{Addr: "redis://alice:Hunter2pw@[::1"},
+			[]string{"Hunter2pw"}, "not a valid URL", true},
+		// A password of digits cut at / ? or # reads as a port: the URL parses.
+		{"URL with / in the password", &redispool.Pool{Addr: "redis://alice:48213/90577@127.0.0.1:1"},
+			[]string{"48213", "90577"}, "database", true},
+		{"URL with ? in the password", &redispool.Pool{Addr: "redis://alice:48213?90577@127.0.0.1:1"},
+			[]string{"48213", "90577"}, "query", true},
+		{"URL with # in the password", &redispool.Pool{Addr: "redis://alice:48213#90577@127.0.0.1:1"},
+			[]string{"48213", "90577"}, "fragment", true},
+		{"URL with another scheme", &redispool.Pool{Addr: "http://alice:Hunter2pw@127.0.0.1:1"},
+			[]string{"Hunter2pw"}, "scheme", true},
+		{"URL with a path that is not a database", &redispool.Pool{Addr: "redis://alice:Hunter2pw@127.0.0.1:1/x"},
+			[]string{"Hunter2pw"}, "database", true},
+		{"URL with a query", &redispool.Pool{Addr: "redis://alice:Hunter2pw@127.0.0.1:1/0?db=2"},
+			[]string{"Hunter2pw"}, "query", true},
+		{"URL together with Dial", &redispool.Pool{Addr: "redis://:Hunter2pw@127.0.0.1:1", Dial: dial},
+			[]string{"Hunter2pw"}, "Dial", true},
+		{"URL with a password together with Password", &redispool.Pool{Addr: "redis://:Hunter2pw@127.0.0.1:1", Password: "Tiger3"},
+			[]string{"Hunter2pw", "Tiger3"}, "Username or Password", true},
+		{"URL with a database together with DB", &redispool.Pool{Addr: "redis://:Hunter2pw@127.0.0.1:1/2", DB: 3},
+			[]string{"Hunter2pw"}, "DB", true},
+		{"URL of a server that refuses", &redispool.Pool{Addr: "redis://alice:Hunter2pw@127.0.0.1:1"},
+			[]string{"Hunter2pw"}, "refused", false},
+		{"TLS URL of a server that refuses", &redispool.Pool{Addr: "REDISS://:Hunter2pw@127.0.0.1:1/1"},
+			[]string{"Hunter2pw"}, "refused", false},
+		{"sentinel address with a password", &redispool.Pool{Sentinel: sentinel("Hunter2pw@127.0.0.1:1")},
+			[]string{"Hunter2pw"}, "Sentinel.Username", true},
+		{"sentinel address with user info", &redispool.Pool{Sentinel: sentinel("alice:Hunter2pw@127.0.0.1:1")},
+			[]string{"Hunter2pw"}, "Sentinel.Username", true},
+		{"sentinel URL", &redispool.Pool{Sentinel: sentinel("redis://alice:Hunter2pw@127.0.0.1:26379")},
+			[]string{"Hunter2pw"}, "Sentinel.Username", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logs := &lockedBuffer{}
+			p := tc.pool
+			p.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			p.WaitTimeout = -1
+			c := p.Get()
+			getErr := c.Err()
+			_, doErr := c.Do("PING")
+			c.Close()
+			_, ctxErr := p.GetContext(context.Background())
+			stats := fmt.Sprintf("%+v", p.Stats())
+			p.Close()
+
+			require.Error(t, getErr)
+			assert.Contains(t, getErr.Error(), tc.want)
+			assert.Equal(t, tc.invalid, errors.Is(getErr, redispool.ErrInvalidConfig), "ErrInvalidConfig: %v", getErr)
+			if !tc.invalid {
+				assert.Contains(t, logs.String(), "dial failed")
+			}
+			for _, s := range tc.secrets {
+				for what, text := range map[string]string{
+					"Get's error": getErr.Error(), "Do's error": fmt.Sprint(doErr), "GetContext's error": fmt.Sprint(ctxErr),
+					"the log": logs.String(), "Stats": stats,
+				} {
+					assert.NotContains(t, text, s, "%s shows the password", what)
+				}
+			}
+		})
+	}
+}
+
+// ---------------------------------------------------------------------------
+// LeakThreshold.
+
+func TestLeakThresholdReportsAHeldConnWithTheBorrowersStack(t *testing.T) {
+	rec := &recorder{}
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, LeakThreshold: 20 * time.Millisecond, Logger: slog.New(rec)}
+	defer p.Close()
+
+	quick := p.Get()
+	quick.Close() // returned in time: not reported
+
+	held := borrowAndForget(p)
+	require.Eventually(t, func() bool { return len(rec.find("held longer than LeakThreshold")) == 1 }, 5*time.Second, 5*time.Millisecond)
+	got := rec.find("held longer than LeakThreshold")[0]
+	assert.Contains(t, got["borrowed_at"], "redispool_test.borrowAndForget")
+	assert.Contains(t, got["borrowed_at"], "observability_test.go")
+	assert.NotContains(t, got["borrowed_at"], "redispool.(*Pool)", "the pool's own frames are left out")
+	assert.EqualValues(t, 1, p.Stats().LeakCount)
+	time.Sleep(3 * 20 * time.Millisecond) // still held: three thresholds more
+	assert.EqualValues(t, 1, p.Stats().LeakCount, "reported once")
+	assert.Len(t, rec.find("held longer than LeakThreshold"), 1, "reported once")
+	held.Close()
+}
+
+//go:noinline
+func borrowAndForget(p *redispool.Pool) redis.Conn { return p.Get() }
+
+// TestLeakThresholdOffCostsNoTimer: with LeakThreshold zero, a Get sets
+// up no leak watch.
+func TestLeakThresholdOffCostsNoTimer(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial}
+	defer p.Close()
+	c, err := p.GetContext(context.Background())
 	require.NoError(t, err)
+	assert.False(t, redispool.LeakWatched(c), "no leak watch when LeakThreshold is zero")
 	c.Close()
-	assert.Equal(t, 1, p.IdleCount(), "a clean conn given back through the adapter is kept by p")
-	assert.Equal(t, 0, rp.IdleCount(), "and not by the adapter")
+	assert.Zero(t, p.Stats().LeakCount)
+}
 
-	require.NoError(t, p.Close())
-	c = rp.Get()
-	assert.ErrorIs(t, c.Err(), ErrPoolClosed)
-	c.Close()
+// ---------------------------------------------------------------------------
+// Helpers.
+
+// recorder is a slog.Handler that keeps the records it is given. It may
+// be slow, as a handler writing to a slow sink is (delay), or panic, as a
+// buggy handler or one writing to a closed sink does (see panicking).
+type recorder struct {
+	delay    time.Duration // how long each record takes
+	panicOn  string        // see panicking
+	armed    atomic.Bool
+	panicked chan struct{} // closed when it panicked
+
+	mu      sync.Mutex
+	records []map[string]string // "msg" and "level", then the attributes
+}
+
+// panicking returns a recorder that, once armed, panics on the first record
+// whose message holds msg, and closes panicked.
+func panicking(msg string) *recorder {
+	return &recorder{panicOn: msg, panicked: make(chan struct{})}
+}
+
+func (r *recorder) Enabled(context.Context, slog.Level) bool { return true }
+
+func (r *recorder) WithAttrs([]slog.Attr) slog.Handler { return r }
+
+func (r *recorder) WithGroup(string) slog.Handler { return r }
+
+func (r *recorder) Handle(_ context.Context, rec slog.Record) error {
+	time.Sleep(r.delay)
+	m := map[string]string{"msg": rec.Message, "level": rec.Level.String()}
+	rec.Attrs(func(a slog.Attr) bool {
+		m[a.Key] = a.Value.String()
+		return true
+	})
+	r.mu.Lock()
+	r.records = append(r.records, m)
+	r.mu.Unlock()
+	if r.panicOn != "" && strings.Contains(rec.Message, r.panicOn) && r.armed.CompareAndSwap(true, false) {
+		close(r.panicked)
+		panic("log handler panicked")
+	}
+	return nil
+}
+
+// find returns the records whose message holds part.
+func (r *recorder) find(part string) []map[string]string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []map[string]string
+	for _, m := range r.records {
+		if strings.Contains(m["msg"], part) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// count returns how many records have a message that holds part.
+func (r *recorder) count(part string) int { return len(r.find(part)) }
+
+// lockedBuffer is a bytes.Buffer safe for a log handler on the pool's
+// goroutines and a test reading it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -1,9 +1,10 @@
-package redispool
+package redispool_test
 
 // Randomized stress tests of the pool's accounting and concurrency: the
 // permits, the hot slot and the idle channel, the FIFO wait queue and its one
 // timer, Close, Retire and stale handles. Each test is bounded in time and in
 // operations, so that it runs in a few seconds with -race on a small machine.
+// Also the cost of a Get and Close: a benchmark and an allocation guard.
 
 import (
 	"context"
@@ -19,475 +20,11 @@ import (
 	"time"
 
 	"github.com/gomodule/redigo/redis"
+	"github.com/redispool/redispool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 )
-
-var (
-	errStressDial  = errors.New("stress: dial refused")
-	errStressBreak = errors.New("stress: connection broken")
-	errStressClose = errors.New("stress: closed")
-	errStressTOB   = errors.New("stress: health check failed")
-)
-
-// stressTracker counts the conns a stress run dials and closes.
-type stressTracker struct {
-	open, peak     atomic.Int64 // conns dialed and not closed; the most at once
-	dialed, closed atomic.Int64
-	inDial         atomic.Int64 // Dial calls in progress
-	staleTouches   atomic.Int64 // commands a stale handle got through to a conn
-	faults         atomic.Bool  // inject dial errors, dial panics and slow dials
-}
-
-func (tr *stressTracker) Dial() (redis.Conn, error) {
-	tr.inDial.Add(1)
-	defer tr.inDial.Add(-1)
-	if tr.faults.Load() {
-		switch r := rand.IntN(1000); {
-		case r < 2:
-			return nil, errStressDial
-		case r < 4: // slow to fail: the caller may have given up
-			time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
-			return nil, errStressDial
-		case r < 6:
-			panic("stress: dial panicked")
-		case r < 150:
-			time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
-		}
-	}
-	n := tr.open.Add(1)
-	for {
-		peak := tr.peak.Load()
-		if n <= peak || tr.peak.CompareAndSwap(peak, n) {
-			break
-		}
-	}
-	tr.dialed.Add(1)
-	return &stressConn{tr: tr, gone: make(chan struct{})}, nil
-}
-
-// stressConn is a redis.ConnWithTimeout whose commands say what to do:
-// BREAK fails with a network-like error, SLOW blocks until its time passes or
-// the conn is closed, STALE must never arrive (only stale handles send it).
-type stressConn struct {
-	tr      *stressTracker
-	mu      sync.Mutex
-	closed  bool
-	err     error
-	pending int
-	gone    chan struct{} // closed by Close
-	owned   atomic.Bool   // a borrower holds it (see useConn)
-	evmu    sync.Mutex
-	events  []string
-}
-
-func (c *stressConn) ev(format string, args ...any) {
-	c.evmu.Lock()
-	c.events = append(c.events, fmt.Sprintf(format, args...))
-	if len(c.events) > 12 {
-		c.events = c.events[1:]
-	}
-	c.evmu.Unlock()
-}
-
-func (c *stressConn) Close() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.closed {
-		c.closed = true
-		if c.err == nil {
-			c.err = errStressClose
-		}
-		close(c.gone)
-		c.tr.open.Add(-1)
-		c.tr.closed.Add(1)
-	}
-	return nil
-}
-
-func (c *stressConn) Err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err
-}
-
-func (c *stressConn) Do(cmd string, args ...any) (any, error) {
-	return c.DoWithTimeout(0, cmd, args...)
-}
-
-func (c *stressConn) DoWithTimeout(_ time.Duration, cmd string, args ...any) (any, error) {
-	c.mu.Lock()
-	if cmd == "STALE" {
-		c.tr.staleTouches.Add(1)
-	}
-	if c.err != nil {
-		err := c.err
-		c.mu.Unlock()
-		return nil, err
-	}
-	n := c.pending
-	c.pending = 0
-	switch cmd {
-	case "BREAK":
-		c.err = errStressBreak
-		c.mu.Unlock()
-		return nil, errStressBreak
-	case "SLOW":
-		c.mu.Unlock()
-		select {
-		case <-time.After(time.Duration(args[0].(int)) * time.Microsecond):
-			return "OK", nil
-		case <-c.gone:
-			return nil, errStressClose
-		}
-	case "":
-		c.mu.Unlock()
-		return make([]any, n), nil
-	case "WHOAMI":
-		c.mu.Unlock()
-		return c, nil
-	}
-	c.mu.Unlock()
-	return "OK", nil
-}
-
-func (c *stressConn) Send(string, ...any) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.err != nil {
-		return c.err
-	}
-	c.pending++
-	return nil
-}
-
-func (c *stressConn) Flush() error { return c.Err() }
-
-func (c *stressConn) Receive() (any, error) { return c.ReceiveWithTimeout(0) }
-
-func (c *stressConn) ReceiveWithTimeout(time.Duration) (any, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.err != nil {
-		return nil, c.err
-	}
-	if c.pending > 0 {
-		c.pending--
-	}
-	return "OK", nil
-}
-
-func closeAll(conns []redis.Conn) {
-	for _, c := range conns {
-		c.Close()
-	}
-}
-
-// waitGroupWithin waits for wg, and fails the test with every goroutine's
-// stack when it takes longer than d: a hang means a lost wake-up or a full
-// permits channel.
-func waitGroupWithin(t *testing.T, wg *sync.WaitGroup, d time.Duration, what string) {
-	t.Helper()
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(d):
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		t.Fatalf("%s did not finish within %v:\n%s", what, d, buf)
-	}
-}
-
-// stressCtx returns a random context for a Get: none, cancelled at a random
-// moment, with a short deadline, already cancelled, or one whose Err is set
-// without Done closing (the order in which a grant and a cancellation race).
-// mustFail is set when the context ended before the Get began.
-func stressCtx() (ctx context.Context, cancel func(), mustFail bool) {
-	switch r := rand.IntN(100); {
-	case r < 40:
-		return context.Background(), func() {}, false
-	case r < 60:
-		ctx, cancel := context.WithCancel(context.Background())
-		tm := time.AfterFunc(time.Duration(rand.IntN(3000))*time.Microsecond, cancel)
-		return ctx, func() { tm.Stop(); cancel() }, false
-	case r < 80:
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rand.IntN(5000))*time.Microsecond)
-		return ctx, cancel, false
-	case r < 85:
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		return ctx, cancel, true
-	default:
-		lc := NewLateContext()
-		tm := time.AfterFunc(time.Duration(rand.IntN(3000))*time.Microsecond, func() { lc.End(context.Canceled) })
-		return lc, func() { tm.Stop() }, false
-	}
-}
-
-// expectedGetError reports whether err is one a Get may fail with in a
-// stress run before the pool is closed.
-func expectedGetError(err error) bool {
-	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, ErrPoolExhausted) || errors.Is(err, ErrDialBackoff) ||
-		errors.Is(err, errStressDial)
-}
-
-// getRecovering is GetContext that turns a panic (from Dial or TestOnBorrow)
-// into a flag.
-func getRecovering(p *Pool, ctx context.Context) (c redis.Conn, err error, panicked bool) {
-	defer func() {
-		if r := recover(); r != nil {
-			c, err, panicked = nil, nil, true
-		}
-	}()
-	c, err = p.GetContext(ctx)
-	return c, err, false
-}
-
-// useConn does random things with a borrowed conn, then closes it, and
-// sometimes uses it again after Close, which must fail without reaching the
-// conn (by then lent to someone else).
-func useConn(t *testing.T, c redis.Conn) {
-	// One borrower at a time: a conn handed out twice would show here.
-	r, err := c.Do("WHOAMI")
-	if errors.Is(err, ErrConnRetired) || !assert.NoError(t, err) {
-		c.Close() // retired by a Retire running meanwhile
-		return
-	}
-	sc := r.(*stressConn)
-	if !sc.owned.CompareAndSwap(false, true) {
-		sc.evmu.Lock()
-		t.Errorf("a conn was handed to two borrowers at once: %p %q", c, sc.events)
-		sc.evmu.Unlock()
-	}
-	sc.ev("got %p", c)
-	switch r := rand.IntN(100); {
-	case r < 30:
-		if _, err := c.Do("GET", "k"); !errors.Is(err, ErrConnRetired) {
-			assert.NoError(t, err)
-		}
-	case r < 36:
-		sc.ev("break")
-		c.Do("BREAK")
-	case r < 42:
-		c.Do("SUBSCRIBE", "ch")
-	case r < 52:
-		for range 1 + rand.IntN(2) {
-			c.Send("GET", "k")
-		}
-	case r < 57:
-		c.Do("MULTI")
-		c.Do("SET", "k", "v")
-	case r < 64:
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rand.IntN(1000))*time.Microsecond)
-		_, err := redis.DoContext(c, ctx, "SLOW", rand.IntN(1500))
-		sc.ev("slow %v", err)
-		cancel()
-	case r < 71:
-		time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
-	case r < 74: // long enough for waiters to reach WaitTimeout
-		time.Sleep(time.Duration(5000+rand.IntN(20000)) * time.Microsecond)
-	}
-	sc.ev("closing %p", c)
-	closeConn := func() {
-		// A conn retired meanwhile drops the commands left pending, and says so.
-		if err := c.Close(); !errors.Is(err, ErrConnRetired) {
-			assert.NoError(t, err)
-		}
-	}
-	switch rand.IntN(16) {
-	case 0:
-		sc.owned.Store(false)
-		var wg sync.WaitGroup
-		for range 2 {
-			wg.Add(1)
-			go func() { defer wg.Done(); closeConn() }()
-		}
-		wg.Wait()
-	default:
-		sc.owned.Store(false)
-		closeConn()
-	}
-	if rand.IntN(3) == 0 {
-		_, err := c.Do("STALE")
-		assert.Equal(t, ErrConnClosed, err, "a closed conn must fail")
-		assert.Equal(t, ErrConnClosed, c.Err())
-		assert.Equal(t, ErrConnClosed, c.Send("STALE"))
-		assert.NoError(t, c.Close())
-	}
-}
-
-type stressConfig struct {
-	maxActive, maxIdle, maxDials, workers int
-	waitTimeout                           time.Duration
-	healthCheck                           bool
-	leakThreshold                         time.Duration
-}
-
-// runStress runs a randomized workload against a pool and checks the pool's
-// invariants during and after it.
-func runStress(t *testing.T, cfg stressConfig, dur time.Duration, maxOps int) {
-	tr := &stressTracker{}
-	tr.faults.Store(true)
-	var tobFaults atomic.Bool
-	tobFaults.Store(cfg.healthCheck)
-	p := &Pool{
-		Dial:               tr.Dial,
-		MaxActive:          cfg.maxActive,
-		MaxIdle:            cfg.maxIdle,
-		MaxConcurrentDials: cfg.maxDials,
-		WaitTimeout:        cfg.waitTimeout,
-		LeakThreshold:      cfg.leakThreshold,
-		Logger:             slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}
-	if cfg.healthCheck {
-		p.TestOnBorrow = func(redis.Conn, time.Time) error {
-			if !tobFaults.Load() {
-				return nil
-			}
-			switch r := rand.IntN(400); {
-			case r < 6:
-				return errStressTOB
-			case r < 7:
-				panic("stress: TestOnBorrow panicked")
-			}
-			return nil
-		}
-	}
-	defer p.Close()
-
-	var stop atomic.Bool
-	var ops, gets, fails, panics atomic.Int64
-	var errMu sync.Mutex
-	errKinds := map[string]int{}
-	var wg sync.WaitGroup
-	deadline := time.Now().Add(dur)
-
-	// Sampler: the bounds hold at every moment.
-	var samplerWG sync.WaitGroup
-	samplerWG.Add(1)
-	go func() {
-		defer samplerWG.Done()
-		for !stop.Load() {
-			if n := p.ActiveCount(); n > cfg.maxActive {
-				t.Errorf("ActiveCount %d > MaxActive %d", n, cfg.maxActive)
-			}
-			if n := p.IdleCount(); n > cfg.maxIdle {
-				t.Errorf("IdleCount %d > MaxIdle %d", n, cfg.maxIdle)
-			}
-			if n := tr.open.Load(); n > int64(cfg.maxActive) {
-				t.Errorf("%d conns open > MaxActive %d", n, cfg.maxActive)
-			}
-			time.Sleep(50 * time.Microsecond)
-		}
-	}()
-	// Retire now and then.
-	samplerWG.Add(1)
-	go func() {
-		defer samplerWG.Done()
-		for !stop.Load() {
-			time.Sleep(time.Duration(500+rand.IntN(3000)) * time.Microsecond)
-			p.Retire()
-		}
-	}()
-
-	for range cfg.workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for time.Now().Before(deadline) && ops.Add(1) <= int64(maxOps) {
-				ctx, cancel, mustFail := stressCtx()
-				c, err, panicked := getRecovering(p, ctx)
-				gets.Add(1)
-				switch {
-				case panicked:
-					panics.Add(1)
-				case err != nil:
-					fails.Add(1)
-					k := err.Error()
-					if len(k) > 40 {
-						k = k[:40]
-					}
-					errMu.Lock()
-					errKinds[k]++
-					errMu.Unlock()
-					if errors.Is(err, ErrDialBackoff) {
-						time.Sleep(time.Millisecond) // do not spin on fast failures
-					}
-					if !expectedGetError(err) {
-						t.Errorf("unexpected Get error: %v", err)
-					}
-					if c == nil {
-						t.Error("GetContext returned a nil conn with its error")
-					}
-				case mustFail:
-					t.Error("a Get whose context had ended got a conn")
-					c.Close()
-				default:
-					useConn(t, c)
-				}
-				cancel()
-			}
-		}()
-	}
-	waitGroupWithin(t, &wg, dur+20*time.Second, "the workers")
-	stop.Store(true)
-	samplerWG.Wait()
-
-	// Quiescence: dials given up on finish and hand their conn to the pool.
-	tr.faults.Store(false)
-	tobFaults.Store(false)
-	require.Eventually(t, func() bool {
-		return tr.inDial.Load() == 0 && p.ActiveCount() == p.IdleCount() && int64(p.ActiveCount()) == tr.open.Load()
-	}, 10*time.Second, time.Millisecond, "at rest every conn open is idle: active %d idle %d open %d",
-		p.ActiveCount(), p.IdleCount(), tr.open.Load())
-
-	checkAtRest(t, p, 0)
-
-	s := p.Stats()
-	t.Logf("%+v: %d gets (%d failed, %d panicked), %d dials, %d waits, %d wait timeouts, discards %+v",
-		cfg, gets.Load(), fails.Load(), panics.Load(), s.DialCount, s.WaitCount, s.WaitTimeoutCount, s.Discards)
-	t.Logf("errors: %v", errKinds)
-	assert.LessOrEqual(t, tr.peak.Load(), int64(cfg.maxActive), "more than MaxActive conns open at once")
-	assert.Zero(t, tr.staleTouches.Load(), "a stale handle reached a conn")
-	assert.Equal(t, tr.dialed.Load(), s.DialCount-s.DialErrorCount, "dials that made a conn")
-	assert.Equal(t, tr.closed.Load(), s.Discards.Total(), "every conn closed was discarded once")
-	assert.Equal(t, tr.dialed.Load(), tr.closed.Load()+int64(s.ActiveCount))
-	assert.LessOrEqual(t, s.IdleCount, cfg.maxIdle)
-
-	// No permit or conn was lost: MaxActive conns at once, at once. Dials may
-	// be backing off after the injected failures.
-	held := make([]redis.Conn, 0, cfg.maxActive)
-	for len(held) < cfg.maxActive {
-		c, err := p.GetContext(context.Background())
-		if errors.Is(err, ErrDialBackoff) {
-			time.Sleep(5 * time.Millisecond)
-			continue
-		}
-		require.NoError(t, err, "Get #%d of MaxActive %d after the run: a permit or conn was lost", len(held)+1, cfg.maxActive)
-		held = append(held, c)
-	}
-	// ... and no more: no permit was made up either.
-	_, err := p.GetContext(context.Background())
-	assert.ErrorIs(t, err, ErrPoolExhausted, "more than MaxActive conns handed out")
-	assert.Equal(t, cfg.maxActive, p.ActiveCount())
-	assert.Equal(t, 0, p.IdleCount())
-	before := p.Stats().Discards.MaxIdle
-	closeAll(held)
-	// MaxIdle exactly: the rest are closed.
-	assert.Equal(t, cfg.maxIdle, p.IdleCount(), "idle conns after giving back MaxActive")
-	assert.EqualValues(t, cfg.maxActive-cfg.maxIdle, p.Stats().Discards.MaxIdle-before)
-	checkAtRest(t, p, 0)
-
-	require.NoError(t, p.Close())
-	assert.Equal(t, 0, p.ActiveCount())
-	assert.Equal(t, 0, p.IdleCount())
-	assert.Zero(t, tr.open.Load(), "conns left open after Close")
-	_, err = p.GetContext(context.Background())
-	assert.Equal(t, ErrPoolClosed, err)
-}
 
 // TestStressMixedWorkload: many callers Get with random contexts
 // (cancelled at random moments, deadlines, already ended, or ended without
@@ -513,39 +50,6 @@ func TestStressMixedWorkload(t *testing.T) {
 	}
 }
 
-// checkAtRest checks the pool's internal accounting when no Get is in
-// progress and held conns are checked out: every permit is in its channel,
-// in an idle conn or in a held conn; nobody waits; every dial slot is back.
-func checkAtRest(t *testing.T, p *Pool, held int) {
-	t.Helper()
-	assert.Zero(t, p.q.n.Load(), "waiters counted at rest")
-	p.q.mu.Lock()
-	head := p.q.list.head
-	p.q.mu.Unlock()
-	assert.Nil(t, head, "a waiter left in the queue")
-	assert.Equal(t, p.cfg.maxActive, len(p.permits)+p.idleLen()+held,
-		"permits %d + idle %d + held %d != MaxActive", len(p.permits), p.idleLen(), held)
-	assert.Equal(t, p.idleLen()+held, p.ActiveCount(), "ActiveCount at rest")
-	assert.Equal(t, p.cfg.maxDials, len(p.slots), "dial slots lost")
-	p.backoff.mu.Lock()
-	probing := p.backoff.probing
-	p.backoff.mu.Unlock()
-	assert.False(t, probing, "a probe left set")
-}
-
-// startQueued starts a Get on ctx and returns once it is queued (counted in
-// WaitCount). got receives the Get's outcome; on success the conn is passed
-// to use, which must close it.
-func startQueued(t *testing.T, p *Pool, ctx context.Context, got func(c redis.Conn, err error)) {
-	t.Helper()
-	before := p.stats.waits.Load()
-	go func() {
-		c, err := p.GetContext(ctx)
-		got(c, err)
-	}()
-	require.Eventually(t, func() bool { return p.stats.waits.Load() == before+1 }, 5*time.Second, 50*time.Microsecond)
-}
-
 // TestStressFIFOUnderCancellation: waiters queue in a known order on a
 // pool of one conn; a random subset leave (context cancelled, or ended
 // without Done closing) at random moments while the conn goes round. Those
@@ -555,12 +59,12 @@ func startQueued(t *testing.T, p *Pool, ctx context.Context, got func(c redis.Co
 func TestStressFIFOUnderCancellation(t *testing.T) {
 	deadline := time.Now().Add(3 * time.Second)
 	for round := 0; round < 100 && time.Now().Before(deadline); round++ {
-		tr := &stressTracker{}
+		d := &fakeDialer{}
 		var tobFail atomic.Bool
-		p := &Pool{Dial: tr.Dial, MaxActive: 1, WaitTimeout: 10 * time.Second,
+		p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 10 * time.Second,
 			TestOnBorrow: func(redis.Conn, time.Time) error {
 				if tobFail.Load() && rand.IntN(4) == 0 {
-					return errStressTOB
+					return errUnhealthy
 				}
 				return nil
 			}}
@@ -584,26 +88,28 @@ func TestStressFIFOUnderCancellation(t *testing.T) {
 				c, cancel := context.WithCancel(context.Background())
 				ctx, leave[i] = c, cancel
 			case 1:
-				lc := NewLateContext()
+				lc := redispool.NewLateContext()
 				ctx, leave[i] = lc, func() { lc.End(context.Canceled) }
 			default:
 				ctx = context.Background()
 			}
-			startQueued(t, p, ctx, func(c redis.Conn, err error) {
-				if err == nil {
+			waiter := queueGet(t, p, ctx)
+			go func() {
+				r := <-waiter
+				if r.err == nil {
 					servedMu.Lock()
 					served = append(served, i) // before Close hands the conn on
 					servedMu.Unlock()
 					switch rand.IntN(4) {
 					case 0:
-						c.Do("BREAK") // the next in line gets a permit
+						r.c.Do("BREAK") // the next in line gets a permit
 					case 1:
 						time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond)
 					}
-					c.Close()
+					r.c.Close()
 				}
-				results <- outcome{i, err}
-			})
+				results <- outcome{i, r.err}
+			}()
 		}
 		var leavers sync.WaitGroup
 		leavers.Add(1)
@@ -646,7 +152,7 @@ func TestStressFIFOUnderCancellation(t *testing.T) {
 		servedMu.Unlock()
 		checkAtRest(t, p, 0)
 		require.NoError(t, p.Close())
-		assert.Zero(t, tr.open.Load(), "round %d: conns left open", round)
+		assert.Zero(t, d.open.Load(), "round %d: conns left open", round)
 	}
 }
 
@@ -661,8 +167,8 @@ func TestStressWaitTimeoutBound(t *testing.T) {
 		slack = 250 * time.Millisecond // scheduling on a loaded machine, with -race
 		n     = 60
 	)
-	tr := &stressTracker{}
-	p := &Pool{Dial: tr.Dial, MaxActive: 2, WaitTimeout: wait}
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 2, WaitTimeout: wait}
 	defer p.Close()
 	steady, err := p.GetContext(context.Background())
 	require.NoError(t, err)
@@ -684,7 +190,7 @@ func TestStressWaitTimeoutBound(t *testing.T) {
 					rover = c
 					break
 				}
-				if errors.Is(err, ErrPoolExhausted) {
+				if errors.Is(err, redispool.ErrPoolExhausted) {
 					roverExhausted.Add(1)
 				}
 			}
@@ -713,7 +219,7 @@ func TestStressWaitTimeoutBound(t *testing.T) {
 				ctx = c
 			case 1:
 				r.leave, r.late = time.Duration(rand.IntN(int(wait))), true
-				lc := NewLateContext()
+				lc := redispool.NewLateContext()
 				tm := time.AfterFunc(r.leave, func() { lc.End(context.DeadlineExceeded) })
 				defer tm.Stop()
 				ctx = lc
@@ -737,7 +243,7 @@ func TestStressWaitTimeoutBound(t *testing.T) {
 		switch {
 		case r.err == nil:
 			assert.Less(t, r.elapsed, wait+slack, "served after WaitTimeout")
-		case errors.Is(r.err, ErrPoolExhausted):
+		case errors.Is(r.err, redispool.ErrPoolExhausted):
 			exhausted++
 			assert.GreaterOrEqual(t, r.elapsed, wait, "gave up before WaitTimeout")
 			assert.Less(t, r.elapsed, wait+slack, "gave up long after WaitTimeout")
@@ -777,24 +283,24 @@ func TestStressCloseWakesEveryoneAndLeavesNothingOpen(t *testing.T) {
 	deadline := time.Now().Add(3 * time.Second)
 	rounds := 0
 	for ; rounds < 1500 && time.Now().Before(deadline); rounds++ {
-		tr := &stressTracker{}
-		tr.faults.Store(rand.IntN(2) == 0) // slow dials, failures, panics
+		d := &fakeDialer{}
+		d.faults.Store(rand.IntN(2) == 0) // slow dials, failures, panics
 		maxActive := 1 + rand.IntN(3)
-		p := &Pool{Dial: tr.Dial, MaxActive: maxActive, WaitTimeout: 5 * time.Second}
+		p := &redispool.Pool{Dial: d.Dial, MaxActive: maxActive, WaitTimeout: 5 * time.Second}
 		var wg sync.WaitGroup
 		get := func(ctx context.Context) {
 			defer wg.Done()
-			c, err, panicked := getRecovering(p, ctx)
-			switch {
-			case panicked:
+			r := tryGet(p, ctx)
+			switch err := r.err; {
+			case r.panicked != nil:
 			case err == nil:
 				time.Sleep(time.Duration(rand.IntN(1000)) * time.Microsecond)
 				if rand.IntN(3) == 0 {
-					c.Do("BREAK")
+					r.c.Do("BREAK")
 				}
-				c.Close()
-			case err == ErrPoolClosed, errors.Is(err, context.Canceled),
-				errors.Is(err, ErrDialBackoff), errors.Is(err, errStressDial):
+				r.c.Close()
+			case err == redispool.ErrPoolClosed, errors.Is(err, context.Canceled),
+				errors.Is(err, redispool.ErrDialBackoff), errors.Is(err, errRefused):
 			default:
 				t.Errorf("unexpected Get error %v", err)
 			}
@@ -812,16 +318,16 @@ func TestStressCloseWakesEveryoneAndLeavesNothingOpen(t *testing.T) {
 		time.Sleep(time.Duration(rand.IntN(1500)) * time.Microsecond)
 		require.NoError(t, p.Close())
 		_, err := p.GetContext(context.Background())
-		assert.Equal(t, ErrPoolClosed, err, "a Get after Close")
+		assert.Equal(t, redispool.ErrPoolClosed, err, "a Get after Close")
 		waitGroupWithin(t, &wg, 10*time.Second, "the callers after Close")
 		require.Eventually(t, func() bool {
-			return tr.inDial.Load() == 0 && tr.open.Load() == 0 && p.ActiveCount() == 0
+			return d.inDial.Load() == 0 && d.open.Load() == 0 && p.ActiveCount() == 0
 		}, 10*time.Second, time.Millisecond, "round %d: open %d active %d in dial %d",
-			rounds, tr.open.Load(), p.ActiveCount(), tr.inDial.Load())
+			rounds, d.open.Load(), p.ActiveCount(), d.inDial.Load())
 		assert.Equal(t, 0, p.IdleCount())
-		assert.Zero(t, p.q.n.Load())
-		assert.LessOrEqual(t, tr.peak.Load(), int64(maxActive))
-		assert.Equal(t, tr.dialed.Load(), p.Stats().Discards.Total(), "every conn dialed was discarded once")
+		assert.Zero(t, p.Accounting().Waiters)
+		assert.LessOrEqual(t, d.peak.Load(), int64(maxActive))
+		assert.Equal(t, d.made.Load(), p.Stats().Discards.Total(), "every conn dialed was discarded once")
 		if t.Failed() {
 			t.Fatalf("round %d failed", rounds)
 		}
@@ -836,8 +342,8 @@ func TestStressCloseWakesEveryoneAndLeavesNothingOpen(t *testing.T) {
 // changes its state: the next borrower's conn stays clean and is reused,
 // never discarded or handed out twice.
 func TestStressStaleHandlesNeverTouchTheNextOwner(t *testing.T) {
-	tr := &stressTracker{}
-	p := &Pool{Dial: tr.Dial, MaxActive: 1, WaitTimeout: 5 * time.Second}
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 5 * time.Second}
 	defer p.Close()
 	deadline := time.Now().Add(2 * time.Second)
 	rounds := 0
@@ -877,11 +383,11 @@ func TestStressStaleHandlesNeverTouchTheNextOwner(t *testing.T) {
 					case 8:
 						err = old.Err()
 					}
-					if err != ErrConnClosed {
+					if err != redispool.ErrConnClosed {
 						t.Errorf("stale call %d returned %v, not ErrConnClosed", k, err)
 					}
 					_, err = old.Do("SUBSCRIBE", "ch") // would taint the next owner's conn
-					if err != ErrConnClosed {
+					if err != redispool.ErrConnClosed {
 						t.Errorf("stale SUBSCRIBE returned %v", err)
 					}
 					assert.NoError(t, old.Close()) // would give the next owner's conn back
@@ -907,9 +413,9 @@ func TestStressStaleHandlesNeverTouchTheNextOwner(t *testing.T) {
 	require.NoError(t, c.Close())
 	s := p.Stats()
 	t.Logf("%d rounds", rounds)
-	assert.Zero(t, tr.staleTouches.Load(), "a stale handle reached the conn")
+	assert.Zero(t, d.staleTouches.Load(), "a stale handle reached the conn")
 	assert.Zero(t, s.Discards.Total(), "a stale handle changed the next owner's conn: %+v", s.Discards)
-	assert.EqualValues(t, 1, tr.dialed.Load())
+	assert.EqualValues(t, 1, d.made.Load())
 	assert.Equal(t, 1, p.IdleCount())
 	checkAtRest(t, p, 0)
 }
@@ -925,19 +431,19 @@ func TestStressGiveBackAsACallerQueues(t *testing.T) {
 		name               string
 		maxActive, maxIdle int
 		getters            int
-		giveBack           func(p *Pool, c redis.Conn)
+		giveBack           func(p *redispool.Pool, c redis.Conn)
 	}
-	clean := func(_ *Pool, c redis.Conn) { c.Close() }
+	clean := func(_ *redispool.Pool, c redis.Conn) { c.Close() }
 	variants := []variant{
 		{"clean_to_hot", 1, 1, 1, clean},
 		{"clean_to_hot_and_idle", 2, 2, 2, clean},
-		{"broken_permit_back", 1, 1, 1, func(_ *Pool, c redis.Conn) { c.Do("BREAK"); c.Close() }},
-		{"retired_permit_back", 2, 2, 2, func(p *Pool, c redis.Conn) { p.Retire(); c.Close() }},
+		{"broken_permit_back", 1, 1, 1, func(_ *redispool.Pool, c redis.Conn) { c.Do("BREAK"); c.Close() }},
+		{"retired_permit_back", 2, 2, 2, func(p *redispool.Pool, c redis.Conn) { p.Retire(); c.Close() }},
 	}
 	for _, v := range variants {
 		t.Run(v.name, func(t *testing.T) {
-			tr := &stressTracker{}
-			p := &Pool{Dial: tr.Dial, MaxActive: v.maxActive, MaxIdle: v.maxIdle, WaitTimeout: 2 * time.Second}
+			d := &fakeDialer{}
+			p := &redispool.Pool{Dial: d.Dial, MaxActive: v.maxActive, MaxIdle: v.maxIdle, WaitTimeout: 2 * time.Second}
 			defer p.Close()
 			deadline := time.Now().Add(1500 * time.Millisecond)
 			rounds := 0
@@ -997,8 +503,8 @@ func TestStressGiveBackRaceOversubscribed(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tr := &stressTracker{}
-			p := &Pool{Dial: tr.Dial, MaxActive: 1, WaitTimeout: time.Second}
+			d := &fakeDialer{}
+			p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: time.Second}
 			defer p.Close()
 			for time.Now().Before(deadline) {
 				held, err := p.GetContext(context.Background())
@@ -1035,148 +541,6 @@ func TestStressGiveBackRaceOversubscribed(t *testing.T) {
 	t.Logf("%d rounds, %d misses", rounds.Load(), misses.Load())
 }
 
-// A conn whose dial finishes as the caller's context ends goes to the pool,
-// not to the caller, as one handed to a waiter does (granted in wait.go).
-func TestADialThatFinishesAsTheContextEndsGoesBack(t *testing.T) {
-	tr := &stressTracker{}
-	ctx := NewLateContext()
-	errEnded := errors.New("caller gave up")
-	p := &Pool{MaxActive: 1, WaitTimeout: time.Second, DialContext: func(context.Context) (redis.Conn, error) {
-		ctx.End(errEnded) // the caller gives up as the dial finishes
-		return tr.Dial()
-	}}
-	defer p.Close()
-	c, err := p.GetContext(ctx)
-	if err == nil {
-		c.Close()
-	}
-	assert.Equal(t, errEnded, err, "a caller whose context ended got a conn")
-	assert.Equal(t, 1, p.IdleCount(), "the dialed conn serves the next caller")
-	assert.Equal(t, 1, p.ActiveCount())
-}
-
-// No dial begins once Close has returned: a waiter granted a conn it may
-// not reuse, as Close runs, gets ErrPoolClosed instead of dialing a conn
-// that the closed pool then closes.
-func TestNoDialBeginsAfterClose(t *testing.T) {
-	tr := &stressTracker{}
-	var closed atomic.Bool
-	var dialsAfterClose atomic.Int64
-	var p *Pool
-	p = &Pool{MaxActive: 1, WaitTimeout: 5 * time.Second,
-		Dial: func() (redis.Conn, error) {
-			if closed.Load() {
-				dialsAfterClose.Add(1)
-			}
-			return tr.Dial()
-		},
-		TestOnBorrow: func(redis.Conn, time.Time) error {
-			// The pool closes as the waiter's turn comes.
-			p.Close()
-			closed.Store(true)
-			return errStressTOB
-		},
-	}
-	held, err := p.GetContext(context.Background()) // dialed: no health check
-	require.NoError(t, err)
-	done := make(chan error, 1)
-	startQueued(t, p, context.Background(), func(c redis.Conn, err error) {
-		if err == nil {
-			c.Close()
-		}
-		done <- err
-	})
-	held.Close() // to the waiter, whose health check closes the pool
-	assert.Equal(t, ErrPoolClosed, <-done)
-	require.Eventually(t, func() bool { return tr.inDial.Load() == 0 && p.ActiveCount() == 0 }, 5*time.Second, time.Millisecond)
-	assert.Zero(t, dialsAfterClose.Load(), "dials begun after Close returned")
-	assert.Zero(t, tr.open.Load())
-}
-
-// TestNoDialBeginsAfterCloseForADialSlotWaiter: a caller waiting for a
-// dial slot that is handed one as the pool closes must not dial. On one P,
-// the caller handed the slot runs only once this goroutine blocks, after
-// Close has returned.
-func TestNoDialBeginsAfterCloseForADialSlotWaiter(t *testing.T) {
-	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	tr := &stressTracker{}
-	var closed atomic.Bool
-	var dialsAfterClose atomic.Int64
-	p := &Pool{MaxActive: 2, MaxConcurrentDials: 1, WaitTimeout: 5 * time.Second,
-		Dial: func() (redis.Conn, error) {
-			if closed.Load() {
-				dialsAfterClose.Add(1)
-			}
-			return tr.Dial()
-		}}
-	require.NoError(t, p.init())
-	<-p.slots // the one dial slot, as a dial in progress holds it
-	result := make(chan error, 1)
-	go func() {
-		c, err := p.GetContext(context.Background())
-		if err == nil {
-			c.Close()
-		}
-		result <- err
-	}()
-	require.Eventually(t, func() bool { return p.stats.waits.Load() == 1 }, 5*time.Second, time.Millisecond,
-		"the Get queues for the slot")
-	p.releaseSlot() // the dial ends: its slot goes to the waiter
-	p.Close()
-	closed.Store(true)
-	assert.Equal(t, ErrPoolClosed, <-result)
-	require.Eventually(t, func() bool { return tr.inDial.Load() == 0 && p.ActiveCount() == 0 }, 5*time.Second, time.Millisecond)
-	assert.Zero(t, dialsAfterClose.Load(), "dials begun after Close returned")
-	assert.Zero(t, tr.open.Load())
-}
-
-// TestWaitsForAConnAndADialSlotShareWaitTimeout: a Get that queues
-// for a conn, is granted a permit near the end of its WaitTimeout and then
-// finds every dial slot taken (by a hung dial given up on) gives up at its
-// WaitTimeout, not a WaitTimeout later: a Get's waits share WaitTimeout
-// (TestWaitTimeoutBoundsAGetAsAWhole covers the wait for a Dial, this one
-// the wait for a dial slot).
-func TestWaitsForAConnAndADialSlotShareWaitTimeout(t *testing.T) {
-	const wait = 2 * time.Second
-	release := make(chan struct{})
-	tr := &stressTracker{}
-	var dials atomic.Int64
-	p := &Pool{MaxActive: 2, MaxConcurrentDials: 1, WaitTimeout: wait, Dial: func() (redis.Conn, error) {
-		if dials.Add(1) >= 2 {
-			<-release // every dial but the first hangs
-		}
-		return tr.Dial()
-	}}
-	defer func() {
-		close(release)
-		require.Eventually(t, func() bool { return tr.inDial.Load() == 0 }, 5*time.Second, time.Millisecond)
-		p.Close()
-	}()
-	held, err := p.GetContext(context.Background())
-	require.NoError(t, err)
-	// A Get whose dial hangs gives up; the dial keeps the slot and a permit.
-	_, err = p.GetContext(context.Background())
-	require.ErrorIs(t, err, ErrPoolExhausted)
-
-	// Halfway through the Get's WaitTimeout, once it queued, the conn
-	// breaks and its permit comes back, but no dial slot: the Get still
-	// gives up at WaitTimeout, not later.
-	queued := p.stats.waits.Load() + 1
-	go func() {
-		for end := time.Now().Add(5 * time.Second); p.stats.waits.Load() < queued && time.Now().Before(end); {
-			time.Sleep(time.Millisecond)
-		}
-		time.Sleep(wait / 2)
-		held.Do("BREAK")
-		held.Close()
-	}()
-	start := time.Now()
-	_, err = p.GetContext(context.Background())
-	elapsed := time.Since(start)
-	assert.ErrorIs(t, err, ErrPoolExhausted)
-	assert.Less(t, elapsed, wait+wait/4, "Get returned after %v with WaitTimeout %v", elapsed, wait)
-}
-
 // TestStressAbandonedDialsGiveTheirPermitBack: callers give up on
 // slow dials (short contexts, ended contexts, WaitTimeout) that then
 // succeed, fail or panic; each such dial hands its conn to the pool or its
@@ -1185,20 +549,20 @@ func TestStressAbandonedDialsGiveTheirPermitBack(t *testing.T) {
 	// A clock that leaps on every read: no dial backoff holds callers back.
 	var leaps atomic.Int64
 	base := time.Now()
-	defer SetNowFunc(func() time.Time { return base.Add(time.Duration(leaps.Add(1)) * BackoffCap) })()
+	defer redispool.SetNowFunc(func() time.Time { return base.Add(time.Duration(leaps.Add(1)) * redispool.BackoffCap) })()
 	var inDial atomic.Int64
-	tr := &stressTracker{}
-	p := &Pool{MaxActive: 3, MaxConcurrentDials: 2, WaitTimeout: 3 * time.Millisecond, Dial: func() (redis.Conn, error) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{MaxActive: 3, MaxConcurrentDials: 2, WaitTimeout: 3 * time.Millisecond, Dial: func() (redis.Conn, error) {
 		inDial.Add(1)
 		defer inDial.Add(-1)
 		time.Sleep(time.Duration(rand.IntN(4000)) * time.Microsecond)
 		switch rand.IntN(4) {
 		case 0:
-			return nil, errStressDial
+			return nil, errRefused
 		case 1:
 			panic("stress: dial panicked")
 		}
-		return tr.Dial()
+		return d.Dial()
 	}}
 	defer p.Close()
 	deadline := time.Now().Add(1500 * time.Millisecond)
@@ -1209,14 +573,14 @@ func TestStressAbandonedDialsGiveTheirPermitBack(t *testing.T) {
 			defer wg.Done()
 			for time.Now().Before(deadline) {
 				ctx, cancel, _ := stressCtx()
-				c, err, _ := getRecovering(p, ctx)
+				r := tryGet(p, ctx)
 				cancel()
-				if err == nil && c != nil {
+				if r.err == nil && r.c != nil {
 					if rand.IntN(2) == 0 {
-						c.Do("BREAK") // closed: its permit goes back, the next Get dials
+						r.c.Do("BREAK") // closed: its permit goes back, the next Get dials
 					}
-					c.Close()
-				} else if errors.Is(err, ErrDialBackoff) {
+					r.c.Close()
+				} else if errors.Is(r.err, redispool.ErrDialBackoff) {
 					time.Sleep(time.Millisecond)
 				}
 			}
@@ -1230,3 +594,350 @@ func TestStressAbandonedDialsGiveTheirPermitBack(t *testing.T) {
 	t.Logf("%d dials, %d failed, %d wait timeouts", s.DialCount, s.DialErrorCount, s.WaitTimeoutCount)
 	checkAtRest(t, p, 0)
 }
+
+// ---------------------------------------------------------------------------
+// The cost of a Get and Close.
+
+func TestGetClosePathAllocatesAtMostOnce(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial}
+	defer p.Close()
+	p.Get().Close()
+	ctx := context.Background()
+	n := testing.AllocsPerRun(1000, func() {
+		c, _ := p.GetContext(ctx)
+		c.Close()
+	})
+	assert.LessOrEqual(t, n, 1.0, "allocations per Get+Close")
+}
+
+// BenchmarkPoolGetClose measures the pool's own overhead: Get and Close of a
+// fake connection, for redispool and for redigo's bounded redis.Pool.
+func BenchmarkPoolGetClose(b *testing.B) {
+	shapes := []struct{ size, clients int }{{1, 1}, {8, 32}, {64, 256}}
+	for _, s := range shapes {
+		b.Run(fmt.Sprintf("redispool/size=%d/clients=%d", s.size, s.clients), func(b *testing.B) {
+			p := &redispool.Pool{Dial: dialNop, MaxActive: s.size}
+			defer p.Close()
+			benchGetClose(b, s.clients, func() redis.Conn { c, _ := p.GetContext(context.Background()); return c })
+		})
+		b.Run(fmt.Sprintf("redigo/size=%d/clients=%d", s.size, s.clients), func(b *testing.B) {
+			p := &redis.Pool{Dial: dialNop, MaxActive: s.size, MaxIdle: s.size, Wait: true}
+			defer p.Close()
+			benchGetClose(b, s.clients, p.Get)
+		})
+	}
+}
+
+func benchGetClose(b *testing.B, clients int, get func() redis.Conn) {
+	b.ReportAllocs()
+	if clients == 1 {
+		for b.Loop() {
+			get().Close()
+		}
+		return
+	}
+	b.SetParallelism((clients + 1) / 2) // GOMAXPROCS x parallelism goroutines
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			get().Close()
+		}
+	})
+}
+
+// ---------------------------------------------------------------------------
+// Helpers.
+
+type stressConfig struct {
+	maxActive, maxIdle, maxDials, workers int
+	waitTimeout                           time.Duration
+	healthCheck                           bool
+	leakThreshold                         time.Duration
+}
+
+// runStress runs a randomized workload against a pool and checks the pool's
+// invariants during and after it.
+func runStress(t *testing.T, cfg stressConfig, dur time.Duration, maxOps int) {
+	d := &fakeDialer{}
+	d.faults.Store(true)
+	var tobFaults atomic.Bool
+	tobFaults.Store(cfg.healthCheck)
+	p := &redispool.Pool{
+		Dial:               d.Dial,
+		MaxActive:          cfg.maxActive,
+		MaxIdle:            cfg.maxIdle,
+		MaxConcurrentDials: cfg.maxDials,
+		WaitTimeout:        cfg.waitTimeout,
+		LeakThreshold:      cfg.leakThreshold,
+		Logger:             slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	if cfg.healthCheck {
+		p.TestOnBorrow = func(redis.Conn, time.Time) error {
+			if !tobFaults.Load() {
+				return nil
+			}
+			switch r := rand.IntN(400); {
+			case r < 6:
+				return errUnhealthy
+			case r < 7:
+				panic("stress: TestOnBorrow panicked")
+			}
+			return nil
+		}
+	}
+	defer p.Close()
+
+	var stop atomic.Bool
+	var ops, gets, fails, panics atomic.Int64
+	var errMu sync.Mutex
+	errKinds := map[string]int{}
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(dur)
+
+	// Sampler: the bounds hold at every moment.
+	var samplerWG sync.WaitGroup
+	samplerWG.Add(1)
+	go func() {
+		defer samplerWG.Done()
+		for !stop.Load() {
+			if n := p.ActiveCount(); n > cfg.maxActive {
+				t.Errorf("ActiveCount %d > MaxActive %d", n, cfg.maxActive)
+			}
+			if n := p.IdleCount(); n > cfg.maxIdle {
+				t.Errorf("IdleCount %d > MaxIdle %d", n, cfg.maxIdle)
+			}
+			if n := d.open.Load(); n > int64(cfg.maxActive) {
+				t.Errorf("%d conns open > MaxActive %d", n, cfg.maxActive)
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+	}()
+	// Retire now and then.
+	samplerWG.Add(1)
+	go func() {
+		defer samplerWG.Done()
+		for !stop.Load() {
+			time.Sleep(time.Duration(500+rand.IntN(3000)) * time.Microsecond)
+			p.Retire()
+		}
+	}()
+
+	for range cfg.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) && ops.Add(1) <= int64(maxOps) {
+				ctx, cancel, mustFail := stressCtx()
+				r := tryGet(p, ctx)
+				c, err := r.c, r.err
+				gets.Add(1)
+				switch {
+				case r.panicked != nil:
+					panics.Add(1)
+				case err != nil:
+					fails.Add(1)
+					k := err.Error()
+					if len(k) > 40 {
+						k = k[:40]
+					}
+					errMu.Lock()
+					errKinds[k]++
+					errMu.Unlock()
+					if errors.Is(err, redispool.ErrDialBackoff) {
+						time.Sleep(time.Millisecond) // do not spin on fast failures
+					}
+					if !expectedGetError(err) {
+						t.Errorf("unexpected Get error: %v", err)
+					}
+					if c == nil {
+						t.Error("GetContext returned a nil conn with its error")
+					}
+				case mustFail:
+					t.Error("a Get whose context had ended got a conn")
+					c.Close()
+				default:
+					useConn(t, c)
+				}
+				cancel()
+			}
+		}()
+	}
+	waitGroupWithin(t, &wg, dur+20*time.Second, "the workers")
+	stop.Store(true)
+	samplerWG.Wait()
+
+	// Quiescence: dials given up on finish and hand their conn to the pool.
+	d.faults.Store(false)
+	tobFaults.Store(false)
+	require.Eventually(t, func() bool {
+		return d.inDial.Load() == 0 && p.ActiveCount() == p.IdleCount() && int64(p.ActiveCount()) == d.open.Load()
+	}, 10*time.Second, time.Millisecond, "at rest every conn open is idle: active %d idle %d open %d",
+		p.ActiveCount(), p.IdleCount(), d.open.Load())
+
+	checkAtRest(t, p, 0)
+
+	s := p.Stats()
+	t.Logf("%+v: %d gets (%d failed, %d panicked), %d dials, %d waits, %d wait timeouts, discards %+v",
+		cfg, gets.Load(), fails.Load(), panics.Load(), s.DialCount, s.WaitCount, s.WaitTimeoutCount, s.Discards)
+	t.Logf("errors: %v", errKinds)
+	assert.LessOrEqual(t, d.peak.Load(), int64(cfg.maxActive), "more than MaxActive conns open at once")
+	assert.Zero(t, d.staleTouches.Load(), "a stale handle reached a conn")
+	assert.Equal(t, d.made.Load(), s.DialCount-s.DialErrorCount, "dials that made a conn")
+	assert.Equal(t, d.closed.Load(), s.Discards.Total(), "every conn closed was discarded once")
+	assert.Equal(t, d.made.Load(), d.closed.Load()+int64(s.ActiveCount))
+	assert.LessOrEqual(t, s.IdleCount, cfg.maxIdle)
+
+	// No permit or conn was lost: MaxActive conns at once, at once. Dials may
+	// be backing off after the injected failures.
+	held := make([]redis.Conn, 0, cfg.maxActive)
+	for len(held) < cfg.maxActive {
+		c, err := p.GetContext(context.Background())
+		if errors.Is(err, redispool.ErrDialBackoff) {
+			time.Sleep(5 * time.Millisecond)
+			continue
+		}
+		require.NoError(t, err, "Get #%d of MaxActive %d after the run: a permit or conn was lost", len(held)+1, cfg.maxActive)
+		held = append(held, c)
+	}
+	// ... and no more: no permit was made up either.
+	_, err := p.GetContext(context.Background())
+	assert.ErrorIs(t, err, redispool.ErrPoolExhausted, "more than MaxActive conns handed out")
+	assert.Equal(t, cfg.maxActive, p.ActiveCount())
+	assert.Equal(t, 0, p.IdleCount())
+	before := p.Stats().Discards.MaxIdle
+	closeAll(held)
+	// MaxIdle exactly: the rest are closed.
+	assert.Equal(t, cfg.maxIdle, p.IdleCount(), "idle conns after giving back MaxActive")
+	assert.EqualValues(t, cfg.maxActive-cfg.maxIdle, p.Stats().Discards.MaxIdle-before)
+	checkAtRest(t, p, 0)
+
+	require.NoError(t, p.Close())
+	assert.Equal(t, 0, p.ActiveCount())
+	assert.Equal(t, 0, p.IdleCount())
+	assert.Zero(t, d.open.Load(), "conns left open after Close")
+	_, err = p.GetContext(context.Background())
+	assert.Equal(t, redispool.ErrPoolClosed, err)
+}
+
+// stressCtx returns a random context for a Get: none, cancelled at a random
+// moment, with a short deadline, already cancelled, or one whose Err is set
+// without Done closing (the order in which a grant and a cancellation race).
+// mustFail is set when the context ended before the Get began.
+func stressCtx() (ctx context.Context, cancel func(), mustFail bool) {
+	switch r := rand.IntN(100); {
+	case r < 40:
+		return context.Background(), func() {}, false
+	case r < 60:
+		ctx, cancel := context.WithCancel(context.Background())
+		tm := time.AfterFunc(time.Duration(rand.IntN(3000))*time.Microsecond, cancel)
+		return ctx, func() { tm.Stop(); cancel() }, false
+	case r < 80:
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rand.IntN(5000))*time.Microsecond)
+		return ctx, cancel, false
+	case r < 85:
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		return ctx, cancel, true
+	default:
+		lc := redispool.NewLateContext()
+		tm := time.AfterFunc(time.Duration(rand.IntN(3000))*time.Microsecond, func() { lc.End(context.Canceled) })
+		return lc, func() { tm.Stop() }, false
+	}
+}
+
+// expectedGetError reports whether err is one a Get may fail with in a
+// stress run before the pool is closed.
+func expectedGetError(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, redispool.ErrPoolExhausted) || errors.Is(err, redispool.ErrDialBackoff) ||
+		errors.Is(err, errRefused)
+}
+
+// useConn does random things with a borrowed conn, then closes it, and
+// sometimes uses it again after Close, which must fail without reaching the
+// conn (by then lent to someone else).
+func useConn(t *testing.T, c redis.Conn) {
+	// One borrower at a time: a conn handed out twice would show here.
+	r, err := c.Do("WHOAMI")
+	if errors.Is(err, redispool.ErrConnRetired) || !assert.NoError(t, err) {
+		c.Close() // retired by a Retire running meanwhile
+		return
+	}
+	fc := r.(*fakeConn)
+	if !fc.borrowed.CompareAndSwap(false, true) {
+		calls := fc.Calls()
+		t.Errorf("a conn was handed to two borrowers at once: %p, after %q", c, calls[max(len(calls)-12, 0):])
+	}
+	switch r := rand.IntN(100); {
+	case r < 30:
+		if _, err := c.Do("GET", "k"); !errors.Is(err, redispool.ErrConnRetired) {
+			assert.NoError(t, err)
+		}
+	case r < 36:
+		c.Do("BREAK")
+	case r < 42:
+		c.Do("SUBSCRIBE", "ch")
+	case r < 52:
+		for range 1 + rand.IntN(2) {
+			c.Send("GET", "k")
+		}
+	case r < 57:
+		c.Do("MULTI")
+		c.Do("SET", "k", "v")
+	case r < 64:
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rand.IntN(1000))*time.Microsecond)
+		redis.DoContext(c, ctx, "SLOW", rand.IntN(1500))
+		cancel()
+	case r < 71:
+		time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
+	case r < 74: // long enough for waiters to reach WaitTimeout
+		time.Sleep(time.Duration(5000+rand.IntN(20000)) * time.Microsecond)
+	}
+	closeConn := func() {
+		// A conn retired meanwhile drops the commands left pending, and says so.
+		if err := c.Close(); !errors.Is(err, redispool.ErrConnRetired) {
+			assert.NoError(t, err)
+		}
+	}
+	switch rand.IntN(16) {
+	case 0:
+		fc.borrowed.Store(false)
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Add(1)
+			go func() { defer wg.Done(); closeConn() }()
+		}
+		wg.Wait()
+	default:
+		fc.borrowed.Store(false)
+		closeConn()
+	}
+	if rand.IntN(3) == 0 {
+		_, err := c.Do("STALE")
+		assert.Equal(t, redispool.ErrConnClosed, err, "a closed conn must fail")
+		assert.Equal(t, redispool.ErrConnClosed, c.Err())
+		assert.Equal(t, redispool.ErrConnClosed, c.Send("STALE"))
+		assert.NoError(t, c.Close())
+	}
+}
+
+// nopConn is a connection that does nothing, so that only the pool is measured.
+type nopConn struct{}
+
+func dialNop() (redis.Conn, error) { return nopConn{}, nil }
+
+func (nopConn) Close() error { return nil }
+
+func (nopConn) Err() error { return nil }
+
+func (nopConn) Do(string, ...any) (any, error) { return nil, nil }
+
+func (nopConn) Send(string, ...any) error { return nil }
+
+func (nopConn) Flush() error { return nil }
+
+func (nopConn) Receive() (any, error) { return nil, nil }
+
+func (nopConn) DoWithTimeout(time.Duration, string, ...any) (any, error) { return nil, nil }
+
+func (nopConn) ReceiveWithTimeout(time.Duration) (any, error) { return nil, nil }
