@@ -1,6 +1,7 @@
 package toxiproxy_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -394,7 +395,7 @@ func (tl *tally) classify(err error) {
 func sweepOnce(pool *redispool.Pool) int {
 	conns := make([]redis.Conn, 0, maxActive)
 	for range maxActive {
-		conns = append(conns, pool.Get())
+		conns = append(conns, getPastBackoff(pool))
 	}
 	failures := 0
 	for _, c := range conns {
@@ -404,4 +405,18 @@ func sweepOnce(pool *redispool.Pool) int {
 		c.Close()
 	}
 	return failures
+}
+
+// getPastBackoff is Get, waiting out the backoff that dials refused during
+// the fault left (at most half a second): a Get refused by the backoff says
+// nothing about the connections the pool holds.
+func getPastBackoff(pool *redispool.Pool) redis.Conn {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		c, err := pool.GetContext(context.Background())
+		if !errors.Is(err, redispool.ErrDialBackoff) || time.Now().After(deadline) {
+			return c
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
