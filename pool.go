@@ -274,32 +274,6 @@ func (p *Pool) init() error {
 	return p.cfgErr
 }
 
-// tokens returns a channel holding n tokens.
-func tokens(n int) chan struct{} {
-	ch := make(chan struct{}, n)
-	for range n {
-		ch <- struct{}{}
-	}
-	return ch
-}
-
-// clock returns the time since the pool's epoch, which ages connections.
-// It reads only the monotonic clock, which costs about half of time.Now.
-// Waits use the real clock, which tests do not move.
-func (p *Pool) clock() time.Duration {
-	if f := nowFunc.Load(); f != nil {
-		return (*f)().Sub(p.epoch)
-	}
-	return time.Since(p.epoch)
-}
-
-func wallNow() time.Time {
-	if f := nowFunc.Load(); f != nil {
-		return (*f)()
-	}
-	return time.Now()
-}
-
 // Get returns a connection from the pool, dialing one if none is idle and
 // fewer than MaxActive are open. It never returns nil: on failure it returns a
 // conn whose methods all return the error. The caller must Close the conn.

@@ -354,3 +354,12 @@ func sendAll(list *waiter, g grant) {
 		w = next
 	}
 }
+
+// tokens returns a channel holding n tokens.
+func tokens(n int) chan struct{} {
+	ch := make(chan struct{}, n)
+	for range n {
+		ch <- struct{}{}
+	}
+	return ch
+}
