@@ -35,10 +35,11 @@ import (
 
 // waitQueue is the callers waiting for a grant.
 type waitQueue struct {
-	mu    sync.Mutex   // protects list
-	list  waitList     // by deadline, first come first
-	timer *time.Timer  // set for the first waiter's deadline or earlier; calls Pool.expireWaiters
-	n     atomic.Int64 // waiters in list, read without mu
+	mu      sync.Mutex   // protects list and armedAt
+	list    waitList     // by deadline, first come first
+	timer   *time.Timer  // calls Pool.expireWaiters
+	armedAt time.Time    // the deadline timer is set for, at or before the first waiter's; zero when not set
+	n       atomic.Int64 // waiters in list, read without mu
 }
 
 // waiter is a caller parked in wait.
@@ -161,7 +162,8 @@ func (p *Pool) enqueue(w *waiter, deadline *time.Time) bool {
 	w.deadline = *deadline
 	q.list.insert(w)
 	q.n.Add(1)
-	if q.list.head == w {
+	if q.armedAt.IsZero() || w.deadline.Before(q.armedAt) {
+		q.armedAt = w.deadline
 		q.timer.Reset(time.Until(w.deadline))
 	}
 	p.serveLocked()
@@ -324,7 +326,9 @@ func (p *Pool) expireWaiters() {
 		q.n.Add(-1)
 		w.next, expired = expired, w
 	}
+	q.armedAt = time.Time{}
 	if w := q.list.head; w != nil {
+		q.armedAt = w.deadline
 		q.timer.Reset(w.deadline.Sub(now))
 	}
 	q.mu.Unlock()
@@ -341,6 +345,7 @@ func (p *Pool) wakeAll() {
 		w.next, all = all, w
 	}
 	q.timer.Stop()
+	q.armedAt = time.Time{}
 	q.mu.Unlock()
 	sendAll(all, grant{err: ErrPoolClosed})
 }
