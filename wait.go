@@ -129,6 +129,11 @@ func (p *Pool) wait(ctx context.Context, deadline *time.Time) (*poolConn, error)
 
 	w := waiterPool.Get().(*waiter)
 	start := time.Now()
+	if deadline.IsZero() {
+		w.deadline = start.Add(p.cfg.waitTimeout) // first wait: see enqueue
+	} else {
+		w.deadline = *deadline
+	}
 	if !p.enqueue(w, deadline) {
 		waiterPool.Put(w)
 		return nil, ErrPoolClosed
@@ -147,8 +152,11 @@ func (p *Pool) wait(ctx context.Context, deadline *time.Time) (*poolConn, error)
 }
 
 // enqueue puts w in the queue and serves the queue, unless the pool is
-// closed. At a Get's first wait, *deadline is zero: it is set under the
-// queue's lock, so that deadlines grow in the order callers queue.
+// closed. At a Get's first wait, *deadline is zero and w.deadline is the
+// time it began plus WaitTimeout: w goes last, and its deadline is raised
+// to the last waiter's should that one's be later (its clock was read
+// later, but it got the lock first), so that deadlines grow along the
+// queue in the order callers queue. *deadline is set then.
 func (p *Pool) enqueue(w *waiter, deadline *time.Time) bool {
 	q := &p.q
 	q.mu.Lock()
@@ -157,9 +165,11 @@ func (p *Pool) enqueue(w *waiter, deadline *time.Time) bool {
 		return false
 	}
 	if deadline.IsZero() {
-		*deadline = time.Now().Add(p.cfg.waitTimeout)
+		if t := q.list.tail; t != nil && t.deadline.After(w.deadline) {
+			w.deadline = t.deadline
+		}
+		*deadline = w.deadline
 	}
-	w.deadline = *deadline
 	q.list.insert(w)
 	q.n.Add(1)
 	if q.armedAt.IsZero() || w.deadline.Before(q.armedAt) {
