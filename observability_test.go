@@ -80,8 +80,9 @@ func TestStatsFieldsMatchWhatHappened(t *testing.T) {
 	_, err = p.GetContext(ctx) // waits, then exhausted
 	require.ErrorIs(t, err, redispool.ErrPoolExhausted)
 	s = p.Stats()
-	assert.EqualValues(t, 1, s.WaitCount)
-	assert.GreaterOrEqual(t, s.WaitDuration, 20*time.Millisecond)
+	assert.Zero(t, s.WaitCount, "WaitCount counts the waits that ended with a conn")
+	assert.EqualValues(t, 1, s.FailedWaitCount)
+	assert.GreaterOrEqual(t, s.FailedWaitDuration, 20*time.Millisecond)
 	assert.EqualValues(t, 1, s.WaitTimeoutCount)
 
 	a.Close() // the hot slot: counted as idle
