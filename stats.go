@@ -2,6 +2,7 @@ package redispool
 
 import (
 	"fmt"
+	"iter"
 	"sync/atomic"
 	"time"
 )
@@ -64,6 +65,11 @@ type PoolStats struct {
 	// WaitDuration is the total time of those waits.
 	WaitDuration time.Duration
 
+	// MaxActive and MaxIdle are the limits in effect: the Pool's fields
+	// with their defaults applied. Both are zero when the Pool's
+	// configuration is invalid.
+	MaxActive, MaxIdle int
+
 	// WaitingCount is the number of Gets waiting now.
 	WaitingCount int
 	// FailedWaitCount is the number of waits that ended without a
@@ -96,6 +102,20 @@ type DiscardStats struct {
 // Total is the number of connections discarded for any reason.
 func (d DiscardStats) Total() int64 {
 	return d.Broken + d.State + d.IdleTimeout + d.Lifetime + d.MaxIdle + d.HealthCheck + d.PoolClosed + d.Retired
+}
+
+// ByReason yields every DiscardReason with its count, zero included, in
+// the order of the constants: a metrics exporter labels each count with the
+// reason's String.
+func (d DiscardStats) ByReason() iter.Seq2[DiscardReason, int64] {
+	counts := [numDiscardReasons]int64{d.Broken, d.State, d.IdleTimeout, d.Lifetime, d.MaxIdle, d.HealthCheck, d.PoolClosed, d.Retired}
+	return func(yield func(DiscardReason, int64) bool) {
+		for r, n := range counts {
+			if !yield(DiscardReason(r), n) {
+				return
+			}
+		}
+	}
 }
 
 // counters are the pool's statistics, each updated atomically where the
@@ -131,7 +151,13 @@ func (p *Pool) Stats() PoolStats {
 		return PoolStats{}
 	}
 	s, d := &p.stats, &p.stats.discards
+	var maxActive, maxIdle int
+	if p.init() == nil {
+		maxActive, maxIdle = p.cfg.maxActive, p.cfg.maxIdle
+	}
 	return PoolStats{
+		MaxActive:          maxActive,
+		MaxIdle:            maxIdle,
 		ActiveCount:        int(p.active.Load()),
 		IdleCount:          p.idleLen(),
 		WaitCount:          s.waits.Load(),
