@@ -25,11 +25,11 @@
 //	redispool.wait.time         Counter  s             time of those waits
 //	redispool.failed_waits      Counter  {wait}        waits that ended without: WaitTimeout, context or pool closed
 //	redispool.failed_wait.time  Counter  s             time of those waits
-//	redispool.dials         Counter  {dial}        dials started
-//	redispool.dial.errors   Counter  {error}       dials that failed
-//	redispool.fast_fails    Counter  {request}     Gets refused at once while the server refused connections
-//	redispool.leaks         Counter  {connection}  connections held longer than LeakThreshold
-//	redispool.discards      Counter  {connection}  connections the pool closed, by redispool.discard.reason
+//	redispool.dials             Counter  {dial}        dials started
+//	redispool.dial.errors       Counter  {error}       dials that failed
+//	redispool.fast_fails        Counter  {request}     Gets refused at once while the server refused connections
+//	redispool.leaks             Counter  {connection}  connections held longer than LeakThreshold
+//	redispool.discards          Counter  {connection}  connections the pool closed, by redispool.discard.reason
 //
 // Every data point carries db.client.connection.pool.name, "redispool"
 // unless [WithPoolName] says otherwise. The discard reason takes the values
