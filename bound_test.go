@@ -517,7 +517,7 @@ func TestCloseWakesWaitersWithErrPoolClosed(t *testing.T) {
 			errs <- err
 		}()
 	}
-	require.Eventually(t, func() bool { return p.Stats().WaitCount == waiters }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return p.Stats().WaitingCount == waiters }, 5*time.Second, time.Millisecond)
 	require.NoError(t, p.Close())
 	for range waiters {
 		select {
@@ -627,7 +627,7 @@ func TestAWaiterThatGivesUpAsThePoolClosesLeavesNoOpenConn(t *testing.T) {
 				c.Close()
 			}
 		}()
-		require.Eventually(t, func() bool { return p.Stats().WaitCount == 1 }, 5*time.Second, 10*time.Microsecond)
+		require.Eventually(t, func() bool { return p.Stats().WaitingCount == 1 }, 5*time.Second, 10*time.Microsecond)
 		held.Close()
 		cancel()
 		p.Close()
@@ -1083,12 +1083,12 @@ func goGet(p *redispool.Pool, ctx context.Context) <-chan getResult {
 }
 
 // queueGet is goGet that returns once the Get waits in p's queue, as
-// counted in WaitCount.
+// counted in WaitingCount.
 func queueGet(t testing.TB, p *redispool.Pool, ctx context.Context) <-chan getResult {
 	t.Helper()
-	before := p.Stats().WaitCount
+	before := p.Stats().WaitingCount
 	ch := goGet(p, ctx)
-	require.Eventually(t, func() bool { return p.Stats().WaitCount == before+1 }, 5*time.Second, 50*time.Microsecond,
+	require.Eventually(t, func() bool { return p.Stats().WaitingCount == before+1 }, 5*time.Second, 50*time.Microsecond,
 		"the Get did not queue")
 	return ch
 }

@@ -52,6 +52,34 @@ func TestDialReturningNilConnIsAnError(t *testing.T) {
 	assert.Equal(t, 0, p.ActiveCount())
 }
 
+// NewPool builds a pool as redigo's redis.NewPool does: it dials with
+// newFn and keeps at most maxIdle idle; a nil newFn or a negative maxIdle
+// makes Get fail with an error that names it.
+func TestNewPoolDialsWithNewFnAndKeepsMaxIdle(t *testing.T) {
+	d := &fakeDialer{}
+	p := redispool.NewPool(d.Dial, 1) //nolint:staticcheck // the redigo-compatible constructor under test
+	defer p.Close()
+	conns := getN(t, p, 2)
+	closeAll(conns)
+	s := p.Stats()
+	assert.EqualValues(t, 2, d.dials.Load())
+	assert.Equal(t, 1, s.MaxIdle)
+	assert.Equal(t, 1, s.IdleCount)
+	assert.EqualValues(t, 1, s.Discards.MaxIdle)
+
+	nilFn := redispool.NewPool(nil, 1) //nolint:staticcheck
+	defer nilFn.Close()
+	_, err := nilFn.GetContext(context.Background())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "nil dial function")
+
+	negative := redispool.NewPool(d.Dial, -1) //nolint:staticcheck
+	defer negative.Close()
+	_, err = negative.GetContext(context.Background())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "MaxIdle is -1")
+}
+
 func TestDialContextTakesPrecedenceOverDial(t *testing.T) {
 	d := &fakeDialer{}
 	p := &redispool.Pool{

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -66,7 +67,7 @@ func TestStatsFieldsMatchWhatHappened(t *testing.T) {
 		}}
 	defer p.Close()
 	ctx := context.Background()
-	assert.Equal(t, redispool.PoolStats{}, p.Stats(), "a new pool")
+	assert.Equal(t, redispool.PoolStats{MaxActive: 2, MaxIdle: 1}, p.Stats(), "a new pool")
 
 	a, err := p.GetContext(ctx)
 	require.NoError(t, err)
@@ -80,8 +81,9 @@ func TestStatsFieldsMatchWhatHappened(t *testing.T) {
 	_, err = p.GetContext(ctx) // waits, then exhausted
 	require.ErrorIs(t, err, redispool.ErrPoolExhausted)
 	s = p.Stats()
-	assert.EqualValues(t, 1, s.WaitCount)
-	assert.GreaterOrEqual(t, s.WaitDuration, 20*time.Millisecond)
+	assert.Zero(t, s.WaitCount, "WaitCount counts the waits that ended with a conn")
+	assert.EqualValues(t, 1, s.FailedWaitCount)
+	assert.GreaterOrEqual(t, s.FailedWaitDuration, 20*time.Millisecond)
 	assert.EqualValues(t, 1, s.WaitTimeoutCount)
 
 	a.Close() // the hot slot: counted as idle
@@ -144,6 +146,52 @@ func TestAConnGoneFromActiveCountIsCountedAsDiscarded(t *testing.T) {
 	r.close()
 	require.Equal(t, 1, p.IdleCount())
 	checkAtRest(t, p, 0)
+}
+
+// Stats give MaxActive and MaxIdle as the pool applies them, defaults
+// included, and zero when the configuration is invalid.
+func TestStatsGiveTheLimitsInEffect(t *testing.T) {
+	procs := 10 * runtime.GOMAXPROCS(0)
+	for _, tc := range []struct {
+		name                    string
+		pool                    *redispool.Pool
+		wantMaxActive, wantIdle int
+	}{
+		{"zero value", &redispool.Pool{}, procs, procs},
+		{"MaxIdle above the default MaxActive", &redispool.Pool{MaxIdle: procs + 5}, procs + 5, procs + 5},
+		{"MaxIdle above MaxActive", &redispool.Pool{MaxActive: 3, MaxIdle: 5}, 3, 3},
+		{"both set", &redispool.Pool{MaxActive: 4, MaxIdle: 2}, 4, 2},
+		{"invalid", &redispool.Pool{MaxActive: -1}, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			defer tc.pool.Close()
+			s := tc.pool.Stats()
+			assert.Equal(t, tc.wantMaxActive, s.MaxActive)
+			assert.Equal(t, tc.wantIdle, s.MaxIdle)
+		})
+	}
+}
+
+// ByReason yields each reason the pool defines once, with its own count.
+func TestDiscardStatsByReasonYieldsEveryReasonWithItsCount(t *testing.T) {
+	s := redispool.DiscardStats{Broken: 1, State: 2, IdleTimeout: 3, Lifetime: 4, MaxIdle: 5, HealthCheck: 6, PoolClosed: 7, Retired: 8}
+	got := map[string]int64{}
+	for r, n := range s.ByReason() {
+		assert.NotContains(t, got, r.String(), "yielded twice")
+		got[r.String()] = n
+	}
+	assert.Equal(t, map[string]int64{
+		"broken": 1, "state": 2, "idle_timeout": 3, "lifetime": 4,
+		"max_idle": 5, "health_check": 6, "pool_closed": 7, "retired": 8,
+	}, got)
+	const maxReasons = 64 // far more than the pool defines; bounds the loop
+	var defined int
+	for ; defined < maxReasons && !strings.HasPrefix(redispool.DiscardReason(defined).String(), "DiscardReason("); defined++ {
+	}
+	assert.Len(t, got, defined, "every reason the pool defines")
+	for range s.ByReason() {
+		break // stopping early must not panic
+	}
 }
 
 func TestDiscardReasonNames(t *testing.T) {

@@ -2,6 +2,7 @@ package redispool
 
 import (
 	"context"
+	"errors"
 
 	"github.com/gomodule/redigo/redis"
 )
@@ -32,4 +33,23 @@ func (p *Pool) RedigoPool() *redis.Pool {
 		return &redis.Pool{DialContext: func(context.Context) (redis.Conn, error) { return nil, errNilPool }}
 	}
 	return &redis.Pool{DialContext: p.GetContext}
+}
+
+// errNilNewFn is what Get returns on a pool from NewPool without a dial
+// function.
+var errNilNewFn = errors.New("redispool: NewPool was given a nil dial function (newFn)")
+
+// NewPool returns a pool that dials with newFn and keeps at most maxIdle
+// connections idle, as redigo's redis.NewPool does; the other fields are at
+// their defaults (see Pool). A nil newFn makes every Get fail with an error
+// that says so; a negative maxIdle makes it fail with the error of an
+// invalid MaxIdle.
+//
+// Deprecated: set the fields of a Pool directly, as redigo advises for
+// redis.NewPool.
+func NewPool(newFn func() (redis.Conn, error), maxIdle int) *Pool {
+	if newFn == nil {
+		newFn = func() (redis.Conn, error) { return nil, errNilNewFn }
+	}
+	return &Pool{Dial: newFn, MaxIdle: maxIdle}
 }

@@ -2,6 +2,7 @@ package redispool
 
 import (
 	"fmt"
+	"iter"
 	"sync/atomic"
 	"time"
 )
@@ -55,10 +56,28 @@ type PoolStats struct {
 	ActiveCount int
 	// IdleCount is the number of idle connections.
 	IdleCount int
-	// WaitCount is the number of Gets that had to wait for a connection.
+	// WaitCount is the number of waits for a connection that ended with one,
+	// or with the turn to dial one, as redigo counts them: a Get waits when
+	// MaxActive connections are open or MaxConcurrentDials dials are under
+	// way, and waits again should the connection it was handed fail its
+	// checks. A wait is counted when it ends.
 	WaitCount int64
-	// WaitDuration is the total time those Gets waited.
+	// WaitDuration is the total time of those waits.
 	WaitDuration time.Duration
+
+	// MaxActive and MaxIdle are the limits in effect: the Pool's fields
+	// with their defaults applied. Both are zero when the Pool's
+	// configuration is invalid.
+	MaxActive, MaxIdle int
+
+	// WaitingCount is the number of Gets waiting now.
+	WaitingCount int
+	// FailedWaitCount is the number of waits that ended without a
+	// connection: WaitTimeout passed, the Get's context ended, or the pool
+	// was closed.
+	FailedWaitCount int64
+	// FailedWaitDuration is the total time of those waits.
+	FailedWaitDuration time.Duration
 
 	// DialCount is the number of dials started.
 	DialCount int64
@@ -85,17 +104,45 @@ func (d DiscardStats) Total() int64 {
 	return d.Broken + d.State + d.IdleTimeout + d.Lifetime + d.MaxIdle + d.HealthCheck + d.PoolClosed + d.Retired
 }
 
+// ByReason yields every DiscardReason with its count, zero included, in
+// the order of the constants: a metrics exporter labels each count with the
+// reason's String.
+func (d DiscardStats) ByReason() iter.Seq2[DiscardReason, int64] {
+	counts := [numDiscardReasons]int64{d.Broken, d.State, d.IdleTimeout, d.Lifetime, d.MaxIdle, d.HealthCheck, d.PoolClosed, d.Retired}
+	return func(yield func(DiscardReason, int64) bool) {
+		for r, n := range counts {
+			if !yield(DiscardReason(r), n) {
+				return
+			}
+		}
+	}
+}
+
 // counters are the pool's statistics, each updated atomically where the
 // event happens.
 type counters struct {
-	waits      atomic.Int64 // Gets that queued for a connection
-	waitNanos  atomic.Int64 // their time in the queue
-	dials      atomic.Int64 // dials started
-	dialErrors atomic.Int64 // dials failed
-	fastFails  atomic.Int64 // Gets refused at once while dials back off
-	exhausted  atomic.Int64 // Gets that gave up waiting
-	leaks      atomic.Int64 // borrows held past LeakThreshold
-	discards   [numDiscardReasons]atomic.Int64
+	waits       atomic.Int64 // waits in the queue that ended with a connection or a ticket
+	waitNanos   atomic.Int64 // their time in the queue
+	failed      atomic.Int64 // waits in the queue that ended without
+	failedNanos atomic.Int64 // their time in the queue
+	dials       atomic.Int64 // dials started
+	dialErrors  atomic.Int64 // dials failed
+	fastFails   atomic.Int64 // Gets refused at once while dials back off
+	exhausted   atomic.Int64 // Gets that gave up waiting
+	leaks       atomic.Int64 // borrows held past LeakThreshold
+	discards    [numDiscardReasons]atomic.Int64
+}
+
+// waited counts a wait in the queue that took d and ended with a
+// connection or a ticket (ok), or without.
+func (c *counters) waited(d time.Duration, ok bool) {
+	if ok {
+		c.waits.Add(1)
+		c.waitNanos.Add(int64(d))
+		return
+	}
+	c.failed.Add(1)
+	c.failedNanos.Add(int64(d))
 }
 
 // Stats returns the pool's counters.
@@ -104,16 +151,25 @@ func (p *Pool) Stats() PoolStats {
 		return PoolStats{}
 	}
 	s, d := &p.stats, &p.stats.discards
+	var maxActive, maxIdle int
+	if p.init() == nil {
+		maxActive, maxIdle = p.cfg.maxActive, p.cfg.maxIdle
+	}
 	return PoolStats{
-		ActiveCount:      int(p.active.Load()),
-		IdleCount:        p.idleLen(),
-		WaitCount:        s.waits.Load(),
-		WaitDuration:     time.Duration(s.waitNanos.Load()),
-		DialCount:        s.dials.Load(),
-		DialErrorCount:   s.dialErrors.Load(),
-		FastFailCount:    s.fastFails.Load(),
-		WaitTimeoutCount: s.exhausted.Load(),
-		LeakCount:        s.leaks.Load(),
+		MaxActive:          maxActive,
+		MaxIdle:            maxIdle,
+		ActiveCount:        int(p.active.Load()),
+		IdleCount:          p.idleLen(),
+		WaitCount:          s.waits.Load(),
+		WaitDuration:       time.Duration(s.waitNanos.Load()),
+		WaitingCount:       int(p.q.n.Load()),
+		FailedWaitCount:    s.failed.Load(),
+		FailedWaitDuration: time.Duration(s.failedNanos.Load()),
+		DialCount:          s.dials.Load(),
+		DialErrorCount:     s.dialErrors.Load(),
+		FastFailCount:      s.fastFails.Load(),
+		WaitTimeoutCount:   s.exhausted.Load(),
+		LeakCount:          s.leaks.Load(),
 		Discards: DiscardStats{
 			Broken:      d[DiscardBroken].Load(),
 			State:       d[DiscardState].Load(),

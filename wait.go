@@ -138,10 +138,16 @@ func (p *Pool) wait(ctx context.Context, deadline *time.Time) (*poolConn, error)
 		waiterPool.Put(w)
 		return nil, ErrPoolClosed
 	}
-	p.stats.waits.Add(1)
 	g := p.await(ctx, w)
 	waiterPool.Put(w)
-	p.stats.waitNanos.Add(int64(time.Since(start)))
+	waited := time.Since(start)
+	pc, err := p.waitEnded(ctx, g)
+	p.stats.waited(waited, err == nil)
+	return pc, err
+}
+
+// waitEnded returns what a wait in the queue ended with.
+func (p *Pool) waitEnded(ctx context.Context, g grant) (*poolConn, error) {
 	if g.err == errWaitExpired {
 		if err := ctx.Err(); err != nil {
 			return nil, err // ctx ended first, as the caller gave up

@@ -270,6 +270,74 @@ func TestAGetThatTakesAConnDuringItsSlotWaitStampsItWhenTaken(t *testing.T) {
 }
 
 // ---------------------------------------------------------------------------
+// The wait statistics.
+
+// WaitCount and WaitDuration count, as redigo's do, the waits that ended
+// with a connection, once they ended; WaitingCount counts the Gets waiting.
+func TestWaitCountCountsAWaitWhenItEndsWithAConn(t *testing.T) {
+	d := &fakeDialer{}
+	p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 5 * time.Second}
+	defer p.Close()
+	held := p.Get()
+	start := time.Now()
+	got := queueGet(t, p, context.Background())
+	s := p.Stats()
+	assert.Equal(t, 1, s.WaitingCount)
+	assert.Zero(t, s.WaitCount, "a wait is counted when it ends")
+	assert.Zero(t, s.WaitDuration)
+
+	require.NoError(t, held.Close())
+	r := <-got
+	require.NoError(t, r.err)
+	waited := time.Since(start)
+	require.NoError(t, r.c.Close())
+	s = p.Stats()
+	assert.Zero(t, s.WaitingCount)
+	assert.EqualValues(t, 1, s.WaitCount)
+	assert.Positive(t, s.WaitDuration)
+	assert.LessOrEqual(t, s.WaitDuration, waited)
+	assert.Zero(t, s.FailedWaitCount)
+	assert.Zero(t, s.FailedWaitDuration)
+}
+
+// A wait that ends without a connection, for any reason, counts in
+// FailedWaitCount and FailedWaitDuration, never in WaitCount.
+func TestAFailedWaitCountsApartFromWaitCount(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		end  func(p *redispool.Pool, cancel context.CancelFunc)
+		want error
+	}{
+		{"WaitTimeout", func(*redispool.Pool, context.CancelFunc) {}, redis.ErrPoolExhausted},
+		{"context", func(_ *redispool.Pool, cancel context.CancelFunc) { cancel() }, context.Canceled},
+		{"pool closed", func(p *redispool.Pool, _ context.CancelFunc) { p.Close() }, redispool.ErrPoolClosed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &fakeDialer{}
+			p := &redispool.Pool{Dial: d.Dial, MaxActive: 1, WaitTimeout: 100 * time.Millisecond}
+			if tc.want != redis.ErrPoolExhausted {
+				p.WaitTimeout = 5 * time.Second
+			}
+			defer p.Close()
+			held := p.Get()
+			defer held.Close()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			got := queueGet(t, p, ctx)
+			tc.end(p, cancel)
+			r := <-got
+			require.ErrorIs(t, r.err, tc.want)
+			s := p.Stats()
+			assert.EqualValues(t, 1, s.FailedWaitCount)
+			assert.Positive(t, s.FailedWaitDuration)
+			assert.Zero(t, s.WaitCount)
+			assert.Zero(t, s.WaitDuration)
+			assert.Zero(t, s.WaitingCount)
+		})
+	}
+}
+
+// ---------------------------------------------------------------------------
 // WaitTimeout.
 
 func TestGetGivesUpAfterWaitTimeoutWithPoolExhausted(t *testing.T) {
@@ -293,8 +361,9 @@ func TestGetGivesUpAfterWaitTimeoutWithPoolExhausted(t *testing.T) {
 
 	s := p.Stats()
 	assert.EqualValues(t, 1, s.WaitTimeoutCount)
-	assert.EqualValues(t, 1, s.WaitCount)
-	assert.GreaterOrEqual(t, s.WaitDuration, 50*time.Millisecond)
+	assert.EqualValues(t, 1, s.FailedWaitCount)
+	assert.GreaterOrEqual(t, s.FailedWaitDuration, 50*time.Millisecond)
+	assert.Zero(t, s.WaitCount, "a wait that ends without a connection is not in WaitCount")
 }
 
 // TestExhaustedIsRedigosErrorItself: code written for redis.Pool compares
@@ -862,9 +931,8 @@ func TestAContextDeadlineDuringAStallReturnsTheContextsError(t *testing.T) {
 // closeOnceAGetWaits closes c, borrowed from p, once a Get waits on p (or
 // after 5 s), so that the Get is handed c rather than finding it idle.
 func closeOnceAGetWaits(p *redispool.Pool, c redis.Conn) {
-	waits := p.Stats().WaitCount
 	go func() {
-		for end := time.Now().Add(5 * time.Second); p.Stats().WaitCount == waits && time.Now().Before(end); {
+		for end := time.Now().Add(5 * time.Second); p.Stats().WaitingCount == 0 && time.Now().Before(end); {
 			time.Sleep(time.Millisecond)
 		}
 		c.Close()

@@ -86,8 +86,13 @@ func expected(s redispool.PoolStats) samples {
 		"redispool_connections_open":                      float64(s.ActiveCount),
 		"redispool_connections_idle":                      float64(s.IdleCount),
 		"redispool_connections_in_use":                    float64(s.ActiveCount - s.IdleCount),
+		"redispool_connections_max":                       float64(s.MaxActive),
+		"redispool_connections_idle_max":                  float64(s.MaxIdle),
+		"redispool_waiting":                               float64(s.WaitingCount),
 		"redispool_wait_total":                            float64(s.WaitCount),
 		"redispool_wait_seconds_total":                    s.WaitDuration.Seconds(),
+		"redispool_failed_waits_total":                    float64(s.FailedWaitCount),
+		"redispool_failed_wait_seconds_total":             s.FailedWaitDuration.Seconds(),
 		"redispool_dials_total":                           float64(s.DialCount),
 		"redispool_dial_errors_total":                     float64(s.DialErrorCount),
 		"redispool_fast_fails_total":                      float64(s.FastFailCount),
@@ -140,7 +145,7 @@ func TestMetrics(t *testing.T) {
 	client := &http.Client{Transport: tr}
 
 	before := scrape(t, client, ts.URL+"/metrics")
-	compare(t, before, expected(redispool.PoolStats{}))
+	compare(t, before, expected(redispool.PoolStats{MaxActive: bound.MaxConns, MaxIdle: bound.MaxConns}))
 
 	// 400 increments: at most 8 connections, all reused.
 	r := bound.Measure(t, srv, p, func() {

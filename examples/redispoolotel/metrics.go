@@ -13,20 +13,23 @@
 // with each other. Those named by OpenTelemetry's semantic conventions for
 // database client connection pools (still experimental there):
 //
-//	db.client.connection.count     UpDownCounter {connection}  connections by db.client.connection.state: idle, or used (in use or being dialed)
-//	db.client.connection.max       UpDownCounter {connection}  MaxActive
-//	db.client.connection.idle.max  UpDownCounter {connection}  MaxIdle
-//	db.client.connection.timeouts  Counter       {timeout}     Gets that failed with ErrPoolExhausted
+//	db.client.connection.count             UpDownCounter {connection}  connections by db.client.connection.state: idle, or used (in use or being dialed)
+//	db.client.connection.max               UpDownCounter {connection}  MaxActive in effect
+//	db.client.connection.idle.max          UpDownCounter {connection}  MaxIdle in effect
+//	db.client.connection.pending_requests  UpDownCounter {request}     Gets waiting for a connection now
+//	db.client.connection.timeouts          Counter       {timeout}     Gets that failed with ErrPoolExhausted
 //
 // The pool's own, which the conventions have no name for:
 //
-//	redispool.waits         Counter  {wait}        Gets that waited for a connection
-//	redispool.wait.time     Counter  s             time those Gets waited
-//	redispool.dials         Counter  {dial}        dials started
-//	redispool.dial.errors   Counter  {error}       dials that failed
-//	redispool.fast_fails    Counter  {request}     Gets refused at once while the server refused connections
-//	redispool.leaks         Counter  {connection}  connections held longer than LeakThreshold
-//	redispool.discards      Counter  {connection}  connections the pool closed, by redispool.discard.reason
+//	redispool.waits             Counter  {wait}        waits for a connection that ended with one
+//	redispool.wait.time         Counter  s             time of those waits
+//	redispool.failed_waits      Counter  {wait}        waits that ended without: WaitTimeout, context or pool closed
+//	redispool.failed_wait.time  Counter  s             time of those waits
+//	redispool.dials             Counter  {dial}        dials started
+//	redispool.dial.errors       Counter  {error}       dials that failed
+//	redispool.fast_fails        Counter  {request}     Gets refused at once while the server refused connections
+//	redispool.leaks             Counter  {connection}  connections held longer than LeakThreshold
+//	redispool.discards          Counter  {connection}  connections the pool closed, by redispool.discard.reason
 //
 // Every data point carries db.client.connection.pool.name, "redispool"
 // unless [WithPoolName] says otherwise. The discard reason takes the values
@@ -38,17 +41,15 @@
 // wait. The pool counts waits and their total time, not each one, so they
 // are reported as the two counters above instead: the mean wait over an
 // interval is the increase of redispool.wait.time divided by that of
-// redispool.waits. There is no db.client.connection.create_time,
-// use_time or pending_requests: the pool's statistics time neither dials
-// nor borrows, and count the Gets that waited, not those waiting now.
-// Nor is there db.client.connection.idle.min: the pool keeps no minimum.
+// redispool.waits. There is no db.client.connection.create_time or
+// use_time: the pool's statistics time neither dials nor borrows. Nor is
+// there db.client.connection.idle.min: the pool keeps no minimum.
 package redispoolotel
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -63,10 +64,6 @@ const ScopeName = "github.com/redispool/redispool/examples/redispoolotel"
 // DefaultPoolName is the db.client.connection.pool.name of a pool
 // registered without WithPoolName.
 const DefaultPoolName = "redispool"
-
-// maxActivePerProc times GOMAXPROCS is MaxActive when it is zero, as the
-// Pool's documentation says.
-const maxActivePerProc = 10
 
 // Option configures Register.
 type Option func(*options)
@@ -92,10 +89,10 @@ type source interface {
 // Call Unregister on the registration to stop reporting, for example when
 // the pool is closed.
 //
-// db.client.connection.max and db.client.connection.idle.max are read from
-// pool's MaxActive and MaxIdle when Register is called, with the defaults
-// Pool documents: a MaxActive of zero is 10 x GOMAXPROCS, or MaxIdle if
-// that is larger; a MaxIdle of zero, or above MaxActive, is MaxActive.
+// db.client.connection.max and db.client.connection.idle.max are the
+// limits in effect, PoolStats.MaxActive and MaxIdle, defaults applied.
+// Register does not use the pool; the first collection does (see Pool on
+// first use), so set its fields before that.
 //
 // Register fails when pool or mp is nil, the pool name is empty, MaxActive
 // or MaxIdle is negative, or mp refuses an instrument or the callback.
@@ -106,19 +103,11 @@ func Register(pool *redispool.Pool, mp metric.MeterProvider, opts ...Option) (me
 	if pool.MaxActive < 0 || pool.MaxIdle < 0 {
 		return nil, fmt.Errorf("redispoolotel: the pool's MaxActive is %d and MaxIdle %d; neither may be negative", pool.MaxActive, pool.MaxIdle)
 	}
-	maxActive := pool.MaxActive
-	if maxActive == 0 {
-		maxActive = max(maxActivePerProc*runtime.GOMAXPROCS(0), pool.MaxIdle)
-	}
-	maxIdle := pool.MaxIdle
-	if maxIdle == 0 || maxIdle > maxActive {
-		maxIdle = maxActive
-	}
-	return register(pool, maxActive, maxIdle, mp, opts...)
+	return register(pool, mp, opts...)
 }
 
-// register is Register for any source, with the pool's limits given.
-func register(src source, maxActive, maxIdle int, mp metric.MeterProvider, opts ...Option) (metric.Registration, error) {
+// register is Register for any source.
+func register(src source, mp metric.MeterProvider, opts ...Option) (metric.Registration, error) {
 	o := options{poolName: DefaultPoolName}
 	for _, opt := range opts {
 		opt(&o)
@@ -134,7 +123,7 @@ func register(src source, maxActive, maxIdle int, mp metric.MeterProvider, opts 
 	if err != nil {
 		return nil, fmt.Errorf("redispoolotel: creating the instruments: %w", err)
 	}
-	r := newRecorder(src, in, o.poolName, maxActive, maxIdle)
+	r := newRecorder(src, in, o.poolName)
 	reg, err := meter.RegisterCallback(r.observe, in.all()...)
 	if err != nil {
 		return nil, fmt.Errorf("redispoolotel: registering the callback: %w", err)
@@ -144,18 +133,18 @@ func register(src source, maxActive, maxIdle int, mp metric.MeterProvider, opts 
 
 // instruments are the pool's instruments, one per metric.
 type instruments struct {
-	count, max, idleMax metric.Int64ObservableUpDownCounter
+	count, max, idleMax, pending metric.Int64ObservableUpDownCounter
 
-	timeouts, waits, dials, dialErrors, fastFails, leaks, discards metric.Int64ObservableCounter
+	timeouts, waits, failedWaits, dials, dialErrors, fastFails, leaks, discards metric.Int64ObservableCounter
 
-	waitTime metric.Float64ObservableCounter
+	waitTime, failedWaitTime metric.Float64ObservableCounter
 }
 
 // newInstruments creates the instruments with m.
 func newInstruments(m metric.Meter) (*instruments, error) {
 	var errs []error
-	upDown := func(name, desc string) metric.Int64ObservableUpDownCounter {
-		i, err := m.Int64ObservableUpDownCounter(name, metric.WithUnit("{connection}"), metric.WithDescription(desc))
+	upDown := func(name, unit, desc string) metric.Int64ObservableUpDownCounter {
+		i, err := m.Int64ObservableUpDownCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
 		errs = append(errs, err)
 		return i
 	}
@@ -164,48 +153,37 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 		errs = append(errs, err)
 		return i
 	}
-	in := &instruments{
-		count:      upDown("db.client.connection.count", "The number of connections that are currently in state described by the state attribute."),
-		max:        upDown("db.client.connection.max", "The maximum number of open connections allowed (MaxActive)."),
-		idleMax:    upDown("db.client.connection.idle.max", "The maximum number of idle open connections allowed (MaxIdle)."),
-		timeouts:   counter("db.client.connection.timeouts", "{timeout}", "Gets that failed with ErrPoolExhausted: WaitTimeout passed before a connection, a dial slot or the user's Dial was available."),
-		waits:      counter("redispool.waits", "{wait}", "Gets that had to wait for a connection."),
-		dials:      counter("redispool.dials", "{dial}", "Dials started."),
-		dialErrors: counter("redispool.dial.errors", "{error}", "Dials that failed."),
-		fastFails:  counter("redispool.fast_fails", "{request}", "Gets refused at once with the last dial error while the server refused connections."),
-		leaks:      counter("redispool.leaks", "{connection}", "Connections held longer than LeakThreshold."),
-		discards:   counter("redispool.discards", "{connection}", "Connections closed by the pool, by reason."),
+	seconds := func(name, desc string) metric.Float64ObservableCounter {
+		i, err := m.Float64ObservableCounter(name, metric.WithUnit("s"), metric.WithDescription(desc))
+		errs = append(errs, err)
+		return i
 	}
-	var err error
-	in.waitTime, err = m.Float64ObservableCounter("redispool.wait.time",
-		metric.WithUnit("s"), metric.WithDescription("Total time Gets waited for a connection."))
-	errs = append(errs, err)
+	in := &instruments{
+		count:          upDown("db.client.connection.count", "{connection}", "The number of connections that are currently in state described by the state attribute."),
+		max:            upDown("db.client.connection.max", "{connection}", "The maximum number of open connections allowed (MaxActive)."),
+		idleMax:        upDown("db.client.connection.idle.max", "{connection}", "The maximum number of idle open connections allowed (MaxIdle)."),
+		pending:        upDown("db.client.connection.pending_requests", "{request}", "The number of current pending requests for an open connection: Gets waiting."),
+		timeouts:       counter("db.client.connection.timeouts", "{timeout}", "Gets that failed with ErrPoolExhausted: WaitTimeout passed before a connection, a dial slot or the user's Dial was available."),
+		waits:          counter("redispool.waits", "{wait}", "Waits for a connection that ended with one."),
+		waitTime:       seconds("redispool.wait.time", "Total time of the waits for a connection that ended with one."),
+		failedWaits:    counter("redispool.failed_waits", "{wait}", "Waits for a connection that ended without one: WaitTimeout passed, the context ended or the pool was closed."),
+		failedWaitTime: seconds("redispool.failed_wait.time", "Total time of the waits for a connection that ended without one."),
+		dials:          counter("redispool.dials", "{dial}", "Dials started."),
+		dialErrors:     counter("redispool.dial.errors", "{error}", "Dials that failed."),
+		fastFails:      counter("redispool.fast_fails", "{request}", "Gets refused at once with the last dial error while the server refused connections."),
+		leaks:          counter("redispool.leaks", "{connection}", "Connections held longer than LeakThreshold."),
+		discards:       counter("redispool.discards", "{connection}", "Connections closed by the pool, by reason."),
+	}
 	return in, errors.Join(errs...)
 }
 
 // all lists the instruments, for RegisterCallback.
 func (in *instruments) all() []metric.Observable {
 	return []metric.Observable{
-		in.count, in.max, in.idleMax,
-		in.timeouts, in.waits, in.dials, in.dialErrors, in.fastFails, in.leaks, in.discards,
-		in.waitTime,
+		in.count, in.max, in.idleMax, in.pending,
+		in.timeouts, in.waits, in.failedWaits, in.dials, in.dialErrors, in.fastFails, in.leaks, in.discards,
+		in.waitTime, in.failedWaitTime,
 	}
-}
-
-// discardReasons maps each DiscardReason to its field in DiscardStats. The
-// attribute value is the reason's String.
-var discardReasons = []struct {
-	reason redispool.DiscardReason
-	count  func(redispool.DiscardStats) int64
-}{
-	{redispool.DiscardBroken, func(d redispool.DiscardStats) int64 { return d.Broken }},
-	{redispool.DiscardState, func(d redispool.DiscardStats) int64 { return d.State }},
-	{redispool.DiscardIdleTimeout, func(d redispool.DiscardStats) int64 { return d.IdleTimeout }},
-	{redispool.DiscardLifetime, func(d redispool.DiscardStats) int64 { return d.Lifetime }},
-	{redispool.DiscardMaxIdle, func(d redispool.DiscardStats) int64 { return d.MaxIdle }},
-	{redispool.DiscardHealthCheck, func(d redispool.DiscardStats) int64 { return d.HealthCheck }},
-	{redispool.DiscardPoolClosed, func(d redispool.DiscardStats) int64 { return d.PoolClosed }},
-	{redispool.DiscardRetired, func(d redispool.DiscardStats) int64 { return d.Retired }},
 }
 
 // The attribute keys.
@@ -220,25 +198,22 @@ const (
 type recorder struct {
 	src source
 	*instruments
-	maxActive, maxIdle int64
 
 	pool, idle, used metric.MeasurementOption
-	reasons          []metric.MeasurementOption // by index in discardReasons
+	reasons          []metric.MeasurementOption // by DiscardReason
 }
 
-func newRecorder(src source, in *instruments, poolName string, maxActive, maxIdle int) *recorder {
+func newRecorder(src source, in *instruments, poolName string) *recorder {
 	name := poolNameKey.String(poolName)
 	r := &recorder{
 		src:         src,
 		instruments: in,
-		maxActive:   int64(maxActive),
-		maxIdle:     int64(maxIdle),
 		pool:        metric.WithAttributeSet(attribute.NewSet(name)),
 		idle:        metric.WithAttributeSet(attribute.NewSet(name, stateKey.String("idle"))),
 		used:        metric.WithAttributeSet(attribute.NewSet(name, stateKey.String("used"))),
 	}
-	for _, d := range discardReasons {
-		r.reasons = append(r.reasons, metric.WithAttributeSet(attribute.NewSet(name, discardReasonKey.String(d.reason.String()))))
+	for reason := range (redispool.DiscardStats{}).ByReason() {
+		r.reasons = append(r.reasons, metric.WithAttributeSet(attribute.NewSet(name, discardReasonKey.String(reason.String()))))
 	}
 	return r
 }
@@ -251,17 +226,20 @@ func (r *recorder) observe(_ context.Context, o metric.Observer) error {
 	// ActiveCount and IdleCount are read one after the other while the pool
 	// runs, so their difference can be briefly off; it is never negative.
 	o.ObserveInt64(r.count, int64(max(s.ActiveCount-s.IdleCount, 0)), r.used)
-	o.ObserveInt64(r.max, r.maxActive, r.pool)
-	o.ObserveInt64(r.idleMax, r.maxIdle, r.pool)
+	o.ObserveInt64(r.max, int64(s.MaxActive), r.pool)
+	o.ObserveInt64(r.idleMax, int64(s.MaxIdle), r.pool)
+	o.ObserveInt64(r.pending, int64(s.WaitingCount), r.pool)
 	o.ObserveInt64(r.timeouts, s.WaitTimeoutCount, r.pool)
 	o.ObserveInt64(r.waits, s.WaitCount, r.pool)
 	o.ObserveFloat64(r.waitTime, s.WaitDuration.Seconds(), r.pool)
+	o.ObserveInt64(r.failedWaits, s.FailedWaitCount, r.pool)
+	o.ObserveFloat64(r.failedWaitTime, s.FailedWaitDuration.Seconds(), r.pool)
 	o.ObserveInt64(r.dials, s.DialCount, r.pool)
 	o.ObserveInt64(r.dialErrors, s.DialErrorCount, r.pool)
 	o.ObserveInt64(r.fastFails, s.FastFailCount, r.pool)
 	o.ObserveInt64(r.leaks, s.LeakCount, r.pool)
-	for i, d := range discardReasons {
-		o.ObserveInt64(r.discards, d.count(s.Discards), r.reasons[i])
+	for reason, n := range s.Discards.ByReason() {
+		o.ObserveInt64(r.discards, n, r.reasons[reason])
 	}
 	return nil
 }

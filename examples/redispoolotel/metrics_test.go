@@ -119,17 +119,20 @@ func collect(t *testing.T, reader *sdkmetric.ManualReader) map[string]points {
 	return got
 }
 
-// expected is what the instruments must report for s and the given limits.
-func expected(s redispool.PoolStats, maxActive, maxIdle int) points {
+// expected is what the instruments must report for s.
+func expected(s redispool.PoolStats) points {
 	d := s.Discards
 	return points{
 		"db.client.connection.count{db.client.connection.state=idle}": float64(s.IdleCount),
 		"db.client.connection.count{db.client.connection.state=used}": float64(s.ActiveCount - s.IdleCount),
-		"db.client.connection.max":                                    float64(maxActive),
-		"db.client.connection.idle.max":                               float64(maxIdle),
+		"db.client.connection.max":                                    float64(s.MaxActive),
+		"db.client.connection.idle.max":                               float64(s.MaxIdle),
+		"db.client.connection.pending_requests":                       float64(s.WaitingCount),
 		"db.client.connection.timeouts":                               float64(s.WaitTimeoutCount),
 		"redispool.waits":                                             float64(s.WaitCount),
 		"redispool.wait.time":                                         s.WaitDuration.Seconds(),
+		"redispool.failed_waits":                                      float64(s.FailedWaitCount),
+		"redispool.failed_wait.time":                                  s.FailedWaitDuration.Seconds(),
 		"redispool.dials":                                             float64(s.DialCount),
 		"redispool.dial.errors":                                       float64(s.DialErrorCount),
 		"redispool.fast_fails":                                        float64(s.FastFailCount),
@@ -174,24 +177,27 @@ func (f fakeSource) Stats() redispool.PoolStats { return redispool.PoolStats(f) 
 // the counters monotonic ones.
 func TestInstrumentsFollowTheConventions(t *testing.T) {
 	mp, reader := newProvider(t)
-	if _, err := redispoolotel.RegisterSource(fakeSource{}, 1, 1, mp); err != nil {
+	if _, err := redispoolotel.RegisterSource(fakeSource{}, mp); err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]struct {
 		monotonic bool
 		unit      string
 	}{
-		"db.client.connection.count":    {false, "{connection}"},
-		"db.client.connection.max":      {false, "{connection}"},
-		"db.client.connection.idle.max": {false, "{connection}"},
-		"db.client.connection.timeouts": {true, "{timeout}"},
-		"redispool.waits":               {true, "{wait}"},
-		"redispool.wait.time":           {true, "s"},
-		"redispool.dials":               {true, "{dial}"},
-		"redispool.dial.errors":         {true, "{error}"},
-		"redispool.fast_fails":          {true, "{request}"},
-		"redispool.leaks":               {true, "{connection}"},
-		"redispool.discards":            {true, "{connection}"},
+		"db.client.connection.count":            {false, "{connection}"},
+		"db.client.connection.max":              {false, "{connection}"},
+		"db.client.connection.idle.max":         {false, "{connection}"},
+		"db.client.connection.pending_requests": {false, "{request}"},
+		"db.client.connection.timeouts":         {true, "{timeout}"},
+		"redispool.waits":                       {true, "{wait}"},
+		"redispool.wait.time":                   {true, "s"},
+		"redispool.failed_waits":                {true, "{wait}"},
+		"redispool.failed_wait.time":            {true, "s"},
+		"redispool.dials":                       {true, "{dial}"},
+		"redispool.dial.errors":                 {true, "{error}"},
+		"redispool.fast_fails":                  {true, "{request}"},
+		"redispool.leaks":                       {true, "{connection}"},
+		"redispool.discards":                    {true, "{connection}"},
 	}
 	seen := map[string]bool{}
 	for _, m := range collectMetrics(t, reader) {
@@ -248,7 +254,7 @@ func TestEveryStatsFieldIsReported(t *testing.T) {
 	stats.ActiveCount += stats.IdleCount
 
 	mp, reader := newProvider(t)
-	if _, err := redispoolotel.RegisterSource(fakeSource(stats), 7, 5, mp, redispoolotel.WithPoolName("sessions")); err != nil {
+	if _, err := redispoolotel.RegisterSource(fakeSource(stats), mp, redispoolotel.WithPoolName("sessions")); err != nil {
 		t.Fatal(err)
 	}
 	got := collect(t, reader)
@@ -258,7 +264,7 @@ func TestEveryStatsFieldIsReported(t *testing.T) {
 	for _, field := range want {
 		t.Errorf("PoolStats.%s is not reported", field)
 	}
-	compare(t, got["sessions"], expected(stats, 7, 5))
+	compare(t, got["sessions"], expected(stats))
 }
 
 // TestEveryDiscardReasonIsReported makes sure each DiscardReason the pool
@@ -266,7 +272,7 @@ func TestEveryStatsFieldIsReported(t *testing.T) {
 // that a reason added to the pool fails here until it is mapped.
 func TestEveryDiscardReasonIsReported(t *testing.T) {
 	mp, reader := newProvider(t)
-	if _, err := redispoolotel.RegisterSource(fakeSource{}, 1, 1, mp); err != nil {
+	if _, err := redispoolotel.RegisterSource(fakeSource{}, mp); err != nil {
 		t.Fatal(err)
 	}
 	reported := map[string]bool{}
@@ -299,7 +305,7 @@ func TestEveryDiscardReasonIsReported(t *testing.T) {
 // other, so idle may briefly exceed open; used stays at zero then.
 func TestUsedIsNeverNegative(t *testing.T) {
 	mp, reader := newProvider(t)
-	if _, err := redispoolotel.RegisterSource(fakeSource{ActiveCount: 2, IdleCount: 3}, 4, 4, mp); err != nil {
+	if _, err := redispoolotel.RegisterSource(fakeSource{ActiveCount: 2, IdleCount: 3}, mp); err != nil {
 		t.Fatal(err)
 	}
 	const used = "db.client.connection.count{db.client.connection.state=used}"
@@ -316,8 +322,8 @@ func TestUnregisterStopsReporting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := len(collect(t, reader)[redispoolotel.DefaultPoolName]); n != 19 {
-		t.Fatalf("registered: %d data points; want 19", n)
+	if n := len(collect(t, reader)[redispoolotel.DefaultPoolName]); n != 22 {
+		t.Fatalf("registered: %d data points; want 22", n)
 	}
 	if err := reg.Unregister(); err != nil {
 		t.Fatalf("Unregister: %v", err)
@@ -429,6 +435,8 @@ const (
 	timeouts      = "db.client.connection.timeouts"
 	waits         = "redispool.waits"
 	waitTime      = "redispool.wait.time"
+	failedWaits   = "redispool.failed_waits"
+	failedTime    = "redispool.failed_wait.time"
 	dials         = "redispool.dials"
 	stateDiscards = "redispool.discards{redispool.discard.reason=state}"
 	idleDiscards  = "redispool.discards{redispool.discard.reason=max_idle}"
@@ -470,8 +478,8 @@ func (f *twoPools) check(step string, want map[string]points) map[string]points 
 	if len(got) != 2 {
 		t.Errorf("data points under %d pool names; want 2 (main, short)", len(got))
 	}
-	compare(t, got["main"], expected(f.main.Stats(), 2, 1))
-	compare(t, got["short"], expected(f.short.Stats(), 1, 1))
+	compare(t, got["main"], expected(f.main.Stats()))
+	compare(t, got["short"], expected(f.short.Stats()))
 	for pool, pts := range want {
 		for k, v := range pts {
 			if got[pool][k] != v {
@@ -507,12 +515,11 @@ func getAfterWait(t *testing.T, p *redispool.Pool, held redis.Conn) redis.Conn {
 		err error
 	}
 	waited := make(chan result, 1)
-	queued := p.Stats().WaitCount + 1
 	go func() {
 		c, err := p.GetContext(context.Background())
 		waited <- result{c, err}
 	}()
-	for deadline := time.Now().Add(5 * time.Second); p.Stats().WaitCount < queued; time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(5 * time.Second); p.Stats().WaitingCount == 0; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the Get did not queue within 5s")
 		}
@@ -556,9 +563,9 @@ func TestValuesFollowPoolUse(t *testing.T) {
 	if _, err := f.short.GetContext(context.Background()); !errors.Is(err, redispool.ErrPoolExhausted) {
 		t.Fatalf("Get with the only connection in use: %v; want ErrPoolExhausted", err)
 	}
-	got = f.check("a timeout", map[string]points{"short": {timeouts: 1, waits: 1}, "main": {timeouts: 0}})
-	if got["short"][waitTime] < 0.05 {
-		t.Fatalf("after a wait that timed out after WaitTimeout (50ms), %s is %v", waitTime, got["short"][waitTime])
+	got = f.check("a timeout", map[string]points{"short": {timeouts: 1, waits: 0, failedWaits: 1}, "main": {timeouts: 0, failedWaits: 0}})
+	if got["short"][failedTime] < 0.05 {
+		t.Fatalf("after a wait that timed out after WaitTimeout (50ms), %s is %v", failedTime, got["short"][failedTime])
 	}
 
 	c3.Close()

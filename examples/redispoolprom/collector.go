@@ -18,8 +18,13 @@
 //	redispool_connections_open              gauge    connections open: idle, in use or being dialed
 //	redispool_connections_idle              gauge    idle connections
 //	redispool_connections_in_use            gauge    open minus idle
-//	redispool_wait_total                    counter  Gets that waited for a connection
-//	redispool_wait_seconds_total            counter  time those Gets waited
+//	redispool_connections_max               gauge    MaxActive in effect
+//	redispool_connections_idle_max          gauge    MaxIdle in effect
+//	redispool_waiting                       gauge    Gets waiting for a connection now
+//	redispool_wait_total                    counter  waits for a connection that ended with one
+//	redispool_wait_seconds_total            counter  time of those waits
+//	redispool_failed_waits_total            counter  waits that ended without: WaitTimeout, context or pool closed
+//	redispool_failed_wait_seconds_total     counter  time of those waits
 //	redispool_dials_total                   counter  dials started
 //	redispool_dial_errors_total             counter  dials that failed
 //	redispool_fast_fails_total              counter  Gets refused at once while the server refused connections
@@ -70,29 +75,13 @@ func WithConstLabels(labels prometheus.Labels) Option {
 	}
 }
 
-// discardReasons maps each DiscardReason to its field in DiscardStats. The
-// label value is the reason's String.
-var discardReasons = []struct {
-	reason redispool.DiscardReason
-	count  func(redispool.DiscardStats) int64
-}{
-	{redispool.DiscardBroken, func(d redispool.DiscardStats) int64 { return d.Broken }},
-	{redispool.DiscardState, func(d redispool.DiscardStats) int64 { return d.State }},
-	{redispool.DiscardIdleTimeout, func(d redispool.DiscardStats) int64 { return d.IdleTimeout }},
-	{redispool.DiscardLifetime, func(d redispool.DiscardStats) int64 { return d.Lifetime }},
-	{redispool.DiscardMaxIdle, func(d redispool.DiscardStats) int64 { return d.MaxIdle }},
-	{redispool.DiscardHealthCheck, func(d redispool.DiscardStats) int64 { return d.HealthCheck }},
-	{redispool.DiscardPoolClosed, func(d redispool.DiscardStats) int64 { return d.PoolClosed }},
-	{redispool.DiscardRetired, func(d redispool.DiscardStats) int64 { return d.Retired }},
-}
-
 // Collector is a prometheus.Collector for one pool's statistics.
 type Collector struct {
 	src Source
 
-	open, idle, inUse *prometheus.Desc
+	open, idle, inUse, maxOpen, maxIdle, waiting *prometheus.Desc
 
-	waits, waitSeconds, dials, dialErrors, fastFails, waitTimeouts, leaks *prometheus.Desc
+	waits, waitSeconds, failedWaits, failedWaitSeconds, dials, dialErrors, fastFails, waitTimeouts, leaks *prometheus.Desc
 
 	discards *prometheus.Desc
 }
@@ -110,26 +99,31 @@ func NewCollector(src Source, opts ...Option) *Collector {
 		return prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, labels, o.constLabels)
 	}
 	return &Collector{
-		src:          src,
-		open:         desc("connections_open", "Connections open: idle, in use or being dialed."),
-		idle:         desc("connections_idle", "Idle connections."),
-		inUse:        desc("connections_in_use", "Connections in use or being dialed (open minus idle)."),
-		waits:        desc("wait_total", "Gets that had to wait for a connection."),
-		waitSeconds:  desc("wait_seconds_total", "Total time Gets waited for a connection, in seconds."),
-		dials:        desc("dials_total", "Dials started."),
-		dialErrors:   desc("dial_errors_total", "Dials that failed."),
-		fastFails:    desc("fast_fails_total", "Gets refused at once with the last dial error while the server refused connections."),
-		waitTimeouts: desc("wait_timeouts_total", "Gets that failed with ErrPoolExhausted: WaitTimeout passed before a connection, a dial slot or the user's Dial was available."),
-		leaks:        desc("leaks_total", "Connections held longer than LeakThreshold."),
-		discards:     desc("discards_total", "Connections closed by the pool, by reason.", "reason"),
+		src:               src,
+		open:              desc("connections_open", "Connections open: idle, in use or being dialed."),
+		idle:              desc("connections_idle", "Idle connections."),
+		inUse:             desc("connections_in_use", "Connections in use or being dialed (open minus idle)."),
+		maxOpen:           desc("connections_max", "The most connections open at once (MaxActive in effect)."),
+		maxIdle:           desc("connections_idle_max", "The most idle connections kept (MaxIdle in effect)."),
+		waiting:           desc("waiting", "Gets waiting for a connection now."),
+		waits:             desc("wait_total", "Waits for a connection that ended with one."),
+		waitSeconds:       desc("wait_seconds_total", "Total time of the waits for a connection that ended with one, in seconds."),
+		failedWaits:       desc("failed_waits_total", "Waits for a connection that ended without one: WaitTimeout passed, the context ended or the pool was closed."),
+		failedWaitSeconds: desc("failed_wait_seconds_total", "Total time of the waits for a connection that ended without one, in seconds."),
+		dials:             desc("dials_total", "Dials started."),
+		dialErrors:        desc("dial_errors_total", "Dials that failed."),
+		fastFails:         desc("fast_fails_total", "Gets refused at once with the last dial error while the server refused connections."),
+		waitTimeouts:      desc("wait_timeouts_total", "Gets that failed with ErrPoolExhausted: WaitTimeout passed before a connection, a dial slot or the user's Dial was available."),
+		leaks:             desc("leaks_total", "Connections held longer than LeakThreshold."),
+		discards:          desc("discards_total", "Connections closed by the pool, by reason.", "reason"),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		c.open, c.idle, c.inUse,
-		c.waits, c.waitSeconds, c.dials, c.dialErrors, c.fastFails, c.waitTimeouts, c.leaks,
+		c.open, c.idle, c.inUse, c.maxOpen, c.maxIdle, c.waiting,
+		c.waits, c.waitSeconds, c.failedWaits, c.failedWaitSeconds, c.dials, c.dialErrors, c.fastFails, c.waitTimeouts, c.leaks,
 		c.discards,
 	} {
 		ch <- d
@@ -151,14 +145,19 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	// ActiveCount and IdleCount are read one after the other while the pool
 	// runs, so their difference can be briefly off; it is never negative.
 	gauge(c.inUse, max(s.ActiveCount-s.IdleCount, 0))
+	gauge(c.maxOpen, s.MaxActive)
+	gauge(c.maxIdle, s.MaxIdle)
+	gauge(c.waiting, s.WaitingCount)
 	counter(c.waits, float64(s.WaitCount))
 	counter(c.waitSeconds, s.WaitDuration.Seconds())
+	counter(c.failedWaits, float64(s.FailedWaitCount))
+	counter(c.failedWaitSeconds, s.FailedWaitDuration.Seconds())
 	counter(c.dials, float64(s.DialCount))
 	counter(c.dialErrors, float64(s.DialErrorCount))
 	counter(c.fastFails, float64(s.FastFailCount))
 	counter(c.waitTimeouts, float64(s.WaitTimeoutCount))
 	counter(c.leaks, float64(s.LeakCount))
-	for _, r := range discardReasons {
-		counter(c.discards, float64(r.count(s.Discards)), r.reason.String())
+	for reason, n := range s.Discards.ByReason() {
+		counter(c.discards, float64(n), reason.String())
 	}
 }

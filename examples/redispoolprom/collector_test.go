@@ -25,15 +25,20 @@ func (f fakeSource) Stats() redispool.PoolStats { return redispool.PoolStats(f) 
 // and checks the exposition, names, types and help included.
 func TestCollectMapsEveryField(t *testing.T) {
 	src := fakeSource{
-		ActiveCount:      7,
-		IdleCount:        3,
-		WaitCount:        11,
-		WaitDuration:     1500 * time.Millisecond,
-		DialCount:        13,
-		DialErrorCount:   17,
-		FastFailCount:    19,
-		WaitTimeoutCount: 23,
-		LeakCount:        29,
+		ActiveCount:        7,
+		IdleCount:          3,
+		WaitCount:          11,
+		WaitDuration:       1500 * time.Millisecond,
+		MaxActive:          31,
+		MaxIdle:            37,
+		WaitingCount:       41,
+		FailedWaitCount:    43,
+		FailedWaitDuration: 2500 * time.Millisecond,
+		DialCount:          13,
+		DialErrorCount:     17,
+		FastFailCount:      19,
+		WaitTimeoutCount:   23,
+		LeakCount:          29,
 		Discards: redispool.DiscardStats{
 			Broken: 101, State: 102, IdleTimeout: 103, Lifetime: 104,
 			MaxIdle: 105, HealthCheck: 106, PoolClosed: 107, Retired: 108,
@@ -44,9 +49,15 @@ func TestCollectMapsEveryField(t *testing.T) {
 # HELP redispool_connections_idle Idle connections.
 # TYPE redispool_connections_idle gauge
 redispool_connections_idle{pool="sessions"} 3
+# HELP redispool_connections_idle_max The most idle connections kept (MaxIdle in effect).
+# TYPE redispool_connections_idle_max gauge
+redispool_connections_idle_max{pool="sessions"} 37
 # HELP redispool_connections_in_use Connections in use or being dialed (open minus idle).
 # TYPE redispool_connections_in_use gauge
 redispool_connections_in_use{pool="sessions"} 4
+# HELP redispool_connections_max The most connections open at once (MaxActive in effect).
+# TYPE redispool_connections_max gauge
+redispool_connections_max{pool="sessions"} 31
 # HELP redispool_connections_open Connections open: idle, in use or being dialed.
 # TYPE redispool_connections_open gauge
 redispool_connections_open{pool="sessions"} 7
@@ -66,27 +77,36 @@ redispool_discards_total{pool="sessions",reason="max_idle"} 105
 redispool_discards_total{pool="sessions",reason="pool_closed"} 107
 redispool_discards_total{pool="sessions",reason="retired"} 108
 redispool_discards_total{pool="sessions",reason="state"} 102
+# HELP redispool_failed_wait_seconds_total Total time of the waits for a connection that ended without one, in seconds.
+# TYPE redispool_failed_wait_seconds_total counter
+redispool_failed_wait_seconds_total{pool="sessions"} 2.5
+# HELP redispool_failed_waits_total Waits for a connection that ended without one: WaitTimeout passed, the context ended or the pool was closed.
+# TYPE redispool_failed_waits_total counter
+redispool_failed_waits_total{pool="sessions"} 43
 # HELP redispool_fast_fails_total Gets refused at once with the last dial error while the server refused connections.
 # TYPE redispool_fast_fails_total counter
 redispool_fast_fails_total{pool="sessions"} 19
 # HELP redispool_leaks_total Connections held longer than LeakThreshold.
 # TYPE redispool_leaks_total counter
 redispool_leaks_total{pool="sessions"} 29
-# HELP redispool_wait_seconds_total Total time Gets waited for a connection, in seconds.
+# HELP redispool_wait_seconds_total Total time of the waits for a connection that ended with one, in seconds.
 # TYPE redispool_wait_seconds_total counter
 redispool_wait_seconds_total{pool="sessions"} 1.5
 # HELP redispool_wait_timeouts_total Gets that failed with ErrPoolExhausted: WaitTimeout passed before a connection, a dial slot or the user's Dial was available.
 # TYPE redispool_wait_timeouts_total counter
 redispool_wait_timeouts_total{pool="sessions"} 23
-# HELP redispool_wait_total Gets that had to wait for a connection.
+# HELP redispool_wait_total Waits for a connection that ended with one.
 # TYPE redispool_wait_total counter
 redispool_wait_total{pool="sessions"} 11
+# HELP redispool_waiting Gets waiting for a connection now.
+# TYPE redispool_waiting gauge
+redispool_waiting{pool="sessions"} 41
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
 		t.Error(err)
 	}
-	if n := testutil.CollectAndCount(c); n != 18 {
-		t.Errorf("collected %d metrics; want 18 (10 without labels, 8 discard reasons)", n)
+	if n := testutil.CollectAndCount(c); n != 23 {
+		t.Errorf("collected %d metrics; want 23 (15 without labels, 8 discard reasons)", n)
 	}
 }
 
@@ -211,8 +231,8 @@ func TestPedanticRegistry(t *testing.T) {
 			t.Fatalf("registering the %s collector: %v", name, err)
 		}
 	}
-	if n, err := testutil.GatherAndCount(reg); err != nil || n != 2*18 {
-		t.Errorf("gathered %d metrics, error %v; want %d and none", n, err, 2*18)
+	if n, err := testutil.GatherAndCount(reg); err != nil || n != 2*23 {
+		t.Errorf("gathered %d metrics, error %v; want %d and none", n, err, 2*23)
 	}
 	if err := reg.Register(redispoolprom.NewCollector(&redispool.Pool{}, redispoolprom.WithConstLabels(prometheus.Labels{"pool": "cache"}))); err == nil {
 		t.Error("a second collector with the same constant labels registered; want an error")
@@ -284,9 +304,15 @@ func TestCollectPool(t *testing.T) {
 # HELP redispool_connections_idle Idle connections.
 # TYPE redispool_connections_idle gauge
 redispool_connections_idle 0
+# HELP redispool_connections_idle_max The most idle connections kept (MaxIdle in effect).
+# TYPE redispool_connections_idle_max gauge
+redispool_connections_idle_max 2
 # HELP redispool_connections_in_use Connections in use or being dialed (open minus idle).
 # TYPE redispool_connections_in_use gauge
 redispool_connections_in_use 0
+# HELP redispool_connections_max The most connections open at once (MaxActive in effect).
+# TYPE redispool_connections_max gauge
+redispool_connections_max 3
 # HELP redispool_connections_open Connections open: idle, in use or being dialed.
 # TYPE redispool_connections_open gauge
 redispool_connections_open 0
@@ -306,21 +332,30 @@ redispool_discards_total{reason="max_idle"} 1
 redispool_discards_total{reason="pool_closed"} 0
 redispool_discards_total{reason="retired"} 2
 redispool_discards_total{reason="state"} 1
+# HELP redispool_failed_wait_seconds_total Total time of the waits for a connection that ended without one, in seconds.
+# TYPE redispool_failed_wait_seconds_total counter
+redispool_failed_wait_seconds_total 0
+# HELP redispool_failed_waits_total Waits for a connection that ended without one: WaitTimeout passed, the context ended or the pool was closed.
+# TYPE redispool_failed_waits_total counter
+redispool_failed_waits_total 0
 # HELP redispool_fast_fails_total Gets refused at once with the last dial error while the server refused connections.
 # TYPE redispool_fast_fails_total counter
 redispool_fast_fails_total 0
 # HELP redispool_leaks_total Connections held longer than LeakThreshold.
 # TYPE redispool_leaks_total counter
 redispool_leaks_total 0
-# HELP redispool_wait_seconds_total Total time Gets waited for a connection, in seconds.
+# HELP redispool_wait_seconds_total Total time of the waits for a connection that ended with one, in seconds.
 # TYPE redispool_wait_seconds_total counter
 redispool_wait_seconds_total 0
 # HELP redispool_wait_timeouts_total Gets that failed with ErrPoolExhausted: WaitTimeout passed before a connection, a dial slot or the user's Dial was available.
 # TYPE redispool_wait_timeouts_total counter
 redispool_wait_timeouts_total 1
-# HELP redispool_wait_total Gets that had to wait for a connection.
+# HELP redispool_wait_total Waits for a connection that ended with one.
 # TYPE redispool_wait_total counter
 redispool_wait_total 0
+# HELP redispool_waiting Gets waiting for a connection now.
+# TYPE redispool_waiting gauge
+redispool_waiting 0
 `
 	if err := testutil.CollectAndCompare(redispoolprom.NewCollector(p), strings.NewReader(want)); err != nil {
 		t.Error(err)
