@@ -1929,6 +1929,162 @@ func TestRedigoDocumentedUsageWorksWithOnlyTheTypeNameChanged(t *testing.T) {
 }
 
 // ---------------------------------------------------------------------------
+// A user's conn that implements redis.ConnWithContext.
+
+// traceKey is the key of the value a caller's context carries to a
+// tracingConn.
+type traceKey struct{}
+
+// ctxSeen is what a tracingConn's context method saw of its context.
+type ctxSeen struct {
+	value       any // the traceKey value
+	hasDeadline bool
+}
+
+// tracingConn wraps a redigo conn as tracing and metrics wrappers do: its
+// context methods record what the context carries, then call the conn's.
+// timeouts makes it implement redis.ConnWithTimeout as well.
+type tracingConn struct {
+	redis.Conn
+	mu   sync.Mutex
+	seen []ctxSeen
+}
+
+func (c *tracingConn) record(ctx context.Context) {
+	_, ok := ctx.Deadline()
+	c.mu.Lock()
+	c.seen = append(c.seen, ctxSeen{ctx.Value(traceKey{}), ok})
+	c.mu.Unlock()
+}
+
+func (c *tracingConn) Seen() []ctxSeen {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]ctxSeen(nil), c.seen...)
+}
+
+func (c *tracingConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	c.record(ctx)
+	return redis.DoContext(c.Conn, ctx, cmd, args...)
+}
+
+func (c *tracingConn) ReceiveContext(ctx context.Context) (any, error) {
+	c.record(ctx)
+	return redis.ReceiveContext(c.Conn, ctx)
+}
+
+// tracingConnWithTimeout is a tracingConn that implements
+// redis.ConnWithTimeout too.
+type tracingConnWithTimeout struct{ *tracingConn }
+
+func (c tracingConnWithTimeout) DoWithTimeout(d time.Duration, cmd string, args ...any) (any, error) {
+	return redis.DoWithTimeout(c.Conn, d, cmd, args...)
+}
+
+func (c tracingConnWithTimeout) ReceiveWithTimeout(d time.Duration) (any, error) {
+	return redis.ReceiveWithTimeout(c.Conn, d)
+}
+
+// tracingPool is a pool of one connection from a Dial of the user's that
+// returns a tracingConn, with redis.ConnWithTimeout when timeouts is set.
+func tracingPool(t *testing.T, srv *redistest.Server, timeouts bool) (*redispool.Pool, func() *tracingConn) {
+	t.Helper()
+	var last atomic.Pointer[tracingConn]
+	p := &redispool.Pool{MaxActive: 1, ReadTimeout: 300 * time.Millisecond, Dial: func() (redis.Conn, error) {
+		c, err := redis.Dial("tcp", srv.Addr())
+		if err != nil {
+			return nil, err
+		}
+		tc := &tracingConn{Conn: c}
+		last.Store(tc)
+		if timeouts {
+			return tracingConnWithTimeout{tc}, nil
+		}
+		return tc, nil
+	}}
+	t.Cleanup(func() { p.Close() })
+	return p, last.Load
+}
+
+// TestAUserConnWithContextGetsTheCallersContext: a conn from a Dial of the
+// user's that implements redis.ConnWithContext is called through DoContext
+// and ReceiveContext with the context the caller gave, so that a tracing
+// wrapper sees what it carries; a call that ends with the caller's context
+// still discards the connection.
+func TestAUserConnWithContextGetsTheCallersContext(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, timeouts := range []bool{true, false} {
+		t.Run(fmt.Sprintf("ConnWithTimeout=%v", timeouts), func(t *testing.T) {
+			p, conn := tracingPool(t, srv, timeouts)
+			ctx := context.WithValue(context.Background(), traceKey{}, "span-1")
+			c, err := p.GetContext(ctx)
+			require.NoError(t, err)
+			v, err := redis.String(redis.DoContext(c, ctx, "ECHO", "a"))
+			require.NoError(t, err)
+			assert.Equal(t, "a", v)
+			require.NoError(t, c.Send("ECHO", "b"))
+			require.NoError(t, c.Flush())
+			v, err = redis.String(redis.ReceiveContext(c, ctx))
+			require.NoError(t, err)
+			assert.Equal(t, "b", v)
+			require.NoError(t, c.Close())
+			seen := conn().Seen()
+			require.Len(t, seen, 2, "DoContext and ReceiveContext of the user's conn")
+			for _, s := range seen {
+				assert.Equal(t, "span-1", s.value, "the user's conn did not get the caller's context")
+				assert.True(t, s.hasDeadline, "the pool's ReadTimeout does not bound the call")
+			}
+
+			c = p.Get()
+			short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+			defer cancel()
+			_, err = redis.DoContext(c, short, "BLPOP", "tracing:none", 2)
+			assert.Equal(t, context.DeadlineExceeded, err)
+			require.NoError(t, c.Close())
+			s := p.Stats()
+			assert.EqualValues(t, 1, s.Discards.Broken, "the conn whose call the context ended was not discarded: %+v", s.Discards)
+			assert.Equal(t, "span-1", conn().Seen()[0].value)
+		})
+	}
+}
+
+// TestAUserConnWithContextAloneIsBoundedByReadTimeout: a conn from a Dial
+// of the user's that implements redis.ConnWithContext but not
+// redis.ConnWithTimeout gets ReadTimeout through a context's deadline:
+// a stalled server fails Do with a timeout, and the conn is discarded;
+// DoWithTimeout and ReceiveWithTimeout work.
+func TestAUserConnWithContextAloneIsBoundedByReadTimeout(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Do(t, "SET", "db0:marker", "db0")
+	p, conn := tracingPool(t, srv, false)
+	c := p.Get()
+	v, err := redis.String(redis.DoWithTimeout(c, time.Second, "ECHO", "a"))
+	require.NoError(t, err)
+	assert.Equal(t, "a", v)
+	require.NoError(t, c.Send("ECHO", "b"))
+	require.NoError(t, c.Flush())
+	v, err = redis.String(redis.ReceiveWithTimeout(c, time.Second))
+	require.NoError(t, err)
+	assert.Equal(t, "b", v)
+	_, err = c.Do("BLPOP", "tracing:none", 0.4) // longer than ReadTimeout: the timeout is added
+	require.NoError(t, err)
+
+	srv.Stop(t)
+	start := time.Now()
+	_, err = c.Do("GET", "k")
+	took := time.Since(start)
+	srv.Cont(t)
+	assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
+	assert.Less(t, took, 2*time.Second, "Do on a stalled server took %v with ReadTimeout 300ms", took)
+	require.NoError(t, c.Close())
+	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+	for _, s := range conn().Seen() {
+		assert.True(t, s.hasDeadline, "a call without a deadline: %+v", conn().Seen())
+	}
+	borrowerSeesOnlyItsOwn(t, p)
+}
+
+// ---------------------------------------------------------------------------
 // Helpers.
 
 // onePool is a pool of at most one fake conn.
