@@ -87,7 +87,7 @@ func (ac *activeConn) DoWithTimeout(timeout time.Duration, cmd string, args ...a
 // pooled connection to bound a read, when it implements neither
 // redis.ConnWithTimeout nor redis.ConnWithContext.
 func (ac *activeConn) timeoutsSupported() error {
-	if ac.pc.cwt != nil || ac.pc.userCtx() != nil {
+	if ac.pc.bounded() {
 		return nil
 	}
 	if _, err := ac.lock(); err != nil {

@@ -30,7 +30,7 @@ func (p *Pool) release(pc *poolConn, st *borrowState, touched bool) verdict {
 		return verdict{reason: DiscardBroken, cause: either(st.err, err)}
 	case st.state&(stateSubscribe|stateListen|stateTaint|stateAsking) != 0,
 		st.pendingEver, st.pendingBlock > 0,
-		pc.cwt == nil && (st.state != 0 || st.pending > 0 || st.db != p.cfg.db): // no deadline to read with
+		!pc.bounded() && (st.state != 0 || st.pending > 0 || st.db != p.cfg.db):
 		// Do not wait for replies that may not come in time or at all.
 		return verdict{reason: DiscardState, err: flushLeft(pc, st, retired)}
 	case retired:
@@ -47,6 +47,15 @@ func (p *Pool) release(pc *poolConn, st *borrowState, touched bool) verdict {
 		return verdict{reason: DiscardState, cause: refused}
 	}
 	return keep
+}
+
+// bounded reports whether a read on the connection can be given a deadline:
+// it implements redis.ConnWithTimeout, or comes from a Dial of the user's
+// and implements redis.ConnWithContext. A read on any other redis.Conn is
+// bounded only by closing the connection from another goroutine, which a
+// conn written by hand may not allow.
+func (pc *poolConn) bounded() bool {
+	return pc.cwt != nil || pc.userCtx() != nil
 }
 
 // flushLeft writes the commands the borrower sent and read no reply to, so
@@ -92,7 +101,7 @@ func (p *Pool) drain(pc *poolConn, st *borrowState) (refused, err error) {
 	if err != nil {
 		return nil, err
 	}
-	reply, err := pc.cwt.DoWithTimeout(p.cfg.drainTimeout, "")
+	reply, err := pc.do(p.cfg.drainTimeout, "", nil)
 	if err != nil {
 		return nil, err
 	}

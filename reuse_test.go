@@ -2084,6 +2084,54 @@ func TestAUserConnWithContextAloneIsBoundedByReadTimeout(t *testing.T) {
 	borrowerSeesOnlyItsOwn(t, p)
 }
 
+// TestAUserConnWithContextIsCleanedOnClose: Close undoes the state of a
+// conn from a Dial of the user's that implements redis.ConnWithContext but
+// not redis.ConnWithTimeout, and reads its pending replies, within the
+// drain timeout, as it does on the pool's own conns, and keeps it; one the
+// server does not answer in time is discarded.
+func TestAUserConnWithContextIsCleanedOnClose(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Do(t, "SET", "db0:marker", "db0")
+	for _, tt := range []struct {
+		name  string
+		steps []borrowStep
+	}{
+		{"WATCH", []borrowStep{pDo("WATCH", "ctx:w")}},
+		{"open MULTI", []borrowStep{pDo("MULTI"), pDo("SET", "ctx:never", 1)}},
+		{"unread replies", []borrowStep{pSend("ECHO", "late"), pSend("ECHO", "later"), pFlush}},
+		{"another database", []borrowStep{pDo("SELECT", 3)}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p, _ := tracingPool(t, srv, false)
+			c := p.Get()
+			for _, s := range tt.steps {
+				s(t, c)
+			}
+			require.NoError(t, c.Close())
+			borrowerSeesOnlyItsOwn(t, p)
+			nextTransactionRuns(t, srv, p, "ctx:w")
+			assert.Nil(t, srv.Do(t, "GET", "ctx:never"), "the open transaction ran")
+			s := p.Stats()
+			assert.EqualValues(t, 1, s.DialCount, "the conn was not kept: %+v", s.Discards)
+		})
+	}
+
+	t.Run("a server that does not answer", func(t *testing.T) {
+		p, _ := tracingPool(t, srv, false)
+		c := p.Get()
+		require.NoError(t, c.Send("ECHO", "late"))
+		require.NoError(t, c.Flush())
+		srv.Stop(t)
+		start := time.Now()
+		c.Close()
+		took := time.Since(start)
+		srv.Cont(t)
+		assert.Less(t, took, 2*time.Second, "Close waited %v for a stalled server", took)
+		assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+		borrowerSeesOnlyItsOwn(t, p)
+	})
+}
+
 // ---------------------------------------------------------------------------
 // Helpers.
 
