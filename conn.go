@@ -126,7 +126,7 @@ func (ac *activeConn) DoContext(ctx context.Context, cmd string, args ...any) (a
 	}
 	reply, err := ac.withContext(ctx, c, func(timeout time.Duration) (any, error) {
 		if cwc := c.pc.userCtx(); cwc != nil {
-			return ctxCall(ctx, timeout, func(ctx context.Context) (any, error) {
+			return ctxCall(context.WithoutCancel(ctx), timeout, func(ctx context.Context) (any, error) {
 				return cwc.DoContext(ctx, cmd, args...)
 			})
 		}
@@ -264,7 +264,7 @@ func (ac *activeConn) ReceiveContext(ctx context.Context) (any, error) {
 	}
 	reply, err := ac.withContext(ctx, c, func(timeout time.Duration) (any, error) {
 		if cwc := c.pc.userCtx(); cwc != nil {
-			return ctxCall(ctx, timeout, cwc.ReceiveContext)
+			return ctxCall(context.WithoutCancel(ctx), timeout, cwc.ReceiveContext)
 		}
 		return c.pc.receive(timeout)
 	})
@@ -335,9 +335,12 @@ func (ac *activeConn) Close() error {
 
 // userCtx returns the connection from a Dial of the user's as a
 // redis.ConnWithContext, when it is one, or nil. DoContext and
-// ReceiveContext pass their caller's context to it, as tracing and metrics
-// wrappers expect; the pool's own connections are read with deadlines
-// instead, which costs no goroutine per call.
+// ReceiveContext pass it their caller's context, as tracing and metrics
+// wrappers expect: its values, and its deadline or the pool's read timeout,
+// whichever comes first. Not its cancellation, which closes the connection
+// as on the pool's own (see withContext), so that a reply read in full as
+// ctx ends still reaches the caller. The pool's own connections are read
+// with deadlines instead, which costs no goroutine per call.
 func (pc *poolConn) userCtx() redis.ConnWithContext {
 	if !pc.p.cfg.userDial {
 		return nil

@@ -2048,6 +2048,48 @@ func TestAUserConnWithContextGetsTheCallersContext(t *testing.T) {
 	}
 }
 
+// strictCtxConn is a user's conn whose DoContext fails with its context's
+// error whenever the context has ended by the time the reply is read, as
+// redigo's may: reply returns the reply.
+type strictCtxConn struct {
+	redis.Conn
+	reply func() any
+}
+
+func (c *strictCtxConn) DoContext(ctx context.Context, _ string, _ ...any) (any, error) {
+	r := c.reply()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (c *strictCtxConn) ReceiveContext(ctx context.Context) (any, error) {
+	return c.DoContext(ctx, "")
+}
+
+// TestAUserConnWithContextKeepsAReplyReadAsCtxEnds: as on the pool's own
+// conns, a reply read in full as the caller's ctx ends belongs to the
+// caller (for BLPOP, the element has left the list), whatever the user's
+// conn does with a context that ended; the conn is not used again.
+func TestAUserConnWithContextKeepsAReplyReadAsCtxEnds(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &fakeDialer{}
+	p := &redispool.Pool{MaxActive: 1, ReadTimeout: time.Second, Dial: func() (redis.Conn, error) {
+		c, err := d.Dial()
+		return &strictCtxConn{Conn: c, reply: func() any { cancel(); return "element" }}, err
+	}}
+	defer p.Close()
+	c := p.Get()
+	reply, err := redis.DoContext(c, ctx, "BLPOP", "k", 1)
+	require.NoError(t, err)
+	assert.Equal(t, "element", reply)
+	_, err = c.Do("GET", "k")
+	assert.Equal(t, context.Canceled, err, "the conn ctx closed is not used again")
+	c.Close()
+	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+}
+
 // TestAUserConnWithContextAloneIsBoundedByReadTimeout: a conn from a Dial
 // of the user's that implements redis.ConnWithContext but not
 // redis.ConnWithTimeout gets ReadTimeout through a context's deadline:
@@ -2119,9 +2161,9 @@ func TestAUserConnWithContextIsCleanedOnClose(t *testing.T) {
 	t.Run("a server that does not answer", func(t *testing.T) {
 		p, _ := tracingPool(t, srv, false)
 		c := p.Get()
+		srv.Stop(t)
 		require.NoError(t, c.Send("ECHO", "late"))
 		require.NoError(t, c.Flush())
-		srv.Stop(t)
 		start := time.Now()
 		c.Close()
 		took := time.Since(start)
