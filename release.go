@@ -28,10 +28,7 @@ func (p *Pool) release(pc *poolConn, st *borrowState, touched bool) verdict {
 	switch {
 	case st.err != nil, err != nil:
 		return verdict{reason: DiscardBroken, cause: either(st.err, err)}
-	case st.state&(stateSubscribe|stateListen|stateTaint|stateAsking) != 0,
-		st.pendingEver, st.pendingBlock > 0,
-		!pc.bounded() && (st.state != 0 || st.pending > 0 || st.db != p.cfg.db):
-		// Do not wait for replies that may not come in time or at all.
+	case p.stuck(pc, st):
 		return verdict{reason: DiscardState, err: flushLeft(pc, st, retired)}
 	case retired:
 		return verdict{reason: DiscardRetired, err: flushLeft(pc, st, retired)}
@@ -43,10 +40,33 @@ func (p *Pool) release(pc *poolConn, st *borrowState, touched bool) verdict {
 	case err != nil:
 		return verdict{reason: DiscardBroken, cause: err, err: err}
 	case refused != nil:
-		// The transaction may still be open, the keys still watched.
+		// The state may still be there: a transaction open, keys watched,
+		// READONLY, another database.
 		return verdict{reason: DiscardState, cause: refused}
 	}
 	return keep
+}
+
+// stuck reports whether the borrower left state that Close cannot undo, or
+// replies it cannot read in time or at all.
+func (p *Pool) stuck(pc *poolConn, st *borrowState) bool {
+	switch {
+	case st.state&(stateSubscribe|stateListen|stateTaint|stateAsking) != 0,
+		st.pendingEver, st.pendingBlock > 0:
+		return true
+	case st.db != p.cfg.db && !p.knowsDB():
+		return true
+	}
+	return !pc.bounded() && (st.state != 0 || st.pending > 0 || st.db != p.cfg.db)
+}
+
+// knowsDB reports whether the pool knows the database its connections
+// start in, which Close selects again on one left in another: the pool
+// dials them into DB, or DB declares the database a Dial of the user's
+// selects. A Dial of the user's with DB zero may have selected another
+// one, which SELECT 0 would trade for database 0.
+func (p *Pool) knowsDB() bool {
+	return !p.cfg.userDial || p.cfg.db != 0
 }
 
 // bounded reports whether a read on the connection can be given a deadline:
