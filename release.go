@@ -92,12 +92,12 @@ func flushLeft(pc *poolConn, st *borrowState, retired bool) error {
 	return pc.c.Flush()
 }
 
-// drain undoes the borrower's state, reading every pending reply and those
-// of its undos within the drain timeout: DISCARD or UNWATCH for MULTI or
-// WATCH, READWRITE for READONLY, and SELECT <DB> for another database or
-// one unknown. refused is the first undo the server refused, or the refusal of an
-// undo the borrower sent with Send (see borrowState.undos): the state may
-// still be there.
+// drain undoes the borrower's state, reading every pending reply and those of
+// its undos within the drain timeout: DISCARD or UNWATCH for MULTI or WATCH,
+// READWRITE for READONLY, and SELECT <DB> for another database or one unknown.
+// refused is the first undo the server refused, or the refusal of an undo the
+// borrower sent with Send (see borrowState.undos): the state may still be
+// there.
 func (p *Pool) drain(pc *poolConn, st *borrowState) (refused, err error) {
 	n := 0 // undos sent
 	send := func(cmd string, args ...any) {
