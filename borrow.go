@@ -116,32 +116,34 @@ type call struct {
 	undos []int
 }
 
-// start records that a command (or, with cmd "", a flush and read of the
-// pending replies) is about to run and computes its read timeout. send is
-// true for Send, which queues a reply instead of reading one.
-func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
-	var info command.Info
-	if cmd != "" {
-		info = command.Classify(cmd, args)
-	}
-	u := reads | writes
+// start records in c, a zero call, that a command (or, with cmd "", a
+// flush and read of the pending replies) is about to run, and computes its
+// read timeout. send is true for Send, which queues a reply instead of
+// reading one.
+func (ac *activeConn) start(c *call, cmd string, args []any, send bool) error {
+	c.pc, c.uses, c.timeout = ac.pc, reads|writes, ac.pc.p.cfg.readTimeout
 	if send {
-		u = writes
+		c.uses = writes
 	}
-	if info.Effects == 0 && ac.claim(u, send) {
+	if command.Inert(cmd) && ac.claim(c.uses, send) {
 		// A command with no effect, on a borrow that kept nothing else: no
 		// blocking command pending, no first reply to confirm.
-		return call{pc: ac.pc, uses: u, timeout: ac.pc.p.cfg.readTimeout}, nil
+		return nil
 	}
+	return ac.startLocked(c, cmd, command.Classify(cmd, args), send)
+}
+
+// startLocked is start for a command of info, or on a borrow that kept more
+// than its count of pending replies: under the bookkeeping's lock.
+func (ac *activeConn) startLocked(c *call, cmd string, info command.Info, send bool) error {
 	pc, err := ac.lock()
 	if err != nil {
-		return call{}, err
+		return err
 	}
 	defer ac.unlock()
-	if err := ac.claimLocked(u); err != nil {
-		return call{}, err
+	if err := ac.claimLocked(c.uses); err != nil {
+		return err
 	}
-	c := call{pc: pc, uses: u, timeout: pc.p.cfg.readTimeout}
 	c.confirm = !send && pc.confirmLocked()
 	pc.useAsking(cmd, info)
 	selects, undoes := pc.apply(info, send)
@@ -173,7 +175,7 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 			c.timeout += block
 		}
 	}
-	return c, nil
+	return nil
 }
 
 // blockWithLocked returns how long the pending commands and the one of info
@@ -341,7 +343,7 @@ func (pc *poolConn) applySelect(db int, queued bool) bool {
 // run, or cannot say (redigo returns, along with the reply to a command, only
 // the first error among the replies read before it), the connection is
 // tainted.
-func (ac *activeConn) settle(c call, cmd string, reply any, err error) {
+func (ac *activeConn) settle(c *call, cmd string, reply any, err error) {
 	if c.undoes == 0 && len(c.undos) == 0 {
 		return
 	}
@@ -394,19 +396,19 @@ func refusedAt(reply any, first int, undos []int) error {
 // begin is start for Flush (u is writes) and Receive (reads). The timeout is
 // for reading one pending reply, or a pushed message on a listening
 // connection, which has no deadline.
-func (ac *activeConn) begin(u uses) (call, error) {
+func (ac *activeConn) begin(c *call, u uses) error {
+	c.pc, c.uses, c.timeout = ac.pc, u, ac.pc.p.cfg.readTimeout
 	if ac.claim(u, false) {
-		return call{pc: ac.pc, uses: u, timeout: ac.pc.p.cfg.readTimeout}, nil
+		return nil
 	}
 	pc, err := ac.lock()
 	if err != nil {
-		return call{}, err
+		return err
 	}
 	defer ac.unlock()
 	if err := ac.claimLocked(u); err != nil {
-		return call{}, err
+		return err
 	}
-	c := call{pc: pc, uses: u, timeout: pc.p.cfg.readTimeout}
 	if c.timeout > 0 {
 		switch {
 		case pc.state&stateListen != 0, pc.pendingEver:
@@ -419,7 +421,7 @@ func (ac *activeConn) begin(u uses) (call, error) {
 		c.undo = pc.takeReplyLocked()
 	}
 	c.confirm = u == reads && pc.confirmLocked()
-	return c, nil
+	return nil
 }
 
 // end records the outcome of a call. Any error but a redis.Error means the
@@ -429,7 +431,7 @@ func (ac *activeConn) begin(u uses) (call, error) {
 // A READONLY error reply means the server became a replica: the connection is
 // not kept, and every connection dialed before it is retired. With Sentinel,
 // so does a connection closed by the server, as happens during a failover.
-func (ac *activeConn) end(c call, err error) {
+func (ac *activeConn) end(c *call, err error) {
 	if err == nil && !c.selects && !c.undo && !c.confirm {
 		ac.word.And(^uint64(c.uses)) // nothing else to record
 		return
@@ -438,7 +440,7 @@ func (ac *activeConn) end(c call, err error) {
 }
 
 // finish is end for a call that has more to record than its end.
-func (ac *activeConn) finish(c call, err error) {
+func (ac *activeConn) finish(c *call, err error) {
 	pc := c.pc
 	rerr, replied := err.(redis.Error)
 	readOnly := replied && isReadOnly(rerr)
@@ -456,7 +458,7 @@ func (ac *activeConn) finish(c call, err error) {
 }
 
 // recordLocked keeps the outcome of call c.
-func (pc *poolConn) recordLocked(c call, err error) {
+func (pc *poolConn) recordLocked(c *call, err error) {
 	if c.selects && err == nil {
 		pc.db = c.selectDB
 	}

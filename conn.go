@@ -145,13 +145,13 @@ func (ac *activeConn) unlock() {
 // commands sent before it. The reply waits at most ReadTimeout, plus the
 // command's own timeout for blocking commands.
 func (ac *activeConn) Do(cmd string, args ...any) (any, error) {
-	c, err := ac.start(cmd, args, false)
-	if err != nil {
+	var c call
+	if err := ac.start(&c, cmd, args, false); err != nil {
 		return nil, err
 	}
 	reply, err := c.pc.do(c.timeout, cmd, args)
-	ac.settle(c, cmd, reply, err)
-	ac.end(c, arrayError(cmd, reply, err))
+	ac.settle(&c, cmd, reply, err)
+	ac.end(&c, arrayError(cmd, reply, err))
 	return reply, err
 }
 
@@ -160,13 +160,13 @@ func (ac *activeConn) DoWithTimeout(timeout time.Duration, cmd string, args ...a
 	if err := ac.timeoutsSupported(); err != nil {
 		return nil, err
 	}
-	c, err := ac.start(cmd, args, false)
-	if err != nil {
+	var c call
+	if err := ac.start(&c, cmd, args, false); err != nil {
 		return nil, err
 	}
 	reply, err := c.pc.do(timeout, cmd, args)
-	ac.settle(c, cmd, reply, err)
-	ac.end(c, arrayError(cmd, reply, err))
+	ac.settle(&c, cmd, reply, err)
+	ac.end(&c, arrayError(cmd, reply, err))
 	return reply, err
 }
 
@@ -206,34 +206,35 @@ func (ac *activeConn) DoContext(ctx context.Context, cmd string, args ...any) (a
 	if err := contextDone(ctx); err != nil {
 		return nil, err
 	}
-	c, err := ac.start(cmd, args, false)
-	if err != nil {
+	var c call
+	if err := ac.start(&c, cmd, args, false); err != nil {
 		return nil, err
 	}
-	reply, err := ac.withContext(ctx, c, func(timeout time.Duration) (any, error) {
-		if cwc := c.pc.userCtx(); cwc != nil {
+	reply, err := ac.withContext(ctx, c.timeout, func(timeout time.Duration) (any, error) {
+		if cwc := ac.pc.userCtx(); cwc != nil {
 			return ctxCall(ctx, timeout, func(ctx context.Context) (any, error) {
 				return cwc.DoContext(ctx, cmd, args...)
 			})
 		}
-		return c.pc.do(timeout, cmd, args)
+		return ac.pc.do(timeout, cmd, args)
 	})
-	ac.settle(c, cmd, reply, err)
-	ac.end(c, arrayError(cmd, reply, err))
+	ac.settle(&c, cmd, reply, err)
+	ac.end(&c, arrayError(cmd, reply, err))
 	return reply, err
 }
 
-// withContext runs f with its read timeout shortened to ctx's deadline, and
-// closes the connection if ctx is cancelled while f runs: closing is the
-// only way to stop a read in progress.
-func (ac *activeConn) withContext(ctx context.Context, c call, f func(time.Duration) (any, error)) (any, error) {
-	timeout, dl, err := ctxTimeout(ctx, c.timeout)
+// withContext runs f with its read timeout, timeout, shortened to ctx's
+// deadline, and closes the connection if ctx is cancelled while f runs:
+// closing is the only way to stop a read in progress.
+func (ac *activeConn) withContext(ctx context.Context, timeout time.Duration, f func(time.Duration) (any, error)) (any, error) {
+	timeout, dl, err := ctxTimeout(ctx, timeout)
 	if err != nil {
 		return nil, err
 	}
 	stop := func() bool { return true }
 	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { c.pc.c.Close() })
+		pc := ac.pc
+		stop = context.AfterFunc(ctx, func() { pc.c.Close() })
 	}
 	reply, err := f(timeout)
 	if !stop() {
@@ -293,23 +294,23 @@ func (ac *activeConn) cancelled(ctxErr error, reply any, err error) (any, error)
 
 // Send queues a command; its reply is read by Receive, Do or Close.
 func (ac *activeConn) Send(cmd string, args ...any) error {
-	c, err := ac.start(cmd, args, true)
-	if err != nil {
+	var c call
+	if err := ac.start(&c, cmd, args, true); err != nil {
 		return err
 	}
-	err = c.pc.c.Send(cmd, args...)
-	ac.end(c, err)
+	err := c.pc.c.Send(cmd, args...)
+	ac.end(&c, err)
 	return err
 }
 
 // Flush writes the queued commands.
 func (ac *activeConn) Flush() error {
-	c, err := ac.begin(writes)
-	if err != nil {
+	var c call
+	if err := ac.begin(&c, writes); err != nil {
 		return err
 	}
-	err = c.pc.c.Flush()
-	ac.end(c, err)
+	err := c.pc.c.Flush()
+	ac.end(&c, err)
 	return err
 }
 
@@ -317,12 +318,12 @@ func (ac *activeConn) Flush() error {
 // pending blocking commands). On a subscribed connection it waits for the next
 // message without a deadline, as redigo's PubSubConn.Receive expects.
 func (ac *activeConn) Receive() (any, error) {
-	c, err := ac.begin(reads)
-	if err != nil {
+	var c call
+	if err := ac.begin(&c, reads); err != nil {
 		return nil, err
 	}
 	reply, err := c.pc.receive(c.timeout)
-	ac.end(c, err)
+	ac.end(&c, err)
 	return reply, err
 }
 
@@ -331,12 +332,12 @@ func (ac *activeConn) ReceiveWithTimeout(timeout time.Duration) (any, error) {
 	if err := ac.timeoutsSupported(); err != nil {
 		return nil, err
 	}
-	c, err := ac.begin(reads)
-	if err != nil {
+	var c call
+	if err := ac.begin(&c, reads); err != nil {
 		return nil, err
 	}
 	reply, err := c.pc.receive(timeout)
-	ac.end(c, err)
+	ac.end(&c, err)
 	return reply, err
 }
 
@@ -345,17 +346,17 @@ func (ac *activeConn) ReceiveContext(ctx context.Context) (any, error) {
 	if err := contextDone(ctx); err != nil {
 		return nil, err
 	}
-	c, err := ac.begin(reads)
-	if err != nil {
+	var c call
+	if err := ac.begin(&c, reads); err != nil {
 		return nil, err
 	}
-	reply, err := ac.withContext(ctx, c, func(timeout time.Duration) (any, error) {
-		if cwc := c.pc.userCtx(); cwc != nil {
+	reply, err := ac.withContext(ctx, c.timeout, func(timeout time.Duration) (any, error) {
+		if cwc := ac.pc.userCtx(); cwc != nil {
 			return ctxCall(ctx, timeout, cwc.ReceiveContext)
 		}
-		return c.pc.receive(timeout)
+		return ac.pc.receive(timeout)
 	})
-	ac.end(c, err)
+	ac.end(&c, err)
 	return reply, err
 }
 
