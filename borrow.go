@@ -63,8 +63,9 @@ type borrowState struct {
 	pendingEver  bool          // a pending command may block forever
 	err          error         // the first error that was not a redis.Error
 	// sent numbers the commands sent: the next reply to read is that of
-	// command number sent-pending. While undos is empty only that
-	// difference counts (see activeConn.lock).
+	// command number sent-pending. Only differences count: while undos is
+	// empty, a call that claims the conn without the lock moves pending
+	// alone (see activeConn.claim).
 	sent int
 	// undos are the numbers (see sent) of the pending replies to EXEC,
 	// DISCARD, UNWATCH and READWRITE commands sent with Send. The state they undo was

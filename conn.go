@@ -117,11 +117,6 @@ func (ac *activeConn) lock() (*poolConn, error) {
 		return nil, ErrConnClosed
 	}
 	pc.pending = int(w >> pendingShift)
-	if w&wordFull == 0 {
-		// Nothing but the count was kept: number the pending replies from
-		// the next one to read (see borrowState.sent).
-		pc.sent = pc.pending
-	}
 	return pc, nil
 }
 
