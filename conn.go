@@ -169,7 +169,7 @@ func (ac *activeConn) DoWithTimeout(timeout time.Duration, cmd string, args ...a
 // pooled connection to bound a read, when it implements neither
 // redis.ConnWithTimeout nor redis.ConnWithContext.
 func (ac *activeConn) timeoutsSupported() error {
-	if ac.pc.cwt != nil || ac.pc.userCtx() != nil {
+	if ac.pc.bounded() {
 		return nil
 	}
 	if ac.word.Load()&wordClosed != 0 {
@@ -207,7 +207,7 @@ func (ac *activeConn) DoContext(ctx context.Context, cmd string, args ...any) (a
 	}
 	reply, err := ac.withContext(ctx, c.timeout, func(timeout time.Duration) (any, error) {
 		if cwc := ac.pc.userCtx(); cwc != nil {
-			return ctxCall(ctx, timeout, func(ctx context.Context) (any, error) {
+			return ctxCall(context.WithoutCancel(ctx), timeout, func(ctx context.Context) (any, error) {
 				return cwc.DoContext(ctx, cmd, args...)
 			})
 		}
@@ -347,7 +347,7 @@ func (ac *activeConn) ReceiveContext(ctx context.Context) (any, error) {
 	}
 	reply, err := ac.withContext(ctx, c.timeout, func(timeout time.Duration) (any, error) {
 		if cwc := ac.pc.userCtx(); cwc != nil {
-			return ctxCall(ctx, timeout, cwc.ReceiveContext)
+			return ctxCall(context.WithoutCancel(ctx), timeout, cwc.ReceiveContext)
 		}
 		return ac.pc.receive(timeout)
 	})
@@ -374,14 +374,14 @@ func (ac *activeConn) Err() error {
 	return pc.c.Err()
 }
 
-// Close returns the connection to the pool if it is provably clean, and
-// closes it otherwise. Replies still pending are read first, within
-// ReadTimeout and at most one second; an open MULTI is discarded, WATCH
-// and READONLY undone, and a connection left in another database than
-// Pool.DB selects DB again. A connection the pool retired (see Pool.Retire) is closed without
-// writing anything more to it: commands sent and not yet written are
-// dropped, and Close returns ErrConnRetired when any reply was still
-// pending. Close is idempotent; every other method fails after it.
+// Close returns the connection to the pool if it is provably clean, and closes
+// it otherwise. Replies still pending are read first, within ReadTimeout and
+// at most one second; an open MULTI is discarded, WATCH and READONLY undone,
+// and a connection left in another database is put back in Pool.DB. A
+// connection the pool retired (see Pool.Retire) is closed without writing
+// anything more to it: commands sent and not yet written are dropped, and
+// Close returns ErrConnRetired when any reply was still pending. Close is
+// idempotent; every other method fails after it.
 func (ac *activeConn) Close() error {
 	st, touched, ok := ac.detach()
 	if !ok {
@@ -436,9 +436,12 @@ func (ac *activeConn) detach() (st borrowState, touched, ok bool) {
 
 // userCtx returns the connection from a Dial of the user's as a
 // redis.ConnWithContext, when it is one, or nil. DoContext and
-// ReceiveContext pass their caller's context to it, as tracing and metrics
-// wrappers expect; the pool's own connections are read with deadlines
-// instead, which costs no goroutine per call.
+// ReceiveContext pass it their caller's context, as tracing and metrics
+// wrappers expect: its values, and its deadline or the pool's read timeout,
+// whichever comes first. Not its cancellation, which closes the connection
+// as on the pool's own (see withContext), so that a reply read in full as
+// ctx ends still reaches the caller. The pool's own connections are read
+// with deadlines instead, which costs no goroutine per call.
 func (pc *poolConn) userCtx() redis.ConnWithContext {
 	if !pc.p.cfg.userDial {
 		return nil

@@ -114,9 +114,10 @@ type Pool struct {
 	Username, Password string
 
 	// DB is the database selected on connections the pool dials. When zero,
-	// database 0, or the database of a URL in Addr. With Dial or
-	// DialContext, set DB to the database your Dial selects: Close puts a
-	// connection a borrower left in another database back in DB.
+	// database 0, or the database of a URL in Addr. Close puts a connection
+	// a borrower left in another database back in DB. With Dial or
+	// DialContext, set DB to the database your Dial selects; when DB is
+	// zero, such a connection is closed instead.
 	DB int
 
 	// DialOptions are passed to redis.DialContext when the pool dials Addr,
