@@ -58,12 +58,14 @@ var subscribed = [...]connState{
 type borrowState struct {
 	state        connState
 	db           int           // the database the connection is in; -1 when unknown
-	pending      int           // commands sent whose replies were not read
+	pending      int           // commands sent whose replies were not read (see activeConn.lock)
 	pendingBlock time.Duration // the longest pending blocking commands may wait at the server
 	pendingEver  bool          // a pending command may block forever
 	err          error         // the first error that was not a redis.Error
-	// sent numbers the commands sent since no reply was last pending: the
-	// next reply to read is that of command number sent-pending.
+	// sent numbers the commands sent: the next reply to read is that of
+	// command number sent-pending. Only differences count: while undos is
+	// empty, a call that claims the conn without the lock moves pending
+	// alone (see activeConn.claim).
 	sent int
 	// undos are the numbers (see sent) of the pending replies to EXEC,
 	// DISCARD, UNWATCH and READWRITE commands sent with Send. The state they
@@ -73,10 +75,17 @@ type borrowState struct {
 }
 
 // untouched reports whether the borrower left nothing to read or undo and
-// nothing that breaks the connection. With no reply pending, sent is 0,
-// undos is empty and no blocking command is pending.
+// nothing that breaks the connection. With no reply pending, undos is empty
+// and no blocking command is pending.
 func (s *borrowState) untouched(db int) bool {
 	return s.state == 0 && s.db == db && s.pending == 0 && s.err == nil
+}
+
+// fullLocked reports whether the bookkeeping holds more than the count of
+// pending replies: then every call takes pc.mu (see activeConn.claim).
+func (pc *poolConn) fullLocked() bool {
+	return pc.state != 0 || pc.db != pc.p.cfg.db || pc.err != nil || len(pc.undos) > 0 ||
+		pc.pendingBlock != 0 || pc.pendingEver || pc.unconfirmed
 }
 
 // maxPendingBlock bounds the sum of pending blocking commands' timeouts,
@@ -108,27 +117,34 @@ type call struct {
 	undos []int
 }
 
-// start records that a command (or, with cmd "", a flush and read of the
-// pending replies) is about to run and computes its read timeout. send is
-// true for Send, which queues a reply instead of reading one.
-func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
-	var info command.Info
-	if cmd != "" {
-		info = command.Classify(cmd, args)
+// start records in c, a zero call, that a command (or, with cmd "", a
+// flush and read of the pending replies) is about to run, and computes its
+// read timeout. send is true for Send, which queues a reply instead of
+// reading one.
+func (ac *activeConn) start(c *call, cmd string, args []any, send bool) error {
+	c.pc, c.uses, c.timeout = ac.pc, reads|writes, ac.pc.p.cfg.readTimeout
+	if send {
+		c.uses = writes
 	}
+	if command.Inert(cmd) && ac.claim(c.uses, send) {
+		// A command with no effect, on a borrow that kept nothing else: no
+		// blocking command pending, no first reply to confirm.
+		return nil
+	}
+	return ac.startLocked(c, cmd, command.Classify(cmd, args), send)
+}
+
+// startLocked is start for a command of info, or on a borrow that kept more
+// than its count of pending replies: under the bookkeeping's lock.
+func (ac *activeConn) startLocked(c *call, cmd string, info command.Info, send bool) error {
 	pc, err := ac.lock()
 	if err != nil {
-		return call{}, err
+		return err
 	}
-	defer pc.mu.Unlock()
-	u := reads | writes
-	if send {
-		u = writes
+	defer ac.unlock()
+	if err := ac.claimLocked(c.uses); err != nil {
+		return err
 	}
-	if err := pc.claimLocked(u); err != nil {
-		return call{}, err
-	}
-	c := call{pc: pc, uses: u, timeout: pc.p.cfg.readTimeout}
 	c.confirm = !send && pc.confirmLocked()
 	pc.useAsking(cmd, info)
 	selects, undoes := pc.apply(info, send)
@@ -160,7 +176,7 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 			c.timeout += block
 		}
 	}
-	return c, nil
+	return nil
 }
 
 // blockWithLocked returns how long the pending commands and the one of info
@@ -182,15 +198,17 @@ func (pc *poolConn) blockWithLocked(info command.Info) (block time.Duration, for
 // take one: it is usable, and no call in progress does what u does. A call
 // that overlaps another that way breaks the connection (see
 // ErrConcurrentUse); the call in progress goes on.
-func (pc *poolConn) claimLocked(u uses) error {
+func (ac *activeConn) claimLocked(u uses) error {
+	pc := ac.pc
 	if err := pc.usableLocked(); err != nil {
 		return err
 	}
-	if uses(pc.busy.Load())&u != 0 {
+	// While the bookkeeping is locked, calls end, and none begins.
+	if uses(ac.word.Load())&u != 0 {
 		pc.err = ErrConcurrentUse
 		return ErrConcurrentUse
 	}
-	pc.busy.Or(uint32(u))
+	ac.word.Or(uint64(u))
 	return nil
 }
 
@@ -201,12 +219,18 @@ func (pc *poolConn) usableLocked() error {
 	switch {
 	case pc.err != nil:
 		return pc.err
-	case pc.gen < pc.p.cut.Load(), pc.p.Sentinel != nil && pc.gen != pc.p.gen.Load():
+	case pc.retired():
 		// The old master may still accept writes for a while, which the
 		// failover then loses: fail instead.
 		return ErrConnRetired
 	}
 	return nil
+}
+
+// retired reports whether the connection was dialed before a Retire or,
+// with Sentinel, reaches a master the sentinels have replaced.
+func (pc *poolConn) retired() bool {
+	return pc.gen < pc.p.cut.Load() || pc.p.Sentinel != nil && pc.gen != pc.p.gen.Load()
 }
 
 // apply records a command's effect on the connection's state when it is
@@ -320,7 +344,7 @@ func (pc *poolConn) applySelect(db int, queued bool) bool {
 // not run, or cannot say (redigo returns, along with the reply to a command,
 // only the first error among the replies read before it), the connection is
 // tainted.
-func (c call) settle(cmd string, reply any, err error) {
+func (ac *activeConn) settle(c *call, cmd string, reply any, err error) {
 	if c.undoes == 0 && len(c.undos) == 0 {
 		return
 	}
@@ -333,12 +357,15 @@ func (c call) settle(cmd string, reply any, err error) {
 	}
 	taint := len(c.undos) > 0 &&
 		(cmd != "" && err != nil || cmd == "" && refusedAt(reply, c.first, c.undos) != nil)
-	c.pc.mu.Lock()
-	c.pc.state &^= undone
-	if taint {
-		c.pc.state |= stateTaint
+	pc, lerr := ac.lock()
+	if lerr != nil {
+		return // closed meanwhile: a call was in progress, so pc is discarded
 	}
-	c.pc.mu.Unlock()
+	pc.state &^= undone
+	if taint {
+		pc.state |= stateTaint
+	}
+	ac.unlock()
 }
 
 // undoRefused returns the reply to a command that undoes state if it says the
@@ -370,16 +397,19 @@ func refusedAt(reply any, first int, undos []int) error {
 // begin is start for Flush (u is writes) and Receive (reads). The timeout is
 // for reading one pending reply, or a pushed message on a listening
 // connection, which has no deadline.
-func (ac *activeConn) begin(u uses) (call, error) {
+func (ac *activeConn) begin(c *call, u uses) error {
+	c.pc, c.uses, c.timeout = ac.pc, u, ac.pc.p.cfg.readTimeout
+	if ac.claim(u, false) {
+		return nil
+	}
 	pc, err := ac.lock()
 	if err != nil {
-		return call{}, err
+		return err
 	}
-	defer pc.mu.Unlock()
-	if err := pc.claimLocked(u); err != nil {
-		return call{}, err
+	defer ac.unlock()
+	if err := ac.claimLocked(u); err != nil {
+		return err
 	}
-	c := call{pc: pc, uses: u, timeout: pc.p.cfg.readTimeout}
 	if c.timeout > 0 {
 		switch {
 		case pc.state&stateListen != 0, pc.pendingEver:
@@ -392,7 +422,7 @@ func (ac *activeConn) begin(u uses) (call, error) {
 		c.undo = pc.takeReplyLocked()
 	}
 	c.confirm = u == reads && pc.confirmLocked()
-	return c, nil
+	return nil
 }
 
 // end records the outcome of a call. Any error but a redis.Error means the
@@ -402,17 +432,34 @@ func (ac *activeConn) begin(u uses) (call, error) {
 // A READONLY error reply means the server became a replica: the connection is
 // not kept, and every connection dialed before it is retired. With Sentinel,
 // so does a connection closed by the server, as happens during a failover.
-func (ac *activeConn) end(c call, err error) {
+func (ac *activeConn) end(c *call, err error) {
 	if err == nil && !c.selects && !c.undo && !c.confirm {
-		c.pc.busy.And(^uint32(c.uses)) // nothing else to record
+		ac.word.And(^uint64(c.uses)) // nothing else to record
 		return
 	}
-	c.pc.finish(c, err)
+	ac.finish(c, err)
 }
 
 // finish is end for a call that has more to record than its end.
-func (pc *poolConn) finish(c call, err error) {
-	pc.mu.Lock()
+func (ac *activeConn) finish(c *call, err error) {
+	pc := c.pc
+	rerr, replied := err.(redis.Error)
+	readOnly := replied && isReadOnly(rerr)
+	if _, lerr := ac.lock(); lerr == nil {
+		pc.recordLocked(c, err)
+		ac.word.And(^uint64(c.uses))
+		ac.unlock()
+	}
+	if c.confirm {
+		pc.p.confirmDial(err)
+	}
+	if readOnly || (pc.p.Sentinel != nil && err != nil && !replied && closedByServer(err)) {
+		pc.p.failover(pc.addr)
+	}
+}
+
+// recordLocked keeps the outcome of call c.
+func (pc *poolConn) recordLocked(c *call, err error) {
 	if c.selects && err == nil {
 		pc.db = c.selectDB
 	}
@@ -423,17 +470,8 @@ func (pc *poolConn) finish(c call, err error) {
 	if c.undo && undoRefused(err) != nil {
 		pc.state |= stateTaint
 	}
-	readOnly := replied && isReadOnly(rerr)
-	if readOnly {
+	if replied && isReadOnly(rerr) {
 		pc.state |= stateTaint
-	}
-	pc.busy.And(^uint32(c.uses))
-	pc.mu.Unlock()
-	if c.confirm {
-		pc.p.confirmDial(err)
-	}
-	if readOnly || (pc.p.Sentinel != nil && err != nil && !replied && closedByServer(err)) {
-		pc.p.failover(pc.addr)
 	}
 }
 

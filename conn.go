@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -36,35 +37,116 @@ var ErrConcurrentUse = errors.New("redispool: conn used by two goroutines at onc
 // still pending and the first error that was not a redis.Error.
 //
 // As with redigo's connections, one goroutine may Send and Flush while another
-// Receives, so the bookkeeping is under pc.mu; no I/O happens under it. Calls
-// that overlap otherwise break the connection (see ErrConcurrentUse).
+// Receives. A call claims the conn in word (see claim): while the borrow has
+// sent and read only commands with no effect, that one compare-and-swap is
+// all its bookkeeping; otherwise it takes pc.mu (see lock), never held across
+// I/O. Calls that overlap otherwise break the connection (see
+// ErrConcurrentUse).
 type activeConn struct {
-	pc  *poolConn
-	seq uint64 // ours while pc.seq is this
+	pc *poolConn
+	// word is the borrow's calls in progress (the uses bits), wordLocked,
+	// wordFull and wordClosed, and from bit pendingShift on the number of
+	// replies pending. Its zero value is a borrow that has done nothing.
+	word atomic.Uint64
 }
 
-// lock locks the pooled connection's bookkeeping, if this conn still owns it.
+// The bits of activeConn.word above the uses of the calls in progress.
+const (
+	// wordLocked: a holder of pc.mu has the bookkeeping; no call claims the
+	// conn in word meanwhile.
+	wordLocked uint64 = 1 << 2
+	// wordFull: the bookkeeping holds more than the count of pending
+	// replies (see poolConn.fullLocked): every call takes pc.mu.
+	wordFull uint64 = 1 << 3
+	// wordClosed: Close ran, and every later call fails with ErrConnClosed.
+	wordClosed uint64 = 1 << 4
+
+	wordUses     = uint64(reads | writes)
+	pendingShift = 8
+	pendingOne   = 1 << pendingShift
+)
+
+// claim claims the conn for a call that does u, and moves the count of
+// pending replies for it, when the borrow's bookkeeping is that count alone
+// and no call in progress does what u does: Send (add true) adds a reply,
+// Receive takes one (there must be one), Do reads them all, Flush reads
+// none. Otherwise, or when the connection is retired, it claims nothing:
+// the call takes pc.mu (see lock).
+func (ac *activeConn) claim(u uses, add bool) bool {
+	for {
+		w := ac.word.Load()
+		if w&(wordLocked|wordFull|wordClosed|uint64(u)) != 0 || ac.pc.retired() {
+			return false
+		}
+		next := w | uint64(u)
+		switch {
+		case add:
+			next += pendingOne
+		case u == reads|writes:
+			next &= pendingOne - 1
+		case u == reads:
+			if w < pendingOne {
+				return false
+			}
+			next -= pendingOne
+		}
+		if ac.word.CompareAndSwap(w, next) {
+			return true
+		}
+	}
+}
+
+// lock locks the borrow's bookkeeping, if Close has not run: it takes
+// pc.mu, sets wordLocked, and moves the count of pending replies from word
+// to pc.pending. unlock moves it back.
 func (ac *activeConn) lock() (*poolConn, error) {
 	pc := ac.pc
 	pc.mu.Lock()
-	if pc.seq != ac.seq {
+	var w uint64
+	for {
+		// Only a holder of pc.mu sets wordLocked: the loop only waits for
+		// a claim or the end of a call that changed word meanwhile.
+		w = ac.word.Load()
+		if ac.word.CompareAndSwap(w, w|wordLocked) {
+			break
+		}
+	}
+	if w&wordClosed != 0 {
+		ac.word.And(^wordLocked)
 		pc.mu.Unlock()
 		return nil, ErrConnClosed
 	}
+	pc.pending = int(w >> pendingShift)
 	return pc, nil
+}
+
+// unlock unlocks the bookkeeping locked by lock.
+func (ac *activeConn) unlock() {
+	pc := ac.pc
+	keep := uint64(pc.pending) << pendingShift
+	if pc.fullLocked() {
+		keep |= wordFull
+	}
+	for {
+		w := ac.word.Load()
+		if ac.word.CompareAndSwap(w, w&(wordUses|wordClosed)|keep) {
+			break
+		}
+	}
+	pc.mu.Unlock()
 }
 
 // Do sends a command and returns its reply, after reading the replies of
 // commands sent before it. The reply waits at most ReadTimeout, plus the
 // command's own timeout for blocking commands.
 func (ac *activeConn) Do(cmd string, args ...any) (any, error) {
-	c, err := ac.start(cmd, args, false)
-	if err != nil {
+	var c call
+	if err := ac.start(&c, cmd, args, false); err != nil {
 		return nil, err
 	}
 	reply, err := c.pc.do(c.timeout, cmd, args)
-	c.settle(cmd, reply, err)
-	ac.end(c, arrayError(cmd, reply, err))
+	ac.settle(&c, cmd, reply, err)
+	ac.end(&c, arrayError(cmd, reply, err))
 	return reply, err
 }
 
@@ -73,13 +155,13 @@ func (ac *activeConn) DoWithTimeout(timeout time.Duration, cmd string, args ...a
 	if err := ac.timeoutsSupported(); err != nil {
 		return nil, err
 	}
-	c, err := ac.start(cmd, args, false)
-	if err != nil {
+	var c call
+	if err := ac.start(&c, cmd, args, false); err != nil {
 		return nil, err
 	}
 	reply, err := c.pc.do(timeout, cmd, args)
-	c.settle(cmd, reply, err)
-	ac.end(c, arrayError(cmd, reply, err))
+	ac.settle(&c, cmd, reply, err)
+	ac.end(&c, arrayError(cmd, reply, err))
 	return reply, err
 }
 
@@ -90,10 +172,9 @@ func (ac *activeConn) timeoutsSupported() error {
 	if ac.pc.bounded() {
 		return nil
 	}
-	if _, err := ac.lock(); err != nil {
-		return err
+	if ac.word.Load()&wordClosed != 0 {
+		return ErrConnClosed
 	}
-	ac.pc.mu.Unlock()
 	return errTimeoutNotSupported
 }
 
@@ -120,38 +201,39 @@ func (ac *activeConn) DoContext(ctx context.Context, cmd string, args ...any) (a
 	if err := contextDone(ctx); err != nil {
 		return nil, err
 	}
-	c, err := ac.start(cmd, args, false)
-	if err != nil {
+	var c call
+	if err := ac.start(&c, cmd, args, false); err != nil {
 		return nil, err
 	}
-	reply, err := ac.withContext(ctx, c, func(timeout time.Duration) (any, error) {
-		if cwc := c.pc.userCtx(); cwc != nil {
+	reply, err := ac.withContext(ctx, c.timeout, func(timeout time.Duration) (any, error) {
+		if cwc := ac.pc.userCtx(); cwc != nil {
 			return ctxCall(context.WithoutCancel(ctx), timeout, func(ctx context.Context) (any, error) {
 				return cwc.DoContext(ctx, cmd, args...)
 			})
 		}
-		return c.pc.do(timeout, cmd, args)
+		return ac.pc.do(timeout, cmd, args)
 	})
-	c.settle(cmd, reply, err)
-	ac.end(c, arrayError(cmd, reply, err))
+	ac.settle(&c, cmd, reply, err)
+	ac.end(&c, arrayError(cmd, reply, err))
 	return reply, err
 }
 
-// withContext runs f with its read timeout shortened to ctx's deadline, and
-// closes the connection if ctx is cancelled while f runs: closing is the
-// only way to stop a read in progress.
-func (ac *activeConn) withContext(ctx context.Context, c call, f func(time.Duration) (any, error)) (any, error) {
-	timeout, dl, err := ctxTimeout(ctx, c.timeout)
+// withContext runs f with its read timeout, timeout, shortened to ctx's
+// deadline, and closes the connection if ctx is cancelled while f runs:
+// closing is the only way to stop a read in progress.
+func (ac *activeConn) withContext(ctx context.Context, timeout time.Duration, f func(time.Duration) (any, error)) (any, error) {
+	timeout, dl, err := ctxTimeout(ctx, timeout)
 	if err != nil {
 		return nil, err
 	}
 	stop := func() bool { return true }
 	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { c.pc.c.Close() })
+		pc := ac.pc
+		stop = context.AfterFunc(ctx, func() { pc.c.Close() })
 	}
 	reply, err := f(timeout)
 	if !stop() {
-		return c.pc.cancelled(ctx.Err(), reply, err)
+		return ac.cancelled(ctx.Err(), reply, err)
 	}
 	if _, replied := err.(redis.Error); err == nil || replied {
 		return reply, err
@@ -192,12 +274,13 @@ func ctxTimeout(ctx context.Context, timeout time.Duration) (time.Duration, time
 // closed the connection. A reply read in full before that is still the
 // caller's: for BLPOP, the element has left the list. Either way the
 // connection is gone: later calls fail, and Close discards it.
-func (pc *poolConn) cancelled(ctxErr error, reply any, err error) (any, error) {
-	pc.mu.Lock()
-	if pc.err == nil {
-		pc.err = ctxErr
+func (ac *activeConn) cancelled(ctxErr error, reply any, err error) (any, error) {
+	if pc, lerr := ac.lock(); lerr == nil {
+		if pc.err == nil {
+			pc.err = ctxErr
+		}
+		ac.unlock()
 	}
-	pc.mu.Unlock()
 	if _, replied := err.(redis.Error); err == nil || replied {
 		return reply, err
 	}
@@ -206,23 +289,23 @@ func (pc *poolConn) cancelled(ctxErr error, reply any, err error) (any, error) {
 
 // Send queues a command; its reply is read by Receive, Do or Close.
 func (ac *activeConn) Send(cmd string, args ...any) error {
-	c, err := ac.start(cmd, args, true)
-	if err != nil {
+	var c call
+	if err := ac.start(&c, cmd, args, true); err != nil {
 		return err
 	}
-	err = c.pc.c.Send(cmd, args...)
-	ac.end(c, err)
+	err := c.pc.c.Send(cmd, args...)
+	ac.end(&c, err)
 	return err
 }
 
 // Flush writes the queued commands.
 func (ac *activeConn) Flush() error {
-	c, err := ac.begin(writes)
-	if err != nil {
+	var c call
+	if err := ac.begin(&c, writes); err != nil {
 		return err
 	}
-	err = c.pc.c.Flush()
-	ac.end(c, err)
+	err := c.pc.c.Flush()
+	ac.end(&c, err)
 	return err
 }
 
@@ -230,12 +313,12 @@ func (ac *activeConn) Flush() error {
 // pending blocking commands). On a subscribed connection it waits for the next
 // message without a deadline, as redigo's PubSubConn.Receive expects.
 func (ac *activeConn) Receive() (any, error) {
-	c, err := ac.begin(reads)
-	if err != nil {
+	var c call
+	if err := ac.begin(&c, reads); err != nil {
 		return nil, err
 	}
 	reply, err := c.pc.receive(c.timeout)
-	ac.end(c, err)
+	ac.end(&c, err)
 	return reply, err
 }
 
@@ -244,12 +327,12 @@ func (ac *activeConn) ReceiveWithTimeout(timeout time.Duration) (any, error) {
 	if err := ac.timeoutsSupported(); err != nil {
 		return nil, err
 	}
-	c, err := ac.begin(reads)
-	if err != nil {
+	var c call
+	if err := ac.begin(&c, reads); err != nil {
 		return nil, err
 	}
 	reply, err := c.pc.receive(timeout)
-	ac.end(c, err)
+	ac.end(&c, err)
 	return reply, err
 }
 
@@ -258,17 +341,17 @@ func (ac *activeConn) ReceiveContext(ctx context.Context) (any, error) {
 	if err := contextDone(ctx); err != nil {
 		return nil, err
 	}
-	c, err := ac.begin(reads)
-	if err != nil {
+	var c call
+	if err := ac.begin(&c, reads); err != nil {
 		return nil, err
 	}
-	reply, err := ac.withContext(ctx, c, func(timeout time.Duration) (any, error) {
-		if cwc := c.pc.userCtx(); cwc != nil {
+	reply, err := ac.withContext(ctx, c.timeout, func(timeout time.Duration) (any, error) {
+		if cwc := ac.pc.userCtx(); cwc != nil {
 			return ctxCall(context.WithoutCancel(ctx), timeout, cwc.ReceiveContext)
 		}
-		return c.pc.receive(timeout)
+		return ac.pc.receive(timeout)
 	})
-	ac.end(c, err)
+	ac.end(&c, err)
 	return reply, err
 }
 
@@ -276,12 +359,15 @@ func (ac *activeConn) ReceiveContext(ctx context.Context) (any, error) {
 // earlier error, retired by a failover (ErrConnRetired), or reported unusable
 // by the pooled connection.
 func (ac *activeConn) Err() error {
+	if ac.word.Load()&(wordFull|wordClosed) == 0 && !ac.pc.retired() {
+		return ac.pc.c.Err() // no error kept (see claim)
+	}
 	pc, err := ac.lock()
 	if err != nil {
 		return err
 	}
 	err = pc.usableLocked()
-	pc.mu.Unlock()
+	ac.unlock()
 	if err != nil {
 		return err
 	}
@@ -297,26 +383,15 @@ func (ac *activeConn) Err() error {
 // Close returns ErrConnRetired when any reply was still pending. Close is
 // idempotent; every other method fails after it.
 func (ac *activeConn) Close() error {
-	pc, err := ac.lock()
-	if err != nil {
+	st, touched, ok := ac.detach()
+	if !ok {
 		return nil // closed already
 	}
-	pc.seq++ // every later call on ac fails
+	pc, p := ac.pc, ac.pc.p
 	if pc.leak != nil {
 		pc.leak.timer.Stop()
 		pc.leak = nil // no pointer write (and GC barrier) when LeakThreshold is off
 	}
-	p := pc.p
-	if pc.busy.Load() != 0 && pc.err == nil {
-		pc.err = ErrConcurrentUse // a call still runs: its reply may come later
-	}
-	var st borrowState
-	touched := !pc.untouched(p.cfg.db)
-	if touched {
-		st = pc.borrowState
-		pc.borrowState = borrowState{db: p.cfg.db}
-	}
-	pc.mu.Unlock()
 
 	// From here the pool owns pc. The conn's own Err, Flush, Send and
 	// DoWithTimeout are user code: should one panic, pc is discarded, so
@@ -331,6 +406,32 @@ func (ac *activeConn) Close() error {
 		repanic(p.discard(pc, v.reason, v.cause))
 	}
 	return v.err
+}
+
+// detach ends the borrow: every later call on ac fails, and none touches
+// pc. It returns the borrower's bookkeeping, unless the borrower left the
+// connection as it found it (touched false), and ok false when Close ran
+// already.
+func (ac *activeConn) detach() (st borrowState, touched, ok bool) {
+	if ac.word.CompareAndSwap(0, wordClosed) {
+		return st, false, true // nothing pending, no call in progress, nothing kept
+	}
+	pc, err := ac.lock()
+	if err != nil {
+		return st, false, false
+	}
+	db := pc.p.cfg.db
+	if ac.word.Or(wordClosed)&wordUses != 0 && pc.err == nil {
+		pc.err = ErrConcurrentUse // a call still runs: its reply may come later
+	}
+	touched = !pc.untouched(db)
+	if touched {
+		st = pc.borrowState
+		pc.borrowState = borrowState{db: db}
+	}
+	ac.word.And(^wordLocked) // closed: nothing more to keep in word
+	pc.mu.Unlock()
+	return st, touched, true
 }
 
 // userCtx returns the connection from a Dial of the user's as a

@@ -239,19 +239,13 @@ type poolConn struct {
 	unconfirmed bool
 
 	// The borrower's bookkeeping, kept here so that the conn handed out is
-	// two words. Close raises seq, under mu: a conn handed out carries the
-	// seq it was handed out with, and once its Close ran every call on it
-	// fails without touching this.
-	// mu protects seq, leak and borrowState, and is never held across network
-	// I/O. GetContext reads seq and sets leak without it: the pool has pc
-	// alone then, and a stale handle only reads seq.
+	// two words; once its Close ran, every call on it fails without
+	// touching this (see activeConn.word).
+	// mu protects leak and borrowState, and is never held across network
+	// I/O. GetContext and Close set leak without it: the pool has pc alone.
 	mu   sync.Mutex
-	seq  uint64
 	leak *leakWatch // the borrow's, when LeakThreshold is on
 	borrowState
-	// busy is what the calls in progress do (see uses): set under mu,
-	// cleared without it by a call that has nothing else to record.
-	busy atomic.Uint32
 }
 
 // init fixes the configuration on first use.
@@ -302,9 +296,11 @@ func (p *Pool) GetContext(ctx context.Context) (redis.Conn, error) {
 		repanic(err)
 		return errorConn{err}, err
 	}
-	// pc is ours alone: the last borrower's Close wrote pc.seq before the
-	// pool had it back, and stale handles only read it.
-	ac := &activeConn{pc: pc, seq: pc.seq}
+	// pc is ours alone: stale handles fail on their own word.
+	ac := &activeConn{pc: pc}
+	if pc.fullLocked() {
+		ac.word.Store(wordFull)
+	}
 	if p.LeakThreshold > 0 {
 		pc.leak = p.watchLeak()
 	}

@@ -375,13 +375,31 @@ var initials = func() (m [maxNameLen + 1]uint32) {
 	return m
 }()
 
+// Inert reports whether Classify finds no effect in the command name,
+// whatever its arguments. Most commands, GET and SET among them, are told
+// apart by their length and first letter alone.
+func Inert(name string) bool {
+	if !maybeKnown(name) {
+		return true
+	}
+	_, ok := lookup(name)
+	return !ok
+}
+
+// maybeKnown reports whether name may be in kinds, from its length and
+// first letter (see initials).
+func maybeKnown(name string) bool {
+	if len(name) == 0 || len(name) > maxNameLen {
+		return false
+	}
+	c := upper(name[0])
+	return 'A' <= c && c <= 'Z' && initials[len(name)]&(1<<(c-'A')) != 0
+}
+
 // lookup finds a command name's kind without allocating: the name is upper
 // cased into a stack buffer only when it is not upper case already.
 func lookup(name string) (kind, bool) {
-	if len(name) == 0 || len(name) > maxNameLen {
-		return kindNone, false
-	}
-	if c := upper(name[0]); c < 'A' || c > 'Z' || initials[len(name)]&(1<<(c-'A')) == 0 {
+	if !maybeKnown(name) {
 		return kindNone, false
 	}
 	if k, ok := kinds[name]; ok {

@@ -180,6 +180,9 @@ func FuzzClassify(f *testing.F) {
 		for n := 0; n <= 3; n++ {
 			args := []any{a, []byte(b), c}[:n]
 			info := Classify(name, args)
+			if Inert(name) && info.Effects != 0 {
+				t.Fatalf("Inert(%q) but Classify finds %+v for %q", name, info, args)
+			}
 			if info.Timeout < 0 {
 				t.Fatalf("negative timeout %v for %q %q", info.Timeout, name, args)
 			}
@@ -226,6 +229,27 @@ func TestLookupFindsEveryName(t *testing.T) {
 	for _, n := range []string{"GET", "set", "EXPIRE", "Sadd", "WATCHX", "XWATCH", "@ATCH", "[ATCH", "", "\xffATCH"} {
 		if got, ok := lookup(n); ok {
 			t.Errorf("lookup(%q) = %v, true; want no kind", n, got)
+		}
+	}
+}
+
+// TestInertIsFalseForEveryNameClassifyKnows: Inert is false for every name
+// Classify looks at its arguments for, in any case, and true, without
+// allocating, for the others, whose arguments Classify never reads.
+func TestInertIsFalseForEveryNameClassifyKnows(t *testing.T) {
+	for name := range kinds {
+		for _, n := range []string{name, strings.ToLower(name), strings.ToLower(name[:1]) + name[1:]} {
+			if Inert(n) {
+				t.Errorf("Inert(%q) = true; want false", n)
+			}
+		}
+	}
+	for _, n := range []string{"GET", "set", "EXPIRE", "Sadd", "WATCHX", "XWATCH", "@ATCH", "", "\xffATCH", strings.Repeat("W", 40)} {
+		if !Inert(n) {
+			t.Errorf("Inert(%q) = false; want true", n)
+		}
+		if n := testing.AllocsPerRun(100, func() { Inert(n) }); n != 0 {
+			t.Errorf("Inert allocates %v times per call, want 0", n)
 		}
 	}
 }
