@@ -103,6 +103,9 @@ func (p *Pool) Stats() PoolStats {
 	if p == nil {
 		return PoolStats{}
 	}
+	if p.Cluster != nil && p.init() == nil {
+		return p.Cluster.stats()
+	}
 	s, d := &p.stats, &p.stats.discards
 	return PoolStats{
 		ActiveCount:      int(p.active.Load()),
@@ -132,6 +135,9 @@ func (p *Pool) ActiveCount() int {
 	if p == nil {
 		return 0
 	}
+	if p.Cluster != nil {
+		return p.Stats().ActiveCount
+	}
 	return int(p.active.Load())
 }
 
@@ -148,6 +154,9 @@ func (p *Pool) IdleCount() int {
 func (p *Pool) idleLen() int {
 	if p.init() != nil {
 		return 0
+	}
+	if p.Cluster != nil {
+		return p.Cluster.stats().IdleCount
 	}
 	return p.idle.len()
 }
