@@ -125,3 +125,35 @@ func (t *tally) String() string {
 	defer t.mu.Unlock()
 	return fmt.Sprintf("%d ok, %d wrong %q, %d errors %q", t.ok, t.wrong, t.wrongEx, t.errs, t.errEx)
 }
+
+// waitCalls waits until the cluster ran the command at least want times,
+// or fails t after 5s.
+func waitCalls(t *testing.T, c *redistest.Cluster, name string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for c.CommandCalls(t, name) < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s ran %d times after 5s, want %d", name, c.CommandCalls(t, name), want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitSteady waits until the cluster sends no more MOVED replies than
+// from: none in 100ms, or fails t after 5s.
+func waitSteady(t *testing.T, c *redistest.Cluster, from int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	last := from
+	for {
+		time.Sleep(100 * time.Millisecond)
+		n := c.ErrorCount(t, "MOVED")
+		if n == last {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("MOVED replies still coming 5s on: %d", n-from)
+		}
+		last = n
+	}
+}

@@ -206,3 +206,27 @@ func (c *Cluster) CommandCalls(t testing.TB, name string) int {
 	}
 	return n
 }
+
+// ErrorCount returns how many error replies of the kind (such as "MOVED")
+// s sent since it started, from INFO errorstats.
+func (s *Server) ErrorCount(t testing.TB, kind string) int {
+	t.Helper()
+	stats, err := redis.String(s.Do(t, "INFO", "errorstats"), nil)
+	if err != nil {
+		t.Fatalf("redistest: INFO errorstats on %s: %v", s.Addr(), err)
+	}
+	n, _ := fieldOf(strings.ReplaceAll(stats, "count=", ""), "errorstat_"+kind)
+	return n
+}
+
+// ErrorCount sums Server.ErrorCount over the running nodes.
+func (c *Cluster) ErrorCount(t testing.TB, kind string) int {
+	t.Helper()
+	n := 0
+	for _, s := range c.Nodes {
+		if !s.current().exited() {
+			n += s.ErrorCount(t, kind)
+		}
+	}
+	return n
+}
