@@ -230,3 +230,30 @@ func (c *Cluster) ErrorCount(t testing.TB, kind string) int {
 	}
 	return n
 }
+
+// NodeID returns s's cluster node ID (CLUSTER MYID).
+func (s *Server) NodeID(t testing.TB) string {
+	t.Helper()
+	id, err := redis.String(s.Do(t, "CLUSTER", "MYID"), nil)
+	if err != nil {
+		t.Fatalf("redistest: CLUSTER MYID on %s: %v", s.Addr(), err)
+	}
+	return id
+}
+
+// Reshard moves n slots, with their keys, from master from to master to,
+// with redis-cli --cluster reshard, and waits until the cluster is ready.
+func (c *Cluster) Reshard(t testing.TB, from, to *Server, n int) {
+	t.Helper()
+	cli, err := exec.LookPath("redis-cli")
+	if err != nil {
+		t.Fatalf("redistest: redis-cli not found on PATH (%v): install redis-tools", err)
+	}
+	cmd := exec.Command(cli, "--cluster", "reshard", from.Addr(),
+		"--cluster-from", from.NodeID(t), "--cluster-to", to.NodeID(t),
+		"--cluster-slots", strconv.Itoa(n), "--cluster-yes")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("redistest: redis-cli --cluster reshard: %v\n%s", err, out)
+	}
+	c.WaitReady(t)
+}
