@@ -13,13 +13,14 @@ import (
 	"github.com/redispool/redispool/internal/command"
 )
 
-// errNoUndoReply stands for the reply to an EXEC, DISCARD or UNWATCH sent
-// with Send when it is not where the pool expects it: nothing says it ran.
-var errNoUndoReply = errors.New("redispool: no reply to an EXEC, DISCARD or UNWATCH sent with Send")
+// errNoUndoReply stands for the reply to a command that undoes state (EXEC,
+// DISCARD, UNWATCH or READWRITE sent with Send, or an undo of Close's own)
+// when it is not where the pool expects it: nothing says it ran.
+var errNoUndoReply = errors.New("redispool: no reply to a command that undoes state")
 
 // connState is what a borrower did to a connection that the next one must not
 // inherit.
-type connState uint8
+type connState uint16
 
 const (
 	stateWatch     connState = 1 << iota // WATCH without EXEC, DISCARD or UNWATCH
@@ -30,6 +31,8 @@ const (
 	statePatterns                        // subscribed to patterns now
 	stateMonitor                         // MONITOR: every command the server runs arrives
 	stateTaint                           // anything else that cannot be undone
+	stateReadOnly                        // READONLY without READWRITE
+	stateAsking                          // ASKING with no command sent after it
 
 	// stateListen: replies arrive unasked, so Receive has no deadline.
 	stateListen = stateChannels | stateShards | statePatterns | stateMonitor
@@ -63,7 +66,7 @@ type borrowState struct {
 	// next reply to read is that of command number sent-pending.
 	sent int
 	// undos are the numbers (see sent) of the pending replies to EXEC,
-	// DISCARD and UNWATCH commands sent with Send. The state they undo was
+	// DISCARD, UNWATCH and READWRITE commands sent with Send. The state they undo was
 	// cleared when they were sent (see apply); each reply must say that the
 	// server ran its command, or the connection is not kept.
 	undos []int
@@ -90,11 +93,11 @@ type call struct {
 	// database selectDB once its reply says it did.
 	selects  bool
 	selectDB int
-	// undoes is the MULTI and WATCH state a Do of EXEC, DISCARD or UNWATCH
+	// undoes is the state a Do of EXEC, DISCARD, UNWATCH or READWRITE
 	// undoes once its reply says the server ran it (see settle).
 	undoes connState
-	// undo is set for a Receive of the reply to an EXEC, DISCARD or
-	// UNWATCH sent with Send (see takeReplyLocked).
+	// undo is set for a Receive of the reply to an EXEC, DISCARD, UNWATCH
+	// or READWRITE sent with Send (see takeReplyLocked).
 	undo bool
 	// confirm is set for the first call that reads on a connection from a
 	// Dial of the user's (see confirmLocked).
@@ -127,6 +130,7 @@ func (ac *activeConn) start(cmd string, args []any, send bool) (call, error) {
 	}
 	c := call{pc: pc, uses: u, timeout: pc.p.cfg.readTimeout}
 	c.confirm = !send && pc.confirmLocked()
+	pc.useAsking(cmd, info)
 	selects, undoes := pc.apply(info, send)
 	if selects {
 		c.selects, c.selectDB = true, info.DB
@@ -213,9 +217,9 @@ func (pc *poolConn) usableLocked() error {
 //
 // A SELECT takes effect only if the server runs it: the database is unknown
 // until its reply says so. apply reports whether the caller, a Do, is to set
-// it from the reply (see end). An EXEC, DISCARD or UNWATCH can be refused
-// (an ACL without it) and then undoes nothing; apply returns the state it
-// undoes. For a Do, that state is cleared once its reply says it ran (see
+// it from the reply (see end). An EXEC, DISCARD, UNWATCH or READWRITE can be
+// refused (an ACL without it) and then undoes nothing; apply returns the
+// state it undoes. For a Do, that state is cleared once its reply says it ran (see
 // settle). Sent with Send, it is cleared now, so that the commands sent
 // after it count as the server runs them if it ran; its reply, read later,
 // must say it did, or the connection is tainted (see borrowState.undos).
@@ -239,16 +243,12 @@ func (pc *poolConn) apply(info command.Info, send bool) (selects bool, undoes co
 		if !inMulti {
 			undoes = stateWatch
 		}
-	case e&command.Subscribe != 0:
-		pc.state |= stateSubscribe | subscribed[info.PubSub]
-	case e&command.UnsubscribeAll != 0:
-		// The confirmations are still replies to read, within ReadTimeout,
-		// once no kind of subscription is left.
-		pc.state &^= subscribed[info.PubSub]
-	case e&command.Monitor != 0:
-		pc.state |= stateMonitor | stateTaint
+	case e&(command.Subscribe|command.UnsubscribeAll|command.Monitor) != 0:
+		pc.applyListen(info)
 	case e&command.Taint != 0:
 		pc.state |= stateTaint
+	case e&(command.ReadOnly|command.ReadWrite|command.Asking) != 0:
+		undoes = pc.applyCluster(e, inMulti)
 	case e&command.Select != 0:
 		return pc.applySelect(info.DB, inMulti || send), 0
 	}
@@ -256,6 +256,46 @@ func (pc *poolConn) apply(info command.Info, send bool) (selects bool, undoes co
 		pc.state &^= undoes
 	}
 	return false, undoes
+}
+
+// applyListen records a command that makes the server push messages to
+// the connection, SUBSCRIBE and its kinds or MONITOR, or an UNSUBSCRIBE of
+// every subscription of a kind.
+func (pc *poolConn) applyListen(info command.Info) {
+	switch e := info.Effects; {
+	case e&command.Subscribe != 0:
+		pc.state |= stateSubscribe | subscribed[info.PubSub]
+	case e&command.UnsubscribeAll != 0:
+		// The confirmations are still replies to read, within ReadTimeout,
+		// once no kind of subscription is left.
+		pc.state &^= subscribed[info.PubSub]
+	default:
+		pc.state |= stateMonitor | stateTaint
+	}
+}
+
+// applyCluster records a READONLY or an ASKING, and returns the READONLY
+// state a READWRITE undoes: none inside MULTI, where it is only queued.
+func (pc *poolConn) applyCluster(e command.Effect, inMulti bool) (undoes connState) {
+	switch {
+	case e&command.ReadOnly != 0:
+		pc.state |= stateReadOnly
+	case e&command.Asking != 0:
+		pc.state |= stateAsking
+	case !inMulti:
+		return pc.state & stateReadOnly
+	}
+	return 0
+}
+
+// useAsking clears ASKING when a command other than ASKING is sent after
+// it. The server clears it once it has run that command or, in MULTI, at
+// the EXEC or DISCARD that ends it, which Close sends for an open MULTI;
+// Close reads the command's reply before it keeps the connection.
+func (pc *poolConn) useAsking(cmd string, info command.Info) {
+	if cmd != "" && !info.Has(command.Asking) {
+		pc.state &^= stateAsking
+	}
 }
 
 // applySelect records a SELECT of db. Unless the database stays the same
@@ -272,8 +312,8 @@ func (pc *poolConn) applySelect(db int, queued bool) bool {
 	return !queued && db >= 0
 }
 
-// settle looks at the replies a Do of cmd read for the EXEC, DISCARD and
-// UNWATCH among their commands. Its own (c.undoes) clears the state once its
+// settle looks at the replies a Do of cmd read for the EXEC, DISCARD,
+// UNWATCH and READWRITE among their commands. Its own (c.undoes) clears the state once its
 // reply, reply, says the server ran it: a refused one leaves the transaction
 // open or the keys watched. The state of those sent with Send before it
 // (c.undos) was cleared when they were sent: if a reply says one did not
@@ -301,7 +341,7 @@ func (c call) settle(cmd string, reply any, err error) {
 	c.pc.mu.Unlock()
 }
 
-// undoRefused returns the reply to an EXEC, DISCARD or UNWATCH if it says the
+// undoRefused returns the reply to a command that undoes state if it says the
 // server did not run the command: an error reply other than EXECABORT (with
 // which EXEC discards the transaction).
 func undoRefused(reply any) error {
@@ -417,8 +457,8 @@ func (pc *poolConn) failedLocked(err error, rerr redis.Error, replied bool) {
 }
 
 // takeReplyLocked counts the next pending reply as read by the Receive
-// about to run, and reports whether it answers an EXEC, DISCARD or UNWATCH
-// sent with Send: that reply must say the command ran, or the connection is
+// about to run, and reports whether it answers an EXEC, DISCARD, UNWATCH or
+// READWRITE sent with Send: that reply must say the command ran, or the connection is
 // tainted (see end). Should the Receive get no reply, the connection is
 // broken, and the count no longer matters.
 func (pc *poolConn) takeReplyLocked() (undo bool) {

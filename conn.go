@@ -296,8 +296,9 @@ func (ac *activeConn) Err() error {
 
 // Close returns the connection to the pool if it is provably clean, and
 // closes it otherwise. Replies still pending are read first, within
-// ReadTimeout and at most one second; an open MULTI is discarded and WATCH
-// undone. A connection the pool retired (see Pool.Retire) is closed without
+// ReadTimeout and at most one second; an open MULTI is discarded, WATCH
+// and READONLY undone, and a connection left in another database than
+// Pool.DB selects DB again. A connection the pool retired (see Pool.Retire) is closed without
 // writing anything more to it: commands sent and not yet written are
 // dropped, and Close returns ErrConnRetired when any reply was still
 // pending. Close is idempotent; every other method fails after it.

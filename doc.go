@@ -10,9 +10,10 @@
 // A connection goes back to the idle set only when it is provably clean: a
 // call that failed with anything but a Redis error reply (a timeout, a
 // cancelled context, EOF), replies that could not be read, or state the next
-// caller must not inherit (pub/sub, MONITOR, CLIENT REPLY OFF, another
-// database, READONLY, ...) gets it closed instead, so a late reply can never
-// reach the wrong caller.
+// caller must not inherit and Close cannot undo (pub/sub, MONITOR, CLIENT
+// REPLY OFF, HELLO, ...) gets it closed instead, so a late reply can never
+// reach the wrong caller. Close undoes MULTI, WATCH, READONLY and a SELECT
+// of another database.
 //
 // Libraries that require a *redis.Pool get one backed by the pool from
 // Pool.RedigoPool; code that only needs Get, GetContext and Close can accept

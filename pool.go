@@ -118,8 +118,8 @@ type Pool struct {
 
 	// DB is the database selected on connections the pool dials. When zero,
 	// database 0, or the database of a URL in Addr. With Dial or
-	// DialContext, set DB to the database your Dial selects, so that a
-	// borrower who SELECTs it again keeps the connection.
+	// DialContext, set DB to the database your Dial selects: Close puts a
+	// connection a borrower left in another database back in DB.
 	DB int
 
 	// DialOptions are passed to redis.DialContext when the pool dials Addr,

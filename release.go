@@ -15,7 +15,7 @@ var keep = verdict{reason: -1}
 // release decides the fate of a connection given back by a borrower whose
 // final bookkeeping is st (when touched; otherwise the borrower left it as
 // it found it). It writes what is needed to tell: the pending commands,
-// the undoing of MULTI or WATCH, and reads their replies.
+// the undoing of the borrower's state (see drain), and reads their replies.
 func (p *Pool) release(pc *poolConn, st *borrowState, touched bool) verdict {
 	err := pc.c.Err()
 	if !touched {
@@ -28,14 +28,14 @@ func (p *Pool) release(pc *poolConn, st *borrowState, touched bool) verdict {
 	switch {
 	case st.err != nil, err != nil:
 		return verdict{reason: DiscardBroken, cause: either(st.err, err)}
-	case st.state&(stateSubscribe|stateListen|stateTaint) != 0, st.db != p.cfg.db,
+	case st.state&(stateSubscribe|stateListen|stateTaint|stateAsking) != 0,
 		st.pendingEver, st.pendingBlock > 0,
-		pc.cwt == nil && (st.state != 0 || st.pending > 0): // no deadline to read with
+		pc.cwt == nil && (st.state != 0 || st.pending > 0 || st.db != p.cfg.db): // no deadline to read with
 		// Do not wait for replies that may not come in time or at all.
 		return verdict{reason: DiscardState, err: flushLeft(pc, st, retired)}
 	case retired:
 		return verdict{reason: DiscardRetired, err: flushLeft(pc, st, retired)}
-	case st.state == 0 && st.pending == 0:
+	case st.state == 0 && st.pending == 0 && st.db == p.cfg.db:
 		return keep
 	}
 	refused, err := p.drain(pc, st)
@@ -63,20 +63,31 @@ func flushLeft(pc *poolConn, st *borrowState, retired bool) error {
 	return pc.c.Flush()
 }
 
-// drain undoes MULTI and WATCH and reads every pending reply within the
-// drain timeout. refused is the error reply to its DISCARD or UNWATCH, or to
-// an EXEC, DISCARD or UNWATCH the borrower sent with Send (see
-// borrowState.undos), which the server may refuse (an ACL without them) and
-// then has undone nothing.
+// drain undoes the borrower's state, reading every pending reply and those
+// of its undos within the drain timeout: DISCARD or UNWATCH for MULTI or
+// WATCH, READWRITE for READONLY, and SELECT <DB> for another database or
+// one unknown. refused is the first undo the server refused, or the refusal of an
+// undo the borrower sent with Send (see borrowState.undos): the state may
+// still be there.
 func (p *Pool) drain(pc *poolConn, st *borrowState) (refused, err error) {
-	undo := true
+	n := 0 // undos sent
+	send := func(cmd string, args ...any) {
+		if err == nil {
+			err = pc.c.Send(cmd, args...)
+			n++
+		}
+	}
 	switch {
 	case st.state&stateMulti != 0:
-		err = pc.c.Send("DISCARD")
+		send("DISCARD")
 	case st.state&stateWatch != 0:
-		err = pc.c.Send("UNWATCH")
-	default:
-		undo = false
+		send("UNWATCH")
+	}
+	if st.state&stateReadOnly != 0 {
+		send("READWRITE")
+	}
+	if st.db != p.cfg.db {
+		send("SELECT", p.cfg.db)
 	}
 	if err != nil {
 		return nil, err
@@ -85,11 +96,19 @@ func (p *Pool) drain(pc *poolConn, st *borrowState) (refused, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if refused := refusedAt(reply, st.sent-st.pending, st.undos); refused != nil || !undo {
+	if refused := refusedAt(reply, st.sent-st.pending, st.undos); refused != nil || n == 0 {
 		return refused, nil
 	}
-	if rs, _ := reply.([]any); len(rs) > 0 {
-		return undoRefused(rs[len(rs)-1]), nil
+	rs, _ := reply.([]any)
+	if len(rs) < n {
+		return errNoUndoReply, nil
+	}
+	// In order: the commands after a DISCARD that ran are not queued in
+	// MULTI, so a reply that is not an error says its command ran.
+	for _, r := range rs[len(rs)-n:] {
+		if refused := undoRefused(r); refused != nil {
+			return refused, nil
+		}
 	}
 	return nil, nil
 }

@@ -4,8 +4,8 @@ package redispool_test
 // connection only when it is provably clean: no error other than a
 // redis.Error, no reply left unread that cannot be read at once, no state
 // the next borrower would inherit (subscriptions, MONITOR, CLIENT REPLY,
-// another database, MULTI or WATCH the server did not confirm undone,
-// READONLY, HELLO, tracking, a name, ASKING...), not retired, not used by two
+// MULTI, WATCH, READONLY or another database the server did not confirm
+// undone, HELLO, tracking, a name, ASKING...), not retired, not used by two
 // goroutines at once. A handle closed fails every call without touching the
 // connection, now someone else's. The conn handed out is a redigo conn like
 // any other.
@@ -357,10 +357,8 @@ func TestStateTheNextCallerMustNotInheritDiscardsTheConn(t *testing.T) {
 		{"MONITOR", [][]any{{"MONITOR"}}},
 		{"CLIENT REPLY OFF", [][]any{{"CLIENT", "REPLY", "OFF"}}},
 		{"CLIENT REPLY SKIP", [][]any{{"CLIENT", "REPLY", "SKIP"}}},
-		{"SELECT 3", [][]any{{"SELECT", 3}}},
-		{"SELECT unknown", [][]any{{"SELECT", "x"}}},
-		{"READONLY", [][]any{{"READONLY"}}},
 		{"HELLO", [][]any{{"HELLO", 3}}},
+		{"ASKING with no command after it", [][]any{{"GET", "k"}, {"ASKING"}}},
 		{"CLIENT TRACKING ON", [][]any{{"CLIENT", "TRACKING", "ON"}}},
 		{"AUTH", [][]any{{"AUTH", "pw"}}},
 	}
@@ -388,6 +386,11 @@ func TestStateThatIsUndoneKeepsTheConn(t *testing.T) {
 		{"SELECT 3 then SELECT 0", [][]any{{"SELECT", 3}, {"SELECT", "0"}}, ""},
 		{"MULTI is discarded", [][]any{{"MULTI"}, {"SET", "k", "v"}}, "SEND DISCARD"},
 		{"WATCH is undone", [][]any{{"WATCH", "k"}}, "SEND UNWATCH"},
+		{"SELECT 3 is undone", [][]any{{"SELECT", 3}}, "SEND SELECT"},
+		{"SELECT of an unknown database is undone", [][]any{{"SELECT", "x"}}, "SEND SELECT"},
+		{"READONLY is undone", [][]any{{"READONLY"}}, "SEND READWRITE"},
+		{"READONLY then READWRITE", [][]any{{"READONLY"}, {"READWRITE"}}, ""},
+		{"ASKING then a command", [][]any{{"ASKING"}, {"GET", "k"}}, ""},
 		{"MULTI EXEC", [][]any{{"WATCH", "k"}, {"MULTI"}, {"EXEC"}}, ""},
 		{"CLIENT REPLY ON", [][]any{{"CLIENT", "REPLY", "ON"}}, ""},
 		{"UNSUBSCRIBE without SUBSCRIBE", [][]any{{"UNSUBSCRIBE"}}, ""},
@@ -406,6 +409,10 @@ func TestStateThatIsUndoneKeepsTheConn(t *testing.T) {
 			if tt.wantSent != "" {
 				assert.Contains(t, fc.Calls(), tt.wantSent)
 				assert.Equal(t, "DO ", fc.Calls()[len(fc.Calls())-1], "the reply was read")
+			} else {
+				for _, call := range fc.Calls() {
+					assert.NotContains(t, call, "SEND", "Close sent an undo with nothing to undo")
+				}
 			}
 			assert.EqualValues(t, 0, p.Stats().Discards.Total())
 		})
@@ -423,7 +430,7 @@ func TestPoolDBDeclaresTheDatabaseOfDialedConns(t *testing.T) {
 	c = p.Get()
 	c.Do("SELECT", 0)
 	c.Close()
-	assert.True(t, d.last(t).IsClosed())
+	assert.Contains(t, d.last(t).Calls(), "SEND SELECT", "a conn left in database 0 is put back in DB")
 }
 
 func TestConnWithoutTimeoutsStillWorksAndIsNeverKeptDirty(t *testing.T) {
@@ -588,12 +595,13 @@ func TestNextBorrowerInheritsNothing(t *testing.T) {
 		{"WATCH inside MULTI, EXEC", []borrowStep{pDo("MULTI"), pDo("WATCH", "w"), pDo("EXEC")}, keep},
 		{"EXECABORT after WATCH", []borrowStep{pDo("WATCH", "w"), pDo("MULTI"), pDo("SET", "a"), pDo("EXEC")}, keep},
 		{"SELECT 3 then SELECT 0", []borrowStep{pDo("SELECT", 3), pDo("select", []byte("0"))}, keep},
+		{"SELECT as []byte", []borrowStep{pDo("select", []byte("4"))}, keep},
+		{"SELECT true (redigo sends 1)", []borrowStep{pDo("SELECT", true)}, keep},
+		{"SELECT pipelined, unread", []borrowStep{pSend("SELECT", 5), pSend("SET", "k", "v"), pFlush}, keep},
 		{"UNSUBSCRIBE from one channel, not subscribed", []borrowStep{pDo("UNSUBSCRIBE", "a")}, keep},
 		{"SCRIPT EXISTS", []borrowStep{pDo("SCRIPT", "EXISTS", "0123456789012345678901234567890123456789")}, keep},
 		{"pipeline with an error reply mid-way, unread", []borrowStep{pSend("SET", "s", "x"), pSend("INCR", "s"), pSend("ECHO", "late"), pFlush, pRecv}, keep},
-		// Either way, as long as the next borrower is clean: a SELECT 0 whose
-		// reply is read later may fail.
-		{"SELECT 3 then SELECT 0, pipelined", []borrowStep{pSend("SELECT", 3), pSend("select", []byte("0")), pFlush}, ""},
+		{"SELECT 3 then SELECT 0, pipelined", []borrowStep{pSend("SELECT", 3), pSend("select", []byte("0")), pFlush}, keep},
 		{"CLIENT NO-EVICT off", []borrowStep{pDo("CLIENT", "NO-EVICT", "off")}, keep},
 		{"BLPOP k 0.2 times out", []borrowStep{pDo("BLPOP", "probe:none", 0.2)}, keep},
 		{"BLMPOP 0.1 times out", []borrowStep{pDo("BLMPOP", "0.1", 1, "probe:none", "LEFT")}, keep},
@@ -623,10 +631,10 @@ func TestNextBorrowerInheritsNothing(t *testing.T) {
 		{"CLIENT TRACKING on BCAST", []borrowStep{pDo("CLIENT", "TRACKING", "on", "BCAST")}, discard},
 		{"CLIENT NO-EVICT on", []borrowStep{pDo("client", []byte("no-evict"), "ON")}, discard},
 		{"CLIENT REPLY SKIP, pipelined", []borrowStep{pSend("client", []byte("reply"), "skip"), pSend("SET", "skip", 1), pSend("ECHO", "after"), pFlush}, discard},
-		{"SELECT as []byte", []borrowStep{pDo("select", []byte("4"))}, discard},
-		{"SELECT true (redigo sends 1)", []borrowStep{pDo("SELECT", true)}, discard},
 		{"MONITOR", []borrowStep{pDo("MONITOR")}, discard},
-		{"READONLY", []borrowStep{pDo("READONLY")}, discard},
+		// Without cluster support the server refuses READWRITE as it
+		// refused READONLY: nothing says the connection is read-write.
+		{"READONLY without cluster support", []borrowStep{pDo("READONLY")}, discard},
 		{"Receive with nothing pending", []borrowStep{pRecv}, discard},
 		{"DoWithTimeout shorter than the blocking command", []borrowStep{func(t *testing.T, c redis.Conn) {
 			_, err := redis.DoWithTimeout(c, 20*time.Millisecond, "BLPOP", "probe:none", 0.2)
@@ -670,7 +678,6 @@ func TestSequencesKeepOrDiscardAsTheyShould(t *testing.T) {
 	const (
 		keep    = "keep"
 		discard = "discard"
-		either  = ""
 	)
 	for _, tt := range []struct {
 		name  string
@@ -683,14 +690,15 @@ func TestSequencesKeepOrDiscardAsTheyShould(t *testing.T) {
 		{"MULTI then EXEC with an error queued (EXECABORT)", []borrowStep{pDo("WATCH", "nb:w"), pDo("MULTI"), pDo("INCR"), pDo("EXEC")}, keep},
 		{"WATCH, MULTI, DISCARD via Do(\"\")", []borrowStep{pSend("WATCH", "nb:w"), pSend("MULTI"), pSend("DISCARD"), pDo("")}, keep},
 		{"nested MULTI error then DISCARD", []borrowStep{pDo("MULTI"), pDo("MULTI"), pDo("DISCARD")}, keep},
-		{"SELECT inside EXEC", []borrowStep{pDo("MULTI"), pDo("SELECT", 2), pDo("EXEC")}, either},
+		{"SELECT inside EXEC", []borrowStep{pDo("MULTI"), pDo("SELECT", 2), pDo("EXEC")}, keep},
+		{"SELECT inside a MULTI left open", []borrowStep{pDo("SELECT", 3), pDo("MULTI"), pDo("SELECT", 2)}, keep},
 		{"HELLO 3 sent, not flushed", []borrowStep{pSend("HELLO", 3)}, discard},
 		{"CLIENT REPLY OFF, flushed, Close", []borrowStep{pSend("CLIENT", "REPLY", "OFF"), pSend("SET", "nb:x", 1), pFlush}, discard},
 		{"CLIENT REPLY SKIP via Do, then ECHO", []borrowStep{pSend("CLIENT", "REPLY", "SKIP"), pDo("ECHO", "skipped")}, discard},
 		{"UNSUBSCRIBE of one channel, lower case", []borrowStep{pDo("unsubscribe", []byte("a"))}, keep},
 		{"PSUBSCRIBE, PUNSUBSCRIBE", []borrowStep{pSend("PSUBSCRIBE", "p*"), pSend("PUNSUBSCRIBE"), pFlush, pRecv, pRecv}, discard},
 		{"MONITOR pipelined", []borrowStep{pSend("monitor"), pFlush}, discard},
-		{"SELECT of a typed nil, rejected", []borrowStep{pDo("SELECT", (*int)(nil))}, either},
+		{"SELECT of a typed nil, rejected", []borrowStep{pDo("SELECT", (*int)(nil))}, keep},
 		{"BZPOPMIN times out", []borrowStep{pDo("BZPOPMIN", "nb:z", "0.1")}, keep},
 		{"WAIT 1 100 on a master without replicas", []borrowStep{pDo("WAIT", 1, 100)}, keep},
 		{"EVAL that SELECTs then fails", []borrowStep{pDo("EVAL", "redis.call('SELECT', 4) return redis.error_reply('x')", 0)}, keep},
@@ -788,7 +796,7 @@ func TestARejectedSelectLeavesTheDatabaseUnknown(t *testing.T) {
 
 // TestDBWinsOverDialDatabaseInDialOptions: the pool dials into DB whatever
 // DialOptions say, so that it knows the database its connections start in
-// and tells one a caller left in another.
+// and puts one a caller left in another back in DB.
 func TestDBWinsOverDialDatabaseInDialOptions(t *testing.T) {
 	srv := redistest.Start(t)
 	p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, DB: 2, DialOptions: []redis.DialOption{redis.DialDatabase(3)}}
@@ -801,7 +809,81 @@ func TestDBWinsOverDialDatabaseInDialOptions(t *testing.T) {
 	c = p.Get()
 	defer c.Close()
 	assert.Equal(t, "2", clientInfo(t, c)["db"], "the next borrower is in DB")
-	assert.EqualValues(t, 1, p.Stats().Discards.State, "the connection left in database 3 was not kept")
+	assert.EqualValues(t, 1, p.Stats().DialCount, "the connection left in database 3 was not reused")
+}
+
+// TestAConnLeftInAnotherDatabaseIsPutBackInDB: a borrower that SELECTs
+// another database gives back a connection that Close selects DB on again
+// and keeps, on every path a borrower may take; the next borrower works in
+// DB and sees none of the other database's keys.
+func TestAConnLeftInAnotherDatabaseIsPutBackInDB(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, tt := range []struct {
+		name    string
+		adapter bool // through RedigoPool
+		steps   []borrowStep
+	}{
+		{"Do", false, []borrowStep{pDo("SELECT", 3), pDo("SET", "db3:k", "v")}},
+		{"DoContext", false, []borrowStep{func(t *testing.T, c redis.Conn) {
+			_, err := redis.DoContext(c, context.Background(), "SELECT", 3)
+			require.NoError(t, err)
+		}, pDo("SET", "db3:k", "v")}},
+		{"Send, no reply read", false, []borrowStep{pSend("SELECT", 3), pSend("SET", "db3:k", "v")}},
+		{"Send and Flush, one reply read", false, []borrowStep{pSend("SELECT", 3), pSend("SET", "db3:k", "v"), pFlush, pRecv}},
+		{"SELECT of DB queued in a MULTI left open", false, []borrowStep{pDo("SELECT", 3), pDo("SET", "db3:k", "v"), pDo("MULTI"), pDo("SELECT", 1)}},
+		{"through RedigoPool", true, []borrowStep{pDo("SELECT", 3), pDo("SET", "db3:k", "v")}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv.Do(t, "FLUSHALL")
+			p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, DB: 1, ReadTimeout: time.Second}
+			defer p.Close()
+			var c redis.Conn
+			if tt.adapter {
+				c = p.RedigoPool().Get()
+			} else {
+				c = p.Get()
+			}
+			for _, s := range tt.steps {
+				s(t, c)
+			}
+			require.NoError(t, c.Close())
+
+			c = p.Get()
+			defer c.Close()
+			assert.Equal(t, "1", clientInfo(t, c)["db"], "the next borrower is not in DB")
+			v, err := c.Do("GET", "db3:k")
+			require.NoError(t, err)
+			assert.Nil(t, v, "the next borrower sees database 3")
+			s := p.Stats()
+			assert.EqualValues(t, 1, s.DialCount, "the connection was not reused")
+			assert.Zero(t, s.Discards.Total(), "discarded: %+v", s.Discards)
+		})
+	}
+	check, err := redis.Dial("tcp", srv.Addr(), redis.DialDatabase(3))
+	require.NoError(t, err)
+	defer check.Close()
+	v, err := redis.String(check.Do("GET", "db3:k"))
+	require.NoError(t, err, "the borrower's SET did not reach database 3")
+	assert.Equal(t, "v", v)
+}
+
+// TestARefusedSelectBackToDBDiscardsTheConn: when the server refuses
+// Close's SELECT <DB>, the connection, still in the other database, is
+// discarded for its state and the next borrower gets a new one in DB.
+func TestARefusedSelectBackToDBDiscardsTheConn(t *testing.T) {
+	// The user may SELECT 3 and no other database.
+	srv := redistest.Start(t, "--user", "app", "on", ">pw", "~*", "&*", "+@all", "-select", "+select|3")
+	srv.Do(t, "SET", "db0:marker", "db0")
+	p := &redispool.Pool{Addr: srv.Addr(), Username: "app", Password: "pw", MaxActive: 1, ReadTimeout: time.Second}
+	defer p.Close()
+	c := p.Get()
+	_, err := c.Do("SELECT", 3)
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+	s := p.Stats()
+	assert.EqualValues(t, 1, s.Discards.State, "discards: %+v", s.Discards)
+	assert.EqualValues(t, 1, s.Discards.Total(), "discards: %+v", s.Discards)
+	borrowerSeesOnlyItsOwn(t, p)
 }
 
 // TestSendOfAnEmptyCommandCountsItsReply: Send("") writes an empty command,
@@ -925,10 +1007,12 @@ func TestSubcommandsOfAnotherTypeAreClassified(t *testing.T) {
 	})
 }
 
-// TestAskingIsNotInherited: in a cluster, ASKING lets the connection's next
-// command run on a slot being imported; the next borrower must not inherit
-// it.
-func TestAskingIsNotInherited(t *testing.T) {
+// TestAskingIsUsedUpByTheNextCommandAndNeverInherited: in a cluster, ASKING
+// lets the connection's next command run on a slot being imported. The
+// next borrower must not inherit it: a connection whose borrower sent a
+// command after ASKING, or left the MULTI that keeps it open for Close to
+// discard, is kept; one whose last command was ASKING is not.
+func TestAskingIsUsedUpByTheNextCommandAndNeverInherited(t *testing.T) {
 	args := []string{"--cluster-require-full-coverage", "no", "--cluster-node-timeout", "1000"}
 	a := redistest.StartClusterNode(t, args...)
 	b := redistest.StartClusterNode(t, args...)
@@ -949,19 +1033,89 @@ func TestAskingIsNotInherited(t *testing.T) {
 	}, 30*time.Second, 50*time.Millisecond)
 	require.Equal(t, "OK", a.Do(t, "CLUSTER", "SETSLOT", slot, "IMPORTING", bID))
 
-	p := &redispool.Pool{Addr: a.Addr(), MaxActive: 1, ReadTimeout: time.Second}
-	defer p.Close()
-	c := p.Get()
-	_, err = c.Do("GET", key)
-	require.ErrorContains(t, err, "MOVED", "without ASKING, A redirects")
-	_, err = c.Do("ASKING")
-	require.NoError(t, err)
-	c.Close()
+	for _, tt := range []struct {
+		name  string
+		steps []borrowStep
+		kept  bool
+	}{
+		{"ASKING last", []borrowStep{pDo("ASKING")}, false},
+		{"ASKING sent last", []borrowStep{pDo("ECHO", "x"), pSend("ASKING")}, false},
+		{"ASKING then a command", []borrowStep{pDo("ASKING"), pDo("GET", key)}, true},
+		{"ASKING then a command, pipelined and unread", []borrowStep{pSend("ASKING"), pSend("GET", key), pFlush}, true},
+		{"ASKING then a MULTI left open", []borrowStep{pDo("ASKING"), pDo("MULTI"), pDo("GET", key)}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &redispool.Pool{Addr: a.Addr(), MaxActive: 1, ReadTimeout: time.Second}
+			defer p.Close()
+			c := p.Get()
+			_, err := c.Do("GET", key)
+			require.ErrorContains(t, err, "MOVED", "without ASKING, A redirects")
+			for _, s := range tt.steps {
+				s(t, c)
+			}
+			require.NoError(t, c.Close())
 
-	c = p.Get()
-	defer c.Close()
-	_, err = c.Do("GET", key)
-	assert.ErrorContains(t, err, "MOVED", "the next borrower's command ran under the previous borrower's ASKING")
+			c = p.Get()
+			defer c.Close()
+			_, err = c.Do("GET", key)
+			assert.ErrorContains(t, err, "MOVED", "the next borrower's command ran under the previous borrower's ASKING")
+			s := p.Stats()
+			if tt.kept {
+				assert.EqualValues(t, 1, s.DialCount, "the connection was not reused: %+v", s.Discards)
+			} else {
+				assert.EqualValues(t, 1, s.Discards.State, "the connection was not discarded: %+v", s.Discards)
+			}
+		})
+	}
+}
+
+// TestReadOnlyIsUndoneWithReadWriteOnClose: a connection a borrower left
+// READONLY on a cluster node is made read-write again by Close and kept;
+// one the borrower made read-write again itself is kept without a second
+// READWRITE.
+func TestReadOnlyIsUndoneWithReadWriteOnClose(t *testing.T) {
+	srv := redistest.StartClusterNode(t)
+	for _, tt := range []struct {
+		name      string
+		adapter   bool // through RedigoPool
+		steps     []borrowStep
+		readWrite int // READWRITE commands the server runs, the borrower's and Close's
+	}{
+		{"Do", false, []borrowStep{pDo("READONLY"), pDo("ECHO", "x")}, 1},
+		{"Send, no reply read", false, []borrowStep{pSend("READONLY"), pSend("ECHO", "x")}, 1},
+		{"queued in a MULTI left open", false, []borrowStep{pDo("MULTI"), pDo("READONLY")}, 1},
+		{"through RedigoPool", true, []borrowStep{pDo("READONLY")}, 1},
+		{"READONLY then READWRITE", false, []borrowStep{pDo("READONLY"), pDo("READWRITE")}, 1},
+		{"READONLY then READWRITE, sent and unread", false, []borrowStep{pDo("READONLY"), pSend("READWRITE")}, 1},
+		// Close's DISCARD drops the queued READWRITE; its own runs.
+		{"READWRITE queued in MULTI", false, []borrowStep{pDo("READONLY"), pDo("MULTI"), pDo("READWRITE")}, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv.Do(t, "CONFIG", "RESETSTAT")
+			p := &redispool.Pool{Addr: srv.Addr(), MaxActive: 1, ReadTimeout: time.Second}
+			defer p.Close()
+			var c redis.Conn
+			if tt.adapter {
+				c = p.RedigoPool().Get()
+			} else {
+				c = p.Get()
+			}
+			for _, s := range tt.steps {
+				s(t, c)
+			}
+			require.NoError(t, c.Close())
+
+			c = p.Get()
+			defer c.Close()
+			assert.Equal(t, "N", clientInfo(t, c)["flags"], "the next borrower is READONLY")
+			s := p.Stats()
+			assert.EqualValues(t, 1, s.DialCount, "the connection was not reused: %+v", s.Discards)
+			assert.Zero(t, s.Discards.Total(), "discarded: %+v", s.Discards)
+			stats, err := redis.String(srv.Do(t, "INFO", "commandstats"), nil)
+			require.NoError(t, err)
+			assert.Contains(t, stats, fmt.Sprintf("cmdstat_readwrite:calls=%d,", tt.readWrite))
+		})
+	}
 }
 
 // TestBlockingCommandQueuedInMultiIsDrained: the same pipelined and left

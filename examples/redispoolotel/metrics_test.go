@@ -539,7 +539,7 @@ func TestValuesFollowPoolUse(t *testing.T) {
 	c1 := mustGet(t, f.main)
 	f.check("a Get", map[string]points{"main": {used: 1, idle: 0, dials: 1}})
 
-	if _, err := c1.Do("SELECT", 1); err != nil {
+	if _, err := c1.Do("CLIENT", "SETNAME", "left-behind"); err != nil {
 		t.Fatal(err)
 	}
 	c1.Close()

@@ -264,10 +264,10 @@ func TestCollectPool(t *testing.T) {
 	if _, err := p.GetContext(t.Context()); !errors.Is(err, redispool.ErrPoolExhausted) {
 		t.Fatalf("fourth Get: %v; want ErrPoolExhausted", err) // 1 wait timeout
 	}
-	if _, err := c1.Do("SELECT", 1); err != nil {
+	if _, err := c1.Do("CLIENT", "SETNAME", "left-behind"); err != nil {
 		t.Fatal(err)
 	}
-	c1.Close()                        // another database: 1 state discard
+	c1.Close()                        // a name set: 1 state discard
 	c2.Close()                        // idle
 	c3.Close()                        // idle
 	c5, c6, c7 := get(), get(), get() // 2 idle reused, 1 dial

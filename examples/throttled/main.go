@@ -12,18 +12,14 @@
 //	store, err := redigostore.NewCtx(&redispool.Pool{Addr: addr, MaxActive: 8, DB: db}, "throttled:", db)
 //
 // redigostore sends SELECT db on every connection it borrows, db 0
-// included. redispool keeps a connection only if it ends in the pool's own
-// database (its DB field), so that no other user of the pool inherits
-// another database:
+// included. redispool puts a connection back in the pool's own database
+// (its DB field) when it is returned, so that no other user of the pool
+// inherits another database:
 //
-//   - With DB set to throttled's db, as above, the SELECT changes nothing
-//     and connections are reused. Other users of that pool work in db too,
-//     so give throttled its own pool when it uses another database than the
-//     rest of the application.
-//   - On a pool whose DB differs from throttled's db, every connection
-//     throttled used is closed when it is returned (Stats().Discards.State)
-//     and the next Get dials: correct, never more than MaxActive open at
-//     once, but one new connection per Get.
+//   - With DB set to throttled's db, as above, the SELECT changes nothing.
+//   - On a pool shared with users of another database, Close sends
+//     SELECT <DB> on each connection throttled used and keeps it: no new
+//     connection, and the next user works in DB.
 //   - redigo's redis.Pool puts the connection back still in db, and the next
 //     user of the pool, who expects database 0, reads and writes db.
 //
@@ -64,7 +60,7 @@ const (
 var quota = throttled.RateQuota{MaxRate: throttled.PerMin(1), MaxBurst: 4}
 
 // newPool returns the pool throttled uses: at most maxConns connections, in
-// database db, the one throttled selects, so that it keeps them.
+// database db, the one throttled selects.
 func newPool(addr string, db int) *redispool.Pool {
 	return &redispool.Pool{Addr: addr, MaxActive: maxConns, DB: db}
 }

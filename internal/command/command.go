@@ -39,13 +39,21 @@ const (
 	// (Info.DB is -1 when the argument is not a database number).
 	Select
 	// Taint: the command leaves state the pool cannot prove undone, such as
-	// CLIENT REPLY OFF or SKIP, READONLY, HELLO, AUTH, RESET, CLIENT TRACKING,
+	// CLIENT REPLY OFF or SKIP, HELLO, AUTH, RESET, CLIENT TRACKING,
 	// CLIENT NO-EVICT or NO-TOUCH, CLIENT SETINFO, or ends the connection
 	// (QUIT): the connection must be discarded.
 	Taint
 	// Blocking: the server may hold the reply for Info.Timeout
 	// (Info.Forever when the command blocks with no time limit).
 	Blocking
+	// ReadOnly: READONLY lets a cluster replica serve reads on the
+	// connection until READWRITE.
+	ReadOnly
+	// ReadWrite: READWRITE ends READONLY.
+	ReadWrite
+	// Asking: ASKING lets the connection's next command run on a slot the
+	// cluster node is importing; that command uses it up.
+	Asking
 )
 
 // Info is what Classify found out about one command.
@@ -92,6 +100,9 @@ const (
 	kindMonitor
 	kindSelect
 	kindTaint
+	kindReadOnly
+	kindReadWrite
+	kindAsking
 	kindClient
 	kindScript
 	kindLastArgSeconds  // BLPOP, BRPOP, BRPOPLPUSH, BLMOVE, BZPOPMIN, BZPOPMAX
@@ -114,7 +125,8 @@ var kinds = map[string]kind{
 	"SUNSUBSCRIBE": kindSUnsubscribe,
 	"MONITOR":      kindMonitor,
 	"SELECT":       kindSelect,
-	"READONLY":     kindTaint,
+	"READONLY":     kindReadOnly,
+	"READWRITE":    kindReadWrite,
 	"HELLO":        kindTaint,
 	"AUTH":         kindTaint,
 	"RESET":        kindTaint,
@@ -122,7 +134,7 @@ var kinds = map[string]kind{
 	"PSYNC":        kindTaint,
 	"REPLCONF":     kindTaint,
 	"QUIT":         kindTaint,
-	"ASKING":       kindTaint, // lasts until the connection's next command
+	"ASKING":       kindAsking,
 	"CLIENT":       kindClient,
 	"SCRIPT":       kindScript,
 	"BLPOP":        kindLastArgSeconds,
@@ -164,6 +176,8 @@ func Classify(name string, args []any) Info {
 		return Info{Effects: Select, DB: selectDB(args)}
 	case kindTaint:
 		return Info{Effects: Taint}
+	case kindReadOnly, kindReadWrite, kindAsking:
+		return classifyCluster(k, args)
 	case kindClient:
 		return classifyClient(args)
 	case kindScript:
@@ -219,6 +233,23 @@ func classifyPubSub(k kind, args []any) Info {
 	}
 	// One reply per argument, subscribed or not, where Do reads one.
 	return Info{Effects: Taint}
+}
+
+// classifyCluster handles READONLY, READWRITE and ASKING. They take no
+// arguments: given some, the server rejects them. READWRITE then ends
+// nothing; READONLY and ASKING count as run all the same, which at worst
+// costs an undo that was not needed.
+func classifyCluster(k kind, args []any) Info {
+	switch k {
+	case kindReadOnly:
+		return Info{Effects: ReadOnly}
+	case kindAsking:
+		return Info{Effects: Asking}
+	}
+	if len(args) > 0 {
+		return Info{}
+	}
+	return Info{Effects: ReadWrite}
 }
 
 // selectDB reads SELECT's database number, or returns -1.

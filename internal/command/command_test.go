@@ -44,7 +44,14 @@ func TestClassify(t *testing.T) {
 		{"SELECT", []any{-1}, Info{Effects: Select, DB: -1}},
 		{"SELECT", nil, Info{Effects: Select, DB: -1}},
 		{"SELECT", []any{uint64(math.MaxUint64)}, Info{Effects: Select, DB: -1}},
-		{"READONLY", nil, Info{Effects: Taint}},
+		{"READONLY", nil, Info{Effects: ReadOnly}},
+		{"readonly", []any{"x"}, Info{Effects: ReadOnly}},
+		{"READWRITE", nil, Info{Effects: ReadWrite}},
+		{"ReadWrite", nil, Info{Effects: ReadWrite}},
+		// Rejected for its argument: it ends nothing.
+		{"READWRITE", []any{"x"}, Info{}},
+		{"ASKING", nil, Info{Effects: Asking}},
+		{"ASKING", []any{"x"}, Info{Effects: Asking}},
 		{"HELLO", []any{3}, Info{Effects: Taint}},
 		{"AUTH", []any{"pw"}, Info{Effects: Taint}},
 		{"RESET", nil, Info{Effects: Taint}},
@@ -104,7 +111,7 @@ func TestClassify(t *testing.T) {
 		{"DISCARD", []any{"now"}, Info{}},
 		{"EXEC", []any{"x"}, Info{}},
 		{"UNWATCH", []any{"k"}, Info{}},
-		{"asking", nil, Info{Effects: Taint}},
+		{"asking", nil, Info{Effects: Asking}},
 		{"MULTI", []any{"x"}, Info{}},
 		{"WATCH", nil, Info{Effects: Watch}},
 		{"SUBSCRIBE", nil, Info{Effects: Subscribe, PubSub: Channels}},
@@ -152,7 +159,7 @@ func TestClassify(t *testing.T) {
 
 func TestClassifyDoesNotAllocate(t *testing.T) {
 	args := []any{"key", 1}
-	for _, name := range []string{"GET", "get", "Blpop", "SELECT"} {
+	for _, name := range []string{"GET", "get", "Blpop", "SELECT", "readonly", "ReadWrite", "asking"} {
 		n := testing.AllocsPerRun(100, func() { Classify(name, args) })
 		if n != 0 {
 			t.Errorf("Classify(%q) allocates %v times per call, want 0", name, n)
