@@ -53,7 +53,8 @@ func Keys(name string, args []interface{}) []string {
 }
 
 // maxName bounds the length of a command name, with its subcommand, that
-// lookup looks for: the longest in Redis 7 is 33 bytes.
+// lookup looks for: the longest in Redis 7.0 is 29 bytes
+// ("cluster|count-failure-reports").
 const maxName = 64
 
 // lookup finds the table entry of the command name, or of its subcommand

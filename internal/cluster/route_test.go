@@ -307,3 +307,41 @@ func waitClusterOK(t *testing.T, c redis.Conn) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// oddArgs are arguments that look like key counts, keywords or nothing.
+var oddArgs = []interface{}{"1", "-1", "0", "99", "STREAMS", "KEYS", "STORE", "LIMIT", "", nil, []byte("2"), 3.5}
+
+// RouteOf and Keys never panic, whatever the number and the values of the
+// arguments: every command and subcommand with 0 to 6 arguments.
+func TestRouteOfNeverPanicsOnShortOrOddArguments(t *testing.T) {
+	cmds, err := gen.Load(startServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range cmds {
+		name, prefix := cmd.Name, args()
+		if container, sub, ok := strings.Cut(cmd.Name, "|"); ok {
+			name, prefix = container, args(sub)
+		}
+		for n := range 7 {
+			for i := range oddArgs {
+				line := append([]interface{}{}, prefix...)
+				for j := range n {
+					line = append(line, oddArgs[(i+j*j)%len(oddArgs)])
+				}
+				mustNotPanic(t, commandLine{name, line})
+			}
+		}
+	}
+}
+
+func mustNotPanic(t *testing.T, line commandLine) {
+	t.Helper()
+	defer func() {
+		if p := recover(); p != nil {
+			t.Fatalf("%s: panic: %v", line, p)
+		}
+	}()
+	cluster.RouteOf(line.name, line.args)
+	cluster.Keys(line.name, line.args)
+}
