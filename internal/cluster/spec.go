@@ -152,7 +152,7 @@ func (s *keySpec) span(args []interface{}) (first, last int, found spanFound) {
 	case findRange:
 		last = s.rangeLast(first, argc)
 	case findKeynum:
-		if s.keynum >= argc || first+s.keynum >= argc {
+		if count := first + s.keynum; count < 1 || count >= argc {
 			return 0, 0, spanInvalid
 		}
 		n, ok := argInt(args[first+s.keynum-1])
