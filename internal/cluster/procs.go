@@ -9,7 +9,7 @@ func init() {
 	setKeys("migrate", migrateKeys)
 }
 
-func setKeys(name string, keys func(args []interface{}, f func(pos int))) {
+func setKeys(name string, keys func(args []interface{}) positions) {
 	c, ok := commands[name]
 	if !ok {
 		panic("cluster: the command table has no " + name)
@@ -22,11 +22,10 @@ func setKeys(name string, keys func(args []interface{}, f func(pos int))) {
 // [GET pattern ...] [ASC|DESC] [ALPHA] [STORE destination]: the key, then
 // the destination of the last STORE, skipping the arguments of BY, LIMIT
 // and GET (sortGetKeys in db.c).
-func sortKeys(args []interface{}, f func(pos int)) {
+func sortKeys(args []interface{}) positions {
 	if len(args) < 1 {
-		return
+		return positions{}
 	}
-	f(1)
 	store := 0
 	for i := 2; i <= len(args); i++ {
 		switch a := args[i-1]; {
@@ -38,30 +37,29 @@ func sortKeys(args []interface{}, f func(pos int)) {
 			store = i + 1
 		}
 	}
-	if store > 0 {
-		f(store)
-	}
+	return positions{first: 1, last: 1, extra: store}
 }
 
 // sortROKeys finds the key of SORT_RO key ... (sortROGetKeys in db.c).
-func sortROKeys(args []interface{}, f func(pos int)) {
-	if len(args) >= 1 {
-		f(1)
+func sortROKeys(args []interface{}) positions {
+	if len(args) < 1 {
+		return positions{}
 	}
+	return positions{first: 1, last: 1}
 }
 
 // migrateKeys finds the keys of MIGRATE host port key|"" db timeout [COPY]
 // [REPLACE] [AUTH password] [AUTH2 username password] [KEYS key ...]: the
 // key, or the keys after KEYS when the key is empty (migrateGetKeys in
 // db.c).
-func migrateKeys(args []interface{}, f func(pos int)) {
+func migrateKeys(args []interface{}) positions {
 	argc := len(args) + 1
 	first, last := 3, 3
 	for i := 6; i < argc; i++ {
 		a := args[i-1]
 		if argEqualFold(a, "keys") {
 			if argString(args[2]) != "" {
-				return
+				return positions{}
 			}
 			first, last = i+1, argc-1
 			break
@@ -73,7 +71,8 @@ func migrateKeys(args []interface{}, f func(pos int)) {
 			i += 2
 		}
 	}
-	for pos := first; pos <= last && pos < argc; pos++ {
-		f(pos)
+	if first > last || last >= argc {
+		return positions{}
 	}
+	return positions{first: first, last: last}
 }

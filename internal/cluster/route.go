@@ -26,7 +26,7 @@ type Route struct {
 // argument list too short for the key spec (EVAL with numkeys beyond the
 // arguments, ...): the server will refuse it.
 func RouteOf(name string, args []interface{}) Route {
-	cmd, args, ok := lookup(name, args)
+	cmd, ok := lookup(name, args)
 	if !ok {
 		return Route{Slot: -1}
 	}
@@ -41,36 +41,37 @@ func RouteOf(name string, args []interface{}) Route {
 // COMMAND GETKEYS (shard channels are not keys there), printed as redigo
 // writes them, or nil when the command has none.
 func Keys(name string, args []interface{}) []string {
-	cmd, args, ok := lookup(name, args)
+	cmd, ok := lookup(name, args)
 	if !ok {
 		return nil
 	}
 	var keys []string
-	cmd.eachKey(args, false, func(pos int) {
+	cmd.eachKey(args, func(pos int) {
 		keys = append(keys, argString(args[pos-1]))
 	})
 	return keys
 }
 
 // maxName bounds the length of a command name, with its subcommand, that
-// lookup looks for: the longest in Redis 7 is 33 bytes.
+// lookup looks for: the longest in Redis 7.0 is 29 bytes
+// ("cluster|count-failure-reports").
 const maxName = 64
 
 // lookup finds the table entry of the command name, or of its subcommand
 // args[0] if it has subcommands. The key positions of an entry count the
 // command name as 0, like the server's argv, and the arguments from 1.
-func lookup(name string, args []interface{}) (*command, []interface{}, bool) {
+func lookup(name string, args []interface{}) (command, bool) {
 	var buf [maxName]byte
 	n, ok := appendLower(buf[:0], name)
 	if !ok {
-		return nil, nil, false
+		return command{}, false
 	}
 	cmd, ok := commands[string(n)]
 	if !ok || !cmd.container {
-		return &cmd, args, ok
+		return cmd, ok
 	}
 	if len(args) == 0 {
-		return nil, nil, false
+		return command{}, false
 	}
 	n = append(n, '|')
 	switch sub := args[0].(type) {
@@ -82,10 +83,10 @@ func lookup(name string, args []interface{}) (*command, []interface{}, bool) {
 		ok = false
 	}
 	if !ok {
-		return nil, nil, false
+		return command{}, false
 	}
 	cmd, ok = commands[string(n)]
-	return &cmd, args, ok
+	return cmd, ok
 }
 
 // appendLower appends s in lower case to b if it fits in b's capacity.

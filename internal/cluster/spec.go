@@ -7,8 +7,12 @@ type command struct {
 	specs     []keySpec // COMMAND's key specs
 	// keys, when set, finds the keys when a spec does not fit the
 	// arguments, as the command's own code in the server does.
-	keys func(args []interface{}, f func(pos int))
+	keys func(args []interface{}) positions
 }
+
+// positions are the positions of keys in argv: first to last, then extra
+// when it is not 0; none when first is 0.
+type positions struct{ first, last, extra int }
 
 // keySpec is one key spec of COMMAND: where its keys begin (an index or
 // after a keyword) and how many follow (a range or a key count).
@@ -54,30 +58,42 @@ const (
 // firstKey returns the position of the first key of the command with
 // args (position 1 is args[0]), counting shard channels as keys.
 func (c *command) firstKey(args []interface{}) (int, bool) {
-	first := 0
-	c.eachKey(args, true, func(pos int) {
-		if first == 0 {
-			first = pos
+	if !c.specsFit(args, true) {
+		if c.keys == nil {
+			return 0, false
 		}
-	})
-	return first, first > 0
+		p := c.keys(args)
+		return p.first, p.first > 0
+	}
+	for i := range c.specs {
+		if first, _, found := c.specs[i].span(args); found == spanKeys {
+			return first, true
+		}
+	}
+	return 0, false
 }
 
 // eachKey calls f with the position of each key of the command with args,
-// in the order COMMAND GETKEYS lists them; with channels, the specs of
-// shard channels count too. Like the server, when a spec does not fit the
-// arguments it finds the keys with the command's own code if it has some
-// (MIGRATE, SORT), and finds none otherwise.
-func (c *command) eachKey(args []interface{}, channels bool, f func(pos int)) {
-	if !c.specsFit(args, channels) {
-		if c.keys != nil {
-			c.keys(args, f)
+// in the order COMMAND GETKEYS lists them. Like the server, when a spec
+// does not fit the arguments it finds the keys with the command's own code
+// if it has some (MIGRATE, SORT), and finds none otherwise.
+func (c *command) eachKey(args []interface{}, f func(pos int)) {
+	if !c.specsFit(args, false) {
+		if c.keys == nil {
+			return
+		}
+		p := c.keys(args)
+		for pos := p.first; pos > 0 && pos <= p.last; pos++ {
+			f(pos)
+		}
+		if p.extra > 0 {
+			f(p.extra)
 		}
 		return
 	}
 	for i := range c.specs {
 		s := &c.specs[i]
-		if s.flags&notKey != 0 && !channels {
+		if s.flags&notKey != 0 {
 			continue
 		}
 		first, last, found := s.span(args)
@@ -136,7 +152,7 @@ func (s *keySpec) span(args []interface{}) (first, last int, found spanFound) {
 	case findRange:
 		last = s.rangeLast(first, argc)
 	case findKeynum:
-		if s.keynum >= argc || first+s.keynum >= argc {
+		if count := first + s.keynum; count < 1 || count >= argc {
 			return 0, 0, spanInvalid
 		}
 		n, ok := argInt(args[first+s.keynum-1])
