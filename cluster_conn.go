@@ -51,6 +51,10 @@ type clusterConn struct {
 	nc     redis.Conn // the node conn; nil until the first command
 	addr   string     // nc's node
 	closed bool
+	// multi is set by a MULTI asked for while the conn was clean: it is
+	// sent with the next command, so that the transaction goes to that
+	// command's node, or by Flush.
+	multi bool
 }
 
 // doFunc runs a command on a node conn.
@@ -85,10 +89,20 @@ func (c *clusterConn) DoContext(ctx context.Context, cmd string, args ...any) (a
 // retrying while the command provably did not run, within WaitTimeout and
 // ctx.
 func (c *clusterConn) run(ctx context.Context, cmd string, args []any, do doFunc) (any, error) {
-	if cmd == "" {
+	switch {
+	case cmd == "":
 		return c.pending(do)
+	case isMulti(cmd, args):
+		if ok, err := c.deferMulti(); ok || err != nil {
+			return okReply(err)
+		}
 	}
-	route := cluster.RouteOf(cmd, args)
+	return c.routed(ctx, cluster.RouteOf(cmd, args), do)
+}
+
+// routed runs a command on the node of route, following redirects and
+// pausing before retries (see retry).
+func (c *clusterConn) routed(ctx context.Context, route cluster.Route, do doFunc) (any, error) {
 	r := retry{cl: c.cl, ctx: ctx}
 	for {
 		nc, free, err := c.conn(ctx, route, r.to)
@@ -110,6 +124,34 @@ func (c *clusterConn) run(ctx context.Context, cmd string, args []any, do doFunc
 	}
 }
 
+// isMulti reports whether the command is MULTI.
+func isMulti(cmd string, args []any) bool {
+	return len(args) == 0 && strings.EqualFold(cmd, "MULTI")
+}
+
+// okReply is the reply to a MULTI deferred, or the error that stopped it.
+func okReply(err error) (any, error) {
+	if err != nil {
+		return nil, err
+	}
+	return "OK", nil
+}
+
+// deferMulti holds a MULTI back until the next command when the conn is
+// clean, and reports whether it did.
+func (c *clusterConn) deferMulti() (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.closed:
+		return false, ErrConnClosed
+	case c.nc != nil && !isClean(c.nc):
+		return false, nil
+	}
+	c.multi = true
+	return true, nil
+}
+
 // pending is Do(""): it flushes and reads the replies pending on the node
 // conn, if any.
 func (c *clusterConn) pending(do doFunc) (any, error) {
@@ -128,6 +170,18 @@ func (c *clusterConn) pending(do doFunc) (any, error) {
 func (c *clusterConn) conn(ctx context.Context, route cluster.Route, to string) (nc redis.Conn, free bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	nc, free, err = c.connLocked(ctx, route, to)
+	if err == nil && c.multi {
+		// The deferred MULTI goes first: from here the command is in a
+		// transaction, and its redirect an error, not a retry.
+		c.multi, free = false, false
+		err = nc.Send("MULTI")
+	}
+	return nc, free, err
+}
+
+// connLocked is conn but for a deferred MULTI.
+func (c *clusterConn) connLocked(ctx context.Context, route cluster.Route, to string) (nc redis.Conn, free bool, err error) {
 	if c.closed {
 		return nil, false, ErrConnClosed
 	}
@@ -204,6 +258,11 @@ func (c *clusterConn) bound() (redis.Conn, error) {
 // its node: later Sends go there whatever their slot, and a command of
 // another node's slot gets its MOVED reply as an error from Receive.
 func (c *clusterConn) Send(cmd string, args ...any) error {
+	if isMulti(cmd, args) {
+		if ok, err := c.deferMulti(); ok || err != nil {
+			return err
+		}
+	}
 	nc, _, err := c.conn(context.Background(), cluster.RouteOf(cmd, args), "")
 	if err != nil {
 		return err
@@ -211,9 +270,18 @@ func (c *clusterConn) Send(cmd string, args ...any) error {
 	return nc.Send(cmd, args...)
 }
 
-// Flush writes the queued commands.
+// Flush writes the queued commands, and a MULTI deferred.
 func (c *clusterConn) Flush() error {
-	nc, err := c.bound()
+	c.mu.Lock()
+	multi := c.multi
+	c.mu.Unlock()
+	var nc redis.Conn
+	var err error
+	if multi {
+		nc, _, err = c.conn(context.Background(), cluster.Route{Slot: -1}, "")
+	} else {
+		nc, err = c.bound()
+	}
 	if nc == nil {
 		return err
 	}

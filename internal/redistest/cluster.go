@@ -46,8 +46,35 @@ func StartCluster(t testing.TB, extraArgs ...string) *Cluster {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("redistest: redis-cli --cluster create: %v\n%s", err, out)
 	}
+	c.touchMasters(t)
 	c.WaitReady(t)
 	return c
+}
+
+// touchMasters writes a key on each master: CLUSTER SLOTS leaves out a
+// replica whose replication offset is still 0. A master refuses writes
+// (CLUSTERDOWN) until it sees every slot served.
+func (c *Cluster) touchMasters(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(clusterReadyTimeout)
+	for _, s := range c.Masters(t) {
+		for i := 0; ; {
+			r := s.Do(t, "SET", fmt.Sprintf("redistest:touch:%d", i), "1")
+			e, failed := r.(redis.Error)
+			switch {
+			case !failed:
+			case strings.HasPrefix(string(e), "MOVED "):
+				i++
+				continue
+			case time.Now().Before(deadline):
+				time.Sleep(pollInterval)
+				continue
+			default:
+				t.Fatalf("redistest: no write on %s within %v: %v", s.Addr(), clusterReadyTimeout, e)
+			}
+			break
+		}
+	}
 }
 
 // Addrs returns the nodes' addresses.
@@ -79,26 +106,65 @@ func (c *Cluster) WaitReady(t testing.TB) {
 
 // ready reports the first running node that is not ready.
 func (c *Cluster) ready() error {
-	running := 0
+	running, replicas := 0, 0
 	for _, s := range c.Nodes {
-		if !s.current().exited() {
-			running++
+		if s.current().exited() {
+			continue
+		}
+		running++
+		if repl, err := s.adminString("INFO", "replication"); err != nil {
+			return err
+		} else if strings.Contains(repl, "role:slave") {
+			replicas++
 		}
 	}
 	for _, s := range c.Nodes {
 		if s.current().exited() {
 			continue
 		}
-		if err := s.clusterReady(running); err != nil {
+		if err := s.clusterReady(running, replicas); err != nil {
 			return fmt.Errorf("%s: %w", s.Addr(), err)
 		}
 	}
 	return nil
 }
 
+// adminString runs a command on a connection of its own and returns its
+// reply as a string.
+func (s *Server) adminString(cmd string, args ...any) (string, error) {
+	conn, err := dialTimeout(s.Addr(), adminTimeout)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	return redis.String(conn.Do(cmd, args...))
+}
+
+// slotsReplicas counts the replicas that CLUSTER SLOTS lists (those not
+// failed, and with some replication offset), each once.
+func slotsReplicas(conn redis.Conn) (int, error) {
+	ranges, err := redis.Values(conn.Do("CLUSTER", "SLOTS"))
+	if err != nil {
+		return 0, err
+	}
+	seen := map[string]bool{}
+	for _, r := range ranges {
+		fields, _ := r.([]any)
+		for i := 3; i < len(fields); i++ {
+			node, _ := fields[i].([]any)
+			if len(node) > 2 {
+				id, _ := node[2].([]byte)
+				seen[string(id)] = true
+			}
+		}
+	}
+	return len(seen), nil
+}
+
 // clusterReady reports what this node lacks: cluster_state:ok, a view of
-// at least want nodes, or a replica's link up.
-func (s *Server) clusterReady(want int) error {
+// at least want nodes and of the replicas in CLUSTER SLOTS, or a
+// replica's link up.
+func (s *Server) clusterReady(want, replicas int) error {
 	conn, err := dialTimeout(s.Addr(), adminTimeout)
 	if err != nil {
 		return err
@@ -113,6 +179,9 @@ func (s *Server) clusterReady(want int) error {
 	}
 	if n, _ := fieldOf(info, "cluster_known_nodes"); n < want {
 		return fmt.Errorf("knows %d nodes, not %d", n, want)
+	}
+	if seen, err := slotsReplicas(conn); err != nil || seen != replicas {
+		return fmt.Errorf("CLUSTER SLOTS lists %d replicas, not %d (%v)", seen, replicas, err)
 	}
 	repl, err := redis.String(conn.Do("INFO", "replication"))
 	if err != nil {
