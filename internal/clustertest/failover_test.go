@@ -170,8 +170,20 @@ func waitRole(t *testing.T, s *redistest.Server, master bool) {
 // the dead shard's writers succeed again within node-timeout + 3 s, once
 // its replica is promoted; dials to the dead address are paced by the
 // backoff, and the slot map is asked for at most twice a second.
+//
+// With cluster-require-full-coverage yes (the default) every node answers
+// CLUSTERDOWN until the replica is promoted, which the pool retries; with
+// no, the other shards go on and only the failed dials tell the pool to
+// refresh its map.
 func TestClusterMasterKilledStopsOnlyItsShard(t *testing.T) {
-	c := redistest.StartCluster(t)
+	for _, full := range []string{"yes", "no"} {
+		t.Run("full-coverage="+full, func(t *testing.T) {
+			masterKilled(t, redistest.StartCluster(t, "--cluster-require-full-coverage", full))
+		})
+	}
+}
+
+func masterKilled(t *testing.T, c *redistest.Cluster) {
 	p := newPool(t, c, 8)
 	r := startIncrs(p)
 	defer r.finish()
