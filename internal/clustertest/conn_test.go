@@ -306,3 +306,25 @@ func TestClusterConn(t *testing.T) {
 		c.WaitReady(t)
 	})
 }
+
+// TestAClusterServesOnePool: a *Cluster given to a second Pool makes that
+// pool's Get fail with ErrInvalidConfig naming Cluster, and the first
+// keeps serving.
+func TestAClusterServesOnePool(t *testing.T) {
+	c := redistest.StartCluster(t)
+	cl := &redispool.Cluster{StartupNodes: c.Addrs()[:1]}
+	first := &redispool.Pool{Cluster: cl}
+	defer first.Close()
+	second := &redispool.Pool{Cluster: cl}
+	defer second.Close()
+	if _, err := first.Get().Do("SET", "one", "pool"); err != nil {
+		t.Fatalf("first pool: %v", err)
+	}
+	_, err := second.GetContext(context.Background())
+	if !errors.Is(err, redispool.ErrInvalidConfig) || !strings.Contains(err.Error(), "Cluster is already used by another Pool") {
+		t.Errorf("second pool's Get: %v, want ErrInvalidConfig naming Cluster", err)
+	}
+	if _, err := first.Get().Do("GET", "one"); err != nil {
+		t.Errorf("first pool after the second was refused: %v", err)
+	}
+}
