@@ -317,14 +317,20 @@ func TestAClusterServesOnePool(t *testing.T) {
 	defer first.Close()
 	second := &redispool.Pool{Cluster: cl}
 	defer second.Close()
-	if _, err := first.Get().Do("SET", "one", "pool"); err != nil {
+	do := func(cmd string, args ...any) error {
+		conn := first.Get()
+		defer conn.Close()
+		_, err := conn.Do(cmd, args...)
+		return err
+	}
+	if err := do("SET", "one", "pool"); err != nil {
 		t.Fatalf("first pool: %v", err)
 	}
 	_, err := second.GetContext(context.Background())
 	if !errors.Is(err, redispool.ErrInvalidConfig) || !strings.Contains(err.Error(), "Cluster is already used by another Pool") {
 		t.Errorf("second pool's Get: %v, want ErrInvalidConfig naming Cluster", err)
 	}
-	if _, err := first.Get().Do("GET", "one"); err != nil {
+	if err := do("GET", "one"); err != nil {
 		t.Errorf("first pool after the second was refused: %v", err)
 	}
 }
