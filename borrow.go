@@ -66,9 +66,9 @@ type borrowState struct {
 	// next reply to read is that of command number sent-pending.
 	sent int
 	// undos are the numbers (see sent) of the pending replies to EXEC,
-	// DISCARD, UNWATCH and READWRITE commands sent with Send. The state they undo was
-	// cleared when they were sent (see apply); each reply must say that the
-	// server ran its command, or the connection is not kept.
+	// DISCARD, UNWATCH and READWRITE commands sent with Send. The state they
+	// undo was cleared when they were sent (see apply); each reply must say
+	// that the server ran its command, or the connection is not kept.
 	undos []int
 }
 
@@ -218,12 +218,12 @@ func (pc *poolConn) usableLocked() error {
 // A SELECT takes effect only if the server runs it: the database is unknown
 // until its reply says so. apply reports whether the caller, a Do, is to set
 // it from the reply (see end). An EXEC, DISCARD, UNWATCH or READWRITE can be
-// refused (an ACL without it) and then undoes nothing; apply returns the
-// state it undoes. For a Do, that state is cleared once its reply says it ran (see
-// settle). Sent with Send, it is cleared now, so that the commands sent
-// after it count as the server runs them if it ran; its reply, read later,
-// must say it did, or the connection is tainted (see borrowState.undos).
-// A SELECT sent with Send leaves the database unknown.
+// refused (an ACL without it) and then undoes nothing; apply returns the state
+// it undoes. For a Do, that state is cleared once its reply says it ran (see
+// settle). Sent with Send, it is cleared now, so that the commands sent after
+// it count as the server runs them if it ran; its reply, read later, must say
+// it did, or the connection is tainted (see borrowState.undos). A SELECT sent
+// with Send leaves the database unknown.
 func (pc *poolConn) apply(info command.Info, send bool) (selects bool, undoes connState) {
 	e := info.Effects
 	if e == 0 {
@@ -312,13 +312,13 @@ func (pc *poolConn) applySelect(db int, queued bool) bool {
 	return !queued && db >= 0
 }
 
-// settle looks at the replies a Do of cmd read for the EXEC, DISCARD,
-// UNWATCH and READWRITE among their commands. Its own (c.undoes) clears the state once its
-// reply, reply, says the server ran it: a refused one leaves the transaction
-// open or the keys watched. The state of those sent with Send before it
-// (c.undos) was cleared when they were sent: if a reply says one did not
-// run, or cannot say (redigo returns, along with the reply to a command, only
-// the first error among the replies read before it), the connection is
+// settle looks at the replies a Do of cmd read for the EXEC, DISCARD, UNWATCH
+// and READWRITE among their commands. Its own (c.undoes) clears the state once
+// its reply, reply, says the server ran it: a refused one leaves the
+// transaction open or the keys watched. The state of those sent with Send
+// before it (c.undos) was cleared when they were sent: if a reply says one did
+// not run, or cannot say (redigo returns, along with the reply to a command,
+// only the first error among the replies read before it), the connection is
 // tainted.
 func (c call) settle(cmd string, reply any, err error) {
 	if c.undoes == 0 && len(c.undos) == 0 {
@@ -456,11 +456,11 @@ func (pc *poolConn) failedLocked(err error, rerr redis.Error, replied bool) {
 	}
 }
 
-// takeReplyLocked counts the next pending reply as read by the Receive
-// about to run, and reports whether it answers an EXEC, DISCARD, UNWATCH or
-// READWRITE sent with Send: that reply must say the command ran, or the connection is
-// tainted (see end). Should the Receive get no reply, the connection is
-// broken, and the count no longer matters.
+// takeReplyLocked counts the next pending reply as read by the Receive about
+// to run, and reports whether it answers an EXEC, DISCARD, UNWATCH or
+// READWRITE sent with Send: that reply must say the command ran, or the
+// connection is tainted (see end). Should the Receive get no reply, the
+// connection is broken, and the count no longer matters.
 func (pc *poolConn) takeReplyLocked() (undo bool) {
 	if len(pc.undos) > 0 && pc.undos[0] == pc.sent-pc.pending {
 		pc.undos = pc.undos[1:]

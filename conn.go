@@ -17,8 +17,9 @@ var (
 )
 
 // errTimeoutNotSupported is returned by DoWithTimeout and ReceiveWithTimeout
-// when the connection from Dial does not implement redis.ConnWithTimeout.
-var errTimeoutNotSupported = errors.New("redispool: connection from Dial does not support ConnWithTimeout")
+// when the connection from Dial implements neither redis.ConnWithTimeout nor
+// redis.ConnWithContext.
+var errTimeoutNotSupported = errors.New("redispool: connection from Dial supports neither ConnWithTimeout nor ConnWithContext")
 
 // ErrConcurrentUse is returned by a call on a conn from Get that overlaps
 // another call on it, from another goroutine, in a way redigo does not
@@ -61,12 +62,7 @@ func (ac *activeConn) Do(cmd string, args ...any) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var reply any
-	if c.pc.cwt != nil {
-		reply, err = c.pc.cwt.DoWithTimeout(c.timeout, cmd, args...)
-	} else {
-		reply, err = c.pc.c.Do(cmd, args...)
-	}
+	reply, err := c.pc.do(c.timeout, cmd, args)
 	c.settle(cmd, reply, err)
 	ac.end(c, arrayError(cmd, reply, err))
 	return reply, err
@@ -81,16 +77,17 @@ func (ac *activeConn) DoWithTimeout(timeout time.Duration, cmd string, args ...a
 	if err != nil {
 		return nil, err
 	}
-	reply, err := c.pc.cwt.DoWithTimeout(timeout, cmd, args...)
+	reply, err := c.pc.do(timeout, cmd, args)
 	c.settle(cmd, reply, err)
 	ac.end(c, arrayError(cmd, reply, err))
 	return reply, err
 }
 
 // timeoutsSupported fails, before anything is sent, a call that needs the
-// pooled connection to implement redis.ConnWithTimeout when it does not.
+// pooled connection to bound a read, when it implements neither
+// redis.ConnWithTimeout nor redis.ConnWithContext.
 func (ac *activeConn) timeoutsSupported() error {
-	if ac.pc.cwt != nil {
+	if ac.pc.bounded() {
 		return nil
 	}
 	if _, err := ac.lock(); err != nil {
@@ -128,10 +125,12 @@ func (ac *activeConn) DoContext(ctx context.Context, cmd string, args ...any) (a
 		return nil, err
 	}
 	reply, err := ac.withContext(ctx, c, func(timeout time.Duration) (any, error) {
-		if c.pc.cwt != nil {
-			return c.pc.cwt.DoWithTimeout(timeout, cmd, args...)
+		if cwc := c.pc.userCtx(); cwc != nil {
+			return ctxCall(context.WithoutCancel(ctx), timeout, func(ctx context.Context) (any, error) {
+				return cwc.DoContext(ctx, cmd, args...)
+			})
 		}
-		return c.pc.c.Do(cmd, args...)
+		return c.pc.do(timeout, cmd, args)
 	})
 	c.settle(cmd, reply, err)
 	ac.end(c, arrayError(cmd, reply, err))
@@ -235,12 +234,7 @@ func (ac *activeConn) Receive() (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var reply any
-	if c.pc.cwt != nil {
-		reply, err = c.pc.cwt.ReceiveWithTimeout(c.timeout)
-	} else {
-		reply, err = c.pc.c.Receive()
-	}
+	reply, err := c.pc.receive(c.timeout)
 	ac.end(c, err)
 	return reply, err
 }
@@ -254,7 +248,7 @@ func (ac *activeConn) ReceiveWithTimeout(timeout time.Duration) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	reply, err := c.pc.cwt.ReceiveWithTimeout(timeout)
+	reply, err := c.pc.receive(timeout)
 	ac.end(c, err)
 	return reply, err
 }
@@ -269,10 +263,10 @@ func (ac *activeConn) ReceiveContext(ctx context.Context) (any, error) {
 		return nil, err
 	}
 	reply, err := ac.withContext(ctx, c, func(timeout time.Duration) (any, error) {
-		if c.pc.cwt != nil {
-			return c.pc.cwt.ReceiveWithTimeout(timeout)
+		if cwc := c.pc.userCtx(); cwc != nil {
+			return ctxCall(context.WithoutCancel(ctx), timeout, cwc.ReceiveContext)
 		}
-		return c.pc.c.Receive()
+		return c.pc.receive(timeout)
 	})
 	ac.end(c, err)
 	return reply, err
@@ -294,14 +288,14 @@ func (ac *activeConn) Err() error {
 	return pc.c.Err()
 }
 
-// Close returns the connection to the pool if it is provably clean, and
-// closes it otherwise. Replies still pending are read first, within
-// ReadTimeout and at most one second; an open MULTI is discarded, WATCH
-// and READONLY undone, and a connection left in another database than
-// Pool.DB selects DB again. A connection the pool retired (see Pool.Retire) is closed without
-// writing anything more to it: commands sent and not yet written are
-// dropped, and Close returns ErrConnRetired when any reply was still
-// pending. Close is idempotent; every other method fails after it.
+// Close returns the connection to the pool if it is provably clean, and closes
+// it otherwise. Replies still pending are read first, within ReadTimeout and
+// at most one second; an open MULTI is discarded, WATCH and READONLY undone,
+// and a connection left in another database is put back in Pool.DB. A
+// connection the pool retired (see Pool.Retire) is closed without writing
+// anything more to it: commands sent and not yet written are dropped, and
+// Close returns ErrConnRetired when any reply was still pending. Close is
+// idempotent; every other method fails after it.
 func (ac *activeConn) Close() error {
 	pc, err := ac.lock()
 	if err != nil {
@@ -337,6 +331,66 @@ func (ac *activeConn) Close() error {
 		repanic(p.discard(pc, v.reason, v.cause))
 	}
 	return v.err
+}
+
+// userCtx returns the connection from a Dial of the user's as a
+// redis.ConnWithContext, when it is one, or nil. DoContext and
+// ReceiveContext pass it their caller's context, as tracing and metrics
+// wrappers expect: its values, and its deadline or the pool's read timeout,
+// whichever comes first. Not its cancellation, which closes the connection
+// as on the pool's own (see withContext), so that a reply read in full as
+// ctx ends still reaches the caller. The pool's own connections are read
+// with deadlines instead, which costs no goroutine per call.
+func (pc *poolConn) userCtx() redis.ConnWithContext {
+	if !pc.p.cfg.userDial {
+		return nil
+	}
+	cwc, _ := pc.c.(redis.ConnWithContext)
+	return cwc
+}
+
+// do runs cmd with a read timeout of timeout (0 for none): through
+// redis.ConnWithTimeout, or else through the redis.ConnWithContext of a
+// user's connection with a context that ends after timeout, or else
+// without a deadline.
+func (pc *poolConn) do(timeout time.Duration, cmd string, args []any) (any, error) {
+	if pc.cwt != nil {
+		return pc.cwt.DoWithTimeout(timeout, cmd, args...)
+	}
+	if cwc := pc.userCtx(); cwc != nil {
+		return ctxCall(context.Background(), timeout, func(ctx context.Context) (any, error) {
+			return cwc.DoContext(ctx, cmd, args...)
+		})
+	}
+	return pc.c.Do(cmd, args...)
+}
+
+// receive is do for a Receive.
+func (pc *poolConn) receive(timeout time.Duration) (any, error) {
+	if pc.cwt != nil {
+		return pc.cwt.ReceiveWithTimeout(timeout)
+	}
+	if cwc := pc.userCtx(); cwc != nil {
+		return ctxCall(context.Background(), timeout, cwc.ReceiveContext)
+	}
+	return pc.c.Receive()
+}
+
+// ctxCall runs f, a method of a user's redis.ConnWithContext, with ctx
+// ending also after timeout (0 for no limit). When the timeout ends it and
+// ctx has not, the error is os.ErrDeadlineExceeded, as from a read
+// deadline: context.DeadlineExceeded would say that the caller's ctx ended.
+func ctxCall(ctx context.Context, timeout time.Duration, f func(context.Context) (any, error)) (any, error) {
+	if timeout == 0 {
+		return f(ctx)
+	}
+	bounded, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	reply, err := f(bounded)
+	if errors.Is(err, context.DeadlineExceeded) && bounded.Err() != nil && ctx.Err() == nil {
+		err = os.ErrDeadlineExceeded
+	}
+	return reply, err
 }
 
 // errorConn is the conn Get returns on failure: every method returns err.

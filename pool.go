@@ -38,7 +38,9 @@ type Pool struct {
 	// both nil, the pool dials Addr itself. When both are set, DialContext is
 	// used. The connection returned must not be in a special state (subscribed,
 	// in a transaction, ...). The pool applies ReadTimeout to each command on
-	// connections that implement redis.ConnWithTimeout, as redigo's do.
+	// connections that implement redis.ConnWithTimeout, as redigo's do, or
+	// redis.ConnWithContext, whose DoContext and ReceiveContext get the
+	// context a caller gives the conn's.
 	Dial func() (redis.Conn, error)
 
 	// DialContext creates and configures a connection. The context is not
@@ -117,9 +119,10 @@ type Pool struct {
 	Username, Password string
 
 	// DB is the database selected on connections the pool dials. When zero,
-	// database 0, or the database of a URL in Addr. With Dial or
-	// DialContext, set DB to the database your Dial selects: Close puts a
-	// connection a borrower left in another database back in DB.
+	// database 0, or the database of a URL in Addr. Close puts a connection
+	// a borrower left in another database back in DB. With Dial or
+	// DialContext, set DB to the database your Dial selects; when DB is
+	// zero, such a connection is closed instead.
 	DB int
 
 	// DialOptions are passed to redis.DialContext when the pool dials Addr,

@@ -28,10 +28,7 @@ func (p *Pool) release(pc *poolConn, st *borrowState, touched bool) verdict {
 	switch {
 	case st.err != nil, err != nil:
 		return verdict{reason: DiscardBroken, cause: either(st.err, err)}
-	case st.state&(stateSubscribe|stateListen|stateTaint|stateAsking) != 0,
-		st.pendingEver, st.pendingBlock > 0,
-		pc.cwt == nil && (st.state != 0 || st.pending > 0 || st.db != p.cfg.db): // no deadline to read with
-		// Do not wait for replies that may not come in time or at all.
+	case p.stuck(pc, st):
 		return verdict{reason: DiscardState, err: flushLeft(pc, st, retired)}
 	case retired:
 		return verdict{reason: DiscardRetired, err: flushLeft(pc, st, retired)}
@@ -43,10 +40,42 @@ func (p *Pool) release(pc *poolConn, st *borrowState, touched bool) verdict {
 	case err != nil:
 		return verdict{reason: DiscardBroken, cause: err, err: err}
 	case refused != nil:
-		// The transaction may still be open, the keys still watched.
+		// The state may still be there: a transaction open, keys watched,
+		// READONLY, another database.
 		return verdict{reason: DiscardState, cause: refused}
 	}
 	return keep
+}
+
+// stuck reports whether the borrower left state that Close cannot undo, or
+// replies it cannot read in time or at all.
+func (p *Pool) stuck(pc *poolConn, st *borrowState) bool {
+	switch {
+	case st.state&(stateSubscribe|stateListen|stateTaint|stateAsking) != 0,
+		st.pendingEver, st.pendingBlock > 0:
+		return true
+	case st.db != p.cfg.db && !p.knowsDB():
+		return true
+	}
+	return !pc.bounded() && (st.state != 0 || st.pending > 0 || st.db != p.cfg.db)
+}
+
+// knowsDB reports whether the pool knows the database its connections
+// start in, which Close selects again on one left in another: the pool
+// dials them into DB, or DB declares the database a Dial of the user's
+// selects. A Dial of the user's with DB zero may have selected another
+// one, which SELECT 0 would trade for database 0.
+func (p *Pool) knowsDB() bool {
+	return !p.cfg.userDial || p.cfg.db != 0
+}
+
+// bounded reports whether a read on the connection can be given a deadline:
+// it implements redis.ConnWithTimeout, or comes from a Dial of the user's
+// and implements redis.ConnWithContext. A read on any other redis.Conn is
+// bounded only by closing the connection from another goroutine, which a
+// conn written by hand may not allow.
+func (pc *poolConn) bounded() bool {
+	return pc.cwt != nil || pc.userCtx() != nil
 }
 
 // flushLeft writes the commands the borrower sent and read no reply to, so
@@ -63,12 +92,12 @@ func flushLeft(pc *poolConn, st *borrowState, retired bool) error {
 	return pc.c.Flush()
 }
 
-// drain undoes the borrower's state, reading every pending reply and those
-// of its undos within the drain timeout: DISCARD or UNWATCH for MULTI or
-// WATCH, READWRITE for READONLY, and SELECT <DB> for another database or
-// one unknown. refused is the first undo the server refused, or the refusal of an
-// undo the borrower sent with Send (see borrowState.undos): the state may
-// still be there.
+// drain undoes the borrower's state, reading every pending reply and those of
+// its undos within the drain timeout: DISCARD or UNWATCH for MULTI or WATCH,
+// READWRITE for READONLY, and SELECT <DB> for another database or one unknown.
+// refused is the first undo the server refused, or the refusal of an undo the
+// borrower sent with Send (see borrowState.undos): the state may still be
+// there.
 func (p *Pool) drain(pc *poolConn, st *borrowState) (refused, err error) {
 	n := 0 // undos sent
 	send := func(cmd string, args ...any) {
@@ -92,7 +121,7 @@ func (p *Pool) drain(pc *poolConn, st *borrowState) (refused, err error) {
 	if err != nil {
 		return nil, err
 	}
-	reply, err := pc.cwt.DoWithTimeout(p.cfg.drainTimeout, "")
+	reply, err := pc.do(p.cfg.drainTimeout, "", nil)
 	if err != nil {
 		return nil, err
 	}

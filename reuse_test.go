@@ -359,6 +359,8 @@ func TestStateTheNextCallerMustNotInheritDiscardsTheConn(t *testing.T) {
 		{"CLIENT REPLY SKIP", [][]any{{"CLIENT", "REPLY", "SKIP"}}},
 		{"HELLO", [][]any{{"HELLO", 3}}},
 		{"ASKING with no command after it", [][]any{{"GET", "k"}, {"ASKING"}}},
+		// A Dial of the user's with DB zero may have selected another one.
+		{"SELECT 3 on a Dial of the user's with DB zero", [][]any{{"SELECT", 3}}},
 		{"CLIENT TRACKING ON", [][]any{{"CLIENT", "TRACKING", "ON"}}},
 		{"AUTH", [][]any{{"AUTH", "pw"}}},
 	}
@@ -386,8 +388,6 @@ func TestStateThatIsUndoneKeepsTheConn(t *testing.T) {
 		{"SELECT 3 then SELECT 0", [][]any{{"SELECT", 3}, {"SELECT", "0"}}, ""},
 		{"MULTI is discarded", [][]any{{"MULTI"}, {"SET", "k", "v"}}, "SEND DISCARD"},
 		{"WATCH is undone", [][]any{{"WATCH", "k"}}, "SEND UNWATCH"},
-		{"SELECT 3 is undone", [][]any{{"SELECT", 3}}, "SEND SELECT"},
-		{"SELECT of an unknown database is undone", [][]any{{"SELECT", "x"}}, "SEND SELECT"},
 		{"READONLY is undone", [][]any{{"READONLY"}}, "SEND READWRITE"},
 		{"READONLY then READWRITE", [][]any{{"READONLY"}, {"READWRITE"}}, ""},
 		{"ASKING then a command", [][]any{{"ASKING"}, {"GET", "k"}}, ""},
@@ -419,18 +419,26 @@ func TestStateThatIsUndoneKeepsTheConn(t *testing.T) {
 	}
 }
 
+// TestPoolDBDeclaresTheDatabaseOfDialedConns: with a Dial of the user's,
+// DB is the database Close puts a conn left in another back in.
 func TestPoolDBDeclaresTheDatabaseOfDialedConns(t *testing.T) {
 	d := &fakeDialer{}
-	p := &redispool.Pool{Dial: d.Dial, DB: 2}
+	p := &redispool.Pool{Dial: d.Dial, DB: 2, MaxActive: 1}
 	defer p.Close()
 	c := p.Get()
 	c.Do("SELECT", 2) // as throttled's redigostore does on every borrow
 	c.Close()
-	assert.False(t, d.last(t).IsClosed())
-	c = p.Get()
-	c.Do("SELECT", 0)
-	c.Close()
-	assert.Contains(t, d.last(t).Calls(), "SEND SELECT", "a conn left in database 0 is put back in DB")
+	assert.NotContains(t, fmtCalls(d.last(t)), "SEND", "DB's own SELECT needs no undo")
+	for _, db := range []any{0, "x"} {
+		c = p.Get()
+		c.Do("SELECT", db)
+		c.Close()
+		calls := d.last(t).Calls()
+		assert.Equal(t, []string{"SEND SELECT", "DO "}, calls[len(calls)-2:], "a conn left in database %v is not put back in DB", db)
+	}
+	s := p.Stats()
+	assert.EqualValues(t, 1, s.DialCount)
+	assert.Zero(t, s.Discards.Total())
 }
 
 func TestConnWithoutTimeoutsStillWorksAndIsNeverKeptDirty(t *testing.T) {
@@ -1926,6 +1934,251 @@ func TestRedigoDocumentedUsageWorksWithOnlyTheTypeNameChanged(t *testing.T) {
 		assert.Equal(t, 0, sub.Count)
 	})
 
+}
+
+// ---------------------------------------------------------------------------
+// A user's conn that implements redis.ConnWithContext.
+
+// traceKey is the key of the value a caller's context carries to a
+// tracingConn.
+type traceKey struct{}
+
+// ctxSeen is what a tracingConn's context method saw of its context.
+type ctxSeen struct {
+	value       any // the traceKey value
+	hasDeadline bool
+}
+
+// tracingConn wraps a redigo conn as tracing and metrics wrappers do: its
+// context methods record what the context carries, then call the conn's.
+// timeouts makes it implement redis.ConnWithTimeout as well.
+type tracingConn struct {
+	redis.Conn
+	mu   sync.Mutex
+	seen []ctxSeen
+}
+
+func (c *tracingConn) record(ctx context.Context) {
+	_, ok := ctx.Deadline()
+	c.mu.Lock()
+	c.seen = append(c.seen, ctxSeen{ctx.Value(traceKey{}), ok})
+	c.mu.Unlock()
+}
+
+func (c *tracingConn) Seen() []ctxSeen {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]ctxSeen(nil), c.seen...)
+}
+
+func (c *tracingConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	c.record(ctx)
+	return redis.DoContext(c.Conn, ctx, cmd, args...)
+}
+
+func (c *tracingConn) ReceiveContext(ctx context.Context) (any, error) {
+	c.record(ctx)
+	return redis.ReceiveContext(c.Conn, ctx)
+}
+
+// tracingConnWithTimeout is a tracingConn that implements
+// redis.ConnWithTimeout too.
+type tracingConnWithTimeout struct{ *tracingConn }
+
+func (c tracingConnWithTimeout) DoWithTimeout(d time.Duration, cmd string, args ...any) (any, error) {
+	return redis.DoWithTimeout(c.Conn, d, cmd, args...)
+}
+
+func (c tracingConnWithTimeout) ReceiveWithTimeout(d time.Duration) (any, error) {
+	return redis.ReceiveWithTimeout(c.Conn, d)
+}
+
+// tracingPool is a pool of one connection from a Dial of the user's that
+// returns a tracingConn, with redis.ConnWithTimeout when timeouts is set.
+func tracingPool(t *testing.T, srv *redistest.Server, timeouts bool) (*redispool.Pool, func() *tracingConn) {
+	t.Helper()
+	var last atomic.Pointer[tracingConn]
+	p := &redispool.Pool{MaxActive: 1, ReadTimeout: 300 * time.Millisecond, Dial: func() (redis.Conn, error) {
+		c, err := redis.Dial("tcp", srv.Addr())
+		if err != nil {
+			return nil, err
+		}
+		tc := &tracingConn{Conn: c}
+		last.Store(tc)
+		if timeouts {
+			return tracingConnWithTimeout{tc}, nil
+		}
+		return tc, nil
+	}}
+	t.Cleanup(func() { p.Close() })
+	return p, last.Load
+}
+
+// TestAUserConnWithContextGetsTheCallersContext: a conn from a Dial of the
+// user's that implements redis.ConnWithContext is called through DoContext
+// and ReceiveContext with the context the caller gave, so that a tracing
+// wrapper sees what it carries; a call that ends with the caller's context
+// still discards the connection.
+func TestAUserConnWithContextGetsTheCallersContext(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, timeouts := range []bool{true, false} {
+		t.Run(fmt.Sprintf("ConnWithTimeout=%v", timeouts), func(t *testing.T) {
+			p, conn := tracingPool(t, srv, timeouts)
+			ctx := context.WithValue(context.Background(), traceKey{}, "span-1")
+			c, err := p.GetContext(ctx)
+			require.NoError(t, err)
+			v, err := redis.String(redis.DoContext(c, ctx, "ECHO", "a"))
+			require.NoError(t, err)
+			assert.Equal(t, "a", v)
+			require.NoError(t, c.Send("ECHO", "b"))
+			require.NoError(t, c.Flush())
+			v, err = redis.String(redis.ReceiveContext(c, ctx))
+			require.NoError(t, err)
+			assert.Equal(t, "b", v)
+			require.NoError(t, c.Close())
+			seen := conn().Seen()
+			require.Len(t, seen, 2, "DoContext and ReceiveContext of the user's conn")
+			for _, s := range seen {
+				assert.Equal(t, "span-1", s.value, "the user's conn did not get the caller's context")
+				assert.True(t, s.hasDeadline, "the pool's ReadTimeout does not bound the call")
+			}
+
+			c = p.Get()
+			short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+			defer cancel()
+			_, err = redis.DoContext(c, short, "BLPOP", "tracing:none", 2)
+			assert.Equal(t, context.DeadlineExceeded, err)
+			require.NoError(t, c.Close())
+			s := p.Stats()
+			assert.EqualValues(t, 1, s.Discards.Broken, "the conn whose call the context ended was not discarded: %+v", s.Discards)
+			assert.Equal(t, "span-1", conn().Seen()[0].value)
+		})
+	}
+}
+
+// strictCtxConn is a user's conn whose DoContext fails with its context's
+// error whenever the context has ended by the time the reply is read, as
+// redigo's may: reply returns the reply.
+type strictCtxConn struct {
+	redis.Conn
+	reply func() any
+}
+
+func (c *strictCtxConn) DoContext(ctx context.Context, _ string, _ ...any) (any, error) {
+	r := c.reply()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (c *strictCtxConn) ReceiveContext(ctx context.Context) (any, error) {
+	return c.DoContext(ctx, "")
+}
+
+// TestAUserConnWithContextKeepsAReplyReadAsCtxEnds: as on the pool's own
+// conns, a reply read in full as the caller's ctx ends belongs to the
+// caller (for BLPOP, the element has left the list), whatever the user's
+// conn does with a context that ended; the conn is not used again.
+func TestAUserConnWithContextKeepsAReplyReadAsCtxEnds(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &fakeDialer{}
+	p := &redispool.Pool{MaxActive: 1, ReadTimeout: time.Second, Dial: func() (redis.Conn, error) {
+		c, err := d.Dial()
+		return &strictCtxConn{Conn: c, reply: func() any { cancel(); return "element" }}, err
+	}}
+	defer p.Close()
+	c := p.Get()
+	reply, err := redis.DoContext(c, ctx, "BLPOP", "k", 1)
+	require.NoError(t, err)
+	assert.Equal(t, "element", reply)
+	_, err = c.Do("GET", "k")
+	assert.Equal(t, context.Canceled, err, "the conn ctx closed is not used again")
+	c.Close()
+	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+}
+
+// TestAUserConnWithContextAloneIsBoundedByReadTimeout: a conn from a Dial
+// of the user's that implements redis.ConnWithContext but not
+// redis.ConnWithTimeout gets ReadTimeout through a context's deadline:
+// a stalled server fails Do with a timeout, and the conn is discarded;
+// DoWithTimeout and ReceiveWithTimeout work.
+func TestAUserConnWithContextAloneIsBoundedByReadTimeout(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Do(t, "SET", "db0:marker", "db0")
+	p, conn := tracingPool(t, srv, false)
+	c := p.Get()
+	v, err := redis.String(redis.DoWithTimeout(c, time.Second, "ECHO", "a"))
+	require.NoError(t, err)
+	assert.Equal(t, "a", v)
+	require.NoError(t, c.Send("ECHO", "b"))
+	require.NoError(t, c.Flush())
+	v, err = redis.String(redis.ReceiveWithTimeout(c, time.Second))
+	require.NoError(t, err)
+	assert.Equal(t, "b", v)
+	_, err = c.Do("BLPOP", "tracing:none", 0.4) // longer than ReadTimeout: the timeout is added
+	require.NoError(t, err)
+
+	srv.Stop(t)
+	start := time.Now()
+	_, err = c.Do("GET", "k")
+	took := time.Since(start)
+	srv.Cont(t)
+	assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
+	assert.Less(t, took, 2*time.Second, "Do on a stalled server took %v with ReadTimeout 300ms", took)
+	require.NoError(t, c.Close())
+	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+	for _, s := range conn().Seen() {
+		assert.True(t, s.hasDeadline, "a call without a deadline: %+v", conn().Seen())
+	}
+	borrowerSeesOnlyItsOwn(t, p)
+}
+
+// TestAUserConnWithContextIsCleanedOnClose: Close undoes MULTI and WATCH on
+// a conn from a Dial of the user's that implements redis.ConnWithContext but
+// not redis.ConnWithTimeout, and reads its pending replies, within the
+// drain timeout, as it does on the pool's own conns, and keeps it; one the
+// server does not answer in time is discarded.
+func TestAUserConnWithContextIsCleanedOnClose(t *testing.T) {
+	srv := redistest.Start(t)
+	srv.Do(t, "SET", "db0:marker", "db0")
+	for _, tt := range []struct {
+		name  string
+		steps []borrowStep
+	}{
+		{"WATCH", []borrowStep{pDo("WATCH", "ctx:w")}},
+		{"open MULTI", []borrowStep{pDo("MULTI"), pDo("SET", "ctx:never", 1)}},
+		{"unread replies", []borrowStep{pSend("ECHO", "late"), pSend("ECHO", "later"), pFlush}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p, _ := tracingPool(t, srv, false)
+			c := p.Get()
+			for _, s := range tt.steps {
+				s(t, c)
+			}
+			require.NoError(t, c.Close())
+			borrowerSeesOnlyItsOwn(t, p)
+			nextTransactionRuns(t, srv, p, "ctx:w")
+			assert.Nil(t, srv.Do(t, "GET", "ctx:never"), "the open transaction ran")
+			s := p.Stats()
+			assert.EqualValues(t, 1, s.DialCount, "the conn was not kept: %+v", s.Discards)
+		})
+	}
+
+	t.Run("a server that does not answer", func(t *testing.T) {
+		p, _ := tracingPool(t, srv, false)
+		c := p.Get()
+		srv.Stop(t)
+		require.NoError(t, c.Send("ECHO", "late"))
+		require.NoError(t, c.Flush())
+		start := time.Now()
+		c.Close()
+		took := time.Since(start)
+		srv.Cont(t)
+		assert.Less(t, took, 2*time.Second, "Close waited %v for a stalled server", took)
+		assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+		borrowerSeesOnlyItsOwn(t, p)
+	})
 }
 
 // ---------------------------------------------------------------------------
