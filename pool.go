@@ -109,9 +109,8 @@ type Pool struct {
 	// dials Addr or calls Dial.
 	Sentinel *Sentinel
 
-	// Cluster, when set, serves a Redis Cluster (see Cluster); Addr, Dial,
-	// DialContext and Sentinel must then be unset, and DB zero. When nil,
-	// the pool serves one server.
+	// Cluster, when set, serves a Redis Cluster (see Cluster), with Addr,
+	// Dial, DialContext and Sentinel unset and DB zero. When nil, one server.
 	Cluster *Cluster
 
 	// Username and Password authenticate connections the pool dials (AUTH).
