@@ -358,6 +358,12 @@ func TestClosingOneRedigoPoolLeavesTheOthersServing(t *testing.T) {
 
 func TestInvalidConfigurationIsReportedByGet(t *testing.T) {
 	dial := func() (redis.Conn, error) { return nil, errors.New("unused") }
+	cl := func(nodes ...string) *redispool.Cluster {
+		if len(nodes) == 0 {
+			nodes = []string{"node-1:6379"}
+		}
+		return &redispool.Cluster{StartupNodes: nodes}
+	}
 	tests := []struct {
 		name string
 		pool *redispool.Pool
@@ -386,6 +392,14 @@ func TestInvalidConfigurationIsReportedByGet(t *testing.T) {
 		{"Sentinel without Addrs", &redispool.Pool{Sentinel: &redispool.Sentinel{MasterName: "m"}}, "Sentinel.Addrs"},
 		{"Sentinel without MasterName", &redispool.Pool{Sentinel: &redispool.Sentinel{Addrs: []string{"s:26379"}}}, "Sentinel.MasterName"},
 		{"Sentinel address without port", &redispool.Pool{Sentinel: &redispool.Sentinel{Addrs: []string{"sentinel-1"}, MasterName: "m"}}, "host:port"},
+		{"Cluster and Addr", &redispool.Pool{Addr: "x:1", Cluster: cl()}, "both Cluster and Addr"},
+		{"Cluster and Dial", &redispool.Pool{Dial: dial, Cluster: cl()}, "both Cluster and Dial"},
+		{"Cluster and DialContext", &redispool.Pool{DialContext: func(context.Context) (redis.Conn, error) { return dial() }, Cluster: cl()}, "both Cluster and Dial"},
+		{"Cluster and Sentinel", &redispool.Pool{Cluster: cl(), Sentinel: &redispool.Sentinel{Addrs: []string{"s:26379"}, MasterName: "m"}}, "both Cluster and Sentinel"},
+		{"Cluster and DB", &redispool.Pool{Cluster: cl(), DB: 2}, "Cluster is set and DB is 2"},
+		{"Cluster without StartupNodes", &redispool.Pool{Cluster: &redispool.Cluster{}}, "Cluster.StartupNodes is empty"},
+		{"Cluster node without port", &redispool.Pool{Cluster: cl("node-1")}, "Cluster.StartupNodes has \"node-1\""},
+		{"Cluster node as a URL", &redispool.Pool{Cluster: cl("redis://u:secret@node-1:6379")}, "Cluster.StartupNodes has \"redis://xxxxx@node-1:6379\""},
 		// The pool sets aside a permit per connection on first use: MaxActive
 		// is bounded so that this stays small.
 		{"MaxActive above 65536", &redispool.Pool{Dial: dial, MaxActive: 1<<16 + 1}, "MaxActive is 65537, above the 65536"},

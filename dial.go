@@ -316,6 +316,8 @@ func (p *Pool) dialAddr(ctx context.Context, addr string) (redis.Conn, net.Conn,
 	}
 	if p.Sentinel != nil {
 		err = checkRole(ctx, c, addr)
+	} else if p.readOnly {
+		_, err = redis.DoContext(c, ctx, "READONLY") // its reply is the answer checkAnswers waits for
 	} else if p.cfg.password == "" && p.cfg.db == 0 {
 		err = checkAnswers(ctx, c, addr)
 	}

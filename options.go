@@ -89,7 +89,7 @@ func (p *Pool) buildConfig() (config, error) {
 	if err := c.setSizes(p); err != nil {
 		return config{}, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
 	}
-	if c.addr == "" && !c.userDial && p.Sentinel == nil {
+	if c.addr == "" && !c.userDial && p.Sentinel == nil && p.Cluster == nil {
 		c.addr = DefaultAddr
 	}
 	c.setTimeouts(p)
@@ -101,6 +101,9 @@ func (p *Pool) buildConfig() (config, error) {
 // by setDial), durations.
 func (c *config) check(p *Pool) error {
 	if err := c.checkCounts(); err != nil {
+		return err
+	}
+	if err := checkCluster(p); err != nil {
 		return err
 	}
 	if err := c.checkDialer(p); err != nil {

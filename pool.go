@@ -109,6 +109,10 @@ type Pool struct {
 	// dials Addr or calls Dial.
 	Sentinel *Sentinel
 
+	// Cluster, when set, serves a Redis Cluster (see Cluster), with Addr,
+	// Dial, DialContext and Sentinel unset and DB zero. When nil, one server.
+	Cluster *Cluster
+
 	// Username and Password authenticate connections the pool dials (AUTH).
 	// When empty, no AUTH is sent, unless Addr is a URL that has them.
 	Username, Password string
@@ -203,6 +207,7 @@ type Pool struct {
 	epoch    time.Time // the pool's clock reads the time since epoch
 	cfg      config
 	cfgErr   error
+	readOnly bool // a Cluster's node pool: each dial sends READONLY
 
 	// The bound: every connection that may exist is a permit in its
 	// channel, an idle connection, on its way to a waiter, being dialed or
@@ -257,6 +262,8 @@ func (p *Pool) init() error {
 		p.cfg, p.cfgErr = p.buildConfig()
 		if p.cfgErr == nil && p.Sentinel != nil {
 			p.cfgErr = p.Sentinel.watch(p) // the one Pool it serves
+		} else if p.cfgErr == nil {
+			p.cfgErr = p.Cluster.serve(p)
 		}
 		n := p.cfg.maxActive
 		if p.cfgErr != nil {
@@ -290,6 +297,9 @@ func (p *Pool) GetContext(ctx context.Context) (redis.Conn, error) {
 	}
 	if ctx == nil {
 		return errorConn{errNilContext}, errNilContext
+	}
+	if p.Cluster != nil {
+		return p.Cluster.get(ctx, p)
 	}
 	pc, err := p.get(ctx)
 	if err != nil {
@@ -556,6 +566,7 @@ func (p *Pool) Close() error {
 		return nil
 	}
 	close(p.done)
+	p.Cluster.close()
 	p.wakeAll()
 	repanic(p.drainIdle(DiscardPoolClosed))
 	return nil
@@ -579,5 +590,6 @@ func (p *Pool) Retire() {
 	g := p.gen.Add(1)
 	for cut := p.cut.Load(); cut < g && !p.cut.CompareAndSwap(cut, g); cut = p.cut.Load() {
 	}
+	p.Cluster.retire()
 	repanic(p.drainIdle(DiscardRetired))
 }

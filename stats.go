@@ -150,6 +150,9 @@ func (p *Pool) Stats() PoolStats {
 	if p == nil {
 		return PoolStats{}
 	}
+	if p.Cluster != nil && p.init() == nil {
+		return p.Cluster.stats()
+	}
 	s, d := &p.stats, &p.stats.discards
 	var maxActive, maxIdle int
 	if p.init() == nil {
@@ -188,6 +191,9 @@ func (p *Pool) ActiveCount() int {
 	if p == nil {
 		return 0
 	}
+	if p.Cluster != nil {
+		return p.Stats().ActiveCount
+	}
 	return int(p.active.Load())
 }
 
@@ -204,6 +210,9 @@ func (p *Pool) IdleCount() int {
 func (p *Pool) idleLen() int {
 	if p.init() != nil {
 		return 0
+	}
+	if p.Cluster != nil {
+		return p.Cluster.stats().IdleCount
 	}
 	return p.idle.len()
 }

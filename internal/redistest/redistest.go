@@ -88,6 +88,9 @@ type process struct {
 	// included, whether or not they succeeded on our side) and grows with
 	// every admin connection.
 	harnessConns atomic.Int64
+	// harnessSlots counts the CLUSTER SLOTS this package sent to the
+	// process, which CommandCalls leaves out.
+	harnessSlots atomic.Int64
 }
 
 // Start starts a fresh redis-server on a free 127.0.0.1 port for the test,

@@ -1,0 +1,182 @@
+package clustertest
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+
+	"github.com/redispool/redispool"
+	"github.com/redispool/redispool/internal/cluster"
+	"github.com/redispool/redispool/internal/redistest"
+)
+
+// keysPerWorker is how many keys of its own each worker of getSets uses.
+const keysPerWorker = 20
+
+// getSets runs 50 workers that SET their own keys and GET them back
+// through p, one Get per pair, until stopped: worker w uses the keys
+// keysPerWorker*w to keysPerWorker*(w+1)-1.
+func getSets(p *redispool.Pool, keys []string, stop chan struct{}, res *tally) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				key, val := keys[w*keysPerWorker+i%keysPerWorker], fmt.Sprintf("%d-%d", w, i)
+				c := p.Get()
+				_, err := c.Do("SET", key, val)
+				var got string
+				if err == nil {
+					got, err = redis.String(c.Do("GET", key))
+				}
+				c.Close()
+				switch {
+				case err != nil:
+					res.failed(err)
+				case got != val:
+					res.bad("GET %s = %q, want %q", key, got, val)
+				default:
+					res.good()
+				}
+			}
+		}()
+	}
+	return &wg
+}
+
+// TestClusterReshardUnderLoad: 500 slots resharded under 50 GET/SET
+// workers cost no error and no wrong reply, and no connection is discarded
+// for the ASKING that follows an ASK redirect. Then a pool whose slot map
+// the reshard made stale sends 10,000 GETs at once to keys of the moved
+// slots: their MOVED replies cost it at most 2 slot-map refreshes.
+func TestClusterReshardUnderLoad(t *testing.T) {
+	c := redistest.StartCluster(t)
+	p := newPool(t, c, 8)
+	ms := c.Masters(t)
+	stale := newPool(t, c, 8)
+	warm := stale.Get()
+	if _, err := warm.Do("PING"); err != nil {
+		t.Fatalf("PING: %v", err)
+	}
+	warm.Close()
+
+	candidates := make([]string, 6000)
+	for i := range candidates {
+		candidates[i] = fmt.Sprintf("storm:%d", i)
+	}
+	owned := servedBy(t, ms[0], candidates)
+	// redis-cli moves the source's lowest 500 slots: the workers' keys are
+	// in them, so that they meet slots being migrated.
+	var hot []string
+	for i := 0; len(hot) < writers*keysPerWorker; i++ {
+		if k := fmt.Sprintf("{%d}", i); cluster.Slot(k) < 500 {
+			hot = append(hot, k)
+		}
+	}
+	if len(servedBy(t, ms[0], hot)) != len(hot) {
+		t.Fatalf("%s does not serve slots 0 to 499", ms[0].Addr())
+	}
+
+	var res tally
+	stop := make(chan struct{})
+	wg := getSets(p, hot, stop, &res)
+	asksBefore := c.ErrorCount(t, "ASK")
+	start := time.Now()
+	c.Reshard(t, ms[0], ms[1], 500)
+	took := time.Since(start)
+	close(stop)
+	wg.Wait()
+	st := p.Stats()
+	p.Close() // its refreshes would count with the stale pool's
+	t.Logf("500 slots resharded in %v under %d GET/SET workers: %s; %d ASK replies; discards %+v",
+		took, writers, &res, c.ErrorCount(t, "ASK")-asksBefore, st.Discards)
+	if res.wrong != 0 || res.errs != 0 {
+		t.Errorf("want no wrong reply and no error: %s", &res)
+	}
+	if st.Discards.State != 0 {
+		t.Errorf("%d connections discarded for their state: ASKING must not taint a connection", st.Discards.State)
+	}
+
+	// The keys of the slots that moved, which the stale pool still routes
+	// to ms[0].
+	stay := map[string]bool{}
+	for _, k := range servedBy(t, ms[0], owned) {
+		stay[k] = true
+	}
+	var moved []string
+	for _, k := range owned {
+		if !stay[k] {
+			moved = append(moved, k)
+		}
+	}
+	if len(moved) == 0 {
+		t.Fatal("no candidate key in the slots that moved")
+	}
+	before := c.CommandCalls(t, "cluster|slots")
+	movedBefore := c.ErrorCount(t, "MOVED")
+	const storm = 10000
+	var wgs sync.WaitGroup
+	var stormRes tally
+	for w := range writers {
+		wgs.Add(1)
+		go func() {
+			defer wgs.Done()
+			for i := w; i < storm; i += writers {
+				conn := stale.Get()
+				_, err := conn.Do("GET", moved[i%len(moved)])
+				conn.Close()
+				if err != nil {
+					stormRes.failed(err)
+				} else {
+					stormRes.good()
+				}
+			}
+		}()
+	}
+	wgs.Wait()
+	refreshes := c.CommandCalls(t, "cluster|slots") - before
+	t.Logf("%d GETs at once on %d keys of moved slots through a stale map: %s; %d MOVED replies; %d CLUSTER SLOTS",
+		storm, len(moved), &stormRes, c.ErrorCount(t, "MOVED")-movedBefore, refreshes)
+	if stormRes.errs != 0 {
+		t.Errorf("want no error: %s", &stormRes)
+	}
+	if refreshes > 2 {
+		t.Errorf("%d slot-map refreshes, want at most 2", refreshes)
+	}
+}
+
+// servedBy returns the keys that s serves: those whose GET it answers
+// without a redirect.
+func servedBy(t *testing.T, s *redistest.Server, keys []string) []string {
+	t.Helper()
+	conn, err := redis.Dial("tcp", s.Addr(), redis.DialReadTimeout(5*time.Second))
+	if err != nil {
+		t.Fatalf("dial %s: %v", s.Addr(), err)
+	}
+	defer conn.Close()
+	for _, k := range keys {
+		conn.Send("GET", k)
+	}
+	if err := conn.Flush(); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	var served []string
+	for _, k := range keys {
+		_, err := conn.Receive()
+		if _, redirected := err.(redis.Error); err != nil && !redirected {
+			t.Fatalf("GET %s on %s: %v", k, s.Addr(), err)
+		} else if err == nil {
+			served = append(served, k)
+		}
+	}
+	return served
+}
