@@ -308,6 +308,11 @@ func (cl *Cluster) stats() PoolStats {
 		s.IdleCount += n.IdleCount
 		s.WaitCount += n.WaitCount
 		s.WaitDuration += n.WaitDuration
+		s.MaxActive += n.MaxActive
+		s.MaxIdle += n.MaxIdle
+		s.WaitingCount += n.WaitingCount
+		s.FailedWaitCount += n.FailedWaitCount
+		s.FailedWaitDuration += n.FailedWaitDuration
 		s.DialCount += n.DialCount
 		s.DialErrorCount += n.DialErrorCount
 		s.FastFailCount += n.FastFailCount

@@ -221,8 +221,8 @@ func isClean(nc redis.Conn) bool {
 	if err != nil {
 		return false
 	}
-	defer pc.mu.Unlock()
-	return pc.untouched(pc.p.cfg.db) && pc.busy.Load() == 0
+	defer ac.unlock()
+	return pc.untouched(pc.p.cfg.db) && ac.word.Load()&wordUses == 0
 }
 
 // route is the address a command on r goes to: its slot's master, or with

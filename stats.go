@@ -145,7 +145,10 @@ func (c *counters) waited(d time.Duration, ok bool) {
 	c.failedNanos.Add(int64(d))
 }
 
-// Stats returns the pool's counters.
+// Stats returns the pool's counters. With Cluster, each field is the sum
+// over the node pools, those of nodes gone from the slot map included
+// until they are closed: MaxActive, for example, is the per-node limit
+// times the number of node pools.
 func (p *Pool) Stats() PoolStats {
 	if p == nil {
 		return PoolStats{}
