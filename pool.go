@@ -195,6 +195,12 @@ type Pool struct {
 	// It costs a stack capture and a timer per Get. When zero, off.
 	LeakThreshold time.Duration
 
+	// AutoPipeline, when set, writes the commands that leave no state on a
+	// connection, from all borrowers, together on a few shared connections;
+	// a borrower's first other command gets it a connection of its own for
+	// the rest of the borrow. See docs/autopipeline.md. When false, off.
+	AutoPipeline bool
+
 	// Set once by init, read-only after.
 	initOnce sync.Once
 	epoch    time.Time // the pool's clock reads the time since epoch
@@ -219,6 +225,7 @@ type Pool struct {
 	active  atomic.Int64  // connections open or being dialed
 	stats   counters
 	limiter logLimiter
+	auto    autoPipes // the shared connections, with AutoPipeline
 }
 
 // poolConn is a connection owned by the pool, idle or checked out.
@@ -293,6 +300,9 @@ func (p *Pool) GetContext(ctx context.Context) (redis.Conn, error) {
 	}
 	if ctx == nil {
 		return errorConn{errNilContext}, errNilContext
+	}
+	if p.AutoPipeline {
+		return p.getAuto(ctx)
 	}
 	pc, err := p.get(ctx)
 	if err != nil {
@@ -558,6 +568,7 @@ func (p *Pool) Close() error {
 	}
 	close(p.done)
 	p.wakeAll()
+	p.auto.close(p)
 	repanic(p.drainIdle(DiscardPoolClosed))
 	return nil
 }
@@ -580,5 +591,6 @@ func (p *Pool) Retire() {
 	g := p.gen.Add(1)
 	for cut := p.cut.Load(); cut < g && !p.cut.CompareAndSwap(cut, g); cut = p.cut.Load() {
 	}
+	p.auto.close(p)
 	repanic(p.drainIdle(DiscardRetired))
 }
