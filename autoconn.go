@@ -126,6 +126,24 @@ func (a *autoConn) submitLocked(rs []*req) {
 	finishAll(rs, errPipeGone)
 }
 
+// roundTripLocked runs a command on the borrower's pipe by itself when the
+// pipe is idle (see pipe.roundTrip), and returns it done; nil when it did
+// not run it.
+func (a *autoConn) roundTripLocked(cmd string, args []any) *req {
+	if a.pp == nil || !a.pp.open() {
+		pp, err := a.p.auto.pick(a.p)
+		if err != nil {
+			return nil // the queued path fails it
+		}
+		a.pp = pp
+	}
+	r := newReq(cmd, args)
+	if !a.pp.roundTrip(r) {
+		return nil
+	}
+	return r
+}
+
 // dedicatedLocked returns the borrower's own connection, taking one from
 // the pool the first time, after every reply due from the shared one is in.
 func (a *autoConn) dedicatedLocked(ctx context.Context) (*activeConn, error) {
@@ -260,6 +278,15 @@ func (a *autoConn) do(ctx context.Context, timeout time.Duration, cmd string, ar
 
 // doShared is do on the shared connection; a.mu is held, and released.
 func (a *autoConn) doShared(ctx context.Context, timeout time.Duration, cmd string, args []any) (any, error) {
+	if cmd != "" && ctx.Done() == nil && timeout < 0 && len(a.unsent) == 0 && len(a.pending) == 0 {
+		if r := a.roundTripLocked(cmd, args); r != nil {
+			a.mu.Unlock()
+			if !replied(r.err) {
+				return nil, a.broke(r.err)
+			}
+			return r.value(), r.err
+		}
+	}
 	if cmd != "" {
 		if ctx.Done() != nil || timeout > 0 {
 			args = cloneArgs(args) // the caller may return before it is written
@@ -273,9 +300,26 @@ func (a *autoConn) doShared(ctx context.Context, timeout time.Duration, cmd stri
 	if len(rs) == 0 {
 		return nil, nil // Do(""), nothing pending
 	}
+	first, err := a.awaitAll(ctx, timeout, rs)
+	switch {
+	case err != nil:
+		return nil, err
+	case cmd != "":
+		return rs[len(rs)-1].value(), first
+	}
+	vals := make([]any, len(rs))
+	for i, r := range rs {
+		vals[i] = r.value()
+	}
+	return vals, nil
+}
+
+// awaitAll waits for the replies of rs, in order, for at most timeout when
+// it is positive, and returns the first error reply among them. Any other
+// error breaks the borrow.
+func (a *autoConn) awaitAll(ctx context.Context, timeout time.Duration, rs []*req) (first, err error) {
 	expire, stop := timer(timeout)
 	defer stop()
-	var first error
 	for _, r := range rs {
 		if err := await(ctx, expire, r); err != nil {
 			return nil, a.broke(err)
@@ -287,14 +331,7 @@ func (a *autoConn) doShared(ctx context.Context, timeout time.Duration, cmd stri
 			first = r.err
 		}
 	}
-	if cmd == "" {
-		vals := make([]any, len(rs))
-		for i, r := range rs {
-			vals[i] = r.value()
-		}
-		return vals, nil
-	}
-	return rs[len(rs)-1].value(), first
+	return first, nil
 }
 
 // brokenReply returns the error of the first of rs, all read, that got no

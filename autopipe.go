@@ -115,6 +115,17 @@ func finishAll(rs []*req, err error) {
 	}
 }
 
+// readerRole says who reads a pipe's replies: the reader goroutine, a
+// batch at a time, or a borrower that found the pipe idle and makes its own
+// round trip (see roundTrip).
+type readerRole uint8
+
+const (
+	readerNone readerRole = iota
+	readerGoroutine
+	readerDirect
+)
+
 // The states of a pipe: it takes commands only while open.
 const (
 	pipeOpen    int32 = iota
@@ -146,6 +157,7 @@ type pipe struct {
 	queue    []*req     // commands queued, not yet taken by a writer
 	inflight []*req     // commands written, replies not yet taken by the reader
 	writing  bool       // a goroutine holds the writer role
+	reader   readerRole // who reads replies now
 
 	wbuf []*req // the writer's batch: used by the writer role's holder only
 }
@@ -203,7 +215,7 @@ func (pp *pipe) submit(rs []*req) bool {
 	}
 	pp.writing = true
 	pp.mu.Unlock()
-	pp.write(1)
+	signal(pp.wake)
 	return true
 }
 
@@ -265,6 +277,7 @@ func (pp *pipe) writer() {
 	for {
 		select {
 		case <-pp.wake:
+			runtime.Gosched()
 			pp.write(-1)
 		case <-pp.done:
 			return
@@ -360,13 +373,20 @@ func (pp *pipe) read(pc *poolConn) {
 
 // take moves the commands in flight to batch, or reports that the reader
 // is to leave: the pipe broke, or it is closing and has nothing left.
+// While a borrower makes its own round trip, the reader waits for it.
 func (pp *pipe) take(batch []*req) ([]*req, bool) {
 	pp.mu.Lock()
 	defer pp.mu.Unlock()
+	if pp.reader == readerGoroutine {
+		pp.reader = readerNone // the last batch is read
+	}
 	switch {
 	case pp.err != nil:
 		return batch[:0], true
+	case pp.reader == readerDirect:
+		return batch[:0], false
 	case len(pp.inflight) > 0:
+		pp.reader = readerGoroutine
 		batch = append(batch[:0], pp.inflight...)
 		clear(pp.inflight)
 		pp.inflight = pp.inflight[:0]
@@ -375,10 +395,53 @@ func (pp *pipe) take(batch []*req) ([]*req, bool) {
 	return batch[:0], pp.state.Load() == pipeClosing && !pp.writing && len(pp.queue) == 0
 }
 
+// roundTrip writes r and reads its reply itself, as a connection of one's
+// own would, when the pipe is idle: nothing queued, written or being read.
+// It saves the hand-offs to and from the reader when one borrower is alone.
+// Commands queued meanwhile are written after r, and read by the reader
+// once r's reply is in. It returns false, having done nothing, when the
+// pipe is not idle.
+func (pp *pipe) roundTrip(r *req) bool {
+	pp.mu.Lock()
+	if pp.state.Load() != pipeOpen || pp.writing || pp.reader != readerNone ||
+		len(pp.inflight) > 0 || len(pp.queue) > 0 {
+		pp.mu.Unlock()
+		return false
+	}
+	pp.writing, pp.reader = true, readerDirect
+	pc := pp.pc
+	pp.mu.Unlock()
+	pp.wbuf = append(pp.wbuf[:0], r)
+	err := pp.send(pc, pp.wbuf)
+	pp.wbuf[0] = nil
+	pp.write(0) // gives the writer role up, or hands it on
+	if err == nil {
+		if perr := guard(func() { err = pp.readOne(pc, r) }); perr != nil {
+			err = perr
+		}
+	}
+	if err != nil {
+		pp.fail(err)
+		select {
+		case <-r.done:
+		default:
+			r.finish(nil, err)
+		}
+	}
+	pp.mu.Lock()
+	pp.reader = readerNone
+	wake := len(pp.inflight) > 0 || pp.state.Load() != pipeOpen
+	pp.mu.Unlock()
+	if wake {
+		signal(pp.notify)
+	}
+	return true
+}
+
 // linger closes a pipe that has had nothing to do for pipeLinger.
 func (pp *pipe) linger() {
 	pp.mu.Lock()
-	if !pp.writing && len(pp.queue) == 0 && len(pp.inflight) == 0 && pp.state.Load() == pipeOpen {
+	if !pp.writing && pp.reader == readerNone && len(pp.queue) == 0 && len(pp.inflight) == 0 && pp.state.Load() == pipeOpen {
 		pp.state.Store(pipeClosing)
 	}
 	pp.mu.Unlock()
