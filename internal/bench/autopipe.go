@@ -104,6 +104,20 @@ func newAutoPools(addr string) (map[string]e2ePool, error) {
 	return pools, nil
 }
 
+// autoRows are the part's rows, the participants of each command and
+// number of clients together, redispool AutoPipeline first.
+func autoRows() []AutoRow {
+	var rows []AutoRow
+	for _, op := range e2eOps {
+		for _, n := range autoClients {
+			for _, name := range autoNames {
+				rows = append(rows, AutoRow{Pool: name, Op: op, Clients: n})
+			}
+		}
+	}
+	return rows
+}
+
 // runAutoPipe is poolbench's auto-pipelining part.
 func (r *runner) runAutoPipe(ctx context.Context, s *server) ([]AutoRow, error) {
 	if err := s.populate(keys, autoValue); err != nil {
@@ -118,14 +132,7 @@ func (r *runner) runAutoPipe(ctx context.Context, s *server) ([]AutoRow, error) 
 	if err != nil {
 		return nil, err
 	}
-	var rows []AutoRow
-	for _, op := range e2eOps {
-		for _, n := range autoClients {
-			for _, name := range autoNames {
-				rows = append(rows, AutoRow{Pool: name, Op: op, Clients: n})
-			}
-		}
-	}
+	rows := autoRows()
 	for round := range r.rounds {
 		for i := 0; i < len(rows); i += len(autoNames) {
 			if err := r.autoRound(ctx, pools, rows[i:i+len(autoNames)], round); err != nil {
