@@ -109,6 +109,16 @@ func (r *req) finish(reply any, err error) {
 	close(r.done)
 }
 
+// handed reports whether r's reply, or error, was handed over.
+func (r *req) handed() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
 func finishAll(rs []*req, err error) {
 	for _, r := range rs {
 		r.finish(nil, err)
@@ -262,10 +272,17 @@ func (pp *pipe) send(pc *poolConn, batch []*req) (err error) {
 	if perr := guard(func() {
 		for _, r := range batch {
 			if err = pc.c.Send(r.cmd, r.args...); err != nil {
-				return
+				break
 			}
 		}
-		err = pc.c.Flush()
+		if err == nil {
+			err = pc.c.Flush()
+		}
+		if cerr := pc.c.Err(); err != nil && cerr != nil {
+			// A read that failed first closed the conn under the write
+			// (redigo's conns do): its error is the cause.
+			err = cerr
+		}
 	}); perr != nil {
 		return perr
 	}
@@ -422,10 +439,8 @@ func (pp *pipe) roundTrip(r *req) bool {
 	}
 	if err != nil {
 		pp.fail(err)
-		select {
-		case <-r.done:
-		default:
-			r.finish(nil, err)
+		if !r.handed() {
+			r.finish(nil, pp.brokenErr()) // the first error, not the closed conn's
 		}
 	}
 	pp.mu.Lock()
@@ -460,15 +475,19 @@ func (pp *pipe) readBatch(pc *poolConn, batch []*req) {
 		}
 		if err := pp.readOne(pc, r); err != nil {
 			pp.fail(err)
-			finishAll(batch[i+1:], err)
+			if !r.handed() {
+				finishAll(batch[i:i+1], pp.brokenErr())
+			}
+			finishAll(batch[i+1:], pp.brokenErr())
 			return
 		}
 	}
 }
 
 // readOne reads r's reply and hands it over. It returns the error that
-// breaks the pipe, if any: then r has failed with it, or got the error
-// reply after which the server closes the connection.
+// breaks the pipe, if any: then r is left to fail with the pipe's error
+// (the first that broke it), unless it got the error reply after which
+// the server closes the connection.
 func (pp *pipe) readOne(pc *poolConn, r *req) error {
 	var reply any
 	var err error
@@ -483,7 +502,6 @@ func (pp *pipe) readOne(pc *poolConn, r *req) error {
 	rerr, replied := err.(redis.Error)
 	switch {
 	case err != nil && !replied:
-		r.finish(nil, err)
 		return err
 	case replied && closesConn(rerr):
 		r.finish(nil, err)
