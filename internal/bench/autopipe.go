@@ -202,7 +202,7 @@ func printAutoPipe(w io.Writer, rows []AutoRow) {
 	if len(rows) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\n6. Auto-pipelining on redis-server: GET and SET of %d-byte values on %d keys by 1, 64 and 1,024 goroutines; redispool with at most %d conns, with and without AutoPipeline; rueidis with its defaults (client cache off); median over rounds\n",
+	fmt.Fprintf(w, "\n7. Auto-pipelining on redis-server: GET and SET of %d-byte values on %d keys by 1, 64 and 1,024 goroutines; redispool with at most %d conns, with and without AutoPipeline; rueidis with its defaults (client cache off); median over rounds\n",
 		autoValueSize, keySpace, e2eConns)
 	tw := newTable(w, "op", "clients", "pool", "ops/s", "p99", "CPU/op", "cmds/batch", "errors", "auto/peer ops/s", "auto/peer p99", "auto/peer CPU/op")
 	for _, row := range rows {
