@@ -96,6 +96,16 @@ func (ac *activeConn) claim(u uses, add bool) bool {
 	}
 }
 
+// newActiveConn is the conn for a borrow of pc, just taken from the pool
+// and so ours alone: handles of earlier borrows fail on their own word.
+func newActiveConn(pc *poolConn) *activeConn {
+	ac := &activeConn{pc: pc}
+	if pc.fullLocked() {
+		ac.word.Store(wordFull)
+	}
+	return ac
+}
+
 // lock locks the borrow's bookkeeping, if Close has not run: it takes
 // pc.mu, sets wordLocked, and moves the count of pending replies from word
 // to pc.pending. unlock moves it back.

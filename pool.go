@@ -202,6 +202,12 @@ type Pool struct {
 	// It costs a stack capture and a timer per Get. When zero, off.
 	LeakThreshold time.Duration
 
+	// AutoPipeline, when set, writes the commands that leave no state on a
+	// connection, from all borrowers, together on a few shared connections;
+	// a borrower's first other command gets it a connection of its own for
+	// the rest of the borrow. See docs/autopipeline.md. When false, off.
+	AutoPipeline bool
+
 	// Set once by init, read-only after.
 	initOnce sync.Once
 	epoch    time.Time // the pool's clock reads the time since epoch
@@ -227,6 +233,7 @@ type Pool struct {
 	active  atomic.Int64  // connections open or being dialed
 	stats   counters
 	limiter logLimiter
+	auto    autoPipes // the shared connections, with AutoPipeline
 }
 
 // poolConn is a connection owned by the pool, idle or checked out.
@@ -301,20 +308,18 @@ func (p *Pool) GetContext(ctx context.Context) (redis.Conn, error) {
 	if p.Cluster != nil {
 		return p.Cluster.get(ctx, p)
 	}
+	if p.AutoPipeline {
+		return p.getAuto(ctx)
+	}
 	pc, err := p.get(ctx)
 	if err != nil {
 		repanic(err)
 		return errorConn{err}, err
 	}
-	// pc is ours alone: stale handles fail on their own word.
-	ac := &activeConn{pc: pc}
-	if pc.fullLocked() {
-		ac.word.Store(wordFull)
-	}
 	if p.LeakThreshold > 0 {
 		pc.leak = p.watchLeak()
 	}
-	return ac, nil
+	return newActiveConn(pc), nil
 }
 
 // get hands out an idle connection, or dials one with a ticket: idle
@@ -551,11 +556,9 @@ func (p *Pool) closeConn(pc *poolConn, reason DiscardReason, cause error) error 
 	return err
 }
 
-// Close closes the idle connections and makes every later Get fail with
-// ErrPoolClosed; callers waiting in Get, for a connection or for a dial, are
-// woken with ErrPoolClosed.
-// Connections still in use are closed when their holders close them, and
-// dials in progress close their connection when they finish. Close is
+// Close closes the idle connections and makes every later Get, and those
+// waiting, fail with ErrPoolClosed. Connections in use are closed when
+// their holders close them, dials in progress when they finish. Close is
 // idempotent and always returns nil.
 func (p *Pool) Close() error {
 	if p == nil {
@@ -568,6 +571,7 @@ func (p *Pool) Close() error {
 	close(p.done)
 	p.Cluster.close()
 	p.wakeAll()
+	p.auto.close(p)
 	repanic(p.drainIdle(DiscardPoolClosed))
 	return nil
 }
@@ -591,5 +595,6 @@ func (p *Pool) Retire() {
 	for cut := p.cut.Load(); cut < g && !p.cut.CompareAndSwap(cut, g); cut = p.cut.Load() {
 	}
 	p.Cluster.retire()
+	p.auto.close(p)
 	repanic(p.drainIdle(DiscardRetired))
 }

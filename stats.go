@@ -92,6 +92,11 @@ type PoolStats struct {
 	LeakCount int64
 	// Discards counts the connections closed by the pool, by reason.
 	Discards DiscardStats
+	// PipelineBatchCount is the number of batches of commands written to
+	// shared connections with AutoPipeline, each with one flush.
+	PipelineBatchCount int64
+	// PipelineCommandCount is the number of commands in those batches.
+	PipelineCommandCount int64
 }
 
 // DiscardStats counts closed connections by DiscardReason.
@@ -130,6 +135,8 @@ type counters struct {
 	fastFails   atomic.Int64 // Gets refused at once while dials back off
 	exhausted   atomic.Int64 // Gets that gave up waiting
 	leaks       atomic.Int64 // borrows held past LeakThreshold
+	batches     atomic.Int64 // batches written to shared connections
+	batched     atomic.Int64 // commands in them
 	discards    [numDiscardReasons]atomic.Int64
 }
 
@@ -162,20 +169,22 @@ func (p *Pool) Stats() PoolStats {
 		maxActive, maxIdle = p.cfg.maxActive, p.cfg.maxIdle
 	}
 	return PoolStats{
-		MaxActive:          maxActive,
-		MaxIdle:            maxIdle,
-		ActiveCount:        int(p.active.Load()),
-		IdleCount:          p.idleLen(),
-		WaitCount:          s.waits.Load(),
-		WaitDuration:       time.Duration(s.waitNanos.Load()),
-		WaitingCount:       int(p.q.n.Load()),
-		FailedWaitCount:    s.failed.Load(),
-		FailedWaitDuration: time.Duration(s.failedNanos.Load()),
-		DialCount:          s.dials.Load(),
-		DialErrorCount:     s.dialErrors.Load(),
-		FastFailCount:      s.fastFails.Load(),
-		WaitTimeoutCount:   s.exhausted.Load(),
-		LeakCount:          s.leaks.Load(),
+		MaxActive:            maxActive,
+		MaxIdle:              maxIdle,
+		ActiveCount:          int(p.active.Load()),
+		IdleCount:            p.idleLen(),
+		WaitCount:            s.waits.Load(),
+		WaitDuration:         time.Duration(s.waitNanos.Load()),
+		WaitingCount:         int(p.q.n.Load()),
+		FailedWaitCount:      s.failed.Load(),
+		FailedWaitDuration:   time.Duration(s.failedNanos.Load()),
+		DialCount:            s.dials.Load(),
+		DialErrorCount:       s.dialErrors.Load(),
+		FastFailCount:        s.fastFails.Load(),
+		WaitTimeoutCount:     s.exhausted.Load(),
+		LeakCount:            s.leaks.Load(),
+		PipelineBatchCount:   s.batches.Load(),
+		PipelineCommandCount: s.batched.Load(),
 		Discards: DiscardStats{
 			Broken:      d[DiscardBroken].Load(),
 			State:       d[DiscardState].Load(),

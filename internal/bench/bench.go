@@ -55,13 +55,14 @@ const (
 	PartConnCost = "conncost"
 	PartPipeline = "pipeline"
 	PartBorrow   = "borrow"
+	PartAutoPipe = "autopipe"
 	// PartNone runs no part, for a run that only profiles.
 	PartNone = "none"
 )
 
 // AllParts are every part, in the order they run: those that need no
 // server first.
-var AllParts = []string{PartGetClose, PartWaiting, PartBorrow, PartE2E, PartConnCost, PartPipeline}
+var AllParts = []string{PartGetClose, PartWaiting, PartBorrow, PartE2E, PartConnCost, PartPipeline, PartAutoPipe}
 
 // Config says what to run.
 type Config struct {
@@ -108,6 +109,7 @@ type Report struct {
 	ConnCost     []ConnRow
 	Pipeline     []PipeRow
 	Borrow       []GetCloseRow // one row per pool, with part 1's figures
+	AutoPipe     []AutoRow
 	Targets      []Target
 	// Notes are things the reader should know: skipped rows, errors.
 	Notes []string
@@ -236,7 +238,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := r.runNoServerParts(ctx, want); err != nil {
 		return nil, err
 	}
-	if want(PartE2E) || want(PartConnCost) || want(PartPipeline) {
+	if want(PartE2E) || want(PartConnCost) || want(PartPipeline) || want(PartAutoPipe) {
 		if err := r.runServerParts(ctx, want); err != nil {
 			return nil, err
 		}
@@ -331,6 +333,11 @@ func (r *runner) runOnServer(ctx context.Context, s *server, want func(string) b
 			return fmt.Errorf("pipeline: %w", err)
 		}
 	}
+	if want(PartAutoPipe) {
+		if rep.AutoPipe, err = r.runAutoPipe(ctx, s); err != nil {
+			return fmt.Errorf("auto-pipelining: %w", err)
+		}
+	}
 	if r.cfg.ProfileDir != "" && want(PartE2E) {
 		if err := os.MkdirAll(r.cfg.ProfileDir, 0o755); err != nil {
 			return err
@@ -356,7 +363,7 @@ func machine() Machine {
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, d := range bi.Deps {
 			switch d.Path {
-			case "github.com/gomodule/redigo", "github.com/redis/go-redis/v9", "github.com/jackc/puddle/v2":
+			case "github.com/gomodule/redigo", "github.com/redis/go-redis/v9", "github.com/jackc/puddle/v2", "github.com/redis/rueidis":
 				m.Modules[d.Path] = d.Version
 			}
 		}

@@ -90,6 +90,7 @@ func TestShortRun(t *testing.T) {
 
 	checkShortPipeline(t, rep.Pipeline)
 	checkShortBorrow(t, rep.Borrow)
+	checkShortAutoPipe(t, rep.AutoPipe)
 
 	// Every target is evaluated (none skipped) and printed.
 	for _, tg := range rep.Targets {
@@ -100,7 +101,7 @@ func TestShortRun(t *testing.T) {
 		assert.Contains(t, out.String(), tg.Name)
 	}
 	for _, heading := range []string{"1. Get+Close", "2. Waiting", "2b. Waiting", "3. End to end", "4. Connection cost",
-		"5. Pipelines", "6. One-command borrow", "targets", "GOMAXPROCS"} {
+		"5. Pipelines", "6. One-command borrow", "7. Auto-pipelining", "targets", "GOMAXPROCS"} {
 		assert.Contains(t, out.String(), heading)
 	}
 }
@@ -109,7 +110,7 @@ func TestShortRun(t *testing.T) {
 // redis-benchmark, or the CPU time, which is read on Linux only.
 func unmeasurable(tg Target, noRedisBenchmark bool) bool {
 	return (strings.Contains(tg.Name, "redis-benchmark") && noRedisBenchmark) ||
-		(strings.Contains(tg.Name, "CPU per") && runtime.GOOS != "linux")
+		((strings.Contains(tg.Name, "CPU per") || strings.Contains(tg.Name, "CPU/op")) && runtime.GOOS != "linux")
 }
 
 // checkShortPipeline checks that the pipeline part ran every pool in every
@@ -141,6 +142,24 @@ func checkShortBorrow(t *testing.T, rows []GetCloseRow) {
 		assert.Zero(t, row.Errors[0], "borrow %s failed operations", row.Pool)
 	}
 	assert.Positive(t, rows[1].Ratio[0], "borrow ratio")
+}
+
+// checkShortAutoPipe checks that the auto-pipelining part ran every
+// participant at every number of clients without an error, and that
+// redispool AutoPipeline wrote batches to shared conns.
+func checkShortAutoPipe(t *testing.T, rows []AutoRow) {
+	t.Helper()
+	require.Len(t, rows, len(e2eOps)*len(autoClients)*len(autoNames))
+	for _, row := range rows {
+		require.Len(t, row.OpsPerSec, 1)
+		assert.Positive(t, row.OpsPerSec[0], "autopipe %s x%d %s ops/s", row.Op, row.Clients, row.Pool)
+		assert.Zero(t, row.Errors[0], "autopipe %s x%d %s errors", row.Op, row.Clients, row.Pool)
+		if row.Pool == nameRedispoolAuto {
+			assert.Positive(t, row.CmdsPerBatch[0], "autopipe %s x%d commands per batch", row.Op, row.Clients)
+		} else {
+			assert.False(t, math.IsNaN(row.RatioOps[0]), "autopipe %s x%d %s ratio", row.Op, row.Clients, row.Pool)
+		}
+	}
 }
 
 // TestHist checks the histogram's quantiles against exact ones.

@@ -270,15 +270,20 @@ func (a *e2eAcc) result() e2eRun {
 // e2eLoop runs e2eClients clients doing op through p for d, and adds what
 // they did to acc unless it is nil.
 func e2eLoop(ctx context.Context, p e2ePool, set bool, d time.Duration, acc *e2eAcc) {
-	hs := make([]hist, e2eClients)
-	errs := make([]int64, e2eClients)
+	clientsLoop(ctx, p, set, e2eClients, d, acc)
+}
+
+// clientsLoop is e2eLoop with the number of clients given.
+func clientsLoop(ctx context.Context, p e2ePool, set bool, clients int, d time.Duration, acc *e2eAcc) {
+	hs := make([]hist, clients)
+	errs := make([]int64, clients)
 	var firstErr atomic.Pointer[error]
 	var stop atomic.Bool
 	var ready, done sync.WaitGroup
 	start := make(chan struct{})
-	ready.Add(e2eClients)
-	done.Add(e2eClients)
-	for i := range e2eClients {
+	ready.Add(clients)
+	done.Add(clients)
+	for i := range clients {
 		go func() {
 			defer done.Done()
 			rng := rand.New(rand.NewPCG(seed, uint64(i)))

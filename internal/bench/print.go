@@ -133,8 +133,9 @@ func (rep *Report) Print(w io.Writer) {
 
 	printPipeline(w, rep.Pipeline)
 	printBorrow(w, rep.Borrow)
+	printAutoPipe(w, rep.AutoPipe)
 
-	fmt.Fprintf(w, "\ntargets (done when; issue 4, and issue 16 for pipeline and borrow):\n")
+	fmt.Fprintf(w, "\ntargets (done when; issue 4, issue 16 for pipeline and borrow, issue 19 for autopipe):\n")
 	tw := newTable(w, "", "part", "target", "measured")
 	for _, t := range rep.Targets {
 		tw.row(t.Status(), t.Part, t.Name, t.Got)

@@ -192,7 +192,8 @@ func targets(rep *Report) []Target {
 	}
 
 	out = append(out, pipelineTargets(rep.Pipeline)...)
-	return append(out, borrowTarget(rep.Borrow))
+	out = append(out, borrowTarget(rep.Borrow))
+	return append(out, autoTargets(rep.AutoPipe)...)
 }
 
 // pipelineTargets reads the pipeline part's target in each variant, on

@@ -31,8 +31,9 @@ import (
 // out: key B's value handed to the request for key A.
 //
 // It implements redis.Conn and redis.ConnWithTimeout, so a pool can give it a
-// deadline per command. Like redigo's conns, one goroutine uses it at a time,
-// except Close, which may be called concurrently (redispool closes a conn
+// deadline per command. Like redigo's conns, it allows one goroutine that
+// writes (Send, Flush) and one that reads (Receive) at once, as AutoPipeline's
+// shared conns use it, and Close from any goroutine (redispool closes a conn
 // from another goroutine when a context ends mid-read).
 type naiveConn struct {
 	nc           net.Conn
@@ -41,10 +42,11 @@ type naiveConn struct {
 	wbuf         []byte // commands sent but not flushed
 	rbuf         []byte // bytes read but not yet parsed into a reply, from roff on
 	roff         int
-	pending      int
-	broken       bool // a read or write failed; the defect is to carry on
-	closed       atomic.Bool
-	stats        *naiveStats
+	// pending and broken are shared by the writer and the reader.
+	pending atomic.Int64
+	broken  atomic.Bool // a read or write failed; the defect is to carry on
+	closed  atomic.Bool
+	stats   *naiveStats
 }
 
 var (
@@ -91,7 +93,7 @@ func (c *naiveConn) Close() error {
 func (c *naiveConn) Send(cmd string, args ...any) error {
 	c.noteReuse()
 	c.appendCommand(cmd, args)
-	c.pending++
+	c.pending.Add(1)
 	return nil
 }
 
@@ -104,13 +106,15 @@ func (c *naiveConn) Flush() error {
 	}
 	_, err := c.nc.Write(c.wbuf)
 	c.wbuf = c.wbuf[:0]
-	c.broken = c.broken || err != nil
+	if err != nil {
+		c.broken.Store(true)
+	}
 	return err
 }
 
 // noteReuse counts a command sent on a conn that already failed.
 func (c *naiveConn) noteReuse() {
-	if c.broken {
+	if c.broken.Load() {
 		c.stats.reusedBroken.Add(1)
 	}
 }
@@ -130,8 +134,7 @@ func (c *naiveConn) DoWithTimeout(timeout time.Duration, cmd string, args ...any
 	if err := c.Flush(); err != nil {
 		return nil, err
 	}
-	n := c.pending
-	c.pending = 0 // the defect: owed replies are forgotten before they are read
+	n := int(c.pending.Swap(0)) // the defect: owed replies are forgotten before they are read
 	deadline := deadlineAfter(timeout)
 	if cmd == "" {
 		replies := make([]any, n)
@@ -165,8 +168,8 @@ func (c *naiveConn) Receive() (any, error) {
 
 func (c *naiveConn) ReceiveWithTimeout(timeout time.Duration) (any, error) {
 	c.noteReuse()
-	if c.pending > 0 {
-		c.pending-- // forgotten even if the read below fails
+	if c.pending.Add(-1) < 0 {
+		c.pending.Add(1) // forgotten even if the read below fails
 	}
 	r, err := c.readReply(deadlineAfter(timeout))
 	if err != nil {
@@ -242,7 +245,7 @@ func (c *naiveConn) readReply(deadline time.Time) (any, error) {
 		m, err := c.nc.Read(c.rbuf[len(c.rbuf):cap(c.rbuf)])
 		c.rbuf = c.rbuf[:len(c.rbuf)+m]
 		if err != nil && m == 0 {
-			c.broken = true // but the socket and the bytes read are kept
+			c.broken.Store(true) // but the socket and the bytes read are kept
 			return nil, err
 		}
 	}

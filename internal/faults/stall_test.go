@@ -25,7 +25,10 @@ import (
 // waits stallReadTimeout for its reply, so stalls longer than that leave
 // late replies on the sockets.
 const (
-	stallWorkers     = 16
+	stallWorkers = 16
+	// autoStallWorkers is the number of workers with AutoPipeline, whose
+	// commands share a few conns: many at once make batches.
+	autoStallWorkers = 64
 	stallMaxActive   = 8
 	stallReadTimeout = 100 * time.Millisecond
 	// stallDuration is how long each redispool run is stalled.
@@ -77,10 +80,11 @@ func (k *errorKinds) String() string {
 // stallRun is the result of one stall run.
 type stallRun struct {
 	tally
-	errs   errorKinds
-	stamps []time.Duration // when each good reply arrived, since base
-	sched  stallLog
-	wall   time.Duration
+	errs    errorKinds
+	stamps  []time.Duration // when each good reply arrived, since base
+	sched   stallLog
+	wall    time.Duration
+	workers int
 }
 
 // stallLog is the schedule that ran: when each SIGSTOP began and each SIGCONT
@@ -134,14 +138,14 @@ func (l stallLog) recovery(stamps []time.Duration) []time.Duration {
 
 // stallLoad runs the GET workload on pool for d of stalls and returns what
 // it counted.
-func stallLoad(t *testing.T, srv *redistest.Server, pool getter, d time.Duration) *stallRun {
+func stallLoad(t *testing.T, srv *redistest.Server, pool getter, workers int, d time.Duration) *stallRun {
 	t.Helper()
-	r := &stallRun{}
+	r := &stallRun{workers: workers}
 	base := time.Now()
 	var stop atomic.Bool
 	var wg sync.WaitGroup
-	stamps := make([][]time.Duration, stallWorkers)
-	for w := range stallWorkers {
+	stamps := make([][]time.Duration, workers)
+	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -189,7 +193,7 @@ func TestStallsWithTheNaiveConnBreakRedigosPool(t *testing.T) {
 		Dial:      naiveDialer(srv.Addr(), stallReadTimeout, &st),
 		MaxActive: stallMaxActive, MaxIdle: stallMaxActive, Wait: true,
 	}
-	r := stallLoad(t, srv, rp, redigoStallDuration)
+	r := stallLoad(t, srv, rp, stallWorkers, redigoStallDuration)
 	require.NoError(t, rp.Close())
 
 	t.Logf("redigo pool + naive conn: %d workers, MaxActive %d, %d stalls (%v frozen) in %v: %v; %d commands sent on conns that had failed; conns dialed %d",
@@ -200,8 +204,10 @@ func TestStallsWithTheNaiveConnBreakRedigosPool(t *testing.T) {
 }
 
 // TestStallsNeverHandAReplyToTheWrongCaller runs the stall workload for
-// stallDuration through redispool, once with conns the pool dials and once
-// with a Dial that returns the naive conn.
+// stallDuration through redispool: with conns the pool dials, with a Dial
+// that returns the naive conn, and with AutoPipeline, where a timeout on a
+// shared conn must fail every command waiting on it and hand nobody a reply
+// read after it.
 func TestStallsNeverHandAReplyToTheWrongCaller(t *testing.T) {
 	t.Run("pool dials", func(t *testing.T) {
 		checkLeaks(t)
@@ -209,9 +215,37 @@ func TestStallsNeverHandAReplyToTheWrongCaller(t *testing.T) {
 		loadKeys(t, srv)
 		p := &redispool.Pool{Addr: srv.Addr(), MaxActive: stallMaxActive, ReadTimeout: stallReadTimeout}
 		defer p.Close()
-		r := stallLoad(t, srv, p, stallDuration)
+		r := stallLoad(t, srv, p, stallWorkers, stallDuration)
 		checkStallRun(t, "stall, pool dials", srv, p, r)
 	})
+	for _, naive := range []bool{false, true} {
+		name := "AutoPipeline"
+		if naive {
+			name += ", naive Dial"
+		}
+		t.Run(name, func(t *testing.T) {
+			checkLeaks(t)
+			srv := redistest.Start(t)
+			loadKeys(t, srv)
+			p := &redispool.Pool{Addr: srv.Addr(), MaxActive: stallMaxActive, ReadTimeout: stallReadTimeout, AutoPipeline: true}
+			var st naiveStats
+			if naive {
+				// The naive conn keeps reading after a timeout: only the
+				// pool stands between a late reply and the next caller.
+				p.Addr, p.Dial = "", naiveDialer(srv.Addr(), stallReadTimeout, &st)
+			}
+			defer p.Close()
+			r := stallLoad(t, srv, p, autoStallWorkers, stallDuration)
+			checkStallRun(t, "stall, "+name, srv, p, r)
+			s := p.Stats()
+			t.Logf("%s: %d batches, %.1f commands per batch; naive conns: %d commands sent on conns that had failed", name, s.PipelineBatchCount,
+				float64(s.PipelineCommandCount)/float64(max(1, s.PipelineBatchCount)), st.reusedBroken.Load())
+			// A shared conn's writer may still write for a moment after
+			// its reader failed, until the conn is closed: what counts is
+			// that nothing read from it reaches anyone, which wrong checks.
+			assert.Positive(t, s.PipelineBatchCount, "commands went to shared conns")
+		})
+	}
 	t.Run("naive Dial", func(t *testing.T) {
 		checkLeaks(t)
 		srv := redistest.Start(t)
@@ -222,7 +256,7 @@ func TestStallsNeverHandAReplyToTheWrongCaller(t *testing.T) {
 			MaxActive: stallMaxActive, ReadTimeout: stallReadTimeout,
 		}
 		defer p.Close()
-		r := stallLoad(t, srv, p, stallDuration)
+		r := stallLoad(t, srv, p, stallWorkers, stallDuration)
 		checkStallRun(t, "stall, naive Dial", srv, p, r)
 		t.Logf("naive conns: %d dialed, %d commands sent on conns that had failed", st.opened.Load(), st.reusedBroken.Load())
 		assert.Zero(t, st.reusedBroken.Load(), "a naive conn that failed was used again")
@@ -244,7 +278,7 @@ func checkStallRun(t *testing.T, name string, srv *redistest.Server, p *redispoo
 	recovered := len(delays)
 	s := p.Stats()
 	t.Logf("%s: %d workers, MaxActive %d, ReadTimeout %v, %d stalls (%v frozen) in %v: %v (%s); recovered after %d/%d stalls, first good reply p50 %s max %s after SIGCONT; dials %d, discarded broken %d",
-		name, stallWorkers, stallMaxActive, stallReadTimeout, len(r.sched.stops), r.sched.frozen.Round(time.Millisecond),
+		name, r.workers, stallMaxActive, stallReadTimeout, len(r.sched.stops), r.sched.frozen.Round(time.Millisecond),
 		r.wall.Round(time.Millisecond), &r.tally, &r.errs, recovered, len(windows),
 		ms(percentile(delays, 0.5)), ms(percentile(delays, 1)), s.DialCount, s.Discards.Broken)
 	record(name, &r.tally, r.wall)

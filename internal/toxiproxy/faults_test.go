@@ -100,22 +100,22 @@ var faults = []fault{{
 	toxic: toxic{"limit_data", "downstream", map[string]any{"bytes": 100}},
 }}
 
-// TestFaults runs each fault against a pool dialing the proxy itself (Addr)
-// and against one using the caller's redis.Dial, whose connections have no
-// read timeout of their own.
+// TestFaults runs each fault against a pool dialing the proxy itself (Addr),
+// against one using the caller's redis.Dial, whose connections have no read
+// timeout of their own, and against one dialing the proxy with AutoPipeline,
+// whose commands share connections.
 func TestFaults(t *testing.T) {
 	for _, f := range faults {
-		for _, userDial := range []bool{false, true} {
-			name := f.name + "/Addr"
-			if userDial {
-				name = f.name + "/Dial"
-			}
-			t.Run(name, func(t *testing.T) { runFault(t, f, userDial) })
+		for _, mode := range []struct {
+			name           string
+			userDial, auto bool
+		}{{"Addr", false, false}, {"Dial", true, false}, {"AutoPipeline", false, true}} {
+			t.Run(f.name+"/"+mode.name, func(t *testing.T) { runFault(t, f, mode.userDial, mode.auto) })
 		}
 	}
 }
 
-func runFault(t *testing.T, f fault, userDial bool) {
+func runFault(t *testing.T, f fault, userDial, auto bool) {
 	srv := redistest.Start(t)
 	preload(t, srv)
 	fp := startProxy(t, srv.Addr())
@@ -124,7 +124,7 @@ func runFault(t *testing.T, f fault, userDial bool) {
 		addr = startRelay(t, fp.addr)
 	}
 
-	pool := &redispool.Pool{MaxActive: maxActive, ReadTimeout: readTimeout}
+	pool := &redispool.Pool{MaxActive: maxActive, ReadTimeout: readTimeout, AutoPipeline: auto}
 	if userDial {
 		pool.Dial = func() (redis.Conn, error) { return redis.Dial("tcp", addr) }
 	} else {
@@ -195,7 +195,7 @@ func runFault(t *testing.T, f fault, userDial bool) {
 	t.Logf("%s %s: commands=%d good=%d failed=%d wrong=%d duration=%v | faulty good=%d failed=%d, healthy good=%d failed=%d | "+
 		"failures: timeout=%d closed=%d exhausted=%d other=%d | longest command %v, longest toxic add/remove %v, max active %d/%d, dials %d, broken discarded %d | "+
 		"recovery: sweep failures %d, then %d/%d good in round %d",
-		f.name, dialName(userDial), tl.commands.Load(), tl.good(), tl.failed(), tl.wrong.Load(), elapsed.Round(time.Millisecond),
+		f.name, dialName(userDial, auto), tl.commands.Load(), tl.good(), tl.failed(), tl.wrong.Load(), elapsed.Round(time.Millisecond),
 		tl.goodIn[1].Load(), tl.failedIn[1].Load(), tl.goodIn[0].Load(), tl.failedIn[0].Load(),
 		tl.timeouts.Load(), tl.closed.Load(), tl.exhausted.Load(), tl.other.Load(),
 		time.Duration(tl.longest.Load()).Round(time.Millisecond), fp.longestControl.Round(time.Millisecond), max(tl.maxActive.Load(), finalMaxActive), maxActive,
@@ -231,9 +231,12 @@ func runFault(t *testing.T, f fault, userDial bool) {
 	}
 }
 
-func dialName(userDial bool) string {
-	if userDial {
+func dialName(userDial, auto bool) string {
+	switch {
+	case userDial:
 		return "with Dial"
+	case auto:
+		return "with Addr and AutoPipeline"
 	}
 	return "with Addr"
 }
@@ -399,12 +402,27 @@ func sweepOnce(pool *redispool.Pool) int {
 	}
 	failures := 0
 	for _, c := range conns {
-		if _, err := c.Do("PING"); err != nil {
+		if _, err := pingPastBackoff(pool, c); err != nil {
 			failures++
 		}
-		c.Close()
 	}
 	return failures
+}
+
+// pingPastBackoff is a PING on c, closed after, and with AutoPipeline,
+// whose Get takes no connection and so is never refused, on fresh conns
+// while the backoff refuses the dial it needs (for at most 2 seconds).
+func pingPastBackoff(pool *redispool.Pool, c redis.Conn) (any, error) {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		reply, err := c.Do("PING")
+		c.Close()
+		if !errors.Is(err, redispool.ErrDialBackoff) || time.Now().After(deadline) {
+			return reply, err
+		}
+		time.Sleep(10 * time.Millisecond)
+		c = pool.Get()
+	}
 }
 
 // getPastBackoff is Get, waiting out the backoff that dials refused during

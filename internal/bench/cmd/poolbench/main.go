@@ -1,6 +1,6 @@
 // Command poolbench measures redispool against redigo's redis.Pool, go-redis
-// v9, jackc/puddle v2 and redis-benchmark in one run and prints a table per
-// part, the machine, and PASS or MISS for each target of issues 4 and 16:
+// v9, jackc/puddle v2, rueidis and redis-benchmark in one run and prints a table per
+// part, the machine, and PASS or MISS for each target of issues 4, 16 and 19:
 //
 //	cd internal/bench && go run ./cmd/poolbench
 //
@@ -18,7 +18,7 @@
 //	-duration D   length of one measurement in every part but 4 (default 1s)
 //	-slices N     split each measurement into N interleaved slices (default 5)
 //	-commands N   commands per connection-cost run (default 100000)
-//	-parts LIST   comma-separated parts: getclose,waiting,borrow,e2e,conncost,pipeline (or none)
+//	-parts LIST   comma-separated parts: getclose,waiting,borrow,e2e,conncost,pipeline,autopipe (or none)
 //	-profile DIR  also write CPU and allocation profiles of Get+Close to DIR
 //	-profiletime D  length of each CPU profile (default 5s)
 //	-q            no progress lines on stderr
