@@ -99,6 +99,8 @@ func checkCluster(p *Pool) error {
 		return errors.New("both Cluster and Sentinel are set; a cluster fails over by itself: set one")
 	case p.DB != 0:
 		return fmt.Errorf("Cluster is set and DB is %d; a cluster has database 0 only", p.DB)
+	case p.AutoPipeline:
+		return errors.New("both Cluster and AutoPipeline are set; AutoPipeline serves one server: unset one")
 	}
 	return p.Cluster.check()
 }
