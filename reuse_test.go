@@ -320,6 +320,59 @@ func TestPendingRepliesAreReadOnCloseAndTheConnKept(t *testing.T) {
 	assert.False(t, fc.IsClosed())
 }
 
+// The borrow counts its pending replies through every call: Close reads
+// only those the borrower did not, a Receive with none pending reads
+// nothing owed to a Close, and a pending blocking command lengthens the
+// read that waits for its reply.
+func TestCloseReadsOnlyTheRepliesTheBorrowerLeftUnread(t *testing.T) {
+	d := &fakeDialer{}
+	p := onePool(t, d)
+
+	c := p.Get()
+	require.NoError(t, c.Send("GET", "a"))
+	require.NoError(t, c.Send("GET", "b"))
+	require.NoError(t, c.Flush())
+	for range 2 {
+		_, err := c.Receive()
+		require.NoError(t, err)
+	}
+	require.NoError(t, c.Close())
+	fc := d.last(t)
+	assert.Equal(t, []string{"SEND GET", "SEND GET", "FLUSH", "RECV", "RECV"}, fc.Calls(), "both replies read by Receive: nothing for Close")
+
+	c = p.Get()
+	require.NoError(t, c.Send("GET", "a"))
+	_, err := c.Do("GET", "b") // reads GET a's reply too
+	require.NoError(t, err)
+	p.Retire()
+	assert.NoError(t, c.Close(), "a retired conn with nothing unread closes without ErrConnRetired")
+	assert.Equal(t, []string{"SEND GET", "DO GET", "CLOSE"}, fc.Calls()[5:])
+
+	c = p.Get()
+	require.NoError(t, c.Send("GET", "a"))
+	require.NoError(t, c.Flush())
+	_, err = c.Receive()
+	require.NoError(t, err)
+	_, err = c.Receive() // nothing pending: the fake conn answers, the count stays 0
+	require.NoError(t, err)
+	require.NoError(t, c.Send("GET", "b"))
+	require.NoError(t, c.Close())
+	fc = d.last(t)
+	assert.Equal(t, []string{"SEND GET", "FLUSH", "RECV", "RECV", "SEND GET", "DO "}, fc.Calls(), "Close reads the one reply left")
+
+	c = p.Get()
+	require.NoError(t, c.Send("BLPOP", "k", 2))
+	require.NoError(t, c.Send("GET", "a"))
+	require.NoError(t, c.Flush())
+	for range 2 {
+		_, err = c.Receive()
+		require.NoError(t, err)
+	}
+	require.NoError(t, c.Close())
+	assert.Equal(t, []time.Duration{2200 * time.Millisecond, 2200 * time.Millisecond}, fc.Timeouts()[3:],
+		"each read waits ReadTimeout plus the pending BLPOP's 2 s")
+}
+
 func TestPendingRepliesThatCannotBeReadDiscardTheConn(t *testing.T) {
 	d := &fakeDialer{}
 	p := onePool(t, d)
