@@ -98,6 +98,8 @@ func expected(s redispool.PoolStats) samples {
 		"redispool_fast_fails_total":                      float64(s.FastFailCount),
 		"redispool_wait_timeouts_total":                   float64(s.WaitTimeoutCount),
 		"redispool_leaks_total":                           float64(s.LeakCount),
+		"redispool_pipeline_batches_total":                float64(s.PipelineBatchCount),
+		"redispool_pipeline_commands_total":               float64(s.PipelineCommandCount),
 		`redispool_discards_total{reason="broken"}`:       float64(d.Broken),
 		`redispool_discards_total{reason="state"}`:        float64(d.State),
 		`redispool_discards_total{reason="idle_timeout"}`: float64(d.IdleTimeout),

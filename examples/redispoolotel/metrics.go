@@ -29,6 +29,8 @@
 //	redispool.dial.errors       Counter  {error}       dials that failed
 //	redispool.fast_fails        Counter  {request}     Gets refused at once while the server refused connections
 //	redispool.leaks             Counter  {connection}  connections held longer than LeakThreshold
+//	redispool.pipeline.batches  Counter  {batch}       batches written to the shared connections (AutoPipeline)
+//	redispool.pipeline.commands Counter  {command}     commands in those batches
 //	redispool.discards          Counter  {connection}  connections the pool closed, by redispool.discard.reason
 //
 // Every data point carries db.client.connection.pool.name, "redispool"
@@ -135,7 +137,7 @@ func register(src source, mp metric.MeterProvider, opts ...Option) (metric.Regis
 type instruments struct {
 	count, max, idleMax, pending metric.Int64ObservableUpDownCounter
 
-	timeouts, waits, failedWaits, dials, dialErrors, fastFails, leaks, discards metric.Int64ObservableCounter
+	timeouts, waits, failedWaits, dials, dialErrors, fastFails, leaks, batches, batched, discards metric.Int64ObservableCounter
 
 	waitTime, failedWaitTime metric.Float64ObservableCounter
 }
@@ -172,6 +174,8 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 		dialErrors:     counter("redispool.dial.errors", "{error}", "Dials that failed."),
 		fastFails:      counter("redispool.fast_fails", "{request}", "Gets refused at once with the last dial error while the server refused connections."),
 		leaks:          counter("redispool.leaks", "{connection}", "Connections held longer than LeakThreshold."),
+		batches:        counter("redispool.pipeline.batches", "{batch}", "Batches written to the shared connections with AutoPipeline, each with one flush."),
+		batched:        counter("redispool.pipeline.commands", "{command}", "Commands in those batches."),
 		discards:       counter("redispool.discards", "{connection}", "Connections closed by the pool, by reason."),
 	}
 	return in, errors.Join(errs...)
@@ -181,7 +185,7 @@ func newInstruments(m metric.Meter) (*instruments, error) {
 func (in *instruments) all() []metric.Observable {
 	return []metric.Observable{
 		in.count, in.max, in.idleMax, in.pending,
-		in.timeouts, in.waits, in.failedWaits, in.dials, in.dialErrors, in.fastFails, in.leaks, in.discards,
+		in.timeouts, in.waits, in.failedWaits, in.dials, in.dialErrors, in.fastFails, in.leaks, in.batches, in.batched, in.discards,
 		in.waitTime, in.failedWaitTime,
 	}
 }
@@ -238,6 +242,8 @@ func (r *recorder) observe(_ context.Context, o metric.Observer) error {
 	o.ObserveInt64(r.dialErrors, s.DialErrorCount, r.pool)
 	o.ObserveInt64(r.fastFails, s.FastFailCount, r.pool)
 	o.ObserveInt64(r.leaks, s.LeakCount, r.pool)
+	o.ObserveInt64(r.batches, s.PipelineBatchCount, r.pool)
+	o.ObserveInt64(r.batched, s.PipelineCommandCount, r.pool)
 	for reason, n := range s.Discards.ByReason() {
 		o.ObserveInt64(r.discards, n, r.reasons[reason])
 	}

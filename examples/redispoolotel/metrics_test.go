@@ -137,6 +137,8 @@ func expected(s redispool.PoolStats) points {
 		"redispool.dial.errors":                                       float64(s.DialErrorCount),
 		"redispool.fast_fails":                                        float64(s.FastFailCount),
 		"redispool.leaks":                                             float64(s.LeakCount),
+		"redispool.pipeline.batches":                                  float64(s.PipelineBatchCount),
+		"redispool.pipeline.commands":                                 float64(s.PipelineCommandCount),
 		"redispool.discards{redispool.discard.reason=broken}":         float64(d.Broken),
 		"redispool.discards{redispool.discard.reason=state}":          float64(d.State),
 		"redispool.discards{redispool.discard.reason=idle_timeout}":   float64(d.IdleTimeout),
@@ -197,6 +199,8 @@ func TestInstrumentsFollowTheConventions(t *testing.T) {
 		"redispool.dial.errors":                 {true, "{error}"},
 		"redispool.fast_fails":                  {true, "{request}"},
 		"redispool.leaks":                       {true, "{connection}"},
+		"redispool.pipeline.batches":            {true, "{batch}"},
+		"redispool.pipeline.commands":           {true, "{command}"},
 		"redispool.discards":                    {true, "{connection}"},
 	}
 	seen := map[string]bool{}
@@ -322,8 +326,8 @@ func TestUnregisterStopsReporting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := len(collect(t, reader)[redispoolotel.DefaultPoolName]); n != 22 {
-		t.Fatalf("registered: %d data points; want 22", n)
+	if n := len(collect(t, reader)[redispoolotel.DefaultPoolName]); n != 24 {
+		t.Fatalf("registered: %d data points; want 24", n)
 	}
 	if err := reg.Unregister(); err != nil {
 		t.Fatalf("Unregister: %v", err)

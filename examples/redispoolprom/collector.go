@@ -30,6 +30,8 @@
 //	redispool_fast_fails_total              counter  Gets refused at once while the server refused connections
 //	redispool_wait_timeouts_total           counter  Gets that failed with ErrPoolExhausted
 //	redispool_leaks_total                   counter  connections held longer than LeakThreshold
+//	redispool_pipeline_batches_total        counter  batches written to the shared connections (AutoPipeline)
+//	redispool_pipeline_commands_total       counter  commands in those batches
 //	redispool_discards_total{reason="..."}  counter  connections the pool closed, by reason
 //
 // The reason label takes the values of [redispool.DiscardReason.String]:
@@ -81,7 +83,7 @@ type Collector struct {
 
 	open, idle, inUse, maxOpen, maxIdle, waiting *prometheus.Desc
 
-	waits, waitSeconds, failedWaits, failedWaitSeconds, dials, dialErrors, fastFails, waitTimeouts, leaks *prometheus.Desc
+	waits, waitSeconds, failedWaits, failedWaitSeconds, dials, dialErrors, fastFails, waitTimeouts, leaks, batches, batched *prometheus.Desc
 
 	discards *prometheus.Desc
 }
@@ -115,6 +117,8 @@ func NewCollector(src Source, opts ...Option) *Collector {
 		fastFails:         desc("fast_fails_total", "Gets refused at once with the last dial error while the server refused connections."),
 		waitTimeouts:      desc("wait_timeouts_total", "Gets that failed with ErrPoolExhausted: WaitTimeout passed before a connection, a dial slot or the user's Dial was available."),
 		leaks:             desc("leaks_total", "Connections held longer than LeakThreshold."),
+		batches:           desc("pipeline_batches_total", "Batches written to the shared connections with AutoPipeline, each with one flush."),
+		batched:           desc("pipeline_commands_total", "Commands in those batches."),
 		discards:          desc("discards_total", "Connections closed by the pool, by reason.", "reason"),
 	}
 }
@@ -124,7 +128,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.open, c.idle, c.inUse, c.maxOpen, c.maxIdle, c.waiting,
 		c.waits, c.waitSeconds, c.failedWaits, c.failedWaitSeconds, c.dials, c.dialErrors, c.fastFails, c.waitTimeouts, c.leaks,
-		c.discards,
+		c.batches, c.batched, c.discards,
 	} {
 		ch <- d
 	}
@@ -157,6 +161,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.fastFails, float64(s.FastFailCount))
 	counter(c.waitTimeouts, float64(s.WaitTimeoutCount))
 	counter(c.leaks, float64(s.LeakCount))
+	counter(c.batches, float64(s.PipelineBatchCount))
+	counter(c.batched, float64(s.PipelineCommandCount))
 	for reason, n := range s.Discards.ByReason() {
 		counter(c.discards, float64(n), reason.String())
 	}

@@ -25,20 +25,22 @@ func (f fakeSource) Stats() redispool.PoolStats { return redispool.PoolStats(f) 
 // and checks the exposition, names, types and help included.
 func TestCollectMapsEveryField(t *testing.T) {
 	src := fakeSource{
-		ActiveCount:        7,
-		IdleCount:          3,
-		WaitCount:          11,
-		WaitDuration:       1500 * time.Millisecond,
-		MaxActive:          31,
-		MaxIdle:            37,
-		WaitingCount:       41,
-		FailedWaitCount:    43,
-		FailedWaitDuration: 2500 * time.Millisecond,
-		DialCount:          13,
-		DialErrorCount:     17,
-		FastFailCount:      19,
-		WaitTimeoutCount:   23,
-		LeakCount:          29,
+		ActiveCount:          7,
+		IdleCount:            3,
+		WaitCount:            11,
+		WaitDuration:         1500 * time.Millisecond,
+		MaxActive:            31,
+		MaxIdle:              37,
+		WaitingCount:         41,
+		FailedWaitCount:      43,
+		FailedWaitDuration:   2500 * time.Millisecond,
+		DialCount:            13,
+		DialErrorCount:       17,
+		FastFailCount:        19,
+		WaitTimeoutCount:     23,
+		LeakCount:            29,
+		PipelineBatchCount:   47,
+		PipelineCommandCount: 53,
 		Discards: redispool.DiscardStats{
 			Broken: 101, State: 102, IdleTimeout: 103, Lifetime: 104,
 			MaxIdle: 105, HealthCheck: 106, PoolClosed: 107, Retired: 108,
@@ -89,6 +91,12 @@ redispool_fast_fails_total{pool="sessions"} 19
 # HELP redispool_leaks_total Connections held longer than LeakThreshold.
 # TYPE redispool_leaks_total counter
 redispool_leaks_total{pool="sessions"} 29
+# HELP redispool_pipeline_batches_total Batches written to the shared connections with AutoPipeline, each with one flush.
+# TYPE redispool_pipeline_batches_total counter
+redispool_pipeline_batches_total{pool="sessions"} 47
+# HELP redispool_pipeline_commands_total Commands in those batches.
+# TYPE redispool_pipeline_commands_total counter
+redispool_pipeline_commands_total{pool="sessions"} 53
 # HELP redispool_wait_seconds_total Total time of the waits for a connection that ended with one, in seconds.
 # TYPE redispool_wait_seconds_total counter
 redispool_wait_seconds_total{pool="sessions"} 1.5
@@ -105,8 +113,8 @@ redispool_waiting{pool="sessions"} 41
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
 		t.Error(err)
 	}
-	if n := testutil.CollectAndCount(c); n != 23 {
-		t.Errorf("collected %d metrics; want 23 (15 without labels, 8 discard reasons)", n)
+	if n := testutil.CollectAndCount(c); n != 25 {
+		t.Errorf("collected %d metrics; want 25 (17 without labels, 8 discard reasons)", n)
 	}
 }
 
@@ -231,8 +239,8 @@ func TestPedanticRegistry(t *testing.T) {
 			t.Fatalf("registering the %s collector: %v", name, err)
 		}
 	}
-	if n, err := testutil.GatherAndCount(reg); err != nil || n != 2*23 {
-		t.Errorf("gathered %d metrics, error %v; want %d and none", n, err, 2*23)
+	if n, err := testutil.GatherAndCount(reg); err != nil || n != 2*25 {
+		t.Errorf("gathered %d metrics, error %v; want %d and none", n, err, 2*25)
 	}
 	if err := reg.Register(redispoolprom.NewCollector(&redispool.Pool{}, redispoolprom.WithConstLabels(prometheus.Labels{"pool": "cache"}))); err == nil {
 		t.Error("a second collector with the same constant labels registered; want an error")
@@ -344,6 +352,12 @@ redispool_fast_fails_total 0
 # HELP redispool_leaks_total Connections held longer than LeakThreshold.
 # TYPE redispool_leaks_total counter
 redispool_leaks_total 0
+# HELP redispool_pipeline_batches_total Batches written to the shared connections with AutoPipeline, each with one flush.
+# TYPE redispool_pipeline_batches_total counter
+redispool_pipeline_batches_total 0
+# HELP redispool_pipeline_commands_total Commands in those batches.
+# TYPE redispool_pipeline_commands_total counter
+redispool_pipeline_commands_total 0
 # HELP redispool_wait_seconds_total Total time of the waits for a connection that ended with one, in seconds.
 # TYPE redispool_wait_seconds_total counter
 redispool_wait_seconds_total 0
