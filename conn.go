@@ -169,7 +169,7 @@ func (ac *activeConn) DoWithTimeout(timeout time.Duration, cmd string, args ...a
 	if err := ac.start(&c, cmd, args, false); err != nil {
 		return nil, err
 	}
-	reply, err := c.pc.do(timeout, cmd, args)
+	reply, err := c.pc.doBounded(timeout, cmd, args)
 	ac.settle(&c, cmd, reply, err)
 	ac.end(&c, arrayError(cmd, reply, err))
 	return reply, err
@@ -341,7 +341,7 @@ func (ac *activeConn) ReceiveWithTimeout(timeout time.Duration) (any, error) {
 	if err := ac.begin(&c, reads); err != nil {
 		return nil, err
 	}
-	reply, err := c.pc.receive(timeout)
+	reply, err := c.pc.receiveBounded(timeout)
 	ac.end(&c, err)
 	return reply, err
 }
@@ -460,20 +460,26 @@ func (pc *poolConn) userCtx() redis.ConnWithContext {
 	return cwc
 }
 
-// do runs cmd with a read timeout of timeout (0 for none): through
-// redis.ConnWithTimeout, or else through the redis.ConnWithContext of a
-// user's connection with a context that ends after timeout, or else
-// without a deadline.
+// do runs cmd with a read timeout of timeout (0 for none) through
+// redis.ConnWithTimeout, or else as the caller asked, without a deadline,
+// as redigo's pool does: a conn from a Dial of the user's gets Do for a Do.
 func (pc *poolConn) do(timeout time.Duration, cmd string, args []any) (any, error) {
 	if pc.cwt != nil {
 		return pc.cwt.DoWithTimeout(timeout, cmd, args...)
 	}
-	if cwc := pc.userCtx(); cwc != nil {
+	return pc.c.Do(cmd, args...)
+}
+
+// doBounded is do for a caller that asked for the timeout (DoWithTimeout,
+// Close's drain): a user's connection that implements only
+// redis.ConnWithContext gets it as a context that ends after timeout.
+func (pc *poolConn) doBounded(timeout time.Duration, cmd string, args []any) (any, error) {
+	if cwc := pc.userCtx(); pc.cwt == nil && cwc != nil {
 		return ctxCall(context.Background(), timeout, func(ctx context.Context) (any, error) {
 			return cwc.DoContext(ctx, cmd, args...)
 		})
 	}
-	return pc.c.Do(cmd, args...)
+	return pc.do(timeout, cmd, args)
 }
 
 // receive is do for a Receive.
@@ -481,10 +487,15 @@ func (pc *poolConn) receive(timeout time.Duration) (any, error) {
 	if pc.cwt != nil {
 		return pc.cwt.ReceiveWithTimeout(timeout)
 	}
-	if cwc := pc.userCtx(); cwc != nil {
+	return pc.c.Receive()
+}
+
+// receiveBounded is doBounded for a ReceiveWithTimeout.
+func (pc *poolConn) receiveBounded(timeout time.Duration) (any, error) {
+	if cwc := pc.userCtx(); pc.cwt == nil && cwc != nil {
 		return ctxCall(context.Background(), timeout, cwc.ReceiveContext)
 	}
-	return pc.c.Receive()
+	return pc.receive(timeout)
 }
 
 // ctxCall runs f, a method of a user's redis.ConnWithContext, with ctx

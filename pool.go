@@ -38,9 +38,9 @@ type Pool struct {
 	// both nil, the pool dials Addr itself. When both are set, DialContext is
 	// used. The connection returned must not be in a special state (subscribed,
 	// in a transaction, ...). The pool applies ReadTimeout to each command on
-	// connections that implement redis.ConnWithTimeout, as redigo's do, or
-	// redis.ConnWithContext, whose DoContext and ReceiveContext get the
-	// context a caller gives the conn's.
+	// connections that implement redis.ConnWithTimeout, as redigo's do; one
+	// that implements redis.ConnWithContext gets the caller's context in
+	// its DoContext and ReceiveContext (docs/timeouts.md).
 	Dial func() (redis.Conn, error)
 
 	// DialContext creates and configures a connection. The context is not

@@ -121,7 +121,7 @@ func (p *Pool) drain(pc *poolConn, st *borrowState) (refused, err error) {
 	if err != nil {
 		return nil, err
 	}
-	reply, err := pc.do(p.cfg.drainTimeout, "", nil)
+	reply, err := pc.doBounded(p.cfg.drainTimeout, "", nil)
 	if err != nil {
 		return nil, err
 	}

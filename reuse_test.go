@@ -2151,38 +2151,49 @@ func TestAUserConnWithContextKeepsAReplyReadAsCtxEnds(t *testing.T) {
 	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
 }
 
-// TestAUserConnWithContextAloneIsBoundedByReadTimeout: a conn from a Dial
-// of the user's that implements redis.ConnWithContext but not
-// redis.ConnWithTimeout gets ReadTimeout through a context's deadline:
-// a stalled server fails Do with a timeout, and the conn is discarded;
-// DoWithTimeout and ReceiveWithTimeout work.
-func TestAUserConnWithContextAloneIsBoundedByReadTimeout(t *testing.T) {
+// TestAUserConnWithContextAloneGetsDoForDo: a conn from a Dial of the
+// user's that implements redis.ConnWithContext but not
+// redis.ConnWithTimeout gets Do for a Do and Receive for a Receive, as
+// under redigo's pool (its own dial options bound them), and a context
+// with a deadline for DoWithTimeout and ReceiveWithTimeout, which time
+// out on a stalled server and discard the conn.
+func TestAUserConnWithContextAloneGetsDoForDo(t *testing.T) {
 	srv := redistest.Start(t)
 	srv.Do(t, "SET", "db0:marker", "db0")
 	p, conn := tracingPool(t, srv, false)
 	c := p.Get()
-	v, err := redis.String(redis.DoWithTimeout(c, time.Second, "ECHO", "a"))
+	v, err := redis.String(c.Do("ECHO", "a"))
 	require.NoError(t, err)
 	assert.Equal(t, "a", v)
 	require.NoError(t, c.Send("ECHO", "b"))
 	require.NoError(t, c.Flush())
-	v, err = redis.String(redis.ReceiveWithTimeout(c, time.Second))
+	v, err = redis.String(c.Receive())
 	require.NoError(t, err)
 	assert.Equal(t, "b", v)
-	_, err = c.Do("BLPOP", "tracing:none", 0.4) // longer than ReadTimeout: the timeout is added
+	assert.Empty(t, conn().Seen(), "Do and Receive reached the user's DoContext or ReceiveContext")
+
+	v, err = redis.String(redis.DoWithTimeout(c, time.Second, "ECHO", "c"))
 	require.NoError(t, err)
+	assert.Equal(t, "c", v)
+	require.NoError(t, c.Send("ECHO", "d"))
+	require.NoError(t, c.Flush())
+	v, err = redis.String(redis.ReceiveWithTimeout(c, time.Second))
+	require.NoError(t, err)
+	assert.Equal(t, "d", v)
 
 	srv.Stop(t)
 	start := time.Now()
-	_, err = c.Do("GET", "k")
+	_, err = redis.DoWithTimeout(c, 300*time.Millisecond, "GET", "k")
 	took := time.Since(start)
 	srv.Cont(t)
 	assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
-	assert.Less(t, took, 2*time.Second, "Do on a stalled server took %v with ReadTimeout 300ms", took)
+	assert.Less(t, took, 2*time.Second, "DoWithTimeout(300ms) on a stalled server took %v", took)
 	require.NoError(t, c.Close())
 	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
-	for _, s := range conn().Seen() {
-		assert.True(t, s.hasDeadline, "a call without a deadline: %+v", conn().Seen())
+	seen := conn().Seen()
+	require.Len(t, seen, 3, "DoWithTimeout twice and ReceiveWithTimeout through the user's context methods")
+	for _, s := range seen {
+		assert.True(t, s.hasDeadline, "a call with a timeout got no deadline: %+v", seen)
 	}
 	borrowerSeesOnlyItsOwn(t, p)
 }

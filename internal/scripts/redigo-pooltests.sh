@@ -168,7 +168,7 @@ GO
 GOFLAGS=-mod=mod go mod tidy >/dev/null 2>&1 || true
 
 # The tests that assert a documented difference (docs/migration.md).
-documented='^TestPoolBorrowCheck$/^TestOnBorrowContext-context.Canceled$|^TestPoolPubSubCleanup$|^TestPoolTransactionCleanup$|^TestWaitPoolDialError$'
+documented='^TestPoolBorrowCheck$/^TestOnBorrowContext-context.Canceled$|^TestPoolPubSubCleanup$|^TestWaitPoolDialError$'
 args=("$@")
 if ! printf '%s\n' "${args[@]}" | grep -q -- '^-\(run\|skip\)'; then
 	args+=(-skip "$documented")
