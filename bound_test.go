@@ -396,7 +396,6 @@ func TestInvalidConfigurationIsReportedByGet(t *testing.T) {
 		{"Cluster and Dial", &redispool.Pool{Dial: dial, Cluster: cl()}, "both Cluster and Dial"},
 		{"Cluster and DialContext", &redispool.Pool{DialContext: func(context.Context) (redis.Conn, error) { return dial() }, Cluster: cl()}, "both Cluster and Dial"},
 		{"Cluster and Sentinel", &redispool.Pool{Cluster: cl(), Sentinel: &redispool.Sentinel{Addrs: []string{"s:26379"}, MasterName: "m"}}, "both Cluster and Sentinel"},
-		{"Cluster and AutoPipeline", &redispool.Pool{Cluster: cl(), AutoPipeline: true}, "both Cluster and AutoPipeline"},
 		{"Cluster and DB", &redispool.Pool{Cluster: cl(), DB: 2}, "Cluster is set and DB is 2"},
 		{"Cluster without StartupNodes", &redispool.Pool{Cluster: &redispool.Cluster{}}, "Cluster.StartupNodes is empty"},
 		{"Cluster node without port", &redispool.Pool{Cluster: cl("node-1")}, "Cluster.StartupNodes has \"node-1\""},

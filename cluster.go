@@ -99,8 +99,6 @@ func checkCluster(p *Pool) error {
 		return errors.New("both Cluster and Sentinel are set; a cluster fails over by itself: set one")
 	case p.DB != 0:
 		return fmt.Errorf("Cluster is set and DB is %d; a cluster has database 0 only", p.DB)
-	case p.AutoPipeline:
-		return errors.New("both Cluster and AutoPipeline are set; AutoPipeline serves one server: unset one")
 	}
 	return p.Cluster.check()
 }
@@ -255,6 +253,7 @@ func (cl *Cluster) node(addr string) *Pool {
 		MaxConcurrentDials:  p.MaxConcurrentDials,
 		Logger:              p.Logger,
 		LeakThreshold:       p.LeakThreshold,
+		AutoPipeline:        p.AutoPipeline,
 		readOnly:            cl.ReadOnly,
 	}
 	if p.closed.Load() {
@@ -320,6 +319,8 @@ func (cl *Cluster) stats() PoolStats {
 		s.FastFailCount += n.FastFailCount
 		s.WaitTimeoutCount += n.WaitTimeoutCount
 		s.LeakCount += n.LeakCount
+		s.PipelineBatchCount += n.PipelineBatchCount
+		s.PipelineCommandCount += n.PipelineCommandCount
 		s.Discards = s.Discards.add(n.Discards)
 	}
 	return s

@@ -213,16 +213,35 @@ func (c *clusterConn) connLocked(ctx context.Context, route cluster.Route, to st
 // isClean reports whether a node conn may move: nothing pending, no
 // state, no error.
 func isClean(nc redis.Conn) bool {
-	ac, ok := nc.(*activeConn)
-	if !ok {
-		return false
+	switch nc := nc.(type) {
+	case *activeConn:
+		return nc.clean()
+	case *autoConn:
+		return nc.clean()
 	}
+	return false
+}
+
+// clean reports whether the borrow left nothing to read or undo, no error,
+// and no call in progress.
+func (ac *activeConn) clean() bool {
 	pc, err := ac.lock()
 	if err != nil {
 		return false
 	}
 	defer ac.unlock()
 	return pc.untouched(pc.p.cfg.db) && ac.word.Load()&wordUses == 0
+}
+
+// clean reports whether the borrow has no reply due, no error, and no
+// connection of its own that is not clean.
+func (a *autoConn) clean() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed || a.err != nil || len(a.unsent) > 0 || len(a.pending) > 0 {
+		return false
+	}
+	return a.ded == nil || a.ded.clean()
 }
 
 // route is the address a command on r goes to: its slot's master, or with

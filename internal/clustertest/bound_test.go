@@ -13,10 +13,20 @@ import (
 
 // TestClusterBoundHoldsPerNode: 200 goroutines writing and reading their
 // own keys through a cluster pool of MaxActive 8 get every reply right,
-// no error, and never more than 8 of the pool's connections on any node.
+// no error, and never more than 8 of the pool's connections on any node,
+// also with AutoPipeline, whose shared connections count toward the bound.
 func TestClusterBoundHoldsPerNode(t *testing.T) {
+	for _, auto := range []bool{false, true} {
+		t.Run(fmt.Sprintf("AutoPipeline=%v", auto), func(t *testing.T) {
+			boundHolds(t, auto)
+		})
+	}
+}
+
+func boundHolds(t *testing.T, auto bool) {
 	c := redistest.StartCluster(t)
 	p := newPool(t, c, 8)
+	p.AutoPipeline = auto
 	s := sample(c)
 	var res tally
 	var wg sync.WaitGroup
@@ -54,5 +64,8 @@ func TestClusterBoundHoldsPerNode(t *testing.T) {
 	}
 	if most > 8 {
 		t.Errorf("%d pool connections on one node, above MaxActive 8", most)
+	}
+	if auto && st.PipelineCommandCount <= st.PipelineBatchCount {
+		t.Errorf("AutoPipeline wrote %d commands in %d batches; want batches of several", st.PipelineCommandCount, st.PipelineBatchCount)
 	}
 }

@@ -110,10 +110,20 @@ func (r *incrs) sum(in func(w int) bool) *tally {
 
 // TestClusterFailoverLosesNoIncr: CLUSTER FAILOVER of each master in turn,
 // under 50 writers INCRing their own counters, costs no error and no
-// wrong reply, and at most 2 slot-map refreshes (CLUSTER SLOTS) each.
+// wrong reply, and at most 2 slot-map refreshes (CLUSTER SLOTS) each; with
+// AutoPipeline too, where the MOVED replies come to many writers at once.
 func TestClusterFailoverLosesNoIncr(t *testing.T) {
+	for _, auto := range []bool{false, true} {
+		t.Run(fmt.Sprintf("AutoPipeline=%v", auto), func(t *testing.T) {
+			failoverLosesNoIncr(t, auto)
+		})
+	}
+}
+
+func failoverLosesNoIncr(t *testing.T, auto bool) {
 	c := redistest.StartCluster(t)
 	p := newPool(t, c, 8)
+	p.AutoPipeline = auto
 	r := startIncrs(p)
 	defer r.finish()
 	r.progressed(t, time.Now(), 10*time.Second)

@@ -57,12 +57,24 @@ func getSets(p *redispool.Pool, keys []string, stop chan struct{}, res *tally) *
 // workers cost no error and no wrong reply, and no connection is discarded
 // for the ASKING that follows an ASK redirect. Then a pool whose slot map
 // the reshard made stale sends 10,000 GETs at once to keys of the moved
-// slots: their MOVED replies cost it at most 2 slot-map refreshes.
+// slots: their MOVED replies cost it at most 2 slot-map refreshes. All of
+// it holds with AutoPipeline too, where an ASK moves the borrower from the
+// shared connection to one of its own for ASKING.
 func TestClusterReshardUnderLoad(t *testing.T) {
+	for _, auto := range []bool{false, true} {
+		t.Run(fmt.Sprintf("AutoPipeline=%v", auto), func(t *testing.T) {
+			reshardUnderLoad(t, auto)
+		})
+	}
+}
+
+func reshardUnderLoad(t *testing.T, auto bool) {
 	c := redistest.StartCluster(t)
 	p := newPool(t, c, 8)
+	p.AutoPipeline = auto
 	ms := c.Masters(t)
 	stale := newPool(t, c, 8)
+	stale.AutoPipeline = auto
 	warm := stale.Get()
 	if _, err := warm.Do("PING"); err != nil {
 		t.Fatalf("PING: %v", err)
