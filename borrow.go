@@ -85,7 +85,20 @@ func (s *borrowState) untouched(db int) bool {
 // pending replies: then every call takes pc.mu (see activeConn.claim).
 func (pc *poolConn) fullLocked() bool {
 	return pc.state != 0 || pc.db != pc.p.cfg.db || pc.err != nil || len(pc.undos) > 0 ||
-		pc.pendingBlock != 0 || pc.pendingEver || pc.unconfirmed
+		pc.pendingBlock != 0 || pc.pendingEver
+}
+
+// wordBitsLocked is what activeConn.word keeps of the bookkeeping beside
+// the count of pending replies: wordFull and wordUnconfirmed.
+func (pc *poolConn) wordBitsLocked() uint64 {
+	var bits uint64
+	if pc.fullLocked() {
+		bits |= wordFull
+	}
+	if pc.unconfirmed {
+		bits |= wordUnconfirmed
+	}
+	return bits
 }
 
 // maxPendingBlock bounds the sum of pending blocking commands' timeouts,

@@ -45,8 +45,8 @@ var ErrConcurrentUse = errors.New("redispool: conn used by two goroutines at onc
 type activeConn struct {
 	pc *poolConn
 	// word is the borrow's calls in progress (the uses bits), wordLocked,
-	// wordFull and wordClosed, and from bit pendingShift on the number of
-	// replies pending. Its zero value is a borrow that has done nothing.
+	// wordFull, wordClosed and wordUnconfirmed, and from bit pendingShift on
+	// the number of replies pending. Its zero value is a borrow that has done nothing.
 	word atomic.Uint64
 }
 
@@ -60,6 +60,10 @@ const (
 	wordFull uint64 = 1 << 3
 	// wordClosed: Close ran, and every later call fails with ErrConnClosed.
 	wordClosed uint64 = 1 << 4
+	// wordUnconfirmed: the connection, from a Dial of the user's, has had
+	// no reply yet (see poolConn.confirmLocked): a call takes pc.mu to
+	// confirm it, but a Close has nothing to record for it.
+	wordUnconfirmed uint64 = 1 << 5
 
 	wordUses     = uint64(reads | writes)
 	pendingShift = 8
@@ -75,7 +79,7 @@ const (
 func (ac *activeConn) claim(u uses, add bool) bool {
 	for {
 		w := ac.word.Load()
-		if w&(wordLocked|wordFull|wordClosed|uint64(u)) != 0 || ac.pc.retired() {
+		if w&(wordLocked|wordFull|wordClosed|wordUnconfirmed|uint64(u)) != 0 || ac.pc.retired() {
 			return false
 		}
 		next := w | uint64(u)
@@ -100,8 +104,8 @@ func (ac *activeConn) claim(u uses, add bool) bool {
 // and so ours alone: handles of earlier borrows fail on their own word.
 func newActiveConn(pc *poolConn) *activeConn {
 	ac := &activeConn{pc: pc}
-	if pc.fullLocked() {
-		ac.word.Store(wordFull)
+	if bits := pc.wordBitsLocked(); bits != 0 {
+		ac.word.Store(bits)
 	}
 	return ac
 }
@@ -133,10 +137,7 @@ func (ac *activeConn) lock() (*poolConn, error) {
 // unlock unlocks the bookkeeping locked by lock.
 func (ac *activeConn) unlock() {
 	pc := ac.pc
-	keep := uint64(pc.pending) << pendingShift
-	if pc.fullLocked() {
-		keep |= wordFull
-	}
+	keep := uint64(pc.pending)<<pendingShift | pc.wordBitsLocked()
 	for {
 		w := ac.word.Load()
 		if ac.word.CompareAndSwap(w, w&(wordUses|wordClosed)|keep) {
@@ -423,7 +424,7 @@ func (ac *activeConn) Close() error {
 // connection as it found it (touched false), and ok false when Close ran
 // already.
 func (ac *activeConn) detach() (st borrowState, touched, ok bool) {
-	if ac.word.CompareAndSwap(0, wordClosed) {
+	if w := ac.word.Load(); w&^wordUnconfirmed == 0 && ac.word.CompareAndSwap(w, wordClosed) {
 		return st, false, true // nothing pending, no call in progress, nothing kept
 	}
 	pc, err := ac.lock()
