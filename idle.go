@@ -11,6 +11,7 @@ import (
 // connection with an atomic swap each way; the others in a channel, longest
 // idle first. Its methods are safe for concurrent use.
 type idleSet struct {
+	_   [64]byte // keep hot off the cache line of the Pool's fields before it, wherever they end
 	hot atomic.Pointer[poolConn]
 	ch  chan *poolConn // room for MaxIdle-1: the hot slot holds the last
 	_   [64]byte       // hot is written on every Get and Close: keep the fields below off its cache line

@@ -207,13 +207,13 @@ type Pool struct {
 	// a borrower's first other command gets it a connection of its own for
 	// the rest of the borrow. See docs/autopipeline.md. When false, off.
 	AutoPipeline bool
+	readOnly     bool // a Cluster's node pool: each dial sends READONLY (set by Cluster.node)
 
 	// Set once by init, read-only after.
 	initOnce sync.Once
 	epoch    time.Time // the pool's clock reads the time since epoch
 	cfg      config
 	cfgErr   error
-	readOnly bool // a Cluster's node pool: each dial sends READONLY
 
 	// The bound: every connection that may exist is a permit in its
 	// channel, an idle connection, on its way to a waiter, being dialed or
