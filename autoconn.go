@@ -71,7 +71,7 @@ func (a *autoConn) sharable(cmd string, args []any, timeout time.Duration) bool 
 	if rt := a.p.cfg.readTimeout; timeout == 0 || (timeout > 0 && rt > 0 && timeout > rt) {
 		return false
 	}
-	return command.Classify(cmd, args).Effects == 0
+	return command.Inert(cmd) || command.Classify(cmd, args).Effects == 0
 }
 
 func (a *autoConn) usableLocked() error {
