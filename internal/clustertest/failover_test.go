@@ -157,7 +157,11 @@ func failoverLosesNoIncr(t *testing.T, auto bool) {
 	}
 	r.finish()
 	all := r.sum(func(int) bool { return true })
-	t.Logf("3 failovers under %d writers: %s; stats %+v", writers, all, p.Stats())
+	st := p.Stats()
+	t.Logf("3 failovers under %d writers: %s; stats %+v", writers, all, st)
+	if auto && st.PipelineCommandCount == 0 {
+		t.Error("AutoPipeline on, but no command went through a shared connection")
+	}
 	if all.wrong != 0 || all.errs != 0 {
 		t.Errorf("want no wrong reply and no error: %s", all)
 	}

@@ -114,6 +114,9 @@ func reshardUnderLoad(t *testing.T, auto bool) {
 	if res.wrong != 0 || res.errs != 0 {
 		t.Errorf("want no wrong reply and no error: %s", &res)
 	}
+	if auto && st.PipelineCommandCount == 0 {
+		t.Error("AutoPipeline on, but no command went through a shared connection")
+	}
 	if st.Discards.State != 0 {
 		t.Errorf("%d connections discarded for their state: ASKING must not taint a connection", st.Discards.State)
 	}
