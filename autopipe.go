@@ -165,7 +165,7 @@ type pipe struct {
 	pc       *poolConn  // nil until the connection is taken from the pool
 	err      error      // why the pipe broke
 	queue    []*req     // commands queued, not yet taken by a writer
-	inflight []*req     // commands written, replies not yet taken by the reader
+	inflight []*req     // commands flushed, replies not yet taken by the reader
 	writing  bool       // a goroutine holds the writer role
 	reader   readerRole // who reads replies now
 
@@ -251,17 +251,34 @@ func (pp *pipe) write(rounds int) {
 			return
 		}
 		pp.wbuf = append(pp.wbuf[:0], pp.queue...)
-		pp.inflight = append(pp.inflight, pp.queue...)
 		clear(pp.queue)
 		pp.queue = pp.queue[:0]
 		pc := pp.pc
 		pp.mu.Unlock()
-		signal(pp.notify)
 		if err := pp.send(pc, pp.wbuf); err != nil {
 			pp.fail(err)
 		}
+		pp.written(pp.wbuf)
 		clear(pp.wbuf)
 	}
+}
+
+// written hands a batch just flushed to the reader: only then, so that
+// ReadTimeout bounds the wait for a reply from when its command was
+// written, however long a large batch took to write. When the pipe broke
+// meanwhile, the batch fails with its error instead.
+func (pp *pipe) written(batch []*req) {
+	pp.mu.Lock()
+	err := pp.err
+	if err == nil {
+		pp.inflight = append(pp.inflight, batch...)
+	}
+	pp.mu.Unlock()
+	if err != nil {
+		finishAll(batch, err)
+		return
+	}
+	signal(pp.notify)
 }
 
 // send writes a batch and flushes it. The conn may be the user's: a panic
@@ -304,8 +321,8 @@ func (pp *pipe) writer() {
 
 // fail breaks the pipe with err: its connection is closed, which stops a
 // read or write in progress, and every command queued or in flight fails
-// with err. A command written by the writer after this fails by the
-// reader's hand, as the reader reads nothing more.
+// with err. A batch the writer is writing meanwhile fails by the writer's
+// hand (see written).
 func (pp *pipe) fail(err error) {
 	pp.mu.Lock()
 	if pp.err != nil {

@@ -1,0 +1,112 @@
+package pipelinetest
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/redispool/redispool"
+	"github.com/redispool/redispool/internal/redistest"
+)
+
+// gatedConn is a redigo conn whose Flush, once hold is called, waits until
+// release is: a write that takes as long as the test wants.
+type gatedConn struct {
+	redis.Conn
+	g *gate
+}
+
+type gate struct {
+	mu      sync.Mutex
+	held    chan struct{} // closed by release; nil when Flush does not wait
+	entered chan struct{} // gets a value when a Flush starts waiting
+}
+
+func newGate() *gate { return &gate{entered: make(chan struct{}, 16)} }
+
+func (g *gate) hold() {
+	g.mu.Lock()
+	g.held = make(chan struct{})
+	g.mu.Unlock()
+}
+
+func (g *gate) release() {
+	g.mu.Lock()
+	close(g.held)
+	g.held = nil
+	g.mu.Unlock()
+}
+
+func (c *gatedConn) Flush() error {
+	c.g.mu.Lock()
+	held := c.g.held
+	c.g.mu.Unlock()
+	if held != nil {
+		c.g.entered <- struct{}{}
+		<-held
+	}
+	return c.Conn.Flush()
+}
+
+func (c *gatedConn) ReceiveWithTimeout(timeout time.Duration) (any, error) {
+	return c.Conn.(redis.ConnWithTimeout).ReceiveWithTimeout(timeout)
+}
+
+func (c *gatedConn) DoWithTimeout(timeout time.Duration, cmd string, args ...any) (any, error) {
+	return c.Conn.(redis.ConnWithTimeout).DoWithTimeout(timeout, cmd, args...)
+}
+
+// gatedPool is a pool with AutoPipeline on one shared connection whose
+// writes g can hold up.
+func gatedPool(t *testing.T, readTimeout time.Duration) (*redispool.Pool, *gate) {
+	srv := redistest.Start(t)
+	g := newGate()
+	p := &redispool.Pool{
+		Dial: func() (redis.Conn, error) {
+			c, err := redis.Dial("tcp", srv.Addr())
+			if err != nil {
+				return nil, err
+			}
+			return &gatedConn{Conn: c, g: g}, nil
+		},
+		MaxActive:    2, // one shared connection
+		ReadTimeout:  readTimeout,
+		AutoPipeline: true,
+	}
+	t.Cleanup(func() { p.Close() })
+	c := p.Get()
+	_, err := c.Do("PING")
+	require.NoError(t, err)
+	c.Close()
+	return p, g
+}
+
+// A reply waits at most ReadTimeout from when its command was written, not
+// from when it was queued: a batch that takes longer than ReadTimeout to
+// write does not break the shared connection.
+func TestReadTimeoutCountsFromTheWrite(t *testing.T) {
+	p, g := gatedPool(t, 200*time.Millisecond)
+	g.hold()
+	c := p.Get()
+	defer c.Close()
+	require.NoError(t, c.Send("SET", "slow-write", "v"))
+	require.NoError(t, c.Send("GET", "slow-write"))
+	require.NoError(t, c.Flush())
+	select {
+	case <-g.entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the batch was never written")
+	}
+	time.Sleep(500 * time.Millisecond) // the write takes 2.5 ReadTimeouts
+	g.release()
+	_, err := c.Receive()
+	require.NoError(t, err, "the SET's reply")
+	got, err := redis.String(c.Receive())
+	require.NoError(t, err, "the GET's reply")
+	assert.Equal(t, "v", got)
+	assert.Zero(t, p.Stats().Discards.Broken, "the shared connection broke")
+}
