@@ -237,9 +237,9 @@ func (a *autoConn) DoWithTimeout(timeout time.Duration, cmd string, args ...any)
 	})
 }
 
-// DoContext is Do bounded also by ctx. When ctx ends first, the reply is
-// left to be read and dropped, ctx's error is returned, and later calls on
-// the conn fail with it.
+// DoContext is Do bounded also by ctx. When ctx ends first, the command is
+// not written if it was not yet, and its reply is read and dropped if it
+// was; ctx's error is returned, and later calls on the conn fail with it.
 func (a *autoConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
 	if err := contextDone(ctx); err != nil {
 		return nil, err
@@ -303,6 +303,9 @@ func (a *autoConn) doShared(ctx context.Context, timeout time.Duration, cmd stri
 	first, err := a.awaitAll(ctx, timeout, rs)
 	switch {
 	case err != nil:
+		if cmd != "" {
+			rs[len(rs)-1].dropped.Store(true) // not written yet? then never
+		}
 		return nil, err
 	case cmd != "":
 		return rs[len(rs)-1].value(), first

@@ -23,6 +23,10 @@ const pipeLinger = peekAfterIdle
 // would take it, a few times in a row; it should not happen.
 var errPipeGone = errors.New("redispool: no shared connection took the command")
 
+// errDropped ends a command that was never written because its caller
+// stopped waiting for it first; no one reads it.
+var errDropped = errors.New("redispool: command dropped before it was written")
+
 // errServerClosedPipe fails the commands on a shared connection after one
 // got a reply after which the server closes the connection ("max number of
 // clients reached", "Protocol error").
@@ -97,6 +101,9 @@ type req struct {
 	reply any
 	err   error
 	done  chan struct{}
+	// dropped is set when the caller stopped waiting for the reply: a
+	// command not yet written then never is.
+	dropped atomic.Bool
 }
 
 func newReq(cmd string, args []any) *req {
@@ -250,11 +257,21 @@ func (pp *pipe) write(rounds int) {
 			signal(pp.wake)
 			return
 		}
-		pp.wbuf = append(pp.wbuf[:0], pp.queue...)
+		pp.wbuf = pp.wbuf[:0]
+		for _, r := range pp.queue {
+			if r.dropped.Load() {
+				r.finish(nil, errDropped)
+			} else {
+				pp.wbuf = append(pp.wbuf, r)
+			}
+		}
 		clear(pp.queue)
 		pp.queue = pp.queue[:0]
 		pc := pp.pc
 		pp.mu.Unlock()
+		if len(pp.wbuf) == 0 {
+			continue
+		}
 		if err := pp.send(pc, pp.wbuf); err != nil {
 			pp.fail(err)
 		}

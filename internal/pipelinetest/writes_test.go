@@ -1,6 +1,8 @@
 package pipelinetest
 
 import (
+	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -109,4 +111,48 @@ func TestReadTimeoutCountsFromTheWrite(t *testing.T) {
 	require.NoError(t, err, "the GET's reply")
 	assert.Equal(t, "v", got)
 	assert.Zero(t, p.Stats().Discards.Broken, "the shared connection broke")
+}
+
+// A DoContext whose context ends before its command is written never
+// writes it; commands queued behind it still run, in order.
+func TestACommandCancelledBeforeItIsWrittenNeverRuns(t *testing.T) {
+	p, g := gatedPool(t, time.Second)
+	g.hold()
+
+	// A first borrower's write is held up: the shared connection's writer
+	// is busy with it, and what comes next waits in the queue.
+	first := make(chan error, 1)
+	go func() {
+		c := p.Get()
+		defer c.Close()
+		_, err := c.Do("SET", "first", "1")
+		first <- err
+	}()
+	select {
+	case <-g.entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first command was never written")
+	}
+
+	c := p.Get()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := redis.DoContext(c, ctx, "INCR", "cancelled")
+	assert.True(t, errors.Is(err, context.DeadlineExceeded), "DoContext: %v", err)
+	c.Close()
+
+	after := p.Get()
+	defer after.Close()
+	done := make(chan error, 1)
+	var got any
+	go func() {
+		var err error
+		got, err = after.Do("GET", "cancelled")
+		done <- err
+	}()
+	g.release()
+	require.NoError(t, <-first)
+	require.NoError(t, <-done)
+	assert.Nil(t, got, "the INCR whose caller stopped waiting before it was written ran")
+	assert.Zero(t, p.Stats().Discards.Broken)
 }
