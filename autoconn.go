@@ -127,21 +127,16 @@ func (a *autoConn) submitLocked(rs []*req) {
 }
 
 // roundTripLocked runs a command on the borrower's pipe by itself when the
-// pipe is idle (see pipe.roundTrip), and returns it done; nil when it did
-// not run it.
-func (a *autoConn) roundTripLocked(cmd string, args []any) *req {
+// pipe is idle (see pipe.roundTrip); done is false when it did not run it.
+func (a *autoConn) roundTripLocked(cmd string, args []any) (reply any, done bool, err error) {
 	if a.pp == nil || !a.pp.open() {
 		pp, err := a.p.auto.pick(a.p)
 		if err != nil {
-			return nil // the queued path fails it
+			return nil, false, nil // the queued path fails it
 		}
 		a.pp = pp
 	}
-	r := newReq(cmd, args)
-	if !a.pp.roundTrip(r) {
-		return nil
-	}
-	return r
+	return a.pp.roundTrip(cmd, args)
 }
 
 // dedicatedLocked returns the borrower's own connection, taking one from
@@ -201,11 +196,13 @@ func replied(err error) bool {
 
 // value is r's reply as redigo's Do returns it: an error reply is a
 // redis.Error value.
-func (r *req) value() any {
-	if e, ok := r.err.(redis.Error); ok {
+func (r *req) value() any { return value(r.reply, r.err) }
+
+func value(reply any, err error) any {
+	if e, ok := err.(redis.Error); ok {
 		return e
 	}
-	return r.reply
+	return reply
 }
 
 // cloneArgs copies args, and the byte slices among them, for a command the
@@ -279,12 +276,12 @@ func (a *autoConn) do(ctx context.Context, timeout time.Duration, cmd string, ar
 // doShared is do on the shared connection; a.mu is held, and released.
 func (a *autoConn) doShared(ctx context.Context, timeout time.Duration, cmd string, args []any) (any, error) {
 	if cmd != "" && ctx.Done() == nil && timeout < 0 && len(a.unsent) == 0 && len(a.pending) == 0 {
-		if r := a.roundTripLocked(cmd, args); r != nil {
+		if reply, done, err := a.roundTripLocked(cmd, args); done {
 			a.mu.Unlock()
-			if !replied(r.err) {
-				return nil, a.broke(r.err)
+			if !replied(err) {
+				return nil, a.broke(err)
 			}
-			return r.value(), r.err
+			return value(reply, err), err
 		}
 	}
 	if cmd != "" {

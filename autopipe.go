@@ -175,8 +175,12 @@ type pipe struct {
 	inflight []*req     // commands flushed, replies not yet taken by the reader
 	writing  bool       // a goroutine holds the writer role
 	reader   readerRole // who reads replies now
+	used     bool       // a round trip ran since the last linger check
 
-	wbuf []*req // the writer's batch: used by the writer role's holder only
+	// Used by the writer role's holder only: its batch, and the command of
+	// a round trip.
+	wbuf []*req
+	one  req
 }
 
 func newPipe(p *Pool) *pipe {
@@ -446,35 +450,36 @@ func (pp *pipe) take(batch []*req) ([]*req, bool) {
 	return batch[:0], pp.state.Load() == pipeClosing && !pp.writing && len(pp.queue) == 0
 }
 
-// roundTrip writes r and reads its reply itself, as a connection of one's
-// own would, when the pipe is idle: nothing queued, written or being read.
-// It saves the hand-offs to and from the reader when one borrower is alone.
-// Commands queued meanwhile are written after r, and read by the reader
-// once r's reply is in. It returns false, having done nothing, when the
-// pipe is not idle.
-func (pp *pipe) roundTrip(r *req) bool {
+// roundTrip writes a command and reads its reply itself, as a connection
+// of one's own would, when the pipe is idle: nothing queued, written or
+// being read. It saves the hand-offs to and from the reader, and the
+// command's req, when one borrower is alone. Commands queued meanwhile are
+// written after it, and read by the reader once its reply is in. It
+// reports done false, having done nothing, when the pipe is not idle.
+func (pp *pipe) roundTrip(cmd string, args []any) (reply any, done bool, err error) {
 	pp.mu.Lock()
 	if pp.state.Load() != pipeOpen || pp.writing || pp.reader != readerNone ||
 		len(pp.inflight) > 0 || len(pp.queue) > 0 {
 		pp.mu.Unlock()
-		return false
+		return nil, false, nil
 	}
-	pp.writing, pp.reader = true, readerDirect
+	pp.writing, pp.reader, pp.used = true, readerDirect, true
 	pc := pp.pc
 	pp.mu.Unlock()
-	pp.wbuf = append(pp.wbuf[:0], r)
-	err := pp.send(pc, pp.wbuf)
-	pp.wbuf[0] = nil
+	pp.one = req{cmd: cmd, args: args} // the writer role's, as wbuf is
+	pp.wbuf = append(pp.wbuf[:0], &pp.one)
+	broke := pp.send(pc, pp.wbuf)
+	pp.wbuf[0], pp.one = nil, req{}
 	pp.write(0) // gives the writer role up, or hands it on
-	if err == nil {
-		if perr := guard(func() { err = pp.readOne(pc, r) }); perr != nil {
-			err = perr
+	if broke == nil {
+		if perr := guard(func() { reply, err, broke = pp.receive(pc) }); perr != nil {
+			broke = perr
 		}
 	}
-	if err != nil {
-		pp.fail(err)
-		if !r.handed() {
-			r.finish(nil, pp.brokenErr()) // the first error, not the closed conn's
+	if broke != nil {
+		pp.fail(broke)
+		if err == nil {
+			reply, err = nil, pp.brokenErr() // the first error, not the closed conn's
 		}
 	}
 	pp.mu.Lock()
@@ -484,13 +489,16 @@ func (pp *pipe) roundTrip(r *req) bool {
 	if wake {
 		signal(pp.notify)
 	}
-	return true
+	return reply, true, err
 }
 
-// linger closes a pipe that has had nothing to do for pipeLinger.
+// linger closes a pipe that has had nothing to do for pipeLinger: no
+// batch, and no round trip (see used).
 func (pp *pipe) linger() {
 	pp.mu.Lock()
-	if !pp.writing && pp.reader == readerNone && len(pp.queue) == 0 && len(pp.inflight) == 0 && pp.state.Load() == pipeOpen {
+	used := pp.used
+	pp.used = false
+	if !used && !pp.writing && pp.reader == readerNone && len(pp.queue) == 0 && len(pp.inflight) == 0 && pp.state.Load() == pipeOpen {
 		pp.state.Store(pipeClosing)
 	}
 	pp.mu.Unlock()
@@ -523,8 +531,17 @@ func (pp *pipe) readBatch(pc *poolConn, batch []*req) {
 // (the first that broke it), unless it got the error reply after which
 // the server closes the connection.
 func (pp *pipe) readOne(pc *poolConn, r *req) error {
-	var reply any
-	var err error
+	reply, err, broke := pp.receive(pc)
+	if broke == nil || err != nil {
+		r.finish(reply, err)
+	}
+	return broke
+}
+
+// receive reads one reply: the reply and its error reply, if any, and the
+// error that breaks the pipe, if any. With one, the reply is nil, and err
+// is the error reply after which the server closes the connection, or nil.
+func (pp *pipe) receive(pc *poolConn) (reply any, err, broke error) {
 	if pc.cwt != nil {
 		reply, err = pc.cwt.ReceiveWithTimeout(pp.p.cfg.readTimeout)
 	} else {
@@ -536,15 +553,13 @@ func (pp *pipe) readOne(pc *poolConn, r *req) error {
 	rerr, replied := err.(redis.Error)
 	switch {
 	case err != nil && !replied:
-		return err
+		return nil, nil, err
 	case replied && closesConn(rerr):
-		r.finish(nil, err)
-		return fmt.Errorf("%w: %s", errServerClosedPipe, string(rerr))
+		return nil, err, fmt.Errorf("%w: %s", errServerClosedPipe, string(rerr))
 	case replied && isReadOnly(rerr):
 		pp.p.failover(pc.addr) // retires this pipe too (see open)
 	}
-	r.finish(reply, err)
-	return nil
+	return reply, err, nil
 }
 
 // confirm reports the first reply on a connection from a Dial of the

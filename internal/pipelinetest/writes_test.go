@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -155,4 +156,35 @@ func TestACommandCancelledBeforeItIsWrittenNeverRuns(t *testing.T) {
 	require.NoError(t, <-done)
 	assert.Nil(t, got, "the INCR whose caller stopped waiting before it was written ran")
 	assert.Zero(t, p.Stats().Discards.Broken)
+}
+
+// A shared connection that serves a lone borrower's round trips, one every
+// millisecond or so, is in use: it goes back to the pool only after 100 ms
+// without any.
+func TestALoneBorrowersSharedConnStaysWhileInUse(t *testing.T) {
+	srv := redistest.Start(t)
+	var borrows atomic.Int64
+	p := &redispool.Pool{
+		Addr:         srv.Addr(),
+		AutoPipeline: true,
+		TestOnBorrow: func(redis.Conn, time.Time) error {
+			borrows.Add(1) // once per shared connection taken from the idle set
+			return nil
+		},
+	}
+	defer p.Close()
+	for start := time.Now(); time.Since(start) < 500*time.Millisecond; {
+		c := p.Get()
+		_, err := c.Do("GET", "lone")
+		c.Close()
+		require.NoError(t, err)
+		time.Sleep(time.Millisecond) // idle between commands, as a borrower doing other work is
+	}
+	assert.Zero(t, borrows.Load(), "the shared connection went back to the pool while in use")
+	time.Sleep(300 * time.Millisecond)
+	c := p.Get()
+	_, err := c.Do("GET", "lone")
+	c.Close()
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), borrows.Load(), "an idle shared connection lingers and goes back to the pool")
 }
