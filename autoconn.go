@@ -91,21 +91,23 @@ func (a *autoConn) broke(err error) error {
 	return err
 }
 
-// flushLocked hands the commands sent with Send to the pipe.
-func (a *autoConn) flushLocked() {
+// flushLocked hands the commands sent with Send to the pipe. While the
+// pipe holds maxOutstanding commands, it waits for room, or for ctx to end:
+// then the commands fail with ctx's error.
+func (a *autoConn) flushLocked(ctx context.Context) {
 	if len(a.unsent) == 0 {
 		return
 	}
 	rs := a.unsent
 	a.unsent = nil
 	a.pending = append(a.pending, rs...)
-	a.submitLocked(rs)
+	a.submitLocked(ctx, rs)
 }
 
 // submitLocked queues rs on the borrower's pipe, or on a new one when that
 // one closed, once the replies still due from it are in. When none takes
 // them, they fail.
-func (a *autoConn) submitLocked(rs []*req) {
+func (a *autoConn) submitLocked(ctx context.Context, rs []*req) {
 	for tries := 0; tries < 3; tries++ {
 		if a.pp == nil || !a.pp.open() {
 			for _, r := range a.pending[:len(a.pending)-len(rs)] {
@@ -118,7 +120,12 @@ func (a *autoConn) submitLocked(rs []*req) {
 			}
 			a.pp = pp
 		}
-		if a.pp.submit(rs) {
+		ok, err := a.pp.submit(ctx, rs)
+		if err != nil {
+			finishAll(rs, err)
+			return
+		}
+		if ok {
 			return
 		}
 		a.pp = nil
@@ -145,7 +152,7 @@ func (a *autoConn) dedicatedLocked(ctx context.Context) (*activeConn, error) {
 	if a.ded != nil {
 		return a.ded, nil
 	}
-	a.flushLocked()
+	a.flushLocked(ctx)
 	for _, r := range a.pending {
 		if err := await(ctx, nil, r); err != nil {
 			a.err = err
@@ -290,7 +297,7 @@ func (a *autoConn) doShared(ctx context.Context, timeout time.Duration, cmd stri
 		}
 		a.unsent = append(a.unsent, newReq(cmd, args))
 	}
-	a.flushLocked()
+	a.flushLocked(ctx)
 	rs := a.pending
 	a.pending = nil
 	a.mu.Unlock()
@@ -398,7 +405,7 @@ func (a *autoConn) Flush() error {
 		a.mu.Unlock()
 		return err
 	}
-	a.flushLocked()
+	a.flushLocked(context.Background())
 	ded := a.ded
 	a.mu.Unlock()
 	if ded != nil {
@@ -439,7 +446,7 @@ func (a *autoConn) receive(ctx context.Context, timeout time.Duration, own func(
 		a.mu.Unlock()
 		return nil, err
 	}
-	a.flushLocked()
+	a.flushLocked(ctx)
 	if len(a.pending) == 0 {
 		ded, err := a.dedicatedLocked(ctx)
 		a.mu.Unlock()
@@ -492,7 +499,7 @@ func (a *autoConn) Close() error {
 		a.leak = nil
 	}
 	if a.err == nil {
-		a.flushLocked()
+		a.flushLocked(context.Background())
 	}
 	a.pending = nil
 	ded := a.ded

@@ -19,6 +19,13 @@ import (
 // TestOnBorrow) before it is shared again.
 const pipeLinger = peekAfterIdle
 
+// maxOutstanding bounds the commands a shared connection holds, queued,
+// being written or waiting for their replies: a borrower that would add
+// more waits until the reader has read some (see submit). Borrowers that
+// send without waiting for replies (Send, then Close) cannot pile up
+// commands faster than the server answers them.
+const maxOutstanding = 4096
+
 // errPipeGone is returned when a command found no shared connection that
 // would take it, a few times in a row; it should not happen.
 var errPipeGone = errors.New("redispool: no shared connection took the command")
@@ -176,6 +183,11 @@ type pipe struct {
 	writing  bool       // a goroutine holds the writer role
 	reader   readerRole // who reads replies now
 	used     bool       // a round trip ran since the last linger check
+	// outstanding counts the commands submitted whose replies the reader
+	// has not yet read; room, when not nil, is closed once it is below
+	// maxOutstanding or the pipe takes no more commands.
+	outstanding int
+	room        chan struct{}
 
 	// Used by the writer role's holder only: its batch, and the command of
 	// a round trip.
@@ -209,8 +221,18 @@ func (pp *pipe) close() {
 	if pp.state.Load() == pipeOpen {
 		pp.state.Store(pipeClosing)
 	}
+	pp.roomLocked()
 	pp.mu.Unlock()
 	signal(pp.notify)
+}
+
+// roomLocked wakes the borrowers waiting to submit, when there is room or
+// the pipe takes no more commands.
+func (pp *pipe) roomLocked() {
+	if pp.room != nil && (pp.outstanding < maxOutstanding || pp.state.Load() != pipeOpen) {
+		close(pp.room)
+		pp.room = nil
+	}
 }
 
 func signal(c chan struct{}) {
@@ -221,23 +243,39 @@ func signal(c chan struct{}) {
 }
 
 // submit queues rs, in order, and writes them unless another goroutine
-// holds the writer role, which then writes them. It returns false, and
-// queues nothing, when the pipe takes no more commands.
-func (pp *pipe) submit(rs []*req) bool {
+// holds the writer role, which then writes them. While the pipe holds
+// maxOutstanding commands, it first waits for the reader to read some, or
+// for ctx to end, which it returns. It returns false, and queues nothing,
+// when the pipe takes no more commands.
+func (pp *pipe) submit(ctx context.Context, rs []*req) (bool, error) {
 	pp.mu.Lock()
+	for pp.outstanding >= maxOutstanding && pp.state.Load() == pipeOpen {
+		if pp.room == nil {
+			pp.room = make(chan struct{})
+		}
+		room := pp.room
+		pp.mu.Unlock()
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+		pp.mu.Lock()
+	}
 	if pp.state.Load() != pipeOpen {
 		pp.mu.Unlock()
-		return false
+		return false, nil
 	}
 	pp.queue = append(pp.queue, rs...)
+	pp.outstanding += len(rs)
 	if pp.writing {
 		pp.mu.Unlock()
-		return true
+		return true, nil
 	}
 	pp.writing = true
 	pp.mu.Unlock()
 	signal(pp.wake)
-	return true
+	return true, nil
 }
 
 // write holds the writer role: it writes and flushes the queue until it is
@@ -265,12 +303,14 @@ func (pp *pipe) write(rounds int) {
 		for _, r := range pp.queue {
 			if r.dropped.Load() {
 				r.finish(nil, errDropped)
+				pp.outstanding--
 			} else {
 				pp.wbuf = append(pp.wbuf, r)
 			}
 		}
 		clear(pp.queue)
 		pp.queue = pp.queue[:0]
+		pp.roomLocked()
 		pc := pp.pc
 		pp.mu.Unlock()
 		if len(pp.wbuf) == 0 {
@@ -352,6 +392,7 @@ func (pp *pipe) fail(err error) {
 	}
 	pp.err = err
 	pp.state.Store(pipeBroken)
+	pp.roomLocked()
 	rs := append(pp.queue, pp.inflight...)
 	pp.queue, pp.inflight = nil, nil
 	pc := pp.pc
@@ -434,6 +475,8 @@ func (pp *pipe) take(batch []*req) ([]*req, bool) {
 	defer pp.mu.Unlock()
 	if pp.reader == readerGoroutine {
 		pp.reader = readerNone // the last batch is read
+		pp.outstanding -= len(batch)
+		pp.roomLocked()
 	}
 	switch {
 	case pp.err != nil:

@@ -188,3 +188,57 @@ func TestALoneBorrowersSharedConnStaysWhileInUse(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, int64(1), borrows.Load(), "an idle shared connection lingers and goes back to the pool")
 }
+
+// Borrowers that send commands without reading their replies (Send, then
+// Close) wait once a shared connection holds 4,096 commands, rather than
+// pile up commands faster than they are written; none is lost. A DoContext
+// that waits for room returns when its context ends.
+func TestASharedConnHoldsABoundedNumberOfCommands(t *testing.T) {
+	p, g := gatedPool(t, 5*time.Second)
+	g.hold()
+	const sends = 6000
+	var closed atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range sends {
+			c := p.Get()
+			c.Send("INCR", "sent")
+			c.Close()
+			closed.Add(1)
+		}
+	}()
+	select {
+	case <-g.entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing was written")
+	}
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case <-done:
+		t.Fatalf("all %d commands were taken while none could be written", sends)
+	default:
+	}
+	assert.LessOrEqual(t, closed.Load(), int64(4096+1), "commands taken while none could be written")
+
+	c := p.Get()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := redis.DoContext(c, ctx, "GET", "sent")
+	assert.True(t, errors.Is(err, context.DeadlineExceeded), "DoContext: %v", err)
+	assert.Less(t, time.Since(start), time.Second, "DoContext waited for room past its context")
+	c.Close()
+
+	g.release()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the borrowers never got room")
+	}
+	c = p.Get()
+	defer c.Close()
+	n, err := redis.Int(c.Do("GET", "sent"))
+	require.NoError(t, err)
+	assert.Equal(t, sends, n, "commands lost")
+}
