@@ -314,11 +314,16 @@ func (a *autoConn) doShared(ctx context.Context, timeout time.Duration, cmd stri
 	case cmd != "":
 		return rs[len(rs)-1].value(), first
 	}
+	return values(rs), nil
+}
+
+// values is the replies of rs as a Do("") returns them.
+func values(rs []*req) []any {
 	vals := make([]any, len(rs))
 	for i, r := range rs {
 		vals[i] = r.value()
 	}
-	return vals, nil
+	return vals
 }
 
 // awaitAll waits for the replies of rs, in order, for at most timeout when

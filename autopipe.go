@@ -299,18 +299,7 @@ func (pp *pipe) write(rounds int) {
 			signal(pp.wake)
 			return
 		}
-		pp.wbuf = pp.wbuf[:0]
-		for _, r := range pp.queue {
-			if r.dropped.Load() {
-				r.finish(nil, errDropped)
-				pp.outstanding--
-			} else {
-				pp.wbuf = append(pp.wbuf, r)
-			}
-		}
-		clear(pp.queue)
-		pp.queue = pp.queue[:0]
-		pp.roomLocked()
+		pp.takeQueueLocked()
 		pc := pp.pc
 		pp.mu.Unlock()
 		if len(pp.wbuf) == 0 {
@@ -322,6 +311,23 @@ func (pp *pipe) write(rounds int) {
 		pp.written(pp.wbuf)
 		clear(pp.wbuf)
 	}
+}
+
+// takeQueueLocked moves the queue to the writer's batch, wbuf, but for the
+// commands whose callers stopped waiting: those are never written.
+func (pp *pipe) takeQueueLocked() {
+	pp.wbuf = pp.wbuf[:0]
+	for _, r := range pp.queue {
+		if r.dropped.Load() {
+			r.finish(nil, errDropped)
+			pp.outstanding--
+		} else {
+			pp.wbuf = append(pp.wbuf, r)
+		}
+	}
+	clear(pp.queue)
+	pp.queue = pp.queue[:0]
+	pp.roomLocked()
 }
 
 // written hands a batch just flushed to the reader: only then, so that
