@@ -322,7 +322,9 @@ func (c *clusterConn) ReceiveContext(ctx context.Context) (any, error) {
 	return c.receive(func(nc redis.Conn) (any, error) { return redis.ReceiveContext(nc, ctx) })
 }
 
-// receive reads a reply with f from the bound node conn.
+// receive reads a reply with f from the bound node conn. A MOVED reply,
+// not followed here (the command was pipelined), still refreshes a slot
+// map that disagrees with it.
 func (c *clusterConn) receive(f doFunc) (any, error) {
 	nc, err := c.bound()
 	switch {
@@ -331,7 +333,13 @@ func (c *clusterConn) receive(f doFunc) (any, error) {
 	case nc == nil:
 		return nil, errNoReplyPending
 	}
-	return f(nc)
+	reply, err := f(nc)
+	if e, ok := err.(redis.Error); ok && strings.HasPrefix(string(e), "MOVED ") {
+		if slot, addr, ok := parseRedirect(string(e)[len("MOVED "):]); ok {
+			c.cl.moved(slot, addr)
+		}
+	}
+	return reply, err
 }
 
 // Err returns the node conn's Err, or ErrConnClosed after Close.
@@ -396,19 +404,34 @@ func (r *retry) redirected(err error) bool {
 
 // redirect follows "MOVED slot addr" or "ASK slot addr".
 func (r *retry) redirect(kind, rest string) bool {
-	slotText, addr, ok := strings.Cut(rest, " ")
-	slot, err := strconv.Atoi(slotText)
-	if !ok || err != nil || slot < 0 || slot >= cluster.SlotCount || addr == "" || r.redirects >= maxRedirects {
+	slot, addr, ok := parseRedirect(rest)
+	if !ok || r.redirects >= maxRedirects {
 		return false
 	}
 	r.redirects++
 	r.to, r.asking = addr, kind == "ASK"
 	if kind == "MOVED" {
-		if m := r.cl.current(); m.Master(slot) != addr {
-			r.cl.requestRefresh()
-		}
+		r.cl.moved(slot, addr)
 	}
 	return true
+}
+
+// parseRedirect reads the "slot addr" of a MOVED or ASK reply.
+func parseRedirect(rest string) (slot int, addr string, ok bool) {
+	slotText, addr, ok := strings.Cut(rest, " ")
+	slot, err := strconv.Atoi(slotText)
+	if !ok || err != nil || slot < 0 || slot >= cluster.SlotCount || addr == "" {
+		return 0, "", false
+	}
+	return slot, addr, true
+}
+
+// moved refreshes the slot map, at most twice a second, when a MOVED reply
+// says that slot lives at addr and the map disagrees.
+func (cl *Cluster) moved(slot int, addr string) {
+	if m := cl.current(); m.Master(slot) != addr {
+		cl.requestRefresh()
+	}
 }
 
 // again reports whether a failed borrow of a node conn is retried: after a

@@ -2,7 +2,9 @@ package clustertest
 
 import (
 	"fmt"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -57,7 +59,8 @@ func getSets(p *redispool.Pool, keys []string, stop chan struct{}, res *tally) *
 // workers cost no error and no wrong reply, and no connection is discarded
 // for the ASKING that follows an ASK redirect. Then a pool whose slot map
 // the reshard made stale sends 10,000 GETs at once to keys of the moved
-// slots: their MOVED replies cost it at most 2 slot-map refreshes. All of
+// slots: their MOVED replies cost it at most 2 slot-map refreshes, as do
+// 10,000 MOVED replies to pipelined GETs (see pipelinedMovedStorm). All of
 // it holds with AutoPipeline too, where an ASK moves the borrower from the
 // shared connection to one of its own for ASKING.
 func TestClusterReshardUnderLoad(t *testing.T) {
@@ -75,11 +78,15 @@ func reshardUnderLoad(t *testing.T, auto bool) {
 	ms := c.Masters(t)
 	stale := newPool(t, c, 8)
 	stale.AutoPipeline = auto
-	warm := stale.Get()
-	if _, err := warm.Do("PING"); err != nil {
-		t.Fatalf("PING: %v", err)
+	piped := newPool(t, c, pipers)
+	piped.AutoPipeline = auto
+	for _, sp := range []*redispool.Pool{stale, piped} {
+		warm := sp.Get()
+		if _, err := warm.Do("PING"); err != nil {
+			t.Fatalf("PING: %v", err)
+		}
+		warm.Close()
 	}
-	warm.Close()
 
 	candidates := make([]string, 6000)
 	for i := range candidates {
@@ -158,6 +165,7 @@ func reshardUnderLoad(t *testing.T, auto bool) {
 		}()
 	}
 	wgs.Wait()
+	time.Sleep(600 * time.Millisecond) // a refresh asked for runs at most refreshGap (500ms) on
 	refreshes := c.CommandCalls(t, "cluster|slots") - before
 	t.Logf("%d GETs at once on %d keys of moved slots through a stale map: %s; %d MOVED replies; %d CLUSTER SLOTS",
 		storm, len(moved), &stormRes, c.ErrorCount(t, "MOVED")-movedBefore, refreshes)
@@ -166,6 +174,60 @@ func reshardUnderLoad(t *testing.T, auto bool) {
 	}
 	if refreshes > 2 {
 		t.Errorf("%d slot-map refreshes, want at most 2", refreshes)
+	}
+	pipelinedMovedStorm(t, c, piped, moved)
+}
+
+// pipers is the number of goroutines of pipelinedMovedStorm.
+const pipers = 10
+
+// pipelinedMovedStorm: through p, whose slot map is stale, pipers
+// goroutines each pipeline 1,000 GETs of keys in moved slots. A pipeline
+// stays on its node, so every GET gets its MOVED reply as an error: 10,000
+// MOVED replies in all, which refresh p's map once or twice, not more.
+func pipelinedMovedStorm(t *testing.T, c *redistest.Cluster, p *redispool.Pool, moved []string) {
+	const each = 1000
+	before := c.CommandCalls(t, "cluster|slots")
+	var sent, wg sync.WaitGroup
+	var movedReplies, other atomic.Int64
+	sent.Add(pipers)
+	for w := range pipers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn := p.Get()
+			defer conn.Close()
+			for i := range each {
+				if err := conn.Send("GET", moved[(w*each+i)%len(moved)]); err != nil {
+					other.Add(1)
+				}
+			}
+			if err := conn.Flush(); err != nil {
+				other.Add(1)
+			}
+			// Every pipeline is routed before any MOVED is read.
+			sent.Done()
+			sent.Wait()
+			for range each {
+				_, err := conn.Receive()
+				if e, ok := err.(redis.Error); ok && strings.HasPrefix(string(e), "MOVED ") {
+					movedReplies.Add(1)
+				} else {
+					other.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	time.Sleep(600 * time.Millisecond) // a refresh asked for runs at most refreshGap (500ms) on
+	refreshes := c.CommandCalls(t, "cluster|slots") - before
+	t.Logf("%d pipelined GETs on keys of moved slots through a stale map: %d MOVED replies, %d other; %d CLUSTER SLOTS",
+		pipers*each, movedReplies.Load(), other.Load(), refreshes)
+	if movedReplies.Load() != pipers*each || other.Load() != 0 {
+		t.Errorf("want %d MOVED replies and nothing else", pipers*each)
+	}
+	if refreshes < 1 || refreshes > 2 {
+		t.Errorf("%d slot-map refreshes for %d MOVED replies, want 1 or 2", refreshes, movedReplies.Load())
 	}
 }
 
