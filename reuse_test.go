@@ -373,6 +373,42 @@ func TestCloseReadsOnlyTheRepliesTheBorrowerLeftUnread(t *testing.T) {
 		"each read waits ReadTimeout plus the pending BLPOP's 2 s")
 }
 
+// A borrow counts its pending replies however many there are: past what
+// the conn's claim word holds (65,535), the count goes on under the lock.
+func TestABorrowCountsAnyNumberOfPendingReplies(t *testing.T) {
+	const n = 70_000
+	d := &fakeDialer{}
+	p := onePool(t, d)
+
+	c := p.Get()
+	for i := range n {
+		require.NoError(t, c.Send("GET", "a"), "Send %d", i)
+	}
+	require.NoError(t, c.Flush())
+	for i := range n {
+		_, err := c.Receive()
+		require.NoError(t, err, "Receive %d", i)
+	}
+	require.NoError(t, c.Close())
+	fc := d.last(t)
+	calls := fc.Calls()
+	assert.Len(t, calls, 2*n+1, "every reply read by Receive: nothing for Close")
+	assert.Equal(t, "RECV", calls[len(calls)-1])
+	assert.False(t, fc.IsClosed())
+
+	c = p.Get()
+	for i := range n {
+		require.NoError(t, c.Send("GET", "a"), "Send %d", i)
+	}
+	_, err := c.Receive() // one read: n-1 left for Close
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+	calls = fc.Calls()
+	assert.Equal(t, "DO ", calls[len(calls)-1], "Close reads the replies left")
+	assert.False(t, fc.IsClosed(), "the conn is kept")
+	assert.Equal(t, 1, p.IdleCount())
+}
+
 func TestPendingRepliesThatCannotBeReadDiscardTheConn(t *testing.T) {
 	d := &fakeDialer{}
 	p := onePool(t, d)
