@@ -205,6 +205,7 @@ func replied(err error) bool {
 // redis.Error value.
 func (r *req) value() any { return value(r.reply, r.err) }
 
+// value is a reply and its error as redigo's Do returns the reply.
 func value(reply any, err error) any {
 	if e, ok := err.(redis.Error); ok {
 		return e
