@@ -153,13 +153,21 @@ func (c *clusterConn) deferMulti() (bool, error) {
 }
 
 // pending is Do(""): it flushes and reads the replies pending on the node
-// conn, if any.
+// conn, if any. A MOVED among them, not followed (the commands were
+// pipelined), still refreshes a slot map that disagrees with it.
 func (c *clusterConn) pending(do doFunc) (any, error) {
 	nc, err := c.bound()
 	if nc == nil {
 		return nil, err
 	}
-	return do(nc)
+	reply, err := do(nc)
+	rs, _ := reply.([]any)
+	for _, r := range rs {
+		if e, ok := r.(redis.Error); ok {
+			c.cl.pipelinedMoved(e)
+		}
+	}
+	return reply, err
 }
 
 // conn returns the node conn for a command on route, or on the node to
@@ -334,12 +342,22 @@ func (c *clusterConn) receive(f doFunc) (any, error) {
 		return nil, errNoReplyPending
 	}
 	reply, err := f(nc)
-	if e, ok := err.(redis.Error); ok && strings.HasPrefix(string(e), "MOVED ") {
-		if slot, addr, ok := parseRedirect(string(e)[len("MOVED "):]); ok {
-			c.cl.moved(slot, addr)
-		}
+	if e, ok := err.(redis.Error); ok {
+		c.cl.pipelinedMoved(e)
 	}
 	return reply, err
+}
+
+// pipelinedMoved refreshes the slot map if e is a MOVED reply, to a
+// pipelined command, that disagrees with it.
+func (cl *Cluster) pipelinedMoved(e redis.Error) {
+	rest, ok := strings.CutPrefix(string(e), "MOVED ")
+	if !ok {
+		return
+	}
+	if slot, addr, ok := parseRedirect(rest); ok {
+		cl.moved(slot, addr)
+	}
 }
 
 // Err returns the node conn's Err, or ErrConnClosed after Close.

@@ -59,8 +59,9 @@ func getSets(p *redispool.Pool, keys []string, stop chan struct{}, res *tally) *
 // workers cost no error and no wrong reply, and no connection is discarded
 // for the ASKING that follows an ASK redirect. Then a pool whose slot map
 // the reshard made stale sends 10,000 GETs at once to keys of the moved
-// slots: their MOVED replies cost it at most 2 slot-map refreshes, as do
-// 10,000 MOVED replies to pipelined GETs (see pipelinedMovedStorm). All of
+// slots, set before the reshard: each gets its key's value, and their MOVED
+// replies cost the pool at most 2 slot-map refreshes, as do 10,000 MOVED
+// replies to pipelined GETs (see pipelinedMovedStorm). All of
 // it holds with AutoPipeline too, where an ASK moves the borrower from the
 // shared connection to one of its own for ASKING.
 func TestClusterReshardUnderLoad(t *testing.T) {
@@ -80,7 +81,9 @@ func reshardUnderLoad(t *testing.T, auto bool) {
 	stale.AutoPipeline = auto
 	piped := newPool(t, c, pipers)
 	piped.AutoPipeline = auto
-	for _, sp := range []*redispool.Pool{stale, piped} {
+	drained := newPool(t, c, pipers)
+	drained.AutoPipeline = auto
+	for _, sp := range []*redispool.Pool{stale, piped, drained} {
 		warm := sp.Get()
 		if _, err := warm.Do("PING"); err != nil {
 			t.Fatalf("PING: %v", err)
@@ -93,6 +96,7 @@ func reshardUnderLoad(t *testing.T, auto bool) {
 		candidates[i] = fmt.Sprintf("storm:%d", i)
 	}
 	owned := servedBy(t, ms[0], candidates)
+	setValues(t, ms[0], owned)
 	// redis-cli moves the source's lowest 500 slots: the workers' keys are
 	// in them, so that they meet slots being migrated.
 	var hot []string
@@ -153,12 +157,16 @@ func reshardUnderLoad(t *testing.T, auto bool) {
 		go func() {
 			defer wgs.Done()
 			for i := w; i < storm; i += writers {
+				key := moved[i%len(moved)]
 				conn := stale.Get()
-				_, err := conn.Do("GET", moved[i%len(moved)])
+				got, err := redis.String(conn.Do("GET", key))
 				conn.Close()
-				if err != nil {
+				switch {
+				case err != nil:
 					stormRes.failed(err)
-				} else {
+				case got != valueOf(key):
+					stormRes.bad("GET %s = %q, want %q", key, got, valueOf(key))
+				default:
 					stormRes.good()
 				}
 			}
@@ -169,13 +177,33 @@ func reshardUnderLoad(t *testing.T, auto bool) {
 	refreshes := c.CommandCalls(t, "cluster|slots") - before
 	t.Logf("%d GETs at once on %d keys of moved slots through a stale map: %s; %d MOVED replies; %d CLUSTER SLOTS",
 		storm, len(moved), &stormRes, c.ErrorCount(t, "MOVED")-movedBefore, refreshes)
-	if stormRes.errs != 0 {
-		t.Errorf("want no error: %s", &stormRes)
+	if stormRes.errs != 0 || stormRes.wrong != 0 {
+		t.Errorf("want no error and no wrong value: %s", &stormRes)
 	}
 	if refreshes > 2 {
 		t.Errorf("%d slot-map refreshes, want at most 2", refreshes)
 	}
-	pipelinedMovedStorm(t, c, piped, moved)
+	pipelinedMovedStorm(t, c, piped, moved, false)
+	pipelinedMovedStorm(t, c, drained, moved, true)
+}
+
+// valueOf is the value setValues gives key.
+func valueOf(key string) string { return "value of " + key }
+
+// setValues sets each of keys, all served by s, to its valueOf.
+func setValues(t *testing.T, s *redistest.Server, keys []string) {
+	t.Helper()
+	conn, err := redis.Dial("tcp", s.Addr(), redis.DialReadTimeout(5*time.Second))
+	if err != nil {
+		t.Fatalf("dial %s: %v", s.Addr(), err)
+	}
+	defer conn.Close()
+	for _, k := range keys {
+		conn.Send("SET", k, valueOf(k))
+	}
+	if _, err := conn.Do(""); err != nil {
+		t.Fatalf("SET on %s: %v", s.Addr(), err)
+	}
 }
 
 // pipers is the number of goroutines of pipelinedMovedStorm.
@@ -184,8 +212,10 @@ const pipers = 10
 // pipelinedMovedStorm: through p, whose slot map is stale, pipers
 // goroutines each pipeline 1,000 GETs of keys in moved slots. A pipeline
 // stays on its node, so every GET gets its MOVED reply as an error: 10,000
-// MOVED replies in all, which refresh p's map once or twice, not more.
-func pipelinedMovedStorm(t *testing.T, c *redistest.Cluster, p *redispool.Pool, moved []string) {
+// MOVED replies in all, which refresh p's map once or twice, not more,
+// whether they are read one by one with Receive or, with readAll, all at
+// once with Do("").
+func pipelinedMovedStorm(t *testing.T, c *redistest.Cluster, p *redispool.Pool, moved []string, readAll bool) {
 	const each = 1000
 	before := c.CommandCalls(t, "cluster|slots")
 	var sent, wg sync.WaitGroup
@@ -208,8 +238,21 @@ func pipelinedMovedStorm(t *testing.T, c *redistest.Cluster, p *redispool.Pool, 
 			// Every pipeline is routed before any MOVED is read.
 			sent.Done()
 			sent.Wait()
-			for range each {
-				_, err := conn.Receive()
+			errs := make([]error, each)
+			if readAll {
+				replies, err := redis.Values(conn.Do(""))
+				if err != nil || len(replies) != each {
+					t.Errorf("Do(\"\"): %d replies, %v", len(replies), err)
+				}
+				for i, r := range replies {
+					errs[i], _ = r.(error)
+				}
+			} else {
+				for i := range errs {
+					_, errs[i] = conn.Receive()
+				}
+			}
+			for _, err := range errs {
 				if e, ok := err.(redis.Error); ok && strings.HasPrefix(string(e), "MOVED ") {
 					movedReplies.Add(1)
 				} else {
@@ -224,8 +267,12 @@ func pipelinedMovedStorm(t *testing.T, c *redistest.Cluster, p *redispool.Pool, 
 	waitCalls(t, c, "cluster|slots", before+1)
 	time.Sleep(600 * time.Millisecond)
 	refreshes := c.CommandCalls(t, "cluster|slots") - before
-	t.Logf("%d pipelined GETs on keys of moved slots through a stale map: %d MOVED replies, %d other; %d CLUSTER SLOTS",
-		pipers*each, movedReplies.Load(), other.Load(), refreshes)
+	read := "Receive"
+	if readAll {
+		read = `Do("")`
+	}
+	t.Logf("%d pipelined GETs on keys of moved slots through a stale map, read by %s: %d MOVED replies, %d other; %d CLUSTER SLOTS",
+		pipers*each, read, movedReplies.Load(), other.Load(), refreshes)
 	if movedReplies.Load() != pipers*each || other.Load() != 0 {
 		t.Errorf("want %d MOVED replies and nothing else", pipers*each)
 	}
