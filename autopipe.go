@@ -458,7 +458,15 @@ func (pp *pipe) read(pc *poolConn) {
 			return
 		case len(batch) > 0:
 			if perr := guard(func() { pp.readBatch(pc, batch) }); perr != nil {
+				// The batch is neither queued nor in flight: fail
+				// finishes the rest of the pipe, and the batch's
+				// commands not yet answered fail here.
 				pp.fail(perr)
+				for _, r := range batch {
+					if !r.handed() {
+						r.finish(nil, pp.brokenErr())
+					}
+				}
 			}
 			clear(batch)
 			continue

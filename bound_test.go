@@ -795,9 +795,10 @@ type fakeConn struct {
 	closed   bool
 }
 
-// panicsIn makes method ("Close", "Err", "Flush" or "DoWithTimeout", which
-// Do calls) panic with "<method> panics" from now on, or no method when it
-// is empty. Close closes the conn before it panics.
+// panicsIn makes method ("Close", "Err", "Flush", "DoWithTimeout", which
+// Do calls, or "ReceiveWithTimeout", which Receive calls) panic with
+// "<method> panics" from now on, or no method when it is empty. Close
+// closes the conn before it panics.
 func (c *fakeConn) panicsIn(method string) { c.panicIn.Store(&method) }
 
 func (c *fakeConn) maybePanic(method string) {
@@ -936,6 +937,7 @@ func (c *fakeConn) Flush() error {
 func (c *fakeConn) Receive() (any, error) { return c.ReceiveWithTimeout(-1) }
 
 func (c *fakeConn) ReceiveWithTimeout(timeout time.Duration) (any, error) {
+	c.maybePanic("ReceiveWithTimeout")
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.record("RECV", timeout)

@@ -1,7 +1,8 @@
 package redispool_test
 
 // User code that panics: Dial, TestOnBorrow, a conn's own Close, Err,
-// Flush or Do, a log handler, an error's Error method. The panic reaches the
+// Flush, Do or Receive (on a shared connection of AutoPipeline), a log
+// handler, an error's Error method. The panic reaches the
 // caller whose call ran that code, or goes no further when no caller does
 // (a record logged on the pool's own goroutines); either way the pool loses
 // no permit, dial slot or connection, and its goroutines keep running.
@@ -133,6 +134,51 @@ func TestAConnWhoseMethodPanicsInCloseGivesItsPermitBack(t *testing.T) {
 			c.Close()
 		})
 	}
+}
+
+// TestASharedConnWhoseReceivePanicsFailsItsCommands: with AutoPipeline,
+// the replies of a batch written on a shared connection are read by the
+// pipe's own goroutine. Should the conn's Receive panic there, every
+// command of the batch fails with an error that carries the panic, none
+// waits forever, and the pipe's connection is discarded with its permit
+// given back.
+func TestASharedConnWhoseReceivePanicsFailsItsCommands(t *testing.T) {
+	d := &fakeDialer{setup: func(c *fakeConn, n int) {
+		if n == 1 {
+			c.panicsIn("ReceiveWithTimeout")
+		}
+	}}
+	p := &redispool.Pool{MaxActive: 2, WaitTimeout: time.Second, Dial: d.Dial, AutoPipeline: true}
+	defer p.Close()
+	const borrowers = 4
+	errs := make(chan error, borrowers)
+	for range borrowers {
+		go func() {
+			c := p.Get()
+			defer c.Close()
+			_, err := c.Do("GET", "k")
+			errs <- err
+		}()
+	}
+	for range borrowers {
+		select {
+		case err := <-errs:
+			if err != nil {
+				assert.ErrorContains(t, err, "ReceiveWithTimeout panics")
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a command on the shared conn whose Receive panicked never returned")
+		}
+	}
+	require.Eventually(t, func() bool { return p.ActiveCount() == 0 }, 5*time.Second, time.Millisecond,
+		"the pipe's conn is discarded and its permit given back")
+	assert.EqualValues(t, 1, p.Stats().Discards.Broken)
+
+	c := p.Get()
+	defer c.Close()
+	reply, err := c.Do("GET", "k")
+	require.NoError(t, err, "a new shared conn serves the next command")
+	assert.Equal(t, "OK", reply)
 }
 
 // TestAWaiterThatDiscardsAConnWhoseClosePanicsKeepsNoPermit checks the
