@@ -115,14 +115,14 @@ func (a *autoConn) submitLocked(ctx context.Context, rs []*req) {
 			}
 			pp, err := a.p.auto.pick(a.p)
 			if err != nil {
-				finishAll(rs, err)
+				finishUnsent(rs, err)
 				return
 			}
 			a.pp = pp
 		}
 		ok, err := a.pp.submit(ctx, rs)
 		if err != nil {
-			finishAll(rs, err)
+			finishUnsent(rs, err)
 			return
 		}
 		if ok {
@@ -130,7 +130,7 @@ func (a *autoConn) submitLocked(ctx context.Context, rs []*req) {
 		}
 		a.pp = nil
 	}
-	finishAll(rs, errPipeGone)
+	finishUnsent(rs, errPipeGone)
 }
 
 // roundTripLocked runs a command on the borrower's pipe by itself when the
@@ -329,13 +329,18 @@ func values(rs []*req) []any {
 
 // awaitAll waits for the replies of rs, in order, for at most timeout when
 // it is positive, and returns the first error reply among them. Any other
-// error breaks the borrow.
+// error breaks the borrow, but for that of a lone command never written
+// (no connection to write it on): the borrow then did nothing, and stays
+// clean.
 func (a *autoConn) awaitAll(ctx context.Context, timeout time.Duration, rs []*req) (first, err error) {
 	expire, stop := timer(timeout)
 	defer stop()
 	for _, r := range rs {
 		if err := await(ctx, expire, r); err != nil {
 			return nil, a.broke(err)
+		}
+		if !replied(r.err) && len(rs) == 1 && r.unsent {
+			return nil, r.err
 		}
 		if !replied(r.err) {
 			return nil, a.broke(r.err)

@@ -111,6 +111,9 @@ type req struct {
 	// dropped is set when the caller stopped waiting for the reply: a
 	// command not yet written then never is.
 	dropped atomic.Bool
+	// unsent is set, before done is closed, when the command failed
+	// without being written: it provably did not run.
+	unsent bool
 }
 
 func newReq(cmd string, args []any) *req {
@@ -135,6 +138,14 @@ func (r *req) handed() bool {
 
 func finishAll(rs []*req, err error) {
 	for _, r := range rs {
+		r.finish(nil, err)
+	}
+}
+
+// finishUnsent fails rs, none of which was written, with err.
+func finishUnsent(rs []*req, err error) {
+	for _, r := range rs {
+		r.unsent = true
 		r.finish(nil, err)
 	}
 }
@@ -399,14 +410,15 @@ func (pp *pipe) fail(err error) {
 	pp.err = err
 	pp.state.Store(pipeBroken)
 	pp.roomLocked()
-	rs := append(pp.queue, pp.inflight...)
+	queued, inflight := pp.queue, pp.inflight
 	pp.queue, pp.inflight = nil, nil
 	pc := pp.pc
 	pp.mu.Unlock()
 	if pc != nil {
 		_ = guard(func() { pc.c.Close() })
 	}
-	finishAll(rs, err)
+	finishUnsent(queued, err)
+	finishAll(inflight, err)
 	signal(pp.notify)
 }
 

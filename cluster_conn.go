@@ -118,10 +118,24 @@ func (c *clusterConn) routed(ctx context.Context, route cluster.Route, do doFunc
 			}
 		}
 		reply, err := do(nc)
-		if !free || !r.redirected(err) {
+		switch {
+		case !free:
+			return reply, err
+		case r.redirected(err):
+		case unsent(nc, err) && r.again(err):
+		default:
 			return reply, err
 		}
 	}
+}
+
+// unsent reports whether err, from a command on a clean node conn, says
+// that the command was not written: with AutoPipeline, the shared
+// connection could not be had, as a dial failed. The conn is then still
+// clean (see autoConn.awaitAll).
+func unsent(nc redis.Conn, err error) bool {
+	a, ok := nc.(*autoConn)
+	return ok && !replied(err) && a.clean()
 }
 
 // isMulti reports whether the command is MULTI.

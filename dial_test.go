@@ -273,6 +273,37 @@ func TestWhileDialsFailCallersGetTheLastDialErrorAtOnce(t *testing.T) {
 	assert.Equal(t, 3, p.ActiveCount())
 }
 
+// TestWithAutoPipelineACommandNoConnCouldCarryLeavesTheBorrowUsable: with
+// AutoPipeline, a Get takes no connection, and a command that fails because
+// none could be dialed was never written: it gets the dial's error, and the
+// borrow, having done nothing, stays usable; once dials succeed, its next
+// command runs.
+func TestWithAutoPipelineACommandNoConnCouldCarryLeavesTheBorrowUsable(t *testing.T) {
+	clk := newClock()
+	defer redispool.SetNowFunc(clk.Now)()
+	d := &fakeDialer{}
+	dialErr := errors.New("connection refused")
+	d.SetErr(dialErr)
+	p := &redispool.Pool{Dial: d.Dial, AutoPipeline: true}
+	defer p.Close()
+	c := p.Get()
+	defer c.Close()
+	require.NoError(t, c.Err(), "Get takes no connection")
+
+	_, err := c.Do("GET", "k")
+	require.ErrorIs(t, err, dialErr)
+	_, err = c.Do("GET", "k")
+	require.ErrorIs(t, err, redispool.ErrDialBackoff, "the next command fails fast during the backoff")
+	require.NoError(t, c.Err(), "nothing was written: the borrow is not broken")
+
+	d.SetErr(nil)
+	clk.Advance(redispool.BackoffCap)
+	reply, err := c.Do("GET", "k")
+	require.NoError(t, err)
+	assert.Equal(t, "OK", reply)
+	assert.EqualValues(t, 2, d.dials.Load())
+}
+
 func TestBackoffGrowsFromBaseToCap(t *testing.T) {
 	clk := newClock()
 	defer redispool.SetNowFunc(clk.Now)()

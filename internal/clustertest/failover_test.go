@@ -26,6 +26,10 @@ type incrs struct {
 	wg     sync.WaitGroup
 	res    [writers]tally
 	lastOK [writers]atomic.Int64 // when writer w last succeeded, in ns since the Unix epoch
+	// okBegan is when writer w began the INCR that last succeeded, in ns
+	// since the Unix epoch. It is stored after lastOK: lastOK is never
+	// older than the end of that INCR.
+	okBegan [writers]atomic.Int64
 	// resync, when set for writer w, takes its counter's next value as it
 	// comes, for writes a dead master acknowledged and lost.
 	resync [writers]atomic.Bool
@@ -51,6 +55,7 @@ func (r *incrs) write(w int) {
 			return
 		default:
 		}
+		began := time.Now()
 		c := r.p.Get()
 		n, err := redis.Int64(c.Do("INCR", counterKey(w)))
 		c.Close()
@@ -65,6 +70,7 @@ func (r *incrs) write(w int) {
 			last = n
 			r.res[w].good()
 			r.lastOK[w].Store(time.Now().UnixNano())
+			r.okBegan[w].Store(began.UnixNano())
 		}
 	}
 }
@@ -192,17 +198,26 @@ func waitRole(t *testing.T, s *redistest.Server, master bool) {
 // With cluster-require-full-coverage yes (the default) every node answers
 // CLUSTERDOWN until the replica is promoted, which the pool retries; with
 // no, the other shards go on and only the failed dials tell the pool to
-// refresh its map.
+// refresh its map. On the dead shard, only the INCRs in flight at the kill
+// fail: those a failed dial kept from being written are retried. Each
+// holds with AutoPipeline too, where the writers of a shard share its
+// connections, and the kill cuts them all at once. Every variant kills a
+// master, so each has a cluster of its own.
 func TestClusterMasterKilledStopsOnlyItsShard(t *testing.T) {
 	for _, full := range []string{"yes", "no"} {
 		t.Run("full-coverage="+full, func(t *testing.T) {
-			masterKilled(t, redistest.StartCluster(t, "--cluster-require-full-coverage", full))
+			for _, auto := range []bool{false, true} {
+				t.Run(fmt.Sprintf("AutoPipeline=%v", auto), func(t *testing.T) {
+					masterKilled(t, redistest.StartCluster(t, "--cluster-require-full-coverage", full), auto)
+				})
+			}
 		})
 	}
 }
 
-func masterKilled(t *testing.T, c *redistest.Cluster) {
+func masterKilled(t *testing.T, c *redistest.Cluster, auto bool) {
 	p := newPool(t, c, 8)
+	p.AutoPipeline = auto
 	r := startIncrs(p)
 	defer r.finish()
 	r.progressed(t, time.Now(), 10*time.Second)
@@ -222,10 +237,14 @@ func masterKilled(t *testing.T, c *redistest.Cluster) {
 	dialErrs := p.Stats().DialErrorCount
 	killed := time.Now()
 	dead.Kill(t)
-	// The dead shard's writers are back once each INCRed after the kill.
+	// The dead shard's writers are back once each INCR begun after the
+	// master was reaped succeeded: a reply the master sent before it died,
+	// read after the kill, is not one (with AutoPipeline one batch of such
+	// replies reaches every writer of the shard).
+	reaped := time.Now()
 	var back time.Duration
 	for w := range onDead {
-		for r.lastOK[w].Load() < killed.UnixNano() {
+		for r.okBegan[w].Load() < reaped.UnixNano() {
 			if time.Since(killed) > 20*time.Second {
 				t.Fatalf("writer %d on the dead shard not back 20s after the kill: %s", w, &r.res[w])
 			}
@@ -241,11 +260,20 @@ func masterKilled(t *testing.T, c *redistest.Cluster) {
 	dials := p.Stats().DialErrorCount - dialErrs
 	others := r.sum(func(w int) bool { return !onDead[w] })
 	deadShard := r.sum(func(w int) bool { return onDead[w] })
+	st := p.Stats()
 	t.Logf("master %s killed: dead shard's %d writers all back %v after the kill; other shards: %s; dead shard: %s; "+
-		"over %v: %d failed dials, %d CLUSTER SLOTS (%.1f/s)",
-		dead.Addr(), len(onDead), back, others, deadShard, elapsed.Round(time.Millisecond), dials, queries, float64(queries)/elapsed.Seconds())
+		"over %v: %d failed dials, %d CLUSTER SLOTS (%.1f/s); stats %+v",
+		dead.Addr(), len(onDead), back, others, deadShard, elapsed.Round(time.Millisecond), dials, queries, float64(queries)/elapsed.Seconds(), st)
+	if auto && st.PipelineCommandCount == 0 {
+		t.Error("AutoPipeline on, but no command went through a shared connection")
+	}
 	if others.wrong != 0 || others.errs != 0 {
 		t.Errorf("writers on other shards: %s", others)
+	}
+	// A writer has one INCR at a time: only those in flight at the kill
+	// may fail. One never written (a failed dial) is retried.
+	if deadShard.wrong != 0 || deadShard.errs > len(onDead) {
+		t.Errorf("dead shard's %d writers: %s; want no wrong reply and at most one error each", len(onDead), deadShard)
 	}
 	if back > 4*time.Second {
 		t.Errorf("dead shard's writers back %v after the kill, want within node-timeout (1s) + 3s", back)
