@@ -220,7 +220,13 @@ func (cl *Cluster) ask(ctx context.Context, addr string, share int) (*cluster.Ma
 		return nil, err
 	}
 	defer c.Close()
-	reply, err := redis.DoContext(c, ctx, "CLUSTER", "SLOTS")
+	// A node conn reads on this goroutine, which may be a refresh's own:
+	// a reply redigo cannot hold is an error, not the program's end.
+	var reply any
+	err = readSafely(func() (err error) {
+		reply, err = redis.DoContext(c, ctx, "CLUSTER", "SLOTS")
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}

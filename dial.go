@@ -314,12 +314,20 @@ func (p *Pool) dialAddr(ctx context.Context, addr string) (redis.Conn, net.Conn,
 	if err != nil {
 		return nil, nil, err
 	}
-	if p.Sentinel != nil {
-		err = checkRole(ctx, c, addr)
-	} else if p.readOnly {
-		_, err = redis.DoContext(c, ctx, "READONLY") // its reply is the answer checkAnswers waits for
-	} else if p.cfg.password == "" && p.cfg.db == 0 {
+	switch {
+	case p.cfg.db != 0:
+		if _, err = converse(ctx, c, "SELECT", p.cfg.db); err != nil {
+			err = fmt.Errorf("redispool: SELECT %d on %s: %w", p.cfg.db, addr, err)
+		}
+	case p.Sentinel == nil && !p.readOnly && p.cfg.password == "":
 		err = checkAnswers(ctx, c, addr)
+	}
+	switch {
+	case err != nil:
+	case p.Sentinel != nil:
+		err = checkRole(ctx, c, addr)
+	case p.readOnly:
+		_, err = converse(ctx, c, "READONLY")
 	}
 	if err == nil && netConn != nil {
 		err = netConn.SetDeadline(time.Time{})
@@ -348,9 +356,10 @@ func (p *Pool) dialOptions(sock *net.Conn) []redis.DialOption {
 	if p.cfg.tls {
 		opts = append(opts, redis.DialUseTLS(true))
 	}
-	// DB last: the pool must know the database its connections start in,
+	// Database 0 last, whatever DialOptions say: the pool selects its own
+	// (see dialAddr), and must know the database its connections start in,
 	// to tell one a caller left in another.
-	return append(append(opts, p.DialOptions...), redis.DialDatabase(p.cfg.db))
+	return append(append(opts, p.DialOptions...), redis.DialDatabase(0))
 }
 
 // checkAnswers sends PING on a connection to which the dial sent nothing
@@ -359,7 +368,7 @@ func (p *Pool) dialOptions(sock *net.Conn) []redis.DialOption {
 // accepts the connection, then refuses or closes it: that is a failed dial,
 // which backs off, not a connection to hand out and discard.
 func checkAnswers(ctx context.Context, c redis.Conn, addr string) error {
-	_, err := redis.DoContext(c, ctx, "PING")
+	_, err := converse(ctx, c, "PING")
 	if err == nil {
 		return nil
 	}
@@ -368,6 +377,47 @@ func checkAnswers(ctx context.Context, c redis.Conn, addr string) error {
 			"if the server expects TLS, use a rediss:// Addr or redis.DialUseTLS(true): %w", addr, err)
 	}
 	return fmt.Errorf("redispool: PING on %s: %w", addr, err)
+}
+
+// converse sends a command of the pool's own on c, a connection it is
+// dialing, or a node's or a sentinel's, and reads the reply on this
+// goroutine, within what remains of ctx; ctx's end closes c under the
+// read. redis.DoContext would read on a goroutine of redigo's own, where a
+// reply redigo cannot hold (a length past any slice) panics out of reach
+// and ends the program: here it is an error.
+func converse(ctx context.Context, c redis.Conn, cmd string, args ...any) (reply any, err error) {
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	err = readSafely(func() error {
+		reply, err = redis.DoWithTimeout(c, timeLeft(ctx), cmd, args...)
+		return err
+	})
+	if err != nil && ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return reply, err
+}
+
+// readSafely runs read and turns a panic of redigo's reader in it into an
+// error: redigo panics on a reply it cannot hold, such as a bulk string
+// longer than any slice.
+func readSafely(read func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("redispool: unreadable reply: %v", r)
+		}
+	}()
+	return read()
+}
+
+// timeLeft is the time until ctx's deadline, at least a nanosecond, so
+// that a timeout of 0 (none) is never passed on; 0 when ctx has none.
+func timeLeft(ctx context.Context) time.Duration {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return 0
+	}
+	return max(time.Until(dl), time.Nanosecond)
 }
 
 // dialSocket is the option that dials the TCP or Unix socket of a dial

@@ -29,6 +29,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -302,6 +303,62 @@ func TestWithAutoPipelineACommandNoConnCouldCarryLeavesTheBorrowUsable(t *testin
 	require.NoError(t, err)
 	assert.Equal(t, "OK", reply)
 	assert.EqualValues(t, 2, d.dials.Load())
+}
+
+// TestADialWhoseAnswerRedigoCannotHoldFails: the pool's own dial reads
+// the answer to its PING, or to SELECT of its DB, on the caller's
+// goroutine, where a reply redigo cannot hold is the dial's error; on a
+// goroutine of redigo's own (redis.DoContext), its panic would end the
+// program.
+func TestADialWhoseAnswerRedigoCannotHoldFails(t *testing.T) {
+	addr := replyServer(t, func([]string) string { return unholdable })
+	for _, tc := range []struct {
+		name string
+		pool *redispool.Pool
+	}{
+		{"PING", &redispool.Pool{Addr: addr}},
+		{"SELECT", &redispool.Pool{Addr: addr, DB: 2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			defer tc.pool.Close()
+			_, err := tc.pool.GetContext(context.Background())
+			require.ErrorContains(t, err, "unreadable reply")
+			assert.ErrorContains(t, err, tc.name)
+			assert.Zero(t, tc.pool.ActiveCount())
+		})
+	}
+}
+
+// TestASlotMapRefreshWhoseReplyRedigoCannotHoldFails: a refresh of a
+// Cluster's slot map runs on a goroutine of its own, after a MOVED that
+// disagrees with the map; a CLUSTER SLOTS reply redigo cannot hold fails
+// the refresh, and the program goes on.
+func TestASlotMapRefreshWhoseReplyRedigoCannotHoldFails(t *testing.T) {
+	var slotsAsked atomic.Int64
+	var addr string
+	addr = replyServer(t, func(args []string) string {
+		switch strings.ToUpper(args[0]) {
+		case "CLUSTER":
+			if slotsAsked.Add(1) > 1 {
+				return unholdable
+			}
+			host, port, _ := net.SplitHostPort(addr)
+			return fmt.Sprintf("*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$%d\r\n%s\r\n:%s\r\n", len(host), host, port)
+		case "GET":
+			return "-MOVED 0 127.0.0.1:1\r\n"
+		}
+		return "+PONG\r\n"
+	})
+	p := &redispool.Pool{Cluster: &redispool.Cluster{StartupNodes: []string{addr}}, WaitTimeout: -1}
+	defer p.Close()
+	c := p.Get()
+	_, err := c.Do("GET", "k") // MOVED elsewhere: refresh, then a failed dial to 127.0.0.1:1
+	c.Close()
+	require.Error(t, err)
+	require.Eventually(t, func() bool { return slotsAsked.Load() >= 2 }, 5*time.Second, time.Millisecond,
+		"the MOVED asked for a refresh")
+	require.Eventually(t, func() bool { return p.Stats().Discards.Broken >= 1 }, 5*time.Second, time.Millisecond,
+		"the refresh failed, and its node conn was discarded")
 }
 
 func TestBackoffGrowsFromBaseToCap(t *testing.T) {
@@ -984,6 +1041,27 @@ func serveLoopback(t *testing.T, serve func(net.Conn)) string {
 	})
 	return ln.Addr().String()
 }
+
+// replyServer answers each command read from its clients with what reply
+// returns for it.
+func replyServer(t *testing.T, reply func(args []string) string) string {
+	return serveLoopback(t, func(c net.Conn) {
+		r := bufio.NewReader(c)
+		for {
+			args, err := readCommand(r)
+			if err != nil {
+				return
+			}
+			if _, err := c.Write([]byte(reply(args))); err != nil {
+				return
+			}
+		}
+	})
+}
+
+// unholdable is a reply redigo cannot hold: a bulk string longer than any
+// slice, on which its reader panics.
+const unholdable = "$9223372036854775807\r\n"
 
 // silentServer reads what its clients send and never answers, as a server
 // hung after accept does.

@@ -299,8 +299,7 @@ func sentinelTimeout(timeout time.Duration, n int) time.Duration {
 // ends, which bounds a TLS handshake too. readTimeout 0 means none after.
 //
 // AUTH is sent here rather than by redis.DialContext, which reads its reply
-// on a goroutine of its own: a reply redigo cannot read (a bulk length past
-// any slice) panics there, out of reach, and would end the program.
+// on a goroutine of its own (see converse).
 func (s *Sentinel) dialSentinel(ctx context.Context, addr string, connectTimeout, readTimeout time.Duration) (_ redis.Conn, err error) {
 	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
@@ -325,10 +324,7 @@ func (s *Sentinel) dialSentinel(ctx context.Context, addr string, connectTimeout
 		if s.Username != "" {
 			args = []any{s.Username, s.Password}
 		}
-		if err := readSafely(func() error {
-			_, err := redis.DoWithTimeout(c, timeLeft(ctx), "AUTH", args...)
-			return err
-		}); err != nil {
+		if _, err := converse(ctx, c, "AUTH", args...); err != nil {
 			return nil, fmt.Errorf("AUTH: %w", err)
 		}
 	}
@@ -338,29 +334,6 @@ func (s *Sentinel) dialSentinel(ctx context.Context, addr string, connectTimeout
 		}
 	}
 	return c, nil
-}
-
-// timeLeft is the time until ctx's deadline, at least a nanosecond, so
-// that a timeout of 0 (none) is never passed on.
-func timeLeft(ctx context.Context) time.Duration {
-	dl, ok := ctx.Deadline()
-	if !ok {
-		return 0
-	}
-	return max(time.Until(dl), time.Nanosecond)
-}
-
-// readSafely runs read, which reads from a sentinel, and turns a panic in
-// it into an error: redigo panics on a reply it cannot hold, such as a bulk
-// string longer than any slice, and a sentinel must not bring the program
-// down.
-func readSafely(read func() error) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("unreadable reply: %v", r)
-		}
-	}()
-	return read()
 }
 
 // ask asks one sentinel for the master's address.
@@ -373,12 +346,7 @@ func (s *Sentinel) ask(ctx context.Context, addr string, timeout time.Duration) 
 		return "", err
 	}
 	defer c.Close()
-	var reply []string
-	err = readSafely(func() error {
-		var err error
-		reply, err = redis.Strings(redis.DoWithTimeout(c, timeLeft(ctx), "SENTINEL", "get-master-addr-by-name", s.MasterName))
-		return err
-	})
+	reply, err := redis.Strings(converse(ctx, c, "SENTINEL", "get-master-addr-by-name", s.MasterName))
 	switch {
 	case errors.Is(err, redis.ErrNil):
 		return "", fmt.Errorf("does not know a master named %q", s.MasterName)
@@ -647,7 +615,7 @@ func (s *Sentinel) announced(p *Pool, from, msg string) {
 
 // checkRole verifies that c reaches a master.
 func checkRole(ctx context.Context, c redis.Conn, addr string) error {
-	reply, err := redis.Values(redis.DoContext(c, ctx, "ROLE"))
+	reply, err := redis.Values(converse(ctx, c, "ROLE"))
 	if err != nil {
 		return fmt.Errorf("redispool: ROLE on %s: %w", addr, err)
 	}
