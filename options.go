@@ -254,6 +254,8 @@ func timeout(v, def time.Duration) time.Duration {
 func (c *config) setDial(p *Pool) error {
 	c.username, c.password = p.Username, p.Password
 	switch {
+	case p.Username != "" && p.Password == "":
+		return errors.New("Username is set without Password, and would be ignored; AUTH needs both")
 	case p.Sentinel != nil:
 		return p.Sentinel.check()
 	case c.addr == "":
@@ -286,6 +288,8 @@ func (s *Sentinel) check() error {
 		return errors.New("Sentinel.Addrs is empty; list the sentinels' host:port addresses")
 	case s.MasterName == "":
 		return errors.New("Sentinel.MasterName is empty; set the name the sentinels monitor the master under")
+	case s.Username != "" && s.Password == "":
+		return errors.New("Sentinel.Username is set without Sentinel.Password, and would be ignored; AUTH needs both")
 	}
 	for _, a := range s.Addrs {
 		if strings.Contains(a, "@") {
@@ -332,6 +336,13 @@ func parseAddr(addr string) (parsedAddr, error) {
 		return parseURL(addr)
 	case strings.Contains(addr, "@"):
 		return parsedAddr{}, fmt.Errorf("Addr %q has user info (@) but is not a redis:// URL; write it as redis://user:password@host:port, or set Username and Password", redactAddr(addr))
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		err = checkPort(port)
+	}
+	if err != nil {
+		return parsedAddr{}, fmt.Errorf("Addr %q is not host:port, a socket path or a redis:// URL: %v", addr, err)
 	}
 	return parsedAddr{addr: addr}, nil
 }
