@@ -611,11 +611,7 @@ func (pp *pipe) readOne(pc *poolConn, r *req) error {
 // error that breaks the pipe, if any. With one, the reply is nil, and err
 // is the error reply after which the server closes the connection, or nil.
 func (pp *pipe) receive(pc *poolConn) (reply any, err, broke error) {
-	if pc.cwt != nil {
-		reply, err = pc.cwt.ReceiveWithTimeout(pp.p.cfg.readTimeout)
-	} else {
-		reply, err = pc.c.Receive()
-	}
+	reply, err = pc.receive(pp.p.cfg.readTimeout)
 	if pc.unconfirmed {
 		pp.confirm(pc, err)
 	}

@@ -215,6 +215,9 @@ func (p *Pool) runDial(ctx context.Context, call *dialCall) {
 	} else {
 		now := p.clock()
 		cwt, _ := c.(redis.ConnWithTimeout)
+		if cwt != nil && !p.cfg.userDial {
+			cwt = ownConn{cwt}
+		}
 		call.pc = &poolConn{p: p, c: c, cwt: cwt, netConn: netConn, addr: addr, gen: gen, created: now, used: now,
 			unconfirmed: p.cfg.userDial}
 		call.pc.db = p.cfg.db
@@ -402,12 +405,32 @@ func converse(ctx context.Context, c redis.Conn, cmd string, args ...any) (reply
 // error: redigo panics on a reply it cannot hold, such as a bulk string
 // longer than any slice.
 func readSafely(read func() error) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("redispool: unreadable reply: %v", r)
-		}
-	}()
+	defer unreadable(&err)
 	return read()
+}
+
+// unreadable, deferred by a read, turns a panic of redigo's reader in it
+// into the read's error.
+func unreadable(err *error) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("redispool: unreadable reply: %v", r)
+	}
+}
+
+// ownConn is a connection the pool dialed, as the pool reads it: a reply
+// redigo cannot hold is the read's error, which breaks the connection,
+// rather than a panic in the caller. A connection from a Dial of the
+// user's is read as it is: its panics are the user's code's.
+type ownConn struct{ redis.ConnWithTimeout }
+
+func (c ownConn) DoWithTimeout(timeout time.Duration, cmd string, args ...any) (_ any, err error) {
+	defer unreadable(&err)
+	return c.ConnWithTimeout.DoWithTimeout(timeout, cmd, args...)
+}
+
+func (c ownConn) ReceiveWithTimeout(timeout time.Duration) (_ any, err error) {
+	defer unreadable(&err)
+	return c.ConnWithTimeout.ReceiveWithTimeout(timeout)
 }
 
 // timeLeft is the time until ctx's deadline, at least a nanosecond, so

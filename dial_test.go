@@ -329,6 +329,49 @@ func TestADialWhoseAnswerRedigoCannotHoldFails(t *testing.T) {
 	}
 }
 
+// TestAReplyRedigoCannotHoldBreaksTheConn: on a connection the pool
+// dialed, a reply redigo cannot hold is the call's error, by Do, by
+// Receive, or on a shared connection of AutoPipeline, and the connection
+// is discarded: the program goes on, and no one reads after it.
+func TestAReplyRedigoCannotHoldBreaksTheConn(t *testing.T) {
+	addr := replyServer(t, func(args []string) string {
+		if strings.EqualFold(args[0], "GET") {
+			return unholdable
+		}
+		return "+PONG\r\n"
+	})
+	for _, tc := range []struct {
+		name string
+		auto bool
+		get  func(c redis.Conn) error
+	}{
+		{"Do", false, func(c redis.Conn) error { _, err := c.Do("GET", "k"); return err }},
+		{"Receive", false, func(c redis.Conn) error {
+			c.Send("GET", "k")
+			c.Flush()
+			_, err := c.Receive()
+			return err
+		}},
+		{"AutoPipeline", true, func(c redis.Conn) error { _, err := c.Do("GET", "k"); return err }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &redispool.Pool{Addr: addr, MaxActive: 1, AutoPipeline: tc.auto}
+			defer p.Close()
+			c := p.Get()
+			err := tc.get(c)
+			require.ErrorContains(t, err, "unreadable reply")
+			c.Close()
+			require.Eventually(t, func() bool { return p.Stats().Discards.Broken == 1 }, 5*time.Second, time.Millisecond)
+
+			c = p.Get()
+			defer c.Close()
+			reply, err := c.Do("PING")
+			require.NoError(t, err, "a new connection serves the next borrower")
+			assert.Equal(t, "PONG", reply)
+		})
+	}
+}
+
 // TestASlotMapRefreshWhoseReplyRedigoCannotHoldFails: a refresh of a
 // Cluster's slot map runs on a goroutine of its own, after a MOVED that
 // disagrees with the map; a CLUSTER SLOTS reply redigo cannot hold fails
