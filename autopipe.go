@@ -470,15 +470,7 @@ func (pp *pipe) read(pc *poolConn) {
 			return
 		case len(batch) > 0:
 			if perr := guard(func() { pp.readBatch(pc, batch) }); perr != nil {
-				// The batch is neither queued nor in flight: fail
-				// finishes the rest of the pipe, and the batch's
-				// commands not yet answered fail here.
-				pp.fail(perr)
-				for _, r := range batch {
-					if !r.handed() {
-						r.finish(nil, pp.brokenErr())
-					}
-				}
+				pp.failBatch(batch, perr)
 			}
 			clear(batch)
 			continue
@@ -490,6 +482,18 @@ func (pp *pipe) read(pc *poolConn) {
 			pp.linger()
 		}
 		linger.Stop()
+	}
+}
+
+// failBatch breaks the pipe with err, which a read of batch panicked with.
+// The batch is neither queued nor in flight, so fail does not reach it:
+// its commands not yet answered fail here.
+func (pp *pipe) failBatch(batch []*req, err error) {
+	pp.fail(err)
+	for _, r := range batch {
+		if !r.handed() {
+			r.finish(nil, pp.brokenErr())
+		}
 	}
 }
 
