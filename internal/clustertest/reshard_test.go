@@ -193,10 +193,7 @@ func valueOf(key string) string { return "value of " + key }
 // setValues sets each of keys, all served by s, to its valueOf.
 func setValues(t *testing.T, s *redistest.Server, keys []string) {
 	t.Helper()
-	conn, err := redis.Dial("tcp", s.Addr(), redis.DialReadTimeout(5*time.Second))
-	if err != nil {
-		t.Fatalf("dial %s: %v", s.Addr(), err)
-	}
+	conn := dialNode(t, s)
 	defer conn.Close()
 	for _, k := range keys {
 		conn.Send("SET", k, valueOf(k))
@@ -285,10 +282,7 @@ func pipelinedMovedStorm(t *testing.T, c *redistest.Cluster, p *redispool.Pool, 
 // without a redirect.
 func servedBy(t *testing.T, s *redistest.Server, keys []string) []string {
 	t.Helper()
-	conn, err := redis.Dial("tcp", s.Addr(), redis.DialReadTimeout(5*time.Second))
-	if err != nil {
-		t.Fatalf("dial %s: %v", s.Addr(), err)
-	}
+	conn := dialNode(t, s)
 	defer conn.Close()
 	for _, k := range keys {
 		conn.Send("GET", k)
@@ -306,4 +300,14 @@ func servedBy(t *testing.T, s *redistest.Server, keys []string) []string {
 		}
 	}
 	return served
+}
+
+// dialNode dials s directly, outside any pool.
+func dialNode(t *testing.T, s *redistest.Server) redis.Conn {
+	t.Helper()
+	conn, err := redis.Dial("tcp", s.Addr(), redis.DialReadTimeout(5*time.Second))
+	if err != nil {
+		t.Fatalf("dial %s: %v", s.Addr(), err)
+	}
+	return conn
 }
