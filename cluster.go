@@ -51,13 +51,18 @@ type Cluster struct {
 	left    map[string]time.Time // when a node left the slot map; protected by mu
 	retired []*Pool              // node pools closed, still counted by Stats; protected by mu
 
-	slots       atomic.Pointer[slotMap]
-	refreshMu   sync.Mutex  // held by the refresh in progress
-	refreshing  atomic.Bool // a refresh is scheduled or in progress
+	slots atomic.Pointer[slotMap]
+	// refresher holds a token while a refresh runs (see lockRefresh).
+	refresher  chan struct{}
+	refreshing atomic.Bool // a refresh is scheduled or in progress
+	// lastRefresh is when the last refresh began, in Unix nanoseconds.
 	lastRefresh atomic.Int64
-	pick        atomic.Uint32 // spreads keyless commands and replica reads
-	stop        context.CancelFunc
-	ctx         context.Context // ends when the Pool is closed
+	// loadErr is the error of the last read of the first slot map, when
+	// it failed; protected by refresher.
+	loadErr error
+	pick    atomic.Uint32 // spreads keyless commands and replica reads
+	stop    context.CancelFunc
+	ctx     context.Context // ends when the Pool is closed
 }
 
 // slotMap is a slot map and when it was read.
@@ -118,6 +123,7 @@ func (cl *Cluster) serve(p *Pool) error {
 		cl.nodes = map[string]*Pool{}
 		cl.left = map[string]time.Time{}
 		cl.ctx, cl.stop = context.WithCancel(context.Background())
+		cl.refresher = make(chan struct{}, 1)
 	}
 	return nil
 }
@@ -137,15 +143,50 @@ func (cl *Cluster) get(ctx context.Context, p *Pool) (redis.Conn, error) {
 	return &clusterConn{cl: cl}, nil
 }
 
-// load reads the first slot map, or waits for the refresh in progress.
+// load reads the first slot map within ctx, or waits for the read in
+// progress. While reads fail, a caller within refreshGap of the last one's
+// start gets its error rather than asking again: the nodes are asked at
+// most twice a second, however many callers wait. The Pool's Close ends a
+// read.
 func (cl *Cluster) load(ctx context.Context) error {
-	cl.refreshMu.Lock()
-	defer cl.refreshMu.Unlock()
-	if cl.slots.Load() != nil {
-		return nil
+	if err := cl.lockRefresh(ctx); err != nil {
+		return err
 	}
-	return cl.refreshLocked(ctx)
+	defer cl.unlockRefresh()
+	switch {
+	case cl.slots.Load() != nil:
+		return nil
+	case cl.loadErr != nil && time.Now().UnixNano()-cl.lastRefresh.Load() < int64(refreshGap):
+		return cl.loadErr
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(cl.ctx, cancel)()
+	err := cl.refreshLocked(ctx)
+	if err != nil && ctx.Err() == nil {
+		cl.loadErr = err
+	}
+	return err
 }
+
+// lockRefresh takes the right to refresh the slot map, waiting for a
+// refresh in progress, until ctx ends or the Pool is closed.
+func (cl *Cluster) lockRefresh(ctx context.Context) error {
+	select {
+	case <-cl.ctx.Done():
+		return ErrPoolClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	case cl.refresher <- struct{}{}:
+	}
+	if cl.ctx.Err() != nil {
+		cl.unlockRefresh()
+		return ErrPoolClosed
+	}
+	return nil
+}
+
+func (cl *Cluster) unlockRefresh() { <-cl.refresher }
 
 // current is the slot map; an old one is refreshed in the background.
 func (cl *Cluster) current() *slotMap {
@@ -165,12 +206,15 @@ func (cl *Cluster) requestRefresh() {
 	}
 	wait := refreshGap - time.Duration(time.Now().UnixNano()-cl.lastRefresh.Load())
 	time.AfterFunc(max(wait, 0), func() {
-		cl.refreshMu.Lock()
-		if cl.ctx.Err() == nil {
-			cl.refreshLocked(cl.ctx) // on failure, the next trigger tries again
+		defer cl.refreshing.Store(false)
+		if cl.lockRefresh(cl.ctx) != nil {
+			return
 		}
-		cl.refreshMu.Unlock()
-		cl.refreshing.Store(false)
+		defer cl.unlockRefresh()
+		// On failure, the next trigger tries again. A panic of user code
+		// (TestOnBorrow, the Logger's handler) has no caller to reach on
+		// this goroutine: it is dropped (see guard).
+		_ = guard(func() { _ = cl.refreshLocked(cl.ctx) })
 	})
 }
 
@@ -348,8 +392,8 @@ func (cl *Cluster) close() {
 		return
 	}
 	cl.stop()
-	cl.refreshMu.Lock() // a refresh in progress ends with ctx
-	cl.refreshMu.Unlock()
+	cl.refresher <- struct{}{} // a refresh in progress ends with ctx
+	cl.unlockRefresh()
 	for _, np := range cl.pools() {
 		np.Close()
 	}

@@ -3,6 +3,7 @@ package redispool
 import (
 	"context"
 	"errors"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -192,6 +193,9 @@ func (c *clusterConn) pending(do doFunc) (any, error) {
 func (c *clusterConn) conn(ctx context.Context, route cluster.Route, to string) (nc redis.Conn, free bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.multi {
+		route.ReadOnly = false // a transaction goes to a master, whatever its first command
+	}
 	nc, free, err = c.connLocked(ctx, route, to)
 	if err == nil && c.multi {
 		// The deferred MULTI goes first: from here the command is in a
@@ -273,7 +277,9 @@ func (a *autoConn) clean() bool {
 func (cl *Cluster) route(r cluster.Route, bound string) string {
 	m := cl.current()
 	switch {
-	case r.Slot < 0 && bound != "":
+	case r.Slot < 0 && bound != "" && (m.IsMaster(bound) || r.ReadOnly && cl.ReadOnly):
+		// A keyless write on a conn bound to a replica by reads goes to a
+		// master.
 		return bound
 	case r.Slot < 0:
 		return m.AnyMaster(cl.pick.Add(1))
@@ -452,8 +458,11 @@ func (r *retry) redirect(kind, rest string) bool {
 func parseRedirect(rest string) (slot int, addr string, ok bool) {
 	slotText, addr, ok := strings.Cut(rest, " ")
 	slot, err := strconv.Atoi(slotText)
-	if !ok || err != nil || slot < 0 || slot >= cluster.SlotCount || addr == "" {
+	if !ok || err != nil || slot < 0 || slot >= cluster.SlotCount {
 		return 0, "", false
+	}
+	if _, port, err := net.SplitHostPort(addr); err != nil || checkPort(port) != nil {
+		return 0, "", false // not a redirect: the reply goes to the caller as it is
 	}
 	return slot, addr, true
 }

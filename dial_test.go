@@ -404,6 +404,56 @@ func TestASlotMapRefreshWhoseReplyRedigoCannotHoldFails(t *testing.T) {
 		"the refresh failed, and its node conn was discarded")
 }
 
+// TestTheFirstSlotMapIsAskedForAtMostTwiceASecond: while no node gives a
+// Cluster its first slot map, callers within 500 ms of the last attempt's
+// start get its error at once; each waits for an attempt in progress no
+// longer than its context; and Close ends an attempt in progress.
+func TestTheFirstSlotMapIsAskedForAtMostTwiceASecond(t *testing.T) {
+	t.Run("refused", func(t *testing.T) {
+		var asked atomic.Int64
+		addr := replyServer(t, func(args []string) string {
+			if strings.EqualFold(args[0], "CLUSTER") {
+				asked.Add(1)
+				return "-ERR This instance has cluster support disabled\r\n"
+			}
+			return "+PONG\r\n"
+		})
+		p := &redispool.Pool{Cluster: &redispool.Cluster{StartupNodes: []string{addr}}}
+		defer p.Close()
+		gets := 0
+		for start := time.Now(); time.Since(start) < time.Second; gets++ {
+			_, err := p.GetContext(context.Background())
+			require.ErrorContains(t, err, "cluster support disabled")
+		}
+		t.Logf("%d failed Gets in 1 s asked for CLUSTER SLOTS %d times", gets, asked.Load())
+		assert.LessOrEqual(t, asked.Load(), int64(3), "at most 2 a second, plus the one at the start")
+	})
+	t.Run("silent", func(t *testing.T) {
+		addr := silentServer(t)
+		p := &redispool.Pool{Cluster: &redispool.Cluster{StartupNodes: []string{addr}}, DialTimeout: 10 * time.Second}
+		defer p.Close()
+		first := make(chan error, 1)
+		go func() { _, err := p.GetContext(context.Background()); first <- err }()
+		time.Sleep(50 * time.Millisecond) // the first Get reads, or waits for, the map
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := p.GetContext(ctx)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		assert.Less(t, time.Since(start), time.Second, "a waiting Get ends with its context")
+
+		start = time.Now()
+		p.Close()
+		assert.Less(t, time.Since(start), time.Second, "Close ends the read in progress")
+		select {
+		case err := <-first:
+			require.Error(t, err)
+		case <-time.After(5 * time.Second):
+			t.Fatal("the Get reading the map did not return after Close")
+		}
+	})
+}
+
 func TestBackoffGrowsFromBaseToCap(t *testing.T) {
 	clk := newClock()
 	defer redispool.SetNowFunc(clk.Now)()

@@ -10,8 +10,10 @@ package redispool_test
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -134,6 +136,61 @@ func TestAConnWhoseMethodPanicsInCloseGivesItsPermitBack(t *testing.T) {
 			c.Close()
 		})
 	}
+}
+
+// TestAPanicOfTestOnBorrowInASlotMapRefreshIsDropped: a Cluster's slot
+// map is refreshed on a goroutine of its own after a MOVED that disagrees
+// with it. A TestOnBorrow that panics as the refresh borrows a node conn
+// has no caller to reach there: the panic is dropped, the conn discarded,
+// and the program goes on.
+func TestAPanicOfTestOnBorrowInASlotMapRefreshIsDropped(t *testing.T) {
+	var slotsAsked atomic.Int64
+	var addr string
+	addr = replyServer(t, func(args []string) string {
+		switch strings.ToUpper(args[0]) {
+		case "CLUSTER":
+			slotsAsked.Add(1)
+			host, port, _ := net.SplitHostPort(addr)
+			return fmt.Sprintf("*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$%d\r\n%s\r\n:%s\r\n", len(host), host, port)
+		case "GET":
+			return "-MOVED 0 127.0.0.1:1\r\n"
+		}
+		return "+PONG\r\n"
+	})
+	var panicking atomic.Bool
+	var panicked atomic.Int64
+	p := &redispool.Pool{
+		Cluster: &redispool.Cluster{StartupNodes: []string{addr}},
+		TestOnBorrow: func(redis.Conn, time.Time) error {
+			if panicking.Load() {
+				panicked.Add(1)
+				panic("TestOnBorrow panics")
+			}
+			return nil
+		},
+	}
+	defer p.Close()
+	// Two idle node conns: one for the borrower, one for the refresh.
+	c1, c2 := p.Get(), p.Get()
+	for _, c := range []redis.Conn{c1, c2} {
+		_, err := c.Do("PING")
+		require.NoError(t, err)
+	}
+	c1.Close()
+	c2.Close()
+
+	c := p.Get()
+	defer c.Close()
+	require.NoError(t, c.Send("GET", "k"))
+	require.NoError(t, c.Flush())
+	panicking.Store(true)
+	_, err := c.Receive() // a MOVED read by Receive: the refresh runs in the background
+	require.ErrorContains(t, err, "MOVED")
+	require.Eventually(t, func() bool { return panicked.Load() >= 1 }, 5*time.Second, time.Millisecond,
+		"the refresh borrowed a node conn")
+	require.Eventually(t, func() bool { return p.Stats().Discards.HealthCheck >= 1 }, 5*time.Second, time.Millisecond,
+		"the conn whose TestOnBorrow panicked is discarded")
+	assert.GreaterOrEqual(t, slotsAsked.Load(), int64(1))
 }
 
 // TestASharedConnWhoseReceivePanicsFailsItsCommands: with AutoPipeline,

@@ -160,6 +160,11 @@ func (m *Map) Serves(slot int, addr string) bool {
 	return sh.Master == addr || slices.Contains(sh.Replicas, addr)
 }
 
+// IsMaster reports whether addr is a master of the map.
+func (m *Map) IsMaster(addr string) bool {
+	return slices.ContainsFunc(m.shards, func(sh Shard) bool { return sh.Master == addr })
+}
+
 // Has reports whether addr is a master or a replica of the map.
 func (m *Map) Has(addr string) bool {
 	return slices.ContainsFunc(m.shards, func(sh Shard) bool {

@@ -229,6 +229,46 @@ func TestClusterConn(t *testing.T) {
 		}
 	})
 
+	// With ReadOnly, a transaction goes to its master even when its first
+	// command reads, and a keyless write on a conn that reads bound to a
+	// replica goes to a master.
+	t.Run("ReadOnlyWritesGoToMasters", func(t *testing.T) {
+		p := newPool(t, c, 2)
+		p.Cluster.ReadOnly = true
+		conn := p.Get()
+		defer conn.Close()
+		if _, err := conn.Do("SET", k1, "1"); err != nil {
+			t.Fatalf("SET: %v", err)
+		}
+		conn.Close()
+
+		conn = p.Get()
+		conn.Do("MULTI")
+		conn.Do("GET", k1)
+		conn.Do("INCR", k1)
+		reply, err := redis.Values(conn.Do("EXEC"))
+		if err != nil || len(reply) != 2 {
+			t.Fatalf("MULTI, GET, INCR, EXEC: %v, %v; want the transaction run on the master", reply, err)
+		}
+		if n, _ := redis.Int(reply[1], nil); n != 2 {
+			t.Errorf("INCR in the transaction = %v, want 2", reply[1])
+		}
+		conn.Close()
+
+		conn = p.Get()
+		if _, err := conn.Do("GET", k1); err != nil {
+			t.Fatalf("GET: %v", err)
+		}
+		lib := "#!lua name=roroute\nredis.register_function('roroute', function() return 1 end)"
+		if _, err := conn.Do("FUNCTION", "LOAD", "REPLACE", lib); err != nil {
+			t.Errorf("FUNCTION LOAD after a read from a replica: %v; want it on a master", err)
+		}
+		conn.Close()
+		if st := p.Stats(); st.Discards.State != 0 || st.Discards.Retired != 0 {
+			t.Errorf("discards %+v, want none", st.Discards)
+		}
+	})
+
 	// A conn from RedigoPool is routed like one from Get, and the pool's
 	// Stats sum its nodes.
 	t.Run("RedigoPoolAndStats", func(t *testing.T) {
