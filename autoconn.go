@@ -2,6 +2,7 @@ package redispool
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"sync"
 	"time"
@@ -110,8 +111,13 @@ func (a *autoConn) flushLocked(ctx context.Context) {
 func (a *autoConn) submitLocked(ctx context.Context, rs []*req) {
 	for tries := 0; tries < 3; tries++ {
 		if a.pp == nil || !a.pp.open() {
+			// The replies due from the pipe come first: it reads each
+			// within ReadTimeout, or breaks, but ReadTimeout may be off.
 			for _, r := range a.pending[:len(a.pending)-len(rs)] {
-				<-r.done // bounded: the pipe reads each within ReadTimeout, or breaks
+				if err := await(ctx, nil, r); err != nil {
+					finishUnsent(rs, err)
+					return
+				}
 			}
 			pp, err := a.p.auto.pick(a.p)
 			if err != nil {
@@ -213,17 +219,49 @@ func value(reply any, err error) any {
 	return reply
 }
 
-// cloneArgs copies args, and the byte slices among them, for a command the
-// caller may change or reuse before it is written.
-func cloneArgs(args []any) []any {
-	cp := make([]any, len(args))
-	for i, arg := range args {
-		if b, ok := arg.([]byte); ok {
-			arg = append([]byte(nil), b...)
+// cloneArgs returns args as redigo's Send would write them now, for a
+// command written later, on the pipe's goroutine: byte slices copied, the
+// value of a redis.Argument taken and any other value redigo prints,
+// printed. The caller may then change or reuse them at once, as after
+// redigo's Send. RedisArg and String are the user's code: their panic
+// comes back as the error (see guard).
+func cloneArgs(args []any) (cp []any, err error) {
+	cp = make([]any, len(args))
+	err = guard(func() {
+		for i, arg := range args {
+			cp[i] = argValue(arg, true)
 		}
-		cp[i] = arg
+	})
+	return cp, err
+}
+
+// argValue is arg as redigo writes it (see redis.conn's writeArg), in a
+// value that does not change.
+func argValue(arg any, argument bool) any {
+	switch arg := arg.(type) {
+	case string, int, int64, float64, bool, nil:
+		return arg
+	case []byte:
+		return append([]byte(nil), arg...)
+	case redis.Argument:
+		if argument {
+			return argValue(arg.RedisArg(), false)
+		}
 	}
-	return cp
+	return fmt.Sprint(arg)
+}
+
+// plain reports whether args hold only values redigo writes without
+// calling the user's code, and that do not change.
+func plain(args []any) bool {
+	for _, arg := range args {
+		switch arg.(type) {
+		case string, int, int64, float64, bool, nil:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // Do sends a command and returns its reply, after reading the replies of
@@ -293,8 +331,15 @@ func (a *autoConn) doShared(ctx context.Context, timeout time.Duration, cmd stri
 		}
 	}
 	if cmd != "" {
-		if ctx.Done() != nil || timeout > 0 {
-			args = cloneArgs(args) // the caller may return before it is written
+		// The caller may return before it is written, and a value of the
+		// user's is taken here, not on the pipe's goroutine.
+		if ctx.Done() != nil || timeout > 0 || !plain(args) {
+			var err error
+			if args, err = cloneArgs(args); err != nil {
+				a.mu.Unlock()
+				repanic(err)
+				return nil, err
+			}
 		}
 		a.unsent = append(a.unsent, newReq(cmd, args))
 	}
@@ -396,9 +441,13 @@ func (a *autoConn) Send(cmd string, args ...any) error {
 		return err
 	}
 	if a.sharable(cmd, args, -1) {
-		a.unsent = append(a.unsent, newReq(cmd, cloneArgs(args)))
+		cp, err := cloneArgs(args)
+		if err == nil {
+			a.unsent = append(a.unsent, newReq(cmd, cp))
+		}
 		a.mu.Unlock()
-		return nil
+		repanic(err)
+		return err
 	}
 	ded, err := a.dedicatedLocked(context.Background())
 	a.mu.Unlock()
@@ -510,7 +559,11 @@ func (a *autoConn) Close() error {
 		a.leak = nil
 	}
 	if a.err == nil {
-		a.flushLocked(context.Background())
+		// Bounded as a Close's drain is: the commands wait for the replies
+		// still due on a pipe that closed.
+		ctx, cancel := context.WithTimeout(context.Background(), a.p.cfg.drainTimeout)
+		a.flushLocked(ctx)
+		cancel()
 	}
 	a.pending = nil
 	ded := a.ded

@@ -41,7 +41,8 @@ const (
 	// Taint: the command leaves state the pool cannot prove undone, such as
 	// CLIENT REPLY OFF or SKIP, HELLO, AUTH, RESET, CLIENT TRACKING,
 	// CLIENT NO-EVICT or NO-TOUCH, CLIENT SETINFO, or ends the connection
-	// (QUIT): the connection must be discarded.
+	// (QUIT, and POST and HOST:, which the server takes for an attack): the
+	// connection must be discarded.
 	Taint
 	// Blocking: the server may hold the reply for Info.Timeout
 	// (Info.Forever when the command blocks with no time limit).
@@ -134,21 +135,25 @@ var kinds = map[string]kind{
 	"PSYNC":        kindTaint,
 	"REPLCONF":     kindTaint,
 	"QUIT":         kindTaint,
-	"ASKING":       kindAsking,
-	"CLIENT":       kindClient,
-	"SCRIPT":       kindScript,
-	"BLPOP":        kindLastArgSeconds,
-	"BRPOP":        kindLastArgSeconds,
-	"BRPOPLPUSH":   kindLastArgSeconds,
-	"BLMOVE":       kindLastArgSeconds,
-	"BZPOPMIN":     kindLastArgSeconds,
-	"BZPOPMAX":     kindLastArgSeconds,
-	"BLMPOP":       kindFirstArgSeconds,
-	"BZMPOP":       kindFirstArgSeconds,
-	"WAIT":         kindLastArgMillis,
-	"WAITAOF":      kindLastArgMillis,
-	"XREAD":        kindXRead,
-	"XREADGROUP":   kindXRead,
+	// The server drops a client that sends POST or HOST: (an HTTP request
+	// sent to it), without a reply.
+	"POST":       kindTaint,
+	"HOST:":      kindTaint,
+	"ASKING":     kindAsking,
+	"CLIENT":     kindClient,
+	"SCRIPT":     kindScript,
+	"BLPOP":      kindLastArgSeconds,
+	"BRPOP":      kindLastArgSeconds,
+	"BRPOPLPUSH": kindLastArgSeconds,
+	"BLMOVE":     kindLastArgSeconds,
+	"BZPOPMIN":   kindLastArgSeconds,
+	"BZPOPMAX":   kindLastArgSeconds,
+	"BLMPOP":     kindFirstArgSeconds,
+	"BZMPOP":     kindFirstArgSeconds,
+	"WAIT":       kindLastArgMillis,
+	"WAITAOF":    kindLastArgMillis,
+	"XREAD":      kindXRead,
+	"XREADGROUP": kindXRead,
 }
 
 // maxNameLen is the longest command name looked up; longer names are no

@@ -36,6 +36,8 @@ func TestClassify(t *testing.T) {
 		{"PUNSUBSCRIBE", nil, Info{Effects: UnsubscribeAll, PubSub: Patterns}},
 		{"sunsubscribe", nil, Info{Effects: UnsubscribeAll, PubSub: Shards}},
 		{"QUIT", nil, Info{Effects: Taint}},
+		{"POST", nil, Info{Effects: Taint}},
+		{"Host:", nil, Info{Effects: Taint}},
 		{"MONITOR", nil, Info{Effects: Monitor}},
 		{"SELECT", []any{3}, Info{Effects: Select, DB: 3}},
 		{"select", []any{"0"}, Info{Effects: Select, DB: 0}},

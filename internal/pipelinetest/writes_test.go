@@ -1,8 +1,11 @@
 package pipelinetest
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -241,4 +244,90 @@ func TestASharedConnHoldsABoundedNumberOfCommands(t *testing.T) {
 	n, err := redis.Int(c.Do("GET", "sent"))
 	require.NoError(t, err)
 	assert.Equal(t, sends, n, "commands lost")
+}
+
+// profile is a redis.Argument of the user's, written as JSON.
+type profile struct {
+	Name string
+	Age  int
+}
+
+func (p *profile) RedisArg() any {
+	b, _ := json.Marshal(p)
+	return b
+}
+
+// TestAnArgumentIsWrittenAsItWasAtSend: a value the caller changes after
+// Send, a redis.Argument or a buffer printed by redigo, is written as it
+// was at Send, as redigo's Send writes it at once; and the pipe's goroutine
+// never reads the caller's value, which would race with the change.
+func TestAnArgumentIsWrittenAsItWasAtSend(t *testing.T) {
+	srv := redistest.Start(t)
+	p := &redispool.Pool{Addr: srv.Addr(), AutoPipeline: true}
+	defer p.Close()
+	busy := p.Get() // keeps the pipe's writer busy, so that it writes later
+	defer busy.Close()
+	for i := range 50 {
+		c := p.Get()
+		pr := &profile{Name: "alice", Age: i}
+		var buf bytes.Buffer
+		buf.WriteString("first")
+		require.NoError(t, c.Send("SET", "user:alice", pr))
+		require.NoError(t, c.Send("SET", "buf", &buf))
+		busy.Send("PING")
+		busy.Flush()
+		require.NoError(t, c.Flush())
+		pr.Name = "bob"
+		buf.Reset()
+		buf.WriteString("second")
+		_, err := c.Do("")
+		require.NoError(t, err)
+		got, err := redis.String(c.Do("GET", "user:alice"))
+		require.NoError(t, err)
+		assert.JSONEq(t, fmt.Sprintf(`{"Name":"alice","Age":%d}`, i), got)
+		got, err = redis.String(c.Do("GET", "buf"))
+		require.NoError(t, err)
+		assert.Equal(t, "first", got)
+		c.Close()
+	}
+	_, err := busy.Do("")
+	require.NoError(t, err)
+}
+
+// TestAWaitForRepliesDueOnAClosedPipeEnds: a borrower's commands wait for
+// the replies still due to it on a shared connection that closed (here
+// retired while its server is stopped). DoContext waits no longer than
+// its context, and Close no longer than a drain, even with ReadTimeout
+// off.
+func TestAWaitForRepliesDueOnAClosedPipeEnds(t *testing.T) {
+	for _, closing := range []bool{false, true} {
+		t.Run(fmt.Sprintf("Close=%v", closing), func(t *testing.T) {
+			srv := redistest.Start(t)
+			p := &redispool.Pool{Addr: srv.Addr(), AutoPipeline: true, ReadTimeout: -1}
+			defer p.Close()
+			c := p.Get()
+			defer c.Close()
+			_, err := c.Do("PING")
+			require.NoError(t, err)
+			srv.Stop(t)
+			defer srv.Cont(t)
+			c.Send("GET", "k")
+			c.Flush()
+			time.Sleep(50 * time.Millisecond)
+			p.Retire()
+
+			start := time.Now()
+			if closing {
+				c.Send("GET", "k2")
+				c.Close()
+				assert.Less(t, time.Since(start), 3*time.Second, "Close waited past its drain (1 s)")
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			_, err = c.(redis.ConnWithContext).DoContext(ctx, "GET", "k2")
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			assert.Less(t, time.Since(start), 2*time.Second, "DoContext waited past its context")
+		})
+	}
 }
