@@ -111,15 +111,7 @@ func (a *autoConn) flushLocked(ctx context.Context) {
 func (a *autoConn) submitLocked(ctx context.Context, rs []*req) {
 	for tries := 0; tries < 3; tries++ {
 		if a.pp == nil || !a.pp.open() {
-			// The replies due from the pipe come first: it reads each
-			// within ReadTimeout, or breaks, but ReadTimeout may be off.
-			for _, r := range a.pending[:len(a.pending)-len(rs)] {
-				if err := await(ctx, nil, r); err != nil {
-					finishUnsent(rs, err)
-					return
-				}
-			}
-			pp, err := a.p.auto.pick(a.p)
+			pp, err := a.nextPipeLocked(ctx, rs)
 			if err != nil {
 				finishUnsent(rs, err)
 				return
@@ -137,6 +129,18 @@ func (a *autoConn) submitLocked(ctx context.Context, rs []*req) {
 		a.pp = nil
 	}
 	finishUnsent(rs, errPipeGone)
+}
+
+// nextPipeLocked picks a pipe for rs once the replies due to the borrow
+// before them are in: the pipe that closed reads each within ReadTimeout,
+// or breaks, but ReadTimeout may be off, so ctx bounds the wait.
+func (a *autoConn) nextPipeLocked(ctx context.Context, rs []*req) (*pipe, error) {
+	for _, r := range a.pending[:len(a.pending)-len(rs)] {
+		if err := await(ctx, nil, r); err != nil {
+			return nil, err
+		}
+	}
+	return a.p.auto.pick(a.p)
 }
 
 // roundTripLocked runs a command on the borrower's pipe by itself when the
@@ -321,27 +325,10 @@ func (a *autoConn) do(ctx context.Context, timeout time.Duration, cmd string, ar
 
 // doShared is do on the shared connection; a.mu is held, and released.
 func (a *autoConn) doShared(ctx context.Context, timeout time.Duration, cmd string, args []any) (any, error) {
-	if cmd != "" && ctx.Done() == nil && timeout < 0 && len(a.unsent) == 0 && len(a.pending) == 0 {
-		if reply, done, err := a.roundTripLocked(cmd, args); done {
-			a.mu.Unlock()
-			if !replied(err) {
-				return nil, a.broke(err)
-			}
-			return value(reply, err), err
-		}
-	}
 	if cmd != "" {
-		// The caller may return before it is written, and a value of the
-		// user's is taken here, not on the pipe's goroutine.
-		if ctx.Done() != nil || timeout > 0 || !plain(args) {
-			var err error
-			if args, err = cloneArgs(args); err != nil {
-				a.mu.Unlock()
-				repanic(err)
-				return nil, err
-			}
+		if reply, done, err := a.doOneLocked(ctx, timeout, cmd, args); done {
+			return reply, err
 		}
-		a.unsent = append(a.unsent, newReq(cmd, args))
 	}
 	a.flushLocked(ctx)
 	rs := a.pending
@@ -361,6 +348,35 @@ func (a *autoConn) doShared(ctx context.Context, timeout time.Duration, cmd stri
 		return rs[len(rs)-1].value(), first
 	}
 	return values(rs), nil
+}
+
+// doOneLocked starts a Do of cmd on the shared connection. It runs the
+// command by itself when the pipe is idle and the caller waits for plain
+// arguments (see pipe.roundTrip), and reports done, with a.mu released.
+// Otherwise it queues the command, its arguments taken now when the caller
+// may return before they are written or they hold values of the user's
+// (see cloneArgs), and keeps a.mu; a panic of the user's code there is
+// done too, and goes on to the caller.
+func (a *autoConn) doOneLocked(ctx context.Context, timeout time.Duration, cmd string, args []any) (reply any, done bool, err error) {
+	plainArgs := plain(args)
+	if plainArgs && ctx.Done() == nil && timeout < 0 && len(a.unsent) == 0 && len(a.pending) == 0 {
+		if reply, ran, err := a.roundTripLocked(cmd, args); ran {
+			a.mu.Unlock()
+			if !replied(err) {
+				return nil, true, a.broke(err)
+			}
+			return value(reply, err), true, err
+		}
+	}
+	if !plainArgs || ctx.Done() != nil || timeout > 0 {
+		if args, err = cloneArgs(args); err != nil {
+			a.mu.Unlock()
+			repanic(err)
+			return nil, true, err
+		}
+	}
+	a.unsent = append(a.unsent, newReq(cmd, args))
+	return nil, false, nil
 }
 
 // values is the replies of rs as a Do("") returns them.

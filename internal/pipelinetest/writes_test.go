@@ -331,3 +331,32 @@ func TestAWaitForRepliesDueOnAClosedPipeEnds(t *testing.T) {
 		})
 	}
 }
+
+// panicArg is a redis.Argument whose RedisArg panics.
+type panicArg struct{}
+
+func (panicArg) RedisArg() any { panic("RedisArg panics") }
+
+// TestAnArgumentThatPanicsReachesItsCallerAlone: the arguments of a
+// command are taken on the caller's goroutine, so a RedisArg that panics
+// panics in the caller's Do or Send, and the shared connection, which never
+// saw the command, goes on serving the others.
+func TestAnArgumentThatPanicsReachesItsCallerAlone(t *testing.T) {
+	srv := redistest.Start(t)
+	p := &redispool.Pool{Addr: srv.Addr(), AutoPipeline: true}
+	defer p.Close()
+	other := p.Get()
+	defer other.Close()
+	_, err := other.Do("SET", "k", "v")
+	require.NoError(t, err)
+
+	c := p.Get()
+	assert.PanicsWithValue(t, "RedisArg panics", func() { c.Do("SET", "k", panicArg{}) })
+	assert.PanicsWithValue(t, "RedisArg panics", func() { c.Send("SET", "k", panicArg{}) })
+	c.Close()
+
+	got, err := redis.String(other.Do("GET", "k"))
+	require.NoError(t, err)
+	assert.Equal(t, "v", got)
+	assert.Zero(t, p.Stats().Discards.Broken, "no shared connection broke")
+}
