@@ -160,7 +160,9 @@ func (c *clusterConn) deferMulti() (bool, error) {
 	switch {
 	case c.closed:
 		return false, ErrConnClosed
-	case c.nc != nil && !isClean(c.nc):
+	case c.nc != nil && !isClean(c.nc), c.multi:
+		// A MULTI held back already: this one goes to the server after it,
+		// which refuses it (nested), as without a cluster.
 		return false, nil
 	}
 	c.multi = true

@@ -76,6 +76,31 @@ func TestClusterConn(t *testing.T) {
 		}
 	})
 
+	// A second MULTI is refused as without a cluster, by Do or in a
+	// pipeline, whose replies stay one per command sent.
+	t.Run("NestedMultiIsRefused", func(t *testing.T) {
+		p := newPool(t, c, 2)
+		conn := p.Get()
+		defer conn.Close()
+		if _, err := conn.Do("MULTI"); err != nil {
+			t.Fatalf("MULTI: %v", err)
+		}
+		if _, err := conn.Do("MULTI"); err == nil || !strings.Contains(err.Error(), "nested") {
+			t.Errorf("a second MULTI: %v, want the server's refusal", err)
+		}
+		conn.Do("DISCARD")
+		for _, cmd := range [][]any{{"MULTI"}, {"MULTI"}, {"SET", k1, "nested"}, {"EXEC"}} {
+			conn.Send(cmd[0].(string), cmd[1:]...)
+		}
+		replies, err := redis.Values(conn.Do(""))
+		if err != nil || len(replies) != 4 {
+			t.Fatalf("pipelined MULTI, MULTI, SET, EXEC: %d replies (%v), %v; want 4", len(replies), replies, err)
+		}
+		if e, ok := replies[1].(redis.Error); !ok || !strings.Contains(string(e), "nested") {
+			t.Errorf("the second MULTI's reply: %v, want the server's refusal", replies[1])
+		}
+	})
+
 	// Inside a transaction a command of another node's slot gets its
 	// MOVED reply as an error: nothing is replayed elsewhere, and EXEC
 	// aborts the whole transaction.
