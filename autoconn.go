@@ -255,12 +255,13 @@ func argValue(arg any, argument bool) any {
 	return fmt.Sprint(arg)
 }
 
-// plain reports whether args hold only values redigo writes without
-// calling the user's code, and that do not change.
+// plain reports whether args hold only values that redigo writes without
+// calling the user's code: while the caller waits for its Do, they do not
+// change (a byte slice included, as with redigo's Do).
 func plain(args []any) bool {
 	for _, arg := range args {
 		switch arg.(type) {
-		case string, int, int64, float64, bool, nil:
+		case string, []byte, int, int64, float64, bool, nil:
 		default:
 			return false
 		}
@@ -574,7 +575,7 @@ func (a *autoConn) Close() error {
 		a.leak.timer.Stop()
 		a.leak = nil
 	}
-	if a.err == nil {
+	if a.err == nil && len(a.unsent) > 0 {
 		// Bounded as a Close's drain is: the commands wait for the replies
 		// still due on a pipe that closed.
 		ctx, cancel := context.WithTimeout(context.Background(), a.p.cfg.drainTimeout)
