@@ -377,20 +377,11 @@ func TestAReplyRedigoCannotHoldBreaksTheConn(t *testing.T) {
 // disagrees with the map; a CLUSTER SLOTS reply redigo cannot hold fails
 // the refresh, and the program goes on.
 func TestASlotMapRefreshWhoseReplyRedigoCannotHoldFails(t *testing.T) {
-	var slotsAsked atomic.Int64
-	var addr string
-	addr = replyServer(t, func(args []string) string {
-		switch strings.ToUpper(args[0]) {
-		case "CLUSTER":
-			if slotsAsked.Add(1) > 1 {
-				return unholdable
-			}
-			host, port, _ := net.SplitHostPort(addr)
-			return fmt.Sprintf("*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$%d\r\n%s\r\n:%s\r\n", len(host), host, port)
-		case "GET":
-			return "-MOVED 0 127.0.0.1:1\r\n"
+	addr, slotsAsked := oneNodeCluster(t, func(n int64, own string) string {
+		if n > 1 {
+			return unholdable
 		}
-		return "+PONG\r\n"
+		return own
 	})
 	p := &redispool.Pool{Cluster: &redispool.Cluster{StartupNodes: []string{addr}}, WaitTimeout: -1}
 	defer p.Close()
@@ -1150,6 +1141,28 @@ func replyServer(t *testing.T, reply func(args []string) string) string {
 			}
 		}
 	})
+}
+
+// oneNodeCluster starts a fake cluster of one node, which serves every
+// slot and answers GET with a MOVED to 127.0.0.1:1, where no one listens.
+// Its n-th CLUSTER SLOTS (from 1) is answered with slots(n, own), own
+// being its true slot map. It returns the node's address and the count of
+// CLUSTER SLOTS asked.
+func oneNodeCluster(t *testing.T, slots func(n int64, own string) string) (string, *atomic.Int64) {
+	var asked atomic.Int64
+	var addr string
+	addr = replyServer(t, func(args []string) string {
+		switch strings.ToUpper(args[0]) {
+		case "CLUSTER":
+			host, port, _ := net.SplitHostPort(addr)
+			own := fmt.Sprintf("*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$%d\r\n%s\r\n:%s\r\n", len(host), host, port)
+			return slots(asked.Add(1), own)
+		case "GET":
+			return "-MOVED 0 127.0.0.1:1\r\n"
+		}
+		return "+PONG\r\n"
+	})
+	return addr, &asked
 }
 
 // unholdable is a reply redigo cannot hold: a bulk string longer than any

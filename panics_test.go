@@ -10,10 +10,8 @@ package redispool_test
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -144,19 +142,7 @@ func TestAConnWhoseMethodPanicsInCloseGivesItsPermitBack(t *testing.T) {
 // has no caller to reach there: the panic is dropped, the conn discarded,
 // and the program goes on.
 func TestAPanicOfTestOnBorrowInASlotMapRefreshIsDropped(t *testing.T) {
-	var slotsAsked atomic.Int64
-	var addr string
-	addr = replyServer(t, func(args []string) string {
-		switch strings.ToUpper(args[0]) {
-		case "CLUSTER":
-			slotsAsked.Add(1)
-			host, port, _ := net.SplitHostPort(addr)
-			return fmt.Sprintf("*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$%d\r\n%s\r\n:%s\r\n", len(host), host, port)
-		case "GET":
-			return "-MOVED 0 127.0.0.1:1\r\n"
-		}
-		return "+PONG\r\n"
-	})
+	addr, slotsAsked := oneNodeCluster(t, func(_ int64, own string) string { return own })
 	var panicking atomic.Bool
 	var panicked atomic.Int64
 	p := &redispool.Pool{
