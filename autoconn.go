@@ -401,10 +401,10 @@ func (a *autoConn) awaitAll(ctx context.Context, timeout time.Duration, rs []*re
 		if err := await(ctx, expire, r); err != nil {
 			return nil, a.broke(err)
 		}
-		if !replied(r.err) && len(rs) == 1 && r.unsent {
-			return nil, r.err
-		}
 		if !replied(r.err) {
+			if len(rs) == 1 && r.unsent {
+				return nil, r.err
+			}
 			return nil, a.broke(r.err)
 		}
 		if first == nil {

@@ -311,9 +311,11 @@ func TestAWaitForRepliesDueOnAClosedPipeEnds(t *testing.T) {
 			require.NoError(t, err)
 			srv.Stop(t)
 			defer srv.Cont(t)
+			written := p.Stats().PipelineCommandCount
 			c.Send("GET", "k")
 			c.Flush()
-			time.Sleep(50 * time.Millisecond)
+			require.Eventually(t, func() bool { return p.Stats().PipelineCommandCount > written },
+				5*time.Second, time.Millisecond, "the GET goes to the shared connection, whose server does not answer")
 			p.Retire()
 
 			start := time.Now()
